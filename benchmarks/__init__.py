@@ -1,0 +1,1 @@
+"""Benchmarks: `steel bench ...` measures side by side in one run and writes JSON plus a table."""

@@ -1,0 +1,1 @@
+"""Dashboard: where defects are shown. Streamlit pages for operators and engineers."""

@@ -1,0 +1,1 @@
+"""Producers: where a frame enters. Synthetic steel camera, image replay, Kafka publishing."""

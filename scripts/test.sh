@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# `make test`: lint, then the whole suite (unit, integration, faults). Integration fixtures
+# start the embedded services they need on random ports and stop them afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/ruff check .
+.venv/bin/pytest -q "$@"

@@ -1,0 +1,90 @@
+"""The one settings object. Every default lives here; environment variables use the STEEL_ prefix.
+
+An unset service URL (Kafka, Triton, Postgres, Redis) means "start and use the embedded
+service"; set it to point at a production service instead, e.g.
+``STEEL_KAFKA_URL=kafka-1:9092,kafka-2:9092``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from steelcore.paths import MODELS_DIR, REPO_ROOT, TRITON_REPOSITORY
+
+FourFloats = tuple[float, float, float, float]
+FourInts = tuple[int, int, int, int]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STEEL_", env_file=None, extra="ignore")
+
+    # --- service locations (None = embedded) -------------------------------------------
+    kafka_url: str | None = Field(None, description="Kafka bootstrap servers; unset = embedded Tansu broker")
+    triton_url: str | None = Field(None, description="Triton host:port (gRPC or HTTP); unset = embedded")
+    postgres_url: str | None = Field(None, description="SQLAlchemy URL of the defect DB; unset = embedded")
+    redis_url: str | None = Field(None, description="redis://[:password@]host:port/db; unset = embedded")
+
+    # --- embedded stack ----------------------------------------------------------------
+    run_dir: Path = Field(REPO_ROOT / ".steel-run", description="state, logs and data of the embedded stack")
+    kafka_port: int = 9092
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    postgres_port: int = 5433
+    redis_port: int = 6380
+
+    # --- Kafka client security, passed through to every client ---------------------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+
+    # --- topics, streams, channels -------------------------------------------------------
+    frames_topic: str = "steel.frames"
+    truth_topic: str = "steel.frames.truth"
+    dead_letter_topic: str = "steel.frames.dead-letter"
+    frames_partitions: int = 4
+    consumer_group: str = "steel-workers"
+    alarm_stream: str = "steel:alarms"
+    alarm_stream_maxlen: int = 100_000
+    alarm_channel: str = "steel:alarms:live"
+    actuator_group: str = "steel-actuators"
+
+    # --- inference -----------------------------------------------------------------------
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_model: str = "steel_ensemble"
+    triton_timeout_s: float = 10.0
+    model_name: str = Field("default", description="shipped model served and used by `steel predict`")
+    models_dir: Path = MODELS_DIR
+    triton_repository: Path = TRITON_REPOSITORY
+
+    # --- alarm rule, per class 1..4: fires when probability and area both reach these ----
+    alarm_min_probability: FourFloats = (0.5, 0.5, 0.5, 0.5)
+    alarm_min_area_px: FourInts = (200, 200, 400, 2000)
+
+    # --- input limits ---------------------------------------------------------------------
+    max_frame_bytes: int = 8 * 1024 * 1024
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def redact_url(url: str | None) -> str:
+    """A URL safe to print: the password, if any, replaced by ***."""
+    if not url:
+        return "(embedded)"
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
