@@ -1,0 +1,197 @@
+"""`steel eval`: score a model bundle on a labelled dataset, raw and post-processed, to JSON + PNG.
+
+"raw" is the segmenter's output thresholded at 0.5 with no gate, no minimum area and overlaps left
+as they are; "postprocessed" is what the product serves (the bundle's postprocess.json applied by
+steelcore.postprocess). Image-level ROC AUC scores the classifier's probabilities, or the
+segmenter's largest pixel probability when the bundle has no classifier (``auc_score`` says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from steelcore import exit_codes
+
+if TYPE_CHECKING:
+    from steelcore.model_bundle import ModelBundle
+    from training.datasets import SteelDataset
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 8
+RAW_THRESHOLD = 0.5
+VIEWS = ("raw", "postprocessed")
+
+
+def check_classes(bundle: ModelBundle, dataset: SteelDataset) -> None:
+    """ValueError when the dataset's classes are not the model's (e.g. a Severstal model on NEU-Seg)."""
+    if list(dataset.class_ids) != list(bundle.class_ids):
+        model_classes = ", ".join(f"{c} {bundle.class_names.get(c, '')}".strip() for c in bundle.class_ids)
+        data_classes = ", ".join(f"{c} {dataset.class_names.get(c, '')}".strip() for c in dataset.class_ids)
+        raise ValueError(
+            f"model {bundle.name} predicts classes [{model_classes}] but dataset {dataset.root} "
+            f"has classes [{data_classes}]"
+        )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def evaluate_bundle(
+    model: str | Path,
+    data: str | Path,
+    split: str = "val",
+    json_out: str | Path | None = None,
+    plot: str | Path | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate bundle model (name or path) on data's split; write JSON / PNG if paths are given."""
+    from tqdm import tqdm
+
+    from steelcore.model_bundle import load_bundle
+    from steelcore.postprocess import apply_postprocess
+    from training.datasets import open_dataset
+    from training.inference import batches_by_shape, predict_probs
+    from training.metrics import SegmentationAccumulator
+
+    bundle = load_bundle(model, device=device)
+    dataset = open_dataset(data, split=split)
+    if len(dataset) == 0:
+        hint = " (try --split all)" if split != "all" else ""
+        raise ValueError(f"the {split} split of {data} holds no images{hint}")
+    check_classes(bundle, dataset)
+
+    accumulators = {view: SegmentationAccumulator(class_ids=list(bundle.class_ids)) for view in VIEWS}
+    started = time.perf_counter()
+    samples = ((masks, image) for image, masks, _ in (dataset[i] for i in range(len(dataset))))
+    with tqdm(total=len(dataset), desc=f"eval {bundle.name}", unit="frame", disable=not progress) as bar:
+        for truths, frames in batches_by_shape(samples, batch_size):
+            cls, seg = predict_probs(bundle, frames)
+            truth = np.stack(truths)
+            scores = cls if cls is not None else seg.max(axis=(2, 3))
+            accumulators["raw"].update(seg >= RAW_THRESHOLD, truth, scores)
+            accumulators["postprocessed"].update(
+                apply_postprocess(cls, seg, bundle.postprocess), truth, scores
+            )
+            bar.update(len(frames))
+    seconds = time.perf_counter() - started
+
+    results = {view: acc.result() for view, acc in accumulators.items()}
+    report: dict[str, Any] = {
+        "model": {
+            "name": bundle.name,
+            "path": str(Path(bundle.path).resolve()),
+            "class_ids": list(bundle.class_ids),
+            "class_names": {str(c): bundle.class_names[c] for c in bundle.class_ids},
+            "classifier": bundle.classifier is not None,
+        },
+        "data": {"path": str(Path(data).resolve()), "layout": dataset.layout, "split": split},
+        "images": len(dataset),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "frames_per_s": round(len(dataset) / seconds, 3) if seconds > 0 else None,
+        "raw_pixel_threshold": RAW_THRESHOLD,
+        "postprocess": bundle.postprocess.to_json(),
+        "auc_score": "classifier probability" if bundle.classifier is not None else "max pixel probability",
+        "summary": {
+            "mean_dice_raw": results["raw"]["mean_dice"],
+            "mean_dice": results["postprocessed"]["mean_dice"],
+            "miou_raw": results["raw"]["pixel"]["miou_with_background"],
+            "miou": results["postprocessed"]["pixel"]["miou_with_background"],
+        },
+        **results,
+    }
+    print(format_report(report))
+    if json_out is not None:
+        _write_json(Path(json_out), report)
+        log.info("metrics written to %s", json_out)
+    if plot is not None:
+        from training.eval_plots import plot_report
+
+        plot_report(report, Path(plot))
+        log.info("plot written to %s", plot)
+    return report
+
+
+def _fmt(value: float | None, width: int = 7) -> str:
+    return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.4f}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Terminal tables: one block per view, one row per class."""
+    names = report["model"]["class_names"]
+    head = (
+        f"{'class':<16}{'Dice':>7}{'IoU':>7}{'px P':>7}{'px R':>7}{'px F1':>7}"
+        f"{'img P':>7}{'img R':>7}{'img F1':>7}{'AUC':>7}{'n img':>7}"
+    )
+    data = report["data"]
+    lines = [
+        f"{report['model']['name']} on {data['path']} ({data['split']}, {report['images']} images, "
+        f"{report['frames_per_s']} frames/s)"
+    ]
+    for view in VIEWS:
+        r = report[view]
+        title = "raw (pixel threshold 0.5, no gate, no min area)" if view == "raw" else "post-processed"
+        lines += ["", title, head]
+        for cid in names:
+            label = f"{cid} {names[cid]}"[:15]
+            cells = [r["dice_per_class"][cid]] + [
+                r["pixel"][m][cid] for m in ("iou", "precision", "recall", "f1")
+            ]
+            cells += [r["image"][m][cid] for m in ("precision", "recall", "f1", "auc")]
+            lines.append(
+                f"{label:<16}" + "".join(_fmt(v) for v in cells) + f"{r['image']['support'][cid]:>7d}"
+            )
+        lines.append(
+            f"mean Dice over (image, class) {r['mean_dice']:.4f}   "
+            f"mIoU (background + classes) {_fmt(r['pixel']['miou_with_background'], 0)}   "
+            f"mIoU (classes) {_fmt(r['pixel']['miou_classes'], 0)}"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="bundle name (under the models dir) or path")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="dataset folder (Kaggle layout or NEU pairs)"
+    )
+    parser.add_argument("--split", choices=("val", "all", "train"), default="val")
+    parser.add_argument("--json", type=Path, required=True, help="where to write the metrics JSON")
+    parser.add_argument("--plot", type=Path, help="PNG of per-class results")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--device", default="cpu", help="torch device for the networks, e.g. cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        evaluate_bundle(
+            args.model,
+            args.data,
+            args.split,
+            args.json,
+            args.plot,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            device=args.device,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"steel eval: {exc}", file=sys.stderr)
+        return exit_codes.BAD_INPUT
+    return exit_codes.OK

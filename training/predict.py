@@ -1,0 +1,85 @@
+"""`steel predict`: a Kaggle submission CSV (ImageId,ClassId,EncodedPixels) for a folder of frames.
+
+One row per (image, class) of the model, EncodedPixels empty when the class is absent; the RLE
+covers each image's own size. An unreadable image stops the job with an error naming the file
+and no CSV is written (a partial submission would be silently scored as defect-free frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from steelcore import exit_codes
+from steelcore.settings import get_settings
+
+BATCH_SIZE = 8
+
+
+def predict_submission(
+    images: str | Path,
+    out: str | Path,
+    model: str | Path | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = True,
+    device: str = "cpu",
+) -> dict[str, int]:
+    """Write the submission for every JPEG/PNG in images; return defect counts per class id (as str)."""
+    from tqdm import tqdm
+
+    from steelcore.kaggle_csv import write_submission
+    from steelcore.model_bundle import load_bundle
+    from steelcore.postprocess import apply_postprocess
+    from steelcore.rle import encode
+    from training.inference import list_images, predict_folder
+
+    paths = list_images(Path(images))
+    bundle = load_bundle(model or get_settings().model_name, device=device)
+    found: Counter[int] = Counter()
+
+    def rows() -> Iterator[tuple[str, int, str]]:
+        with tqdm(total=len(paths), desc=f"predict {bundle.name}", unit="frame", disable=not progress) as bar:
+            for batch_paths, cls, seg in predict_folder(bundle, paths, batch_size):
+                masks = apply_postprocess(cls, seg, bundle.postprocess)
+                for path, image_masks in zip(batch_paths, masks, strict=True):
+                    for class_id, mask in zip(bundle.class_ids, image_masks, strict=True):
+                        encoded = encode(mask)
+                        found[class_id] += bool(encoded)
+                        yield path.name, class_id, encoded
+                bar.update(len(batch_paths))
+
+    write_submission(out, rows())
+    counts = {str(c): found[c] for c in bundle.class_ids}
+    print(f"{len(paths)} images -> {out}; images with a defect per class: {counts}")
+    return counts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=Path, required=True, help="folder of .jpg/.png frames")
+    parser.add_argument("--out", type=Path, required=True, help="submission CSV to write")
+    parser.add_argument(
+        "--model", help="bundle name or path (default: settings model_name, STEEL_MODEL_NAME)"
+    )
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--device", default="cpu", help="torch device for the networks, e.g. cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        predict_submission(
+            args.images,
+            args.out,
+            args.model,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            device=args.device,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"steel predict: {exc}", file=sys.stderr)
+        return exit_codes.BAD_INPUT
+    return exit_codes.OK
