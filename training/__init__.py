@@ -1,1 +1,3 @@
-"""Training: offline model lifecycle (datasets, training, tuning, evaluation, prediction, export). Pulls torch; never deployed with producers or the dashboard."""
+"""Training: offline model lifecycle (datasets, training, tuning, evaluation, prediction, export).
+Pulls torch; never deployed with producers or the dashboard.
+"""

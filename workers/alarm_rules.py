@@ -1,0 +1,104 @@
+"""Which detections raise an alarm, and what an alarm says. Pure logic, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from steelcore.settings import Settings
+from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+
+
+@dataclass(frozen=True)
+class AlarmRule:
+    """Per class (index 0 = class 1): an alarm fires when probability AND area reach these."""
+
+    min_probability: tuple[float, ...]
+    min_area_px: tuple[int, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlarmRule:
+        return cls(tuple(settings.alarm_min_probability), tuple(settings.alarm_min_area_px))
+
+    def fires(self, class_index: int, probability: float, area_px: int) -> bool:
+        return (
+            area_px > 0
+            and probability >= self.min_probability[class_index]
+            and area_px >= self.min_area_px[class_index]
+        )
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """One alarm per (frame, class). alarm_id is stable, so a re-published alarm is recognisable."""
+
+    alarm_id: str
+    frame_id: str
+    class_id: int
+    class_name: str
+    probability: float
+    area_px: int
+    line_id: str
+    camera_id: str
+    coil_id: str
+    position_m: float
+    captured_at: str
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat string fields for a Redis stream entry."""
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> Alarm:
+        return cls(
+            alarm_id=fields["alarm_id"],
+            frame_id=fields["frame_id"],
+            class_id=int(fields["class_id"]),
+            class_name=fields["class_name"],
+            probability=float(fields["probability"]),
+            area_px=int(fields["area_px"]),
+            line_id=fields["line_id"],
+            camera_id=fields["camera_id"],
+            coil_id=fields["coil_id"],
+            position_m=float(fields["position_m"]),
+            captured_at=fields["captured_at"],
+        )
+
+
+def alarm_id_for(frame_id: str, class_id: int) -> str:
+    return f"{frame_id}:{class_id}"
+
+
+def alarms_for_frame(
+    rule: AlarmRule,
+    *,
+    frame_id: str,
+    line_id: str,
+    camera_id: str,
+    coil_id: str,
+    position_m: float,
+    captured_at: datetime,
+    probabilities: Sequence[float],
+    areas_px: Sequence[int],
+) -> list[Alarm]:
+    """The alarms one inferred frame raises, in class order."""
+    alarms = []
+    for index, class_id in enumerate(CLASS_IDS):
+        if rule.fires(index, float(probabilities[index]), int(areas_px[index])):
+            alarms.append(
+                Alarm(
+                    alarm_id=alarm_id_for(frame_id, class_id),
+                    frame_id=frame_id,
+                    class_id=class_id,
+                    class_name=CLASS_NAMES[class_id],
+                    probability=round(float(probabilities[index]), 4),
+                    area_px=int(areas_px[index]),
+                    line_id=line_id,
+                    camera_id=camera_id,
+                    coil_id=coil_id,
+                    position_m=position_m,
+                    captured_at=captured_at.isoformat(),
+                )
+            )
+    return alarms
