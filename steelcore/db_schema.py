@@ -1,0 +1,189 @@
+"""The defect database: SQLAlchemy Core tables, the one description of the schema.
+
+Alembic revisions in ``workers/migrations`` create exactly these tables; a test compares the two.
+
+Design choices a reader should know:
+- ``frames.frame_id`` is the natural key carried in the Kafka message, so a redelivered frame is
+  recognised by the database itself (``INSERT ... ON CONFLICT DO NOTHING``), not by worker state.
+- Frames, defects and alarms are insert-only facts. ``defects`` copies the frame's ``captured_at``,
+  ``line_id``, ``camera_id`` and ``coil_id``: history queries filter defects by those, and the copy
+  lets one composite index (class + time, line/camera + time) answer them without a join. The copy
+  is written in the same statement batch as the frame and never updated, so it cannot drift.
+- ``alarms`` doubles as an outbox: a row with ``published_at IS NULL`` was stored but not yet
+  confirmed on the Redis stream, so a relay can publish it after a crash.
+- All times are ``timestamptz``; callers pass aware datetimes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    REAL,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+
+# Stable constraint names keep Alembic diffs and error messages readable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+VERDICTS = ("confirmed", "false")
+
+_NOW = text("now()")
+
+
+def _tstz(name: str, *, nullable: bool = False, server_default: bool = False) -> Column:
+    return Column(
+        name, DateTime(timezone=True), nullable=nullable, server_default=_NOW if server_default else None
+    )
+
+
+lines = Table(
+    "lines",
+    metadata,
+    Column("line_id", Text, primary_key=True),
+    _tstz("first_seen_at", server_default=True),
+)
+
+cameras = Table(
+    "cameras",
+    metadata,
+    Column("line_id", Text, ForeignKey("lines.line_id"), primary_key=True),
+    Column("camera_id", Text, primary_key=True),
+    _tstz("first_seen_at", server_default=True),
+)
+
+coils = Table(
+    "coils",
+    metadata,
+    Column("coil_id", Text, primary_key=True),
+    Column("line_id", Text, ForeignKey("lines.line_id"), nullable=False),
+    _tstz("first_seen_at", server_default=True),
+)
+
+frames = Table(
+    "frames",
+    metadata,
+    Column("frame_id", Text, primary_key=True),
+    Column("line_id", Text, nullable=False),
+    Column("camera_id", Text, nullable=False),
+    Column("coil_id", Text, ForeignKey("coils.coil_id"), nullable=False),
+    Column("position_m", REAL, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("width", Integer, nullable=False),
+    _tstz("captured_at"),
+    _tstz("received_at"),
+    # Server clock at the start of the writing transaction: one value per batch.
+    _tstz("stored_at", server_default=True),
+    Column("decode_ms", REAL),
+    Column("infer_ms", REAL),
+    Column("store_ms", REAL),
+    Column("model_name", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    # One probability per class id (index 0 = class 1); NULL when the model has no classifier.
+    Column("class_probs", ARRAY(REAL)),
+    # Where the frame image is kept (object-store key or path); NULL when it was not kept.
+    Column("image_ref", Text),
+    ForeignKeyConstraint(["line_id", "camera_id"], ["cameras.line_id", "cameras.camera_id"]),
+    CheckConstraint("position_m >= 0", name="position_non_negative"),
+    CheckConstraint("height > 0 AND width > 0", name="size_positive"),
+    Index(None, "captured_at"),
+    Index(None, "coil_id", "position_m"),
+    Index(None, "line_id", "camera_id", "captured_at"),
+)
+
+defects = Table(
+    "defects",
+    metadata,
+    Column("defect_id", BigInteger, Identity(), primary_key=True),
+    Column("frame_id", Text, ForeignKey("frames.frame_id", ondelete="CASCADE"), nullable=False),
+    Column("class_id", SmallInteger, nullable=False),
+    # Copied from the frame (see module docstring).
+    _tstz("captured_at"),
+    Column("line_id", Text, nullable=False),
+    Column("camera_id", Text, nullable=False),
+    Column("coil_id", Text, nullable=False),
+    # Severstal RLE: column-major, 1-indexed "start length" pairs (steelcore.rle).
+    Column("rle", Text, nullable=False),
+    Column("area_px", Integer, nullable=False),
+    Column("bbox_x0", Integer, nullable=False),
+    Column("bbox_y0", Integer, nullable=False),
+    Column("bbox_x1", Integer, nullable=False),
+    Column("bbox_y1", Integer, nullable=False),
+    Column("probability", REAL, nullable=False),
+    Column("severity", REAL, nullable=False),
+    UniqueConstraint("frame_id", "class_id"),
+    CheckConstraint("class_id >= 1", name="class_id_positive"),
+    CheckConstraint("area_px > 0", name="area_positive"),
+    CheckConstraint(
+        "0 <= bbox_x0 AND bbox_x0 <= bbox_x1 AND 0 <= bbox_y0 AND bbox_y0 <= bbox_y1", name="bbox_ordered"
+    ),
+    CheckConstraint("probability >= 0 AND probability <= 1", name="probability_range"),
+    CheckConstraint("severity >= 0 AND severity <= 1", name="severity_range"),
+    Index(None, "captured_at"),
+    Index(None, "class_id", "captured_at"),
+    Index(None, "coil_id", "class_id"),
+    Index(None, "line_id", "camera_id", "captured_at"),
+)
+
+alarms = Table(
+    "alarms",
+    metadata,
+    Column("alarm_id", BigInteger, Identity(), primary_key=True),
+    Column("frame_id", Text, nullable=False),
+    Column("class_id", SmallInteger, nullable=False),
+    Column("probability", REAL, nullable=False),
+    Column("area_px", Integer, nullable=False),
+    _tstz("raised_at"),
+    # Redis stream entry id once XADD succeeded; NULL = still to publish (outbox).
+    Column("stream_entry_id", Text),
+    _tstz("published_at", nullable=True),
+    _tstz("acknowledged_at", nullable=True),
+    Column("acknowledged_by", Text),
+    UniqueConstraint("frame_id", "class_id"),
+    # An alarm always points at the defect that fired it.
+    ForeignKeyConstraint(
+        ["frame_id", "class_id"], ["defects.frame_id", "defects.class_id"], ondelete="CASCADE"
+    ),
+    CheckConstraint("(acknowledged_at IS NULL) = (acknowledged_by IS NULL)", name="ack_complete"),
+    Index(None, "raised_at"),
+    Index("ix_alarms_unpublished", "raised_at", postgresql_where=text("published_at IS NULL")),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("feedback_id", BigInteger, Identity(), primary_key=True),
+    Column("defect_id", BigInteger, ForeignKey("defects.defect_id", ondelete="CASCADE")),
+    Column("alarm_id", BigInteger, ForeignKey("alarms.alarm_id", ondelete="CASCADE")),
+    Column("verdict", Text, nullable=False),
+    Column("operator", Text, nullable=False),
+    _tstz("created_at", server_default=True),
+    Column("note", Text),
+    CheckConstraint("num_nonnulls(defect_id, alarm_id) = 1", name="one_target"),
+    CheckConstraint(f"verdict IN ({', '.join(repr(v) for v in VERDICTS)})", name="verdict_known"),
+    Index(None, "defect_id"),
+    Index(None, "alarm_id"),
+)
+
+TABLES = (lines, cameras, coils, frames, defects, alarms, feedback)
