@@ -1,0 +1,412 @@
+"""`steel bench triton`: the Triton ensemble and cascade against in-process torch, on the same frames.
+
+Three comparisons, in one run:
+
+1. ``steel_ensemble`` at concurrency 1, 2 and 4 (requests in flight) and batch sizes 1 and 8:
+   frames/s and p50/p99 request latency, beside in-process ``predict_probs`` +
+   ``apply_postprocess`` + RLE on the same frames and batch sizes (one caller, torch using every
+   core), with the ratio Triton / in-process.
+2. ``steel_cascade`` against ``steel_ensemble`` on a realistic mix from the synthetic camera
+   (about half the frames clean): throughput gain, share of frames the cascade segmented, and
+   how often both give identical RLE strings.
+3. For every case, Triton's metrics endpoint is scraped before and after, splitting each model's
+   time into queue and compute (``nv_inference_queue_duration_us``,
+   ``nv_inference_compute_infer_duration_us``) with request and execution counts (so the mean
+   dynamic batch size shows).
+
+A server is started on free ports from a repository written for the bundle, unless ``--url``
+names a running one. Results go to bench-results/triton.json (+ .png) and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import report
+from steelcore import exit_codes
+
+NAME = "triton"
+CONCURRENCY = (1, 2, 4)
+BATCH_SIZES = (1, 8)
+MODELS = ("classifier", "segmenter", "postprocess", "steel_ensemble", "steel_cascade")
+METRICS = {
+    "requests": "nv_inference_request_success",
+    "inferences": "nv_inference_count",
+    "executions": "nv_inference_exec_count",
+    "queue_us": "nv_inference_queue_duration_us",
+    "compute_us": "nv_inference_compute_infer_duration_us",
+    "compute_input_us": "nv_inference_compute_input_duration_us",
+    "compute_output_us": "nv_inference_compute_output_duration_us",
+}
+
+
+# --- measuring -------------------------------------------------------------------------------------
+def closed_loop(
+    call: Callable[[np.ndarray], object], batches: Sequence[np.ndarray], concurrency: int
+) -> dict[str, Any]:
+    """Send ``batches`` with ``concurrency`` callers back to back; frames/s and latency percentiles."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    cursor = iter(range(len(batches)))
+    errors: list[Exception] = []
+
+    def caller() -> None:
+        while True:
+            with lock:
+                index = next(cursor, None)
+            if index is None or errors:
+                return
+            start = time.perf_counter()
+            try:
+                call(batches[index])
+            except Exception as exc:  # reported after the threads have stopped
+                errors.append(exc)
+                return
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=caller, daemon=True) for _ in range(concurrency)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    frames = sum(len(b) for b in batches)
+    ms = np.asarray(latencies) * 1000
+    return {
+        "frames": frames,
+        "requests": len(batches),
+        "wall_s": wall,
+        "frames_per_s": frames / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def scrape(metrics_url: str | None) -> dict[str, dict[str, float]]:
+    """Per model: the counters of METRICS summed over versions; empty without a metrics URL."""
+    if not metrics_url:
+        return {}
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    wanted = {metric: key for key, metric in METRICS.items()}
+    values: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or "{" not in line:
+            continue
+        metric, rest = line.split("{", 1)
+        if metric not in wanted or 'model="' not in rest:
+            continue
+        model = rest.split('model="', 1)[1].split('"', 1)[0]
+        value = float(line.rsplit(" ", 1)[1])
+        per_model = values.setdefault(model, {})
+        per_model[wanted[metric]] = per_model.get(wanted[metric], 0.0) + value
+    return values
+
+
+def split_time(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Per model during one case: requests, mean batch, mean queue and compute ms per request."""
+    split: dict[str, Any] = {}
+    for model in MODELS:
+        if model not in after:
+            continue
+        delta = {k: after[model].get(k, 0.0) - before.get(model, {}).get(k, 0.0) for k in METRICS}
+        requests = delta["requests"]
+        if requests <= 0:
+            continue
+        compute = delta["compute_us"] + delta["compute_input_us"] + delta["compute_output_us"]
+        split[model] = {
+            "requests": int(requests),
+            "frames": int(delta["inferences"]),
+            "mean_batch": delta["inferences"] / delta["executions"] if delta["executions"] else float("nan"),
+            "queue_ms_per_request": delta["queue_us"] / requests / 1000,
+            "compute_ms_per_request": compute / requests / 1000,
+        }
+    return split
+
+
+def batches_of(frames: np.ndarray, batch: int, total_frames: int) -> list[np.ndarray]:
+    """``ceil(total_frames / batch)`` batches cycling through ``frames``."""
+    count = max(1, math.ceil(total_frames / batch))
+    return [np.take(frames, range(i * batch, (i + 1) * batch), axis=0, mode="wrap") for i in range(count)]
+
+
+# --- the candidates --------------------------------------------------------------------------------
+def in_process_call(bundle_path: Path) -> Callable[[np.ndarray], object]:
+    """predict_probs + apply_postprocess + RLE, the work the ensemble does, in this process."""
+    from steelcore.model_bundle import load_bundle
+    from steelcore.postprocess import apply_postprocess, class_areas
+    from steelcore.rle import encode_stack
+    from training.inference import predict_probs
+
+    bundle = load_bundle(bundle_path)
+
+    def call(frames: np.ndarray) -> object:
+        cls_probs, seg_probs = predict_probs(bundle, frames)
+        masks = apply_postprocess(cls_probs, seg_probs, bundle.postprocess)
+        return class_areas(masks), [encode_stack(m) for m in masks]
+
+    return call
+
+
+def synthetic_frames(seed: int, count: int) -> tuple[np.ndarray, int]:
+    """``count`` frames of the synthetic camera (Severstal class mix) and how many are clean."""
+    from producers.synthetic_camera import SyntheticCamera
+
+    camera = SyntheticCamera(seed=seed)
+    shots = [camera.frame(i) for i in range(count)]
+    return np.stack([s.image for s in shots]), sum(1 for s in shots if not s.classes)
+
+
+# --- the run -----------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="bundle name or path (default: settings model_name)")
+    parser.add_argument("--url", default=None, help="a running Triton (host:port); default: start one")
+    parser.add_argument("--metrics-url", default=None, help="its metrics endpoint (with --url)")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--frames", type=int, default=16, help="distinct synthetic frames (default 16)")
+    parser.add_argument("--frames-per-case", type=int, default=64, help="frames sent per case (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic camera seed")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="in-process torch threads (default: all cores)"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="results file (default bench-results/triton.json)"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="no PNG chart")
+
+
+def _start_server(bundle_path: Path, work: Path) -> Any:
+    from stack.service import free_port
+    from stack.triton_server import TritonServer
+    from training.triton_export import write_repository
+
+    repo = write_repository(bundle_path, work / "repository")
+    server = TritonServer(
+        work / "run",
+        repo,
+        free_port(),
+        free_port(),
+        free_port(),
+        wait_for=("steel_ensemble", "steel_cascade"),
+    )
+    server.start(timeout_s=300)
+    return server
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from steelcore.model_bundle import resolve_bundle_path
+    from steelcore.settings import get_settings
+    from workers.triton_client import TritonClientError, TritonEnsembleClient
+
+    if args.frames < 1 or args.frames_per_case < 1:
+        raise ValueError("--frames and --frames-per-case must be positive")
+    bundle_path = resolve_bundle_path(args.model or get_settings().model_name)
+    if not (bundle_path / "model.json").is_file():
+        raise ValueError(f"no model bundle at {bundle_path}: train one or pass --model PATH")
+    torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+
+    frames, clean = synthetic_frames(args.seed, args.frames)
+    print(f"{len(frames)} synthetic frames, {clean} clean; bundle {bundle_path}")
+    results: list[dict[str, Any]] = []
+    config: dict[str, Any] = {
+        "bundle": str(bundle_path),
+        "protocol": args.protocol,
+        "frames": len(frames),
+        "clean_frames": clean,
+        "frames_per_case": args.frames_per_case,
+        "torch_threads_in_process": torch.get_num_threads(),
+        # The team shares the cores: a load above the core count before the run means noisy figures.
+        "load_average_before": os.getloadavg(),
+    }
+
+    with tempfile.TemporaryDirectory(prefix="steel-bench-triton-") as work:
+        server = None
+        try:
+            if args.url:
+                url, metrics_url = args.url, args.metrics_url
+            else:
+                print("starting the embedded Triton server ...", flush=True)
+                server = _start_server(bundle_path, Path(work))
+                url = server.grpc_url if args.protocol == "grpc" else server.http_url
+                metrics_url = server.metrics_url
+                config["server_startup_s"] = server.startup_s
+                print(f"Triton ready in {server.startup_s:.1f} s", flush=True)
+            clients = {
+                model: TritonEnsembleClient(
+                    url, args.protocol, model, timeout_s=300, max_in_flight=max(CONCURRENCY)
+                )
+                for model in ("steel_ensemble", "steel_cascade")
+            }
+            try:
+                results += _ensemble_vs_in_process(
+                    clients["steel_ensemble"], bundle_path, frames, metrics_url, args
+                )
+                results += _cascade_vs_ensemble(clients, frames, metrics_url, args)
+            finally:
+                for client in clients.values():
+                    client.close()
+        except TritonClientError as exc:
+            print(f"steel bench triton: {exc}")
+            return exit_codes.UNAVAILABLE
+        finally:
+            if server is not None:
+                server.stop()
+
+    config["load_average_after"] = os.getloadavg()
+    _print(results)
+    path = report.write_results(NAME, results, config, args.json)
+    if not args.no_plot:
+        _plot(results, path.with_suffix(".png"))
+    print(f"results: {path}")
+    return exit_codes.OK
+
+
+def _case(
+    label: str,
+    call: Callable[[np.ndarray], object],
+    batches: list[np.ndarray],
+    concurrency: int,
+    metrics_url: str | None,
+) -> dict[str, Any]:
+    call(batches[0])  # warm-up: first-request costs are not what a running line pays
+    before = scrape(metrics_url)
+    measured = closed_loop(call, batches, concurrency)
+    measured.update(candidate=label, batch=len(batches[0]), concurrency=concurrency)
+    if metrics_url:
+        measured["triton_split"] = split_time(before, scrape(metrics_url))
+    print(
+        f"  {label:<16} batch {measured['batch']} x{concurrency}: {measured['frames_per_s']:.1f} frames/s, "
+        f"p50 {measured['p50_ms']:.0f} ms",
+        flush=True,
+    )
+    return measured
+
+
+def _ensemble_vs_in_process(
+    client: Any, bundle_path: Path, frames: np.ndarray, metrics_url: str | None, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    print("ensemble vs in-process torch", flush=True)
+    local = in_process_call(bundle_path)
+    rows = []
+    for batch in BATCH_SIZES:
+        batches = batches_of(frames, batch, args.frames_per_case)
+        baseline = _case("in-process", local, batches, 1, None)
+        baseline["comparison"] = "ensemble_vs_in_process"
+        rows.append(baseline)
+        for concurrency in CONCURRENCY:
+            row = _case("triton-ensemble", client.infer, batches, concurrency, metrics_url)
+            row["comparison"] = "ensemble_vs_in_process"
+            row["ratio_vs_in_process"] = report.ratio(1 / baseline["frames_per_s"], 1 / row["frames_per_s"])
+            rows.append(row)
+    return rows
+
+
+def _cascade_vs_ensemble(
+    clients: dict[str, Any], frames: np.ndarray, metrics_url: str | None, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    print("cascade vs ensemble on the synthetic mix", flush=True)
+    # The cascade segments a subset of each batch; CPU results can differ in the last bits between
+    # batch sizes, so a pixel at its threshold may flip. This share says how often that happened.
+    ensemble_rles = clients["steel_ensemble"].infer(frames).rles
+    cascade_rles = clients["steel_cascade"].infer(frames).rles
+    identical = sum(a == b for a, b in zip(ensemble_rles, cascade_rles, strict=True)) / len(frames)
+    rows = []
+    concurrency = 2
+    for batch in BATCH_SIZES:
+        batches = batches_of(frames, batch, args.frames_per_case)
+        plain = _case("triton-ensemble", clients["steel_ensemble"].infer, batches, concurrency, metrics_url)
+        cascade = _case("triton-cascade", clients["steel_cascade"].infer, batches, concurrency, metrics_url)
+        for row in (plain, cascade):
+            row["comparison"] = "cascade_vs_ensemble"
+        cascade["gain_vs_ensemble"] = cascade["frames_per_s"] / plain["frames_per_s"]
+        cascade["identical_rle_share"] = identical
+        segmenter = cascade.get("triton_split", {}).get("segmenter")
+        if segmenter:
+            cascade["segmented_share"] = segmenter["frames"] / cascade["frames"]
+        rows += [plain, cascade]
+    return rows
+
+
+def _note(row: dict[str, Any]) -> str:
+    parts = []
+    if "segmented_share" in row:
+        parts.append(f"segmented {row['segmented_share']:.0%}")
+    if "identical_rle_share" in row:
+        parts.append(f"RLE identical {row['identical_rle_share']:.0%}")
+    return ", ".join(parts)
+
+
+def _print(results: list[dict[str, Any]]) -> None:
+    headers = [
+        "comparison", "candidate", "batch", "conc", "frames/s", "p50 ms", "p99 ms", "ratio",
+        "seg queue ms", "seg compute ms", "note",
+    ]  # fmt: skip
+    rows = []
+    for r in results:
+        segmenter = r.get("triton_split", {}).get("segmenter", {})
+        rows.append(
+            [
+                r["comparison"],
+                r["candidate"],
+                r["batch"],
+                r["concurrency"],
+                r["frames_per_s"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r.get("ratio_vs_in_process", r.get("gain_vs_ensemble", "")),
+                segmenter.get("queue_ms_per_request", ""),
+                segmenter.get("compute_ms_per_request", ""),
+                _note(r),
+            ]
+        )
+    report.print_table(
+        headers, rows, title="Triton ensemble / cascade vs in-process torch (ratio: Triton / baseline)"
+    )
+    split_rows = [
+        [
+            f"{r['candidate']} b{r['batch']} x{r['concurrency']}",
+            model,
+            s["requests"],
+            s["mean_batch"],
+            s["queue_ms_per_request"],
+            s["compute_ms_per_request"],
+        ]
+        for r in results
+        for model, s in r.get("triton_split", {}).items()
+    ]
+    if split_rows:
+        report.print_table(
+            ["case", "model", "requests", "mean batch", "queue ms/req", "compute ms/req"],
+            split_rows,
+            title="\nQueue vs compute per model (Triton metrics; an ensemble's compute is its pipeline)",
+        )
+
+
+def _plot(results: list[dict[str, Any]], path: Path) -> None:
+    cases = [r for r in results if r["comparison"] == "ensemble_vs_in_process"]
+    categories = sorted({f"batch {r['batch']}" for r in cases})
+    series: dict[str, list[float]] = {}
+    for r in cases:
+        label = "in-process" if r["candidate"] == "in-process" else f"triton x{r['concurrency']}"
+        series.setdefault(label, [0.0] * len(categories))[categories.index(f"batch {r['batch']}")] = r[
+            "frames_per_s"
+        ]
+    report.save_bar_chart(path, "Ensemble vs in-process torch", categories, series, "frames/s")

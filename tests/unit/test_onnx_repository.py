@@ -1,0 +1,100 @@
+"""The GPU production repository (`steel export --format onnx --repo OUT`), checked on the CPU.
+
+Triton's onnxruntime backend is not in the embedded wheel, so the ONNX networks are loaded with
+onnxruntime's CPU provider and compared with in-process torch on the same frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from steelcore.model_bundle import PostprocessParams, load_bundle, save_bundle
+from steelcore.networks import build_model, preset
+from steelcore.severstal import CLASS_IDS, CLASS_NAMES, FRAME_HEIGHT, FRAME_WIDTH
+from training import triton_export
+from training.inference import predict_probs
+
+ort = pytest.importorskip("onnxruntime")
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+text_format = pytest.importorskip("google.protobuf.text_format")
+
+OUTPUTS = {"classifier": "CLS_PROBS", "segmenter": "SEG_PROBS"}
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
+    return save_bundle(
+        tmp_path_factory.mktemp("bundle") / "random-onnx",
+        name="random-onnx",
+        description="random weights for the ONNX repository test",
+        class_ids=CLASS_IDS,
+        class_names=CLASS_NAMES,
+        classifier_config=cls_config,
+        classifier_state=build_model("classifier", cls_config).state_dict(),
+        segmenter_config=seg_config,
+        segmenter_state=build_model("segmenter", seg_config).state_dict(),
+        postprocess=PostprocessParams.neutral(len(CLASS_IDS)),
+        provenance={"test": "random weights"},
+    )
+
+
+@pytest.fixture(scope="module")
+def repo(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    return triton_export.write_repository(bundle_path, tmp_path_factory.mktemp("onnx-repo"), "onnx")
+
+
+def config(repo: Path, name: str) -> object:
+    return text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def session(path: Path) -> object:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def test_networks_are_onnxruntime_models_on_gpu(repo: Path) -> None:
+    gpu = model_config_pb2.ModelInstanceGroup.KIND_GPU
+    for name in OUTPUTS:
+        cfg = config(repo, name)
+        assert cfg.platform == "onnxruntime_onnx"  # type: ignore[attr-defined]
+        assert [g.kind for g in cfg.instance_group] == [gpu]  # type: ignore[attr-defined]
+        assert (repo / name / "1" / triton_export.ONNX_FILE).is_file()
+        assert not (repo / name / "1" / "model.py").exists()
+    # Post-processing stays a python model on the CPU; the interface is the CPU repository's.
+    assert config(repo, "postprocess").backend == "python"  # type: ignore[attr-defined]
+    assert config(repo, "steel_ensemble").platform == "ensemble"  # type: ignore[attr-defined]
+    assert (repo / "steel_cascade" / "1" / "model.py").is_file()
+
+
+def test_onnx_tensor_names_and_batch_axis_match_the_config(repo: Path) -> None:
+    for name, output in OUTPUTS.items():
+        cfg = config(repo, name)
+        sess = session(repo / name / "1" / triton_export.ONNX_FILE)
+        (inp,) = sess.get_inputs()  # type: ignore[attr-defined]
+        (out,) = sess.get_outputs()  # type: ignore[attr-defined]
+        assert (inp.name, out.name) == ("FRAMES", output)
+        assert [i.name for i in cfg.input] == ["FRAMES"] and [o.name for o in cfg.output] == [output]  # type: ignore[attr-defined]
+        assert inp.type == "tensor(uint8)"
+        assert isinstance(inp.shape[0], str), "the batch dimension must be dynamic"
+        assert list(inp.shape[1:]) == [FRAME_HEIGHT, FRAME_WIDTH]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnxruntime_equals_torch(repo: Path, bundle_path: Path, batch: int) -> None:
+    bundle = load_bundle(bundle_path)
+    frames = np.random.default_rng(batch).integers(0, 256, (batch, FRAME_HEIGHT, FRAME_WIDTH), dtype=np.uint8)
+    cls_ref, seg_ref = predict_probs(bundle, frames)
+    for name, reference in (("classifier", cls_ref), ("segmenter", seg_ref)):
+        sess = session(repo / name / "1" / triton_export.ONNX_FILE)
+        (served,) = sess.run(None, {"FRAMES": frames})  # type: ignore[attr-defined]
+        assert served.shape == reference.shape
+        np.testing.assert_allclose(served, reference, rtol=0, atol=1e-5)

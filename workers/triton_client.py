@@ -1,0 +1,361 @@
+"""The one Triton client of the workers: frames in, per-class probabilities, pixel counts and RLE out.
+
+Every call to Triton goes through :class:`TritonEnsembleClient`, so timeouts, retries and the
+tensor names of the ensemble live in one place. gRPC is the default (``settings.triton_protocol``);
+HTTP is selectable. Requests are asynchronous: :meth:`TritonEnsembleClient.infer_async` returns a
+``concurrent.futures.Future`` and up to ``max_in_flight`` requests travel at once (the call blocks
+beyond that, which is the back-pressure a consumer loop wants). Batches larger than the model's
+``max_batch_size`` are split and the parts reassembled.
+
+A request that finds the server unavailable (connection refused, server restarting) is retried
+with exponential backoff; a request the server rejects (wrong shape, model error) or that runs
+past ``timeout_s`` is not, since sending it again would fail again or add load to a busy server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from steelcore.settings import Settings, get_settings
+from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["grpc", "http"]
+INPUT_NAME = "FRAMES"
+OUTPUT_NAMES = ("PROBS", "PIXEL_COUNTS", "RLE")
+_DEFAULT_MAX_BATCH = 8
+
+
+class TritonClientError(RuntimeError):
+    """A Triton request failed."""
+
+
+class TritonUnavailableError(TritonClientError):
+    """The server could not be reached, also after the retries."""
+
+
+class TritonTimeoutError(TritonClientError):
+    """The request ran past the client's timeout."""
+
+
+class TritonInferenceError(TritonClientError):
+    """The server answered with an error (bad input, a failing model)."""
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The ensemble's answer for a batch of B frames and C classes."""
+
+    probs: np.ndarray  # float32 [B, C]: per-class defect probability
+    pixel_counts: np.ndarray  # int64 [B, C]: defect pixels per class after post-processing
+    rles: list[list[str]]  # B lists of C Severstal RLE strings ('' = no defect of that class)
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    @staticmethod
+    def concatenate(parts: Sequence[EnsembleResult]) -> EnsembleResult:
+        return EnsembleResult(
+            probs=np.concatenate([p.probs for p in parts]),
+            pixel_counts=np.concatenate([p.pixel_counts for p in parts]),
+            rles=[row for p in parts for row in p.rles],
+        )
+
+
+def validate_frames(frames: np.ndarray) -> np.ndarray:
+    """``frames`` as a C-contiguous uint8 [B, H, W] array; ValueError naming what is wrong."""
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got {frames.dtype}")
+    if frames.ndim != 3 or frames.shape[1:] != (FRAME_HEIGHT, FRAME_WIDTH) or frames.shape[0] == 0:
+        raise ValueError(
+            f"frames must be [B, {FRAME_HEIGHT}, {FRAME_WIDTH}] with B >= 1, got shape {frames.shape}"
+        )
+    return np.ascontiguousarray(frames)
+
+
+def _classify(exc: BaseException) -> TritonClientError:
+    """Map a tritonclient / socket error onto this module's errors."""
+    if isinstance(exc, TritonClientError):
+        return exc
+    status = ""
+    status_fn = getattr(exc, "status", None)
+    if callable(status_fn):
+        status = str(status_fn() or "")
+    message = str(exc) or type(exc).__name__
+    # TimeoutError is an OSError: test it first.
+    if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message or isinstance(exc, TimeoutError):
+        return TritonTimeoutError(message)
+    if isinstance(exc, OSError) or "UNAVAILABLE" in status or status == "503":
+        return TritonUnavailableError(message)
+    return TritonInferenceError(message)
+
+
+class TritonEnsembleClient:
+    """Client of the ``steel_ensemble`` (or ``steel_cascade``) model of a Triton server."""
+
+    def __init__(
+        self,
+        url: str,
+        protocol: Protocol = "grpc",
+        model_name: str = "steel_ensemble",
+        timeout_s: float = 10.0,
+        *,
+        max_in_flight: int = 4,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+    ) -> None:
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        if timeout_s <= 0 or max_in_flight < 1 or retries < 0 or backoff_s < 0:
+            raise ValueError("timeout_s must be > 0, max_in_flight >= 1, retries and backoff_s >= 0")
+        self.url = url.removeprefix("grpc://").removeprefix("http://")
+        self.protocol = protocol
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.max_in_flight = max_in_flight
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._max_batch: int | None = None
+        self._local = threading.local()
+        self._http_clients: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        if protocol == "grpc":
+            import tritonclient.grpc as grpcclient
+
+            self._module: Any = grpcclient
+            self._grpc = grpcclient.InferenceServerClient(self.url)
+            self._pool: ThreadPoolExecutor | None = None
+        else:
+            import tritonclient.http as httpclient
+
+            self._module = httpclient
+            self._grpc = None
+            # The HTTP client is not thread-safe: one per pool thread.
+            self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="triton-http")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings | None = None, *, model_name: str | None = None
+    ) -> TritonEnsembleClient:
+        """A client for ``STEEL_TRITON_URL``, or for the embedded server's port when it is unset."""
+        s = settings or get_settings()
+        url = s.triton_url
+        if not url:
+            port = s.triton_grpc_port if s.triton_protocol == "grpc" else s.triton_http_port
+            url = f"127.0.0.1:{port}"
+        return cls(url, s.triton_protocol, model_name or s.triton_model, s.triton_timeout_s)
+
+    # --- health ------------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """True when the server is live and the model is ready; never raises."""
+        try:
+            client = self._client()
+            return bool(client.is_server_live()) and bool(client.is_model_ready(self.model_name))
+        except Exception as exc:  # any failure means "not ready"
+            log.debug("triton readiness check failed: %s", exc)
+            return False
+
+    def wait_ready(self, timeout_s: float = 60.0, poll_s: float = 0.5) -> None:
+        """Block until :meth:`ready`; TritonUnavailableError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise TritonUnavailableError(
+                    f"Triton at {self.url} ({self.protocol}) has no ready model {self.model_name!r} "
+                    f"after {timeout_s:.0f} s"
+                )
+            time.sleep(poll_s)
+
+    def max_batch_size(self) -> int:
+        """The model's max_batch_size, asked once (8 when the server does not say)."""
+        if self._max_batch is None:
+            try:
+                config = self._client().get_model_config(self.model_name)
+                value = config.config.max_batch_size if self.protocol == "grpc" else config["max_batch_size"]
+                self._max_batch = int(value) or _DEFAULT_MAX_BATCH
+            except Exception as exc:  # fall back, the request itself will report errors
+                log.debug("could not read %s's config: %s", self.model_name, exc)
+                return _DEFAULT_MAX_BATCH
+        return self._max_batch
+
+    # --- inference ---------------------------------------------------------------------------
+    def infer(self, frames: np.ndarray) -> EnsembleResult:
+        """Blocking inference of frames uint8 [B, H, W]."""
+        return self.infer_async(frames).result()
+
+    def infer_async(self, frames: np.ndarray) -> Future[EnsembleResult]:
+        """Start inference of frames uint8 [B, H, W]; the future raises a TritonClientError on failure."""
+        if self._closed:
+            raise TritonClientError("client is closed")
+        frames = validate_frames(frames)
+        step = self.max_batch_size()
+        parts = [self._submit(frames[i : i + step]) for i in range(0, frames.shape[0], step)]
+        if len(parts) == 1:
+            return parts[0]
+        return _gather(parts)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        # Open keep-alive connections would hold a stopping server for its whole exit timeout.
+        with self._lock:
+            clients, self._http_clients = self._http_clients, []
+        for client in clients:
+            client.close()
+        if self._grpc is not None:
+            self._grpc.close()
+
+    def __enter__(self) -> TritonEnsembleClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- internals ---------------------------------------------------------------------------
+    def _client(self) -> Any:
+        if self._grpc is not None:
+            return self._grpc
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._module.InferenceServerClient(
+                self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+            )
+            self._local.client = client
+            with self._lock:
+                self._http_clients.append(client)
+        return client
+
+    def _request(self, frames: np.ndarray) -> tuple[list[Any], list[Any]]:
+        module = self._module
+        tensor = module.InferInput(INPUT_NAME, list(frames.shape), "UINT8")
+        tensor.set_data_from_numpy(frames)
+        if self.protocol == "grpc":
+            outputs = [module.InferRequestedOutput(name) for name in OUTPUT_NAMES]
+        else:
+            outputs = [module.InferRequestedOutput(name, binary_data=True) for name in OUTPUT_NAMES]
+        return [tensor], outputs
+
+    @staticmethod
+    def _result(response: Any) -> EnsembleResult:
+        rles = response.as_numpy("RLE")
+        return EnsembleResult(
+            probs=response.as_numpy("PROBS").astype(np.float32, copy=False),
+            pixel_counts=response.as_numpy("PIXEL_COUNTS").astype(np.int64, copy=False),
+            rles=[[r.decode() if isinstance(r, bytes) else str(r) for r in row] for row in rles],
+        )
+
+    def _submit(self, frames: np.ndarray) -> Future[EnsembleResult]:
+        self._slots.acquire()
+        future: Future[EnsembleResult] = Future()
+        future.add_done_callback(lambda _: self._slots.release())
+        if self.protocol == "grpc":
+            self._grpc_attempt(frames, future, attempt=0)
+        else:
+            assert self._pool is not None
+            self._pool.submit(self._http_call, frames, future)
+        return future
+
+    def _retry_delay(self, error: TritonClientError, attempt: int) -> float | None:
+        if not isinstance(error, TritonUnavailableError) or attempt >= self.retries:
+            return None
+        delay = self.backoff_s * (2**attempt)
+        log.warning(
+            "Triton %s unavailable (%s); retry %d/%d in %.2f s",
+            self.url,
+            error,
+            attempt + 1,
+            self.retries,
+            delay,
+        )
+        return delay
+
+    def _grpc_attempt(self, frames: np.ndarray, future: Future[EnsembleResult], attempt: int) -> None:
+        inputs, outputs = self._request(frames)
+
+        def done(result: Any, error: Any) -> None:
+            if error is None:
+                try:
+                    future.set_result(self._result(result))
+                except Exception as exc:  # a malformed answer fails this future only
+                    future.set_exception(TritonInferenceError(f"unexpected response: {exc}"))
+                return
+            failure = _classify(error)
+            delay = self._retry_delay(failure, attempt)
+            if delay is None or self._closed:
+                future.set_exception(failure)
+            else:
+                timer = threading.Timer(delay, self._grpc_attempt, (frames, future, attempt + 1))
+                timer.daemon = True
+                timer.start()
+
+        try:
+            assert self._grpc is not None
+            self._grpc.async_infer(
+                self.model_name, inputs, done, outputs=outputs, client_timeout=self.timeout_s
+            )
+        except Exception as exc:  # reported through the future like any failure
+            done(None, exc)
+
+    def _drop_thread_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            with self._lock:
+                if client in self._http_clients:
+                    self._http_clients.remove(client)
+            client.close()
+
+    def _http_call(self, frames: np.ndarray, future: Future[EnsembleResult]) -> None:
+        attempt = 0
+        while True:
+            inputs, outputs = self._request(frames)
+            try:
+                response = self._client().infer(self.model_name, inputs, outputs=outputs)
+                future.set_result(self._result(response))
+                return
+            except Exception as exc:  # classified, then retried or reported
+                failure = _classify(exc)
+                delay = self._retry_delay(failure, attempt)
+                if delay is None or self._closed:
+                    future.set_exception(failure)
+                    return
+                # A refused connection leaves the pooled client unusable: start a fresh one.
+                self._drop_thread_client()
+                time.sleep(delay)
+                attempt += 1
+
+
+def _gather(parts: list[Future[EnsembleResult]]) -> Future[EnsembleResult]:
+    """One future resolving to the concatenation of ``parts``, in order."""
+    combined: Future[EnsembleResult] = Future()
+    remaining = [len(parts)]
+    lock = threading.Lock()
+
+    def part_done(_: Future[EnsembleResult]) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        errors = [p.exception() for p in parts if p.exception() is not None]
+        if errors:
+            combined.set_exception(errors[0])
+        else:
+            combined.set_result(EnsembleResult.concatenate([p.result() for p in parts]))
+
+    for part in parts:
+        part.add_done_callback(part_done)
+    return combined
