@@ -1,0 +1,483 @@
+"""Worker logic without services: offsets, validation, records, backoff, and the batch life with fakes
+(outages hold the batch, nothing is committed before the durable steps, nothing is dropped)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from concurrent.futures import Future
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from sqlalchemy.exc import OperationalError
+
+from steelcore import rle
+from steelcore.frame_message import FrameHeader, encode_frame, encode_image
+from steelcore.settings import Settings
+from workers.alarm_rules import AlarmRule
+from workers.defect_store import FrameRecord, StoreResult
+from workers.frame_batch import (
+    Rejected,
+    ValidFrame,
+    build_records,
+    defects_of,
+    next_offsets,
+    validate_message,
+)
+from workers.inference_worker import InferenceWorker, WorkerConfig
+from workers.triton_client import EnsembleResult, TritonUnavailableError
+from workers.worker_parts import DLQ_HEADER_PREFIX, Backoff, BatchAbandonedError, dead_letter_headers
+
+T0 = datetime(2025, 5, 1, 6, 0, tzinfo=UTC)
+TOPIC = "frames"
+
+
+# --- fakes ---------------------------------------------------------------------------------------
+
+
+class FakeMessage:
+    def __init__(
+        self, value: bytes | None, partition: int, offset: int, key: bytes = b"cam", error: Any = None
+    ):
+        self._value, self._partition, self._offset, self._key, self._error = (
+            value,
+            partition,
+            offset,
+            key,
+            error,
+        )
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes:
+        return self._key
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [("frame_id", b"x")]
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def error(self) -> Any:
+        return self._error
+
+
+def frame_value(seq: int, pixels: np.ndarray | None = None, width: int = 1600, height: int = 256) -> bytes:
+    pixels = np.zeros((height, width), np.uint8) if pixels is None else pixels
+    header = FrameHeader(
+        frame_id=f"L1-cam-1-{seq:08d}",
+        line_id="L1",
+        camera_id="cam",
+        coil_id="K1",
+        position_m=float(seq),
+        captured_at=T0 + timedelta(seconds=seq),
+        encoding="png",
+        width=width,
+        height=height,
+    )
+    return encode_frame(header, encode_image(pixels, "png"))
+
+
+class Journal(list):
+    """Order of the durable steps across all fakes."""
+
+
+class FakeConsumer:
+    def __init__(self, journal: Journal, messages: list[FakeMessage], partitions: Sequence[int] = (0, 1)):
+        from confluent_kafka import TopicPartition
+
+        self.journal = journal
+        self.pending = list(messages)
+        self.assigned = [TopicPartition(TOPIC, p) for p in partitions]
+        self.paused: set[int] = set()
+        self.commits: list[dict[tuple[str, int], int]] = []
+        self.closed = False
+        self.consumes = 0
+        self.revoke: tuple[int, int] | None = None  # (at consume call number, partition)
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        self.consumes += 1
+        if self.revoke is not None and self.revoke[0] == self.consumes:
+            kept = [tp for tp in self.assigned if tp.partition != self.revoke[1]]
+            self.callbacks["on_revoke"](self, self.assigned)
+            self.callbacks["on_assign"](self, kept)
+        out = [m for m in self.pending if m.partition() not in self.paused][:num_messages]
+        for m in out:
+            self.pending.remove(m)
+        return out
+
+    def assignment(self) -> list[Any]:
+        return list(self.assigned)
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.assigned = list(partitions)
+        self.paused = set()  # as with the eager protocol: a new assignment is not paused
+
+    def pause(self, partitions: list[Any]) -> None:
+        self.journal.append("pause")
+        self.paused |= {tp.partition for tp in partitions}
+
+    def resume(self, partitions: list[Any]) -> None:
+        self.journal.append("resume")
+        self.paused -= {tp.partition for tp in partitions}
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> list[Any]:
+        assert asynchronous is False
+        self.journal.append("commit")
+        self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
+        return offsets
+
+    def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeInference:
+    """Answers every frame with class 3 defect of a fixed rectangle; fails the first ``failures`` calls."""
+
+    def __init__(self, journal: Journal, failures: int = 0, prob: float = 0.9) -> None:
+        self.journal, self.failures, self.prob, self.calls = journal, failures, prob, 0
+        mask = np.zeros((256, 1600), np.uint8)
+        mask[10:20, 100:150] = 1  # 500 px
+        self.rle = rle.encode(mask)
+
+    def infer_async(self, frames: np.ndarray) -> Future[EnsembleResult]:
+        self.calls += 1
+        future: Future[EnsembleResult] = Future()
+        if self.failures:
+            self.failures -= 1
+            self.journal.append("infer-failed")
+            future.set_exception(TritonUnavailableError("connection refused"))
+            return future
+        self.journal.append("infer")
+        n = frames.shape[0]
+        probs = np.tile(np.array([[0.1, 0.2, self.prob, 0.05]], np.float32), (n, 1))
+        counts = np.tile(np.array([[0, 0, 500, 0]], np.int64), (n, 1))
+        future.set_result(EnsembleResult(probs, counts, [["", "", self.rle, ""] for _ in range(n)]))
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+class FakeStore:
+    def __init__(self, journal: Journal, failures: int = 0, error: Exception | None = None) -> None:
+        self.journal, self.failures, self.error = journal, failures, error
+        self.rows: dict[str, FrameRecord] = {}
+        self.published: list[tuple[str, int, str]] = []
+
+    def write_batch(self, batch: Sequence[FrameRecord]) -> StoreResult:
+        if self.error is not None:
+            raise self.error
+        if self.failures:
+            self.failures -= 1
+            self.journal.append("store-failed")
+            raise OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
+        self.journal.append("store")
+        new = [r.frame_id for r in batch if r.frame_id not in self.rows]
+        self.rows.update({r.frame_id: r for r in batch if r.frame_id in new})
+        return StoreResult(tuple(new), tuple(r.frame_id for r in batch if r.frame_id not in new))
+
+    def mark_published(self, published: Sequence[tuple[str, int, str]]) -> int:
+        self.published.extend(published)
+        return len(published)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeAlarms:
+    def __init__(self, journal: Journal, failures: int = 0) -> None:
+        self.journal, self.failures = journal, failures
+        self.published: list[Any] = []
+
+    def publish(self, alarms: Sequence[Any]) -> list[str]:
+        if self.failures:
+            self.failures -= 1
+            self.journal.append("alarm-failed")
+            raise redis.ConnectionError("Connection refused")
+        self.journal.append("alarm")
+        self.published.extend(alarms)
+        return [f"{len(self.published)}-{i}" for i in range(len(alarms))]
+
+
+class FakeDeadLetters:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.sent: list[Rejected] = []
+
+    def send(self, rejects: Sequence[Rejected]) -> list[Rejected]:
+        self.journal.append("dead_letter")
+        self.sent.extend(rejects)
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+FAST = WorkerConfig(
+    batch_size=8, batch_wait_s=0, backoff_initial_s=0.001, backoff_max_s=0.004, shutdown_grace_s=0
+)
+
+
+def make_worker(
+    messages: list[FakeMessage],
+    *,
+    infer_failures: int = 0,
+    store_failures: int = 0,
+    alarm_failures: int = 0,
+    store_error: Exception | None = None,
+    config: WorkerConfig = FAST,
+) -> tuple[InferenceWorker, Journal, dict[str, Any]]:
+    journal = Journal()
+    parts = {
+        "consumer": FakeConsumer(journal, messages),
+        "inference": FakeInference(journal, infer_failures),
+        "store": FakeStore(journal, store_failures, store_error),
+        "alarm_publisher": FakeAlarms(journal, alarm_failures),
+        "dead_letters": FakeDeadLetters(journal),
+    }
+    settings = Settings(alarm_min_probability=(0.5,) * 4, alarm_min_area_px=(100,) * 4, frames_topic=TOPIC)
+    worker = InferenceWorker(settings, config, **parts)
+    worker.setup()
+    return worker, journal, parts
+
+
+def stage_order(journal: Journal) -> list[str]:
+    return [e for e in journal if e not in ("pause", "resume")]
+
+
+# --- pure logic ----------------------------------------------------------------------------------
+
+
+def test_next_offsets_are_the_highest_offset_plus_one_per_partition() -> None:
+    messages = [
+        FakeMessage(b"", 1, 7),
+        FakeMessage(b"", 0, 3),
+        FakeMessage(b"", 1, 5),
+        FakeMessage(b"", 0, 4),
+        FakeMessage(None, 2, 99, error=object()),  # an error event carries no offset to commit
+    ]
+    assert next_offsets(messages) == {(TOPIC, 0): 5, (TOPIC, 1): 8}
+    assert next_offsets([]) == {}
+
+
+def test_a_valid_frame_decodes_to_its_pixels() -> None:
+    pixels = np.random.default_rng(0).integers(0, 255, (256, 1600), dtype=np.uint8)
+    checked = validate_message(FakeMessage(frame_value(1, pixels), 0, 0), max_bytes=8 << 20)
+    assert isinstance(checked, ValidFrame)
+    assert np.array_equal(checked.pixels, pixels) and checked.header.frame_id == "L1-cam-1-00000001"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"garbage bytes", "bad magic"),
+        (None, "tombstone"),
+        (frame_value(1)[:-40], "not a decodable png"),
+        (frame_value(1, width=200, height=200), "ensemble takes 1600x256"),
+        (frame_value(1) + b"\0" * 100, None),  # trailing bytes after a PNG still decode
+    ],
+)
+def test_unusable_messages_are_rejected_with_a_reason(value: bytes | None, reason: str | None) -> None:
+    checked = validate_message(FakeMessage(value, 0, 0), max_bytes=8 << 20)
+    if reason is None:
+        assert isinstance(checked, ValidFrame)
+    else:
+        assert isinstance(checked, Rejected) and reason in checked.reason
+
+
+def test_oversized_messages_are_rejected_before_decoding() -> None:
+    checked = validate_message(FakeMessage(frame_value(1), 0, 0), max_bytes=100)
+    assert isinstance(checked, Rejected) and "exceeds the limit of 100" in checked.reason
+
+
+def test_dead_letter_headers_keep_the_original_and_add_reason_and_source() -> None:
+    headers = dict(dead_letter_headers(FakeMessage(b"x", 3, 42), "bad magic", "w1", T0))
+    assert headers["frame_id"] == b"x"
+    assert headers[DLQ_HEADER_PREFIX + "reason"] == b"bad magic"
+    assert headers[DLQ_HEADER_PREFIX + "topic"] == TOPIC.encode()
+    assert headers[DLQ_HEADER_PREFIX + "partition"] == b"3"
+    assert headers[DLQ_HEADER_PREFIX + "offset"] == b"42"
+    assert datetime.fromisoformat(headers[DLQ_HEADER_PREFIX + "time"].decode()) == T0
+
+
+def test_defects_get_area_and_inclusive_bounding_box_from_the_mask() -> None:
+    mask = np.zeros((256, 1600), np.uint8)
+    mask[10:20, 100:150] = 1
+    mask[200, 1599] = 1
+    found = defects_of([0.1, 0.7, 0.2, 0.3], ["", rle.encode(mask), "", ""])
+    assert len(found) == 1
+    assert (found[0].class_id, found[0].area_px, found[0].bbox) == (2, 501, (100, 10, 1599, 200))
+    assert found[0].probability == pytest.approx(0.7)
+
+
+def test_records_and_alarms_follow_the_rule() -> None:
+    frames = [validate_message(FakeMessage(frame_value(i), 0, i), 8 << 20) for i in range(3)]
+    assert all(isinstance(f, ValidFrame) for f in frames)
+    mask = np.zeros((256, 1600), np.uint8)
+    mask[0:10, 0:30] = 1  # 300 px
+    code = rle.encode(mask)
+    result = EnsembleResult(
+        probs=np.array([[0.9, 0, 0, 0], [0.4, 0, 0, 0], [0.9, 0, 0, 0]], np.float32),
+        pixel_counts=np.array([[300, 0, 0, 0], [300, 0, 0, 0], [0, 0, 0, 0]]),
+        rles=[[code, "", "", ""], [code, "", "", ""], ["", "", "", ""]],
+    )
+    rule = AlarmRule((0.5,) * 4, (200,) * 4)
+    records, alarms, rejects = build_records(
+        frames,  # type: ignore[arg-type]
+        result,
+        rule,
+        received_at=T0,
+        infer_s=0.05,
+        model_name="default",
+        model_version="7",
+    )
+    assert not rejects
+    assert [len(r.defects) for r in records] == [1, 1, 0]
+    assert [(a.frame_id, a.class_id, a.alarm_id) for a in alarms] == [
+        ("L1-cam-1-00000000", 1, "L1-cam-1-00000000:1")
+    ]  # frame 1 below the probability, frame 2 has no defect
+    assert [len(r.alarms) for r in records] == [1, 0, 0]
+    assert records[0].infer_ms == pytest.approx(50.0) and records[0].class_probs == pytest.approx(
+        (0.9, 0, 0, 0)
+    )
+
+
+def test_a_result_that_cannot_be_stored_rejects_only_its_frame() -> None:
+    frames = [validate_message(FakeMessage(frame_value(i), 0, i), 8 << 20) for i in range(2)]
+    result = EnsembleResult(
+        probs=np.array([[float("nan"), 0, 0, 0], [0.1, 0, 0, 0]], np.float32),
+        pixel_counts=np.zeros((2, 4), np.int64),
+        rles=[["", "", "", ""], ["", "", "", ""]],
+    )
+    records, _, rejects = build_records(
+        frames,  # type: ignore[arg-type]
+        result,
+        AlarmRule((0.5,) * 4, (1,) * 4),
+        received_at=T0,
+        infer_s=0.0,
+        model_name="m",
+        model_version="1",
+    )
+    assert [r.frame_id for r in records] == ["L1-cam-1-00000001"]
+    assert len(rejects) == 1 and "not storable" in rejects[0].reason
+
+
+def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
+    backoff = Backoff(0.5, 6.0, jitter=0.0)
+    assert [backoff.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 6.0, 6.0]
+    backoff.reset()
+    assert backoff.next() == 0.5
+
+
+def test_backoff_jitter_stays_below_the_cap_and_never_overflows() -> None:
+    backoff = Backoff(0.1, 2.0, jitter=0.25, rng=random.Random(1))
+    delays = [backoff.next() for _ in range(5000)]  # a long outage
+    assert all(0 < d <= 2.0 for d in delays)
+    assert min(delays[10:]) >= 2.0 * 0.75
+    assert len({round(d, 6) for d in delays[10:]}) > 100  # jittered, not lockstep
+
+
+# --- the batch life with fakes -------------------------------------------------------------------
+
+
+def good_messages(n: int) -> list[FakeMessage]:
+    return [FakeMessage(frame_value(i), i % 2, 10 + i // 2) for i in range(n)]
+
+
+def test_happy_batch_is_stored_alarmed_then_committed_once() -> None:
+    worker, journal, parts = make_worker(good_messages(4))
+    assert worker.run_once() == 4
+    assert stage_order(journal) == ["infer", "store", "alarm", "commit"]
+    assert parts["consumer"].commits == [{(TOPIC, 0): 12, (TOPIC, 1): 12}]
+    assert len(parts["store"].rows) == 4 and len(parts["alarm_publisher"].published) == 4
+    assert len(parts["store"].published) == 4  # alarms marked published in the outbox
+    assert worker.metrics.value("steel_worker_frames_total", {"outcome": "stored"}) == 4
+    assert "pause" not in journal
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        ({"infer_failures": 3}, ["infer-failed"] * 3 + ["infer", "store", "alarm", "commit"]),
+        ({"store_failures": 2}, ["infer", "store-failed", "store-failed", "store", "alarm", "commit"]),
+        ({"alarm_failures": 2}, ["infer", "store", "alarm-failed", "alarm-failed", "alarm", "commit"]),
+    ],
+)
+def test_an_outage_holds_the_batch_pauses_and_resumes_without_redoing_done_steps(
+    failure: dict[str, int], expected: list[str]
+) -> None:
+    worker, journal, parts = make_worker(good_messages(3), **failure)
+    worker.run_once()
+    assert stage_order(journal) == expected
+    assert journal.count("pause") == 1 and journal.count("resume") == 1
+    assert journal.index("pause") < journal.index("commit") < journal.index("resume")
+    assert parts["consumer"].commits == [{(TOPIC, 0): 12, (TOPIC, 1): 11}]
+    assert worker.metrics.value("steel_worker_paused") == 0
+    stage = next(iter(failure)).split("_")[0]
+    assert worker.metrics.value("steel_worker_errors_total", {"stage": stage}) == next(iter(failure.values()))
+
+
+def test_corrupt_frames_are_dead_lettered_before_commit_and_the_rest_is_stored() -> None:
+    messages = [*good_messages(2), FakeMessage(b"not a frame", 0, 50)]
+    worker, journal, parts = make_worker(messages)
+    worker.run_once()
+    assert stage_order(journal) == ["infer", "dead_letter", "store", "alarm", "commit"]
+    assert [r.message.offset() for r in parts["dead_letters"].sent] == [50]
+    assert parts["consumer"].commits == [{(TOPIC, 0): 51, (TOPIC, 1): 11}]
+    assert len(parts["store"].rows) == 2
+    assert worker.metrics.value("steel_worker_frames_total", {"outcome": "dead_lettered"}) == 1
+
+
+def test_a_redelivered_batch_is_a_duplicate_but_its_alarms_are_published_again() -> None:
+    worker, _journal, parts = make_worker(good_messages(2))
+    worker.run_once()
+    parts["consumer"].pending = good_messages(2)  # the same messages again (e.g. after a crash)
+    worker.run_once()
+    assert len(parts["store"].rows) == 2
+    assert worker.metrics.value("steel_worker_frames_total", {"outcome": "duplicate"}) == 2
+    ids = [a.alarm_id for a in parts["alarm_publisher"].published]
+    assert len(ids) == 4 and len(set(ids)) == 2  # same stable ids, recognisable as repeats
+
+
+def test_a_stop_during_a_lasting_outage_abandons_the_batch_uncommitted() -> None:
+    worker, journal, parts = make_worker(good_messages(2), infer_failures=10**6)
+    worker.stop_event.set()
+    with pytest.raises(BatchAbandonedError, match="left uncommitted"):
+        worker.run_once()
+    assert parts["consumer"].commits == [] and "store" not in journal
+
+
+def test_partitions_revoked_during_an_outage_are_not_committed() -> None:
+    worker, journal, parts = make_worker(good_messages(4), store_failures=1)
+    consumer = parts["consumer"]
+    consumer.revoke = (2, 1)  # the first consume returns the batch; partition 1 goes while it is held
+    worker.run_once()
+    assert consumer.commits == [{(TOPIC, 0): 12}]
+    assert {tp.partition for tp in consumer.assigned} == {0} and consumer.paused == set()
+    assert journal.count("pause") == 2  # the new assignment was paused again while the batch was held
+
+
+def test_a_non_transient_error_propagates_without_commit() -> None:
+    worker, _journal, parts = make_worker(good_messages(2), store_error=ValueError("bug"))
+    with pytest.raises(ValueError, match="bug"):
+        worker.run_once()
+    assert parts["consumer"].commits == []
+    worker.teardown()
+    assert parts["consumer"].closed

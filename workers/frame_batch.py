@@ -1,0 +1,150 @@
+"""The batch a worker has in hand: messages decoded and validated, offsets to commit, and the
+records and alarms made from the ensemble's answer. Pure logic, no I/O."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from steelcore import rle
+from steelcore.frame_message import FrameHeader, FrameMessageError, decode_frame, decode_image
+from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH, NUM_CLASSES
+from workers.alarm_rules import Alarm, AlarmRule, alarms_for_frame
+from workers.defect_store import AlarmRecord, DefectRecord, FrameRecord, StoreResult
+from workers.triton_client import EnsembleResult
+
+
+def next_offsets(messages: Sequence[Any]) -> dict[tuple[str, int], int]:
+    """Offsets to commit for a batch: per (topic, partition), the highest offset + 1."""
+    out: dict[tuple[str, int], int] = {}
+    for message in messages:
+        if message.error() is not None:
+            continue
+        key = (message.topic(), message.partition())
+        out[key] = max(out.get(key, 0), message.offset() + 1)
+    return out
+
+
+@dataclass(frozen=True)
+class ValidFrame:
+    message: Any
+    header: FrameHeader
+    pixels: np.ndarray  # uint8 [256, 1600]
+    decode_s: float
+
+
+@dataclass(frozen=True)
+class Rejected:
+    message: Any
+    reason: str
+
+
+def validate_message(message: Any, max_bytes: int) -> ValidFrame | Rejected:
+    """Decode a frame message and check it fits the ensemble; a Rejected says why not."""
+    started = time.perf_counter()
+    try:
+        frame = decode_frame(message.value(), max_bytes=max_bytes)
+        # Checked before decoding, so a frame of another size never costs a full image decode;
+        # decode_image then holds the pixels to the header.
+        if (frame.header.height, frame.header.width) != (FRAME_HEIGHT, FRAME_WIDTH):
+            raise FrameMessageError(
+                f"frame is {frame.header.width}x{frame.header.height}; the ensemble takes "
+                f"{FRAME_WIDTH}x{FRAME_HEIGHT}"
+            )
+        pixels = decode_image(frame)
+    except FrameMessageError as exc:
+        return Rejected(message, exc.reason)
+    return ValidFrame(message, frame.header, pixels, time.perf_counter() - started)
+
+
+def defects_of(probs: Sequence[float], rles: Sequence[str]) -> list[DefectRecord]:
+    """One DefectRecord per class with a non-empty mask (area and bounding box from the mask)."""
+    found = []
+    for k, class_id in enumerate(CLASS_IDS):
+        if not rles[k]:
+            continue
+        ys, xs = np.nonzero(rle.decode(rles[k]))
+        if xs.size:
+            bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+            found.append(DefectRecord(class_id, rles[k], int(xs.size), bbox, float(probs[k])))
+    return found
+
+
+def build_records(
+    frames: Sequence[ValidFrame],
+    result: EnsembleResult,
+    rule: AlarmRule,
+    *,
+    received_at: datetime,
+    infer_s: float,
+    model_name: str,
+    model_version: str,
+) -> tuple[list[FrameRecord], list[Alarm], list[Rejected]]:
+    """Frame records (with defects and alarm rows) and the alarms to publish; a frame whose result
+    cannot be stored (e.g. a probability outside [0, 1]) is rejected instead."""
+    if result.probs.shape != (len(frames), NUM_CLASSES) or len(result.rles) != len(frames):
+        raise RuntimeError(
+            f"ensemble answered {result.probs.shape} for {len(frames)} frames of {NUM_CLASSES} classes"
+        )
+    records: list[FrameRecord] = []
+    alarms: list[Alarm] = []
+    rejects: list[Rejected] = []
+    for frame, probs, rles in zip(frames, result.probs.tolist(), result.rles, strict=True):
+        h = frame.header
+        try:
+            defects = defects_of(probs, rles)
+            areas = [0] * NUM_CLASSES
+            for d in defects:
+                areas[d.class_id - 1] = d.area_px
+            fired = alarms_for_frame(
+                rule, frame_id=h.frame_id, line_id=h.line_id, camera_id=h.camera_id, coil_id=h.coil_id,
+                position_m=h.position_m, captured_at=h.captured_at, probabilities=probs, areas_px=areas,
+            )  # fmt: skip
+            record = FrameRecord(
+                frame_id=h.frame_id,
+                line_id=h.line_id,
+                camera_id=h.camera_id,
+                coil_id=h.coil_id,
+                position_m=h.position_m,
+                captured_at=h.captured_at,
+                received_at=received_at,
+                model_name=model_name,
+                model_version=model_version,
+                defects=tuple(defects),
+                alarms=tuple(AlarmRecord(a.class_id, a.probability, a.area_px, received_at) for a in fired),
+                class_probs=tuple(probs),
+                decode_ms=frame.decode_s * 1000.0,
+                infer_ms=infer_s * 1000.0,
+                height=h.height,
+                width=h.width,
+            )
+        except ValueError as exc:
+            rejects.append(Rejected(frame.message, f"inference result not storable: {exc}"))
+            continue
+        records.append(record)
+        alarms.extend(fired)
+    return records, alarms, rejects
+
+
+@dataclass
+class Batch:
+    """What is done of a batch, so a retry after an outage resumes at the step that failed."""
+
+    messages: list[Any]
+    received_at: datetime
+    rebalances_at_consume: int
+    valid: list[ValidFrame] = field(default_factory=list)
+    rejects: list[Rejected] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    records: list[FrameRecord] | None = None  # None until inferred
+    alarms: list[Alarm] = field(default_factory=list)
+    dead_letters_pending: list[Rejected] | None = None
+    stored: StoreResult | None = None
+    alarm_entries: list[str] | None = None
+    marked: bool = False
+    committed: bool = False

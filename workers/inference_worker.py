@@ -1,0 +1,472 @@
+"""The inference worker: Kafka frames -> Triton ensemble -> Postgres (defects) + Redis (alarms).
+
+Life: ``setup`` (clients, schema migration, subscription), a loop of batches until
+``stop_event`` is set (SIGTERM/SIGINT in `steel work`), ``teardown`` in ``finally`` (the consumer
+leaves the group). Several workers in one consumer group share the partitions.
+
+Per batch, in this order, each step done once even when a later one is retried:
+  1. decode and validate every message; an unusable one becomes a *reject*;
+  2. one Triton request for the valid frames (the client splits it by the model's max batch);
+  3. rejects go to the dead-letter topic with the reason and source coordinates, delivery awaited;
+  4. one Postgres transaction: frames, defects and alarms, idempotent on frame_id;
+  5. alarms for every frame meeting the rule are published to the Redis stream (also for frames
+     the database already had: a worker that died between 4 and 5 must not lose them; alarm ids
+     are stable, so the actuator recognises a repeat), then marked published in the database;
+  6. offsets (last + 1 per partition) committed synchronously.
+Nothing is committed before 3-5 succeeded, so a crash anywhere redelivers the batch and the
+idempotent write absorbs it (Kafka transactions are not relied on: the embedded broker's are not
+exactly-once).
+
+Outages (Triton, Postgres, Redis or Kafka unreachable): the batch stays in hand, the assignment is
+paused, and the failed step is retried with capped exponential backoff while the consumer keeps
+being served, so the group membership survives; consumption resumes once the batch is through.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import redis
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from steelcore.settings import Settings, get_settings
+from workers.alarm_rules import AlarmRule
+from workers.frame_batch import Batch, ValidFrame, build_records, next_offsets, validate_message
+from workers.triton_client import EnsembleResult, TritonClientError
+from workers.worker_metrics import WorkerMetrics
+from workers.worker_parts import (
+    AlarmPublisher,
+    Backoff,
+    BatchAbandonedError,
+    DeadLetterError,
+    DeadLetterProducer,
+    DeadLetterSink,
+    Inference,
+    Outage,
+    PostgresStore,
+    Store,
+    is_db_outage,
+    is_kafka_outage,
+)
+
+log = logging.getLogger("steel.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Tuning of one worker; the defaults suit the embedded stack on a small machine."""
+
+    batch_size: int = 8  # messages per consume(); one Triton request and one transaction each
+    batch_wait_s: float = 0.2  # how long consume() waits to fill a batch
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 15.0
+    shutdown_grace_s: float = 30.0  # after a stop request, how long an outage may still delay exit
+    dead_letter_timeout_s: float = 10.0
+    startup_timeout_s: float = 60.0  # wait for the Triton model to be ready at start
+    metrics_port: int = 0  # 0 = no /metrics endpoint
+    log_every_s: float = 30.0
+    model_version: str | None = None  # label stored with each frame; default: the Triton model name
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_wait_s < 0 or self.shutdown_grace_s < 0:
+            raise ValueError("batch_wait_s and shutdown_grace_s must be >= 0")
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ValueError(
+                "need 0 < backoff_initial_s <= backoff_max_s, "
+                f"got {self.backoff_initial_s} and {self.backoff_max_s}"
+            )
+
+
+class InferenceWorker:
+    """One worker of the consumer group. Parts not passed in are built from settings in setup()."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        config: WorkerConfig | None = None,
+        *,
+        group_id: str | None = None,
+        consumer: Any | None = None,
+        dead_letters: DeadLetterSink | None = None,
+        inference: Inference | None = None,
+        store: Store | None = None,
+        alarm_publisher: AlarmPublisher | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.config = config or WorkerConfig()
+        self.group_id = group_id or self.settings.consumer_group
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{id(self) & 0xFFFF:04x}"
+        self.consumer = consumer
+        self.dead_letters = dead_letters
+        self.inference = inference
+        self.store = store
+        self.alarm_publisher = alarm_publisher
+        self.metrics = metrics or WorkerMetrics()
+        self.rule = AlarmRule.from_settings(self.settings)
+        self.model_version = self.config.model_version or self.settings.triton_model
+        self.stop_event = threading.Event()
+        self._backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        self._paused = False
+        self._carry: list[Any] = []  # fetched while paused; handled before consuming more
+        self._rebalances = 0
+        self._stop_deadline: float | None = None
+        self._redis: Any = None
+        self._last_log = time.monotonic()
+        self._embedded_kafka = True
+
+    # --- life -----------------------------------------------------------------------------------
+    def run(self) -> None:
+        """setup, batches until stop_event, teardown (also after an error)."""
+        try:
+            self.setup()
+            while not self.stop_event.is_set():
+                self.run_once()
+        finally:
+            self.teardown()
+
+    def setup(self) -> None:
+        from steelcore import service_urls
+
+        s = self.settings
+        self.metrics.serve(self.config.metrics_port)
+        self._embedded_kafka = service_urls.is_embedded("kafka", s)
+        if self.inference is None:
+            from workers.triton_client import TritonEnsembleClient
+
+            client = TritonEnsembleClient(
+                service_urls.triton_url(s), s.triton_protocol, s.triton_model, s.triton_timeout_s
+            )
+            self.inference = client
+            client.wait_ready(self.config.startup_timeout_s)
+        if self.store is None:
+            from workers.db_migrate import create_db_engine, upgrade
+
+            url = service_urls.postgres_url(s)
+            upgrade(url)
+            self.store = PostgresStore(create_db_engine(url), s)
+        if self.alarm_publisher is None:
+            from workers.actuator import alarm_stream_from_settings
+
+            stream = alarm_stream_from_settings(s)
+            stream.client.ping()
+            self._redis = stream.client
+            self.alarm_publisher = stream
+        if self.dead_letters is None or self.consumer is None:
+            self._setup_kafka()
+        assert self.consumer is not None
+        self.consumer.subscribe(
+            [s.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        log.info("worker %s consuming %s in group %s", self.worker_id, s.frames_topic, self.group_id)
+
+    def _setup_kafka(self) -> None:
+        from confluent_kafka import Consumer, Producer
+        from confluent_kafka.admin import AdminClient
+
+        from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics, producer_config
+
+        s = self.settings
+        kafka_log = {"logger": logging.getLogger("librdkafka")}
+        ensure_topics(
+            AdminClient(admin_config(s, kafka_log)),
+            [s.frames_topic, s.dead_letter_topic],
+            s.frames_partitions,
+        )
+        if self.dead_letters is None:
+            producer = Producer(
+                producer_config(s, {**kafka_log, "message.max.bytes": s.max_frame_bytes + 65536})
+            )
+            self.dead_letters = DeadLetterProducer(
+                producer,
+                s.dead_letter_topic,
+                self.worker_id,
+                self.config.dead_letter_timeout_s,
+                s.max_frame_bytes,
+            )
+        if self.consumer is None:
+            overrides = {**kafka_log, "client.id": f"steel-worker-{self.worker_id}"}
+            self.consumer = Consumer(consumer_config(self.group_id, s, overrides))
+
+    def teardown(self) -> None:
+        """Close everything; the consumer leaves the group (no commit: offsets are committed per batch)."""
+        steps: list[tuple[str, Callable[[], object] | None]] = [
+            ("consumer", self.consumer.close if self.consumer is not None else None),
+            ("dead-letter producer", self.dead_letters.close if self.dead_letters is not None else None),
+            ("triton client", self.inference.close if self.inference is not None else None),
+            ("database", self.store.close if self.store is not None else None),
+            ("redis", self._redis.close if self._redis is not None else None),
+            ("metrics", self.metrics.close),
+        ]
+        for name, close in steps:
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as exc:  # teardown goes on: one failing close must not keep the others open
+                log.warning("closing %s failed: %s", name, exc)
+        log.info("worker %s stopped", self.worker_id)
+
+    # --- rebalance callbacks (run inside consume) -----------------------------------------------
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._rebalances += 1
+        consumer.assign(partitions)
+        if self._paused:
+            # The eager protocol drops the pause state with the old assignment: pause the new one.
+            consumer.pause(partitions)
+        log.info("assigned %s", _describe(partitions))
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._rebalances += 1
+        log.info("revoked %s", _describe(partitions))
+
+    # --- one batch ------------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Consume one batch and see it through; returns the number of messages handled."""
+        assert self.consumer is not None
+        if self._carry:
+            usable, self._carry = self._carry[: self.config.batch_size], self._carry[self.config.batch_size :]
+        else:
+            fetched = self.consumer.consume(
+                num_messages=self.config.batch_size, timeout=self.config.batch_wait_s
+            )
+            usable = [m for m in fetched if not self._is_error(m)]
+        if usable:
+            batch = Batch(usable, datetime.now(UTC), self._rebalances)
+            self.metrics.batch_frames.observe(len(usable))
+            self._process(batch)
+        self._maybe_log()
+        return len(usable)
+
+    def _is_error(self, message: Any) -> bool:
+        err = message.error()
+        if err is None:
+            return False
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error on %s[%s]: %s", message.topic(), message.partition(), err)
+        return True
+
+    def _process(self, batch: Batch) -> None:
+        self._decode(batch)
+        self._backoff.reset()
+        while True:
+            try:
+                self._advance(batch)
+                break
+            except Outage as outage:
+                self._hold(batch, outage)
+        if self._paused:
+            self._resume()
+        self._account(batch)
+
+    def _decode(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        batch.offsets = next_offsets(batch.messages)
+        for message in batch.messages:
+            checked = validate_message(message, self.settings.max_frame_bytes)
+            if isinstance(checked, ValidFrame):
+                batch.valid.append(checked)
+            else:
+                log.warning(
+                    "dead-lettering %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(),
+                    checked.reason,
+                )  # fmt: skip
+                batch.rejects.append(checked)
+        self.metrics.observe_stage("decode", time.perf_counter() - started)
+
+    def _advance(self, batch: Batch) -> None:
+        """Run the steps not done yet; raises Outage from the first that meets an unreachable service."""
+        if batch.records is None:
+            if batch.valid:
+                result, infer_s = self._step("infer", TritonClientError, self._infer, batch.valid)
+                records, alarms, bad = build_records(
+                    batch.valid, result, self.rule, received_at=batch.received_at, infer_s=infer_s,
+                    model_name=self.settings.model_name, model_version=self.model_version,
+                )  # fmt: skip
+                batch.rejects.extend(bad)
+                batch.records, batch.alarms = records, alarms
+            else:
+                batch.records = []
+        if batch.dead_letters_pending is None:
+            batch.dead_letters_pending = list(batch.rejects)
+        if batch.dead_letters_pending:
+            assert self.dead_letters is not None
+            batch.dead_letters_pending = self._step(
+                "dead_letter", is_kafka_outage, self.dead_letters.send, batch.dead_letters_pending
+            )
+            if batch.dead_letters_pending:
+                raise Outage(
+                    "dead_letter", DeadLetterError(f"{len(batch.dead_letters_pending)} not delivered")
+                )
+        if batch.records and batch.stored is None:
+            assert self.store is not None
+            batch.stored = self._step("store", is_db_outage, self.store.write_batch, batch.records)
+        if batch.alarms and batch.alarm_entries is None:
+            assert self.alarm_publisher is not None
+            batch.alarm_entries = self._step(
+                "alarm", lambda e: isinstance(e, redis.RedisError), self.alarm_publisher.publish, batch.alarms
+            )
+        if batch.alarm_entries and not batch.marked:
+            assert self.store is not None
+            published = [
+                (a.frame_id, a.class_id, e) for a, e in zip(batch.alarms, batch.alarm_entries, strict=True)
+            ]
+            self._step("outbox", is_db_outage, self.store.mark_published, published)
+            batch.marked = True
+        if not batch.committed:
+            self._step("commit", is_kafka_outage, self._commit, batch)
+            batch.committed = True
+
+    def _step(
+        self,
+        stage: str,
+        transient: type[BaseException] | Callable[[BaseException], bool],
+        fn: Callable[..., Any],
+        *args: Any,
+    ) -> Any:
+        started = time.perf_counter()
+        try:
+            out = fn(*args)
+        except Exception as exc:
+            is_transient = isinstance(exc, transient) if isinstance(transient, type) else transient(exc)
+            self.metrics.errors.labels(stage).inc()
+            if is_transient:
+                raise Outage(stage, exc) from exc
+            raise
+        self.metrics.observe_stage(stage, time.perf_counter() - started)
+        return out
+
+    def _infer(self, frames: Sequence[ValidFrame]) -> tuple[EnsembleResult, float]:
+        assert self.inference is not None
+        started = time.perf_counter()
+        result = self.inference.infer_async(np.stack([f.pixels for f in frames])).result()
+        return result, time.perf_counter() - started
+
+    def _commit(self, batch: Batch) -> None:
+        assert self.consumer is not None
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        offsets = {k: v for k, v in batch.offsets.items() if k in assigned}
+        if len(offsets) < len(batch.offsets):
+            # Revoked meanwhile: the new owner starts from the last commit and redelivers these;
+            # the idempotent write makes that harmless.
+            log.info("not committing %s: no longer assigned", sorted(set(batch.offsets) - set(offsets)))
+        if offsets and self._rebalances != batch.rebalances_at_consume:
+            offsets = self._ahead_of_committed(offsets)
+        if not offsets:
+            return
+        result = self.consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())], asynchronous=False
+        )
+        failed = [tp for tp in result or [] if tp.error is not None]
+        if failed:
+            raise KafkaException(failed[0].error)
+
+    def _ahead_of_committed(self, offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """After a rebalance another worker may have committed further: never move a commit back."""
+        assert self.consumer is not None
+        current = self.consumer.committed([TopicPartition(t, p) for t, p in offsets], timeout=10)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in current}
+        return {k: v for k, v in offsets.items() if v > committed.get(k, -1)}
+
+    # --- outages --------------------------------------------------------------------------------
+    def _hold(self, batch: Batch, outage: Outage) -> None:
+        """Pause, wait (serving the consumer) and return for another try; give up only after a stop
+        request has waited out the shutdown grace."""
+        now = time.monotonic()
+        if self.stop_event.is_set():
+            if self._stop_deadline is None:
+                self._stop_deadline = now + self.config.shutdown_grace_s
+            if now >= self._stop_deadline:
+                raise BatchAbandonedError(
+                    f"stop requested and {outage.stage} still failing after "
+                    f"{self.config.shutdown_grace_s:.0f} s; "
+                    f"{len(batch.messages)} message(s) left uncommitted for redelivery"
+                ) from outage.cause
+        if not self._paused:
+            self._pause()
+        delay = self._backoff.next()
+        log.warning(
+            "%s unavailable (%s); holding %d message(s), retry %d in %.1f s",
+            outage.stage, outage.cause, len(batch.messages), self._backoff.attempt, delay,
+        )  # fmt: skip
+        self._serve(delay)
+
+    def _pause(self) -> None:
+        assert self.consumer is not None
+        self.consumer.pause(self.consumer.assignment())
+        self._paused = True
+        self.metrics.paused.set(1)
+
+    def _resume(self) -> None:
+        assert self.consumer is not None
+        self.consumer.resume(self.consumer.assignment())
+        self._paused = False
+        self.metrics.paused.set(0)
+        log.info("services back; consumption resumed")
+
+    def _serve(self, seconds: float) -> None:
+        """Keep calling consume() for ``seconds`` so heartbeats, rebalances and max.poll.interval.ms
+        are served. Pausing stops fetching, but a partition assigned in between may deliver before
+        it is paused again: such messages are kept and handled right after the batch in hand."""
+        assert self.consumer is not None
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            fetched = self.consumer.consume(num_messages=self.config.batch_size, timeout=min(remaining, 1.0))
+            usable = [m for m in fetched if not self._is_error(m)]
+            if usable:
+                self._carry.extend(usable)
+                self.consumer.pause(self.consumer.assignment())
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+    def _account(self, batch: Batch) -> None:
+        stored = batch.stored
+        self.metrics.count("stored", len(stored.new_frame_ids) if stored else 0)
+        self.metrics.count("duplicate", len(stored.duplicate_frame_ids) if stored else 0)
+        self.metrics.count("dead_lettered", len(batch.rejects))
+        if batch.alarm_entries:
+            self.metrics.alarms.inc(len(batch.alarm_entries))
+        if batch.valid:
+            newest = max(f.header.captured_at for f in batch.valid)
+            self.metrics.event_lag.set((datetime.now(UTC) - newest).total_seconds())
+        if not self._embedded_kafka:
+            self._export_offset_lag()
+
+    def _export_offset_lag(self) -> None:
+        assert self.consumer is not None
+        assignment = self.consumer.assignment()
+        for tp in self.consumer.position(assignment) if assignment else []:
+            try:
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if tp.offset >= 0 and high >= 0:
+                self.metrics.offset_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+    def _maybe_log(self) -> None:
+        if time.monotonic() - self._last_log < self.config.log_every_s:
+            return
+        self._last_log = time.monotonic()
+        m = self.metrics
+        log.info(
+            "stored %d, duplicate %d, dead-lettered %d frames; %d alarms; event lag %.1f s",
+            m.value("steel_worker_frames_total", {"outcome": "stored"}),
+            m.value("steel_worker_frames_total", {"outcome": "duplicate"}),
+            m.value("steel_worker_frames_total", {"outcome": "dead_lettered"}),
+            m.value("steel_worker_alarms_published_total"),
+            m.value("steel_worker_event_lag_seconds"),
+        )
+
+
+def _describe(partitions: Sequence[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"

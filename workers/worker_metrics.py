@@ -1,0 +1,89 @@
+"""Prometheus metrics of an inference worker, served on ``/metrics`` when a port is given.
+
+Lag is exported two ways. Event-time lag (now minus ``captured_at`` of the newest frame
+processed) means the same on any broker. Offset lag (high watermark minus position) is exported
+only against a real Kafka: the embedded Tansu broker reports the high watermark as the last
+batch's base offset + 1, which would make it wrong (shared/notes/embedded-stack.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("stored", "duplicate", "dead_lettered")
+STAGES = ("decode", "infer", "dead_letter", "store", "alarm", "outbox", "commit")
+# Latency buckets from 1 ms to 30 s: decode is milliseconds, inference on CPU up to seconds.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class WorkerMetrics:
+    """The worker's metrics in a registry of their own (several workers can share a process in tests)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.frames = Counter("steel_worker_frames", "Frames finished, by outcome", ["outcome"], registry=r)
+        self.stage_seconds = Histogram(
+            "steel_worker_stage_seconds",
+            "Latency of each stage per batch",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter("steel_worker_errors", "Failed attempts, by stage", ["stage"], registry=r)
+        self.alarms = Counter("steel_worker_alarms_published", "Alarms published to the stream", registry=r)
+        self.batch_frames = Histogram(
+            "steel_worker_batch_frames",
+            "Messages per consumed batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.paused = Gauge("steel_worker_paused", "1 while consumption is paused by an outage", registry=r)
+        self.event_lag = Gauge(
+            "steel_worker_event_lag_seconds",
+            "Now minus captured_at of the newest frame processed",
+            registry=r,
+        )
+        self.offset_lag = Gauge(
+            "steel_worker_offset_lag",
+            "High watermark minus position (real Kafka only)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        for outcome in OUTCOMES:
+            self.frames.labels(outcome)
+        for stage in STAGES:
+            self.errors.labels(stage)
+        self._server: Any = None
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(stage).observe(seconds)
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        if n:
+            self.frames.labels(outcome).inc(n)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample's current value (0 when absent); for logs and tests."""
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int | None:
+        """Serve /metrics on ``port`` (0 = off); returns the port, or None when off."""
+        if port == 0:
+            return None
+        if not 0 < port < 65536:
+            raise ValueError(f"metrics port must be in 1..65535 (0 = off), got {port}")
+        self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", addr, port)
+        return port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
