@@ -21,18 +21,26 @@ from types import FrameType
 
 from steelcore import exit_codes
 from steelcore.frame_message import ENCODINGS
+from steelcore.settings import get_settings
 
 log = logging.getLogger("steel.produce")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings = get_settings()
     parser.add_argument("--line", default="L1", help="line id (default L1)")
     parser.add_argument(
         "--camera", action="append", default=None, help="camera id; repeat for several cameras (default cam1)"
     )
-    parser.add_argument("--fps", type=float, default=2.0, help="frames per second per camera (default 2)")
-    parser.add_argument("--speed", type=float, default=1.0, help="strip speed in m/s (default 1)")
-    parser.add_argument("--coil-length", type=float, default=500.0, help="coil length in m (default 500)")
+    parser.add_argument(
+        "--fps", type=float, default=settings.camera_fps, help="frames/s per camera (default %(default)s)"
+    )
+    parser.add_argument(
+        "--speed", type=float, default=settings.line_speed_m_s, help="strip m/s (default %(default)s)"
+    )
+    parser.add_argument(
+        "--coil-length", type=float, default=settings.coil_length_m, help="coil m (default %(default)s)"
+    )
     parser.add_argument(
         "--frames", type=int, default=None, help="frames per camera (default: endless; one pass for --replay)"
     )

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     alarm_min_probability: FourFloats = (0.5, 0.5, 0.5, 0.5)
     alarm_min_area_px: FourInts = (200, 200, 400, 2000)
 
+    # --- synthetic cameras (`steel produce`, `steel demo`) -----------------------------
+    # 0.256 m of strip per 256-px frame at ~1 mm/px: 4 frames/s covers a 1 m/s line without gaps.
+    camera_fps: float = 4.0
+    line_speed_m_s: float = 1.0
+    coil_length_m: float = 500.0
+
+    # --- workers ----------------------------------------------------------------------------
+    worker_metrics_port: int = Field(0, description="Prometheus /metrics port of `steel work`; 0 = off")
+
     # --- input limits ---------------------------------------------------------------------
     max_frame_bytes: int = 8 * 1024 * 1024
 

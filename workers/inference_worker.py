@@ -72,7 +72,7 @@ class WorkerConfig:
     shutdown_grace_s: float = 30.0  # after a stop request, how long an outage may still delay exit
     dead_letter_timeout_s: float = 10.0
     startup_timeout_s: float = 60.0  # wait for the Triton model to be ready at start
-    metrics_port: int = 0  # 0 = no /metrics endpoint
+    metrics_port: int = 0  # 0 = no /metrics endpoint; `steel work` takes settings.worker_metrics_port
     log_every_s: float = 30.0
     model_version: str | None = None  # label stored with each frame; default: the Triton model name
 

@@ -14,6 +14,7 @@ import sys
 from types import FrameType
 
 from steelcore import exit_codes
+from steelcore.settings import get_settings
 
 log = logging.getLogger("steel.work")
 
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=defaults.metrics_port,
+        default=get_settings().worker_metrics_port,
         help="serve Prometheus /metrics on this port; 0 = off (default %(default)s)",
     )
     parser.add_argument(
