@@ -1,0 +1,440 @@
+"""Measure the storage each inspected frame costs: Kafka message, Postgres rows, Redis alarm entry.
+
+Input is real Severstal data (shared/data/severstal_sample): its frames for image bytes and its
+2,833 real RLE masks for the defect rows. Everything is written through the product's own code
+(steelcore.frame_message.encode_frame, workers.defect_store.DefectStore.write_batch,
+workers.alarm_stream.AlarmStream.publish), into a fresh database on the embedded Postgres and a
+fresh stream on the embedded Redis (or the servers given with --postgres-url / --redis-url).
+
+Also timed, because they size the workers: decoding a frame message, and one write_batch.
+
+Bytes per row are marginal: the growth of pg_total_relation_size (heap + indexes + TOAST) between
+the first and the second half of the seeding, divided by the rows added, so a table's fixed
+overhead (metapages, the first empty page) does not count. Redis: MEMORY USAGE of the stream
+(SAMPLES 0: exact), marginal in the same way.
+
+    .venv/bin/python scripts/measure_row_bytes.py [--frames 4000] [--json bench-results/row_bytes.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from benchmarks.report import machine_info, print_table, time_callable, write_results
+from steelcore import exit_codes
+from steelcore.frame_message import (
+    ENCODINGS,
+    FrameHeader,
+    decode_frame,
+    decode_image,
+    encode_frame,
+    encode_image,
+)
+from steelcore.kaggle_csv import read_labels
+from steelcore.paths import SEVERSTAL_SAMPLE_DIR
+from steelcore.rle import decode
+from steelcore.settings import Settings
+from steelcore.severstal import CLASS_NAMES, FRAME_SHAPE
+
+NAME = "row_bytes"
+BATCH = 8  # the worker's default batch: one transaction per batch, as in production
+MEASURED_TABLES = ("frames", "defects", "alarms", "frame_images", "coils")
+RLE_LABELS = SEVERSTAL_SAMPLE_DIR / "labels" / "train_rle_subset.csv"
+# Severstal train set: 6,666 of 12,568 frames have a defect (PROVENANCE.md); the default seeds
+# that share so that defect rows are plentiful. Bytes per row do not depend on it.
+KAGGLE_DEFECTIVE_SHARE = 6666 / 12568
+
+
+@dataclass(frozen=True)
+class RealDefects:
+    """The defects of one real Severstal frame, as (class_id, RLE) pairs; decoded when used, since
+    thousands of decoded 256x1600 masks would not fit in memory."""
+
+    image_id: str
+    rles: tuple[tuple[int, str], ...]
+
+
+def load_frames(folder: Path) -> list[np.ndarray]:
+    """The real frames as uint8 grey levels [256, 1600]."""
+    paths = sorted(p for p in (folder / "images").iterdir() if p.suffix in (".jpg", ".png"))
+    frames = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
+    usable = [f for f in frames if f is not None and f.shape == FRAME_SHAPE]
+    if not usable:
+        raise ValueError(f"no readable {FRAME_SHAPE[1]}x{FRAME_SHAPE[0]} frames in {folder / 'images'}")
+    return usable
+
+
+def load_defects(csv_path: Path) -> list[RealDefects]:
+    """Every real frame of the label file that has at least one defect."""
+    out = []
+    for image_id, rles in read_labels(csv_path).items():
+        present = tuple((k + 1, rle) for k, rle in enumerate(rles) if rle)
+        if present:
+            out.append(RealDefects(image_id, present))
+    if not out:
+        raise ValueError(f"no defects in {csv_path}")
+    return out
+
+
+def message_bytes(frames: Sequence[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Kafka message value size (header + image) per encoding over the real frames, and the time
+    a worker takes to parse and decode one (decode_frame + decode_image, one thread)."""
+    header = FrameHeader(
+        frame_id="L1-cam1-1767225600000-00000001",
+        line_id="L1",
+        camera_id="cam1",
+        coil_id="L1-20260101T000000Z-0001",
+        position_m=123.45,
+        captured_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    result = {}
+    for encoding in ENCODINGS:
+        sizes = [
+            len(encode_frame(replace(header, encoding=encoding), encode_image(f, encoding))) for f in frames
+        ]
+        messages = [
+            encode_frame(replace(header, encoding=encoding), encode_image(f, encoding)) for f in frames
+        ]
+        timing = time_callable(_decoder(messages), warmup=4, repeats=40)
+        result[encoding] = {
+            "median": statistics.median(sizes),
+            "min": min(sizes),
+            "max": max(sizes),
+            "decode_ms_median": round(timing.median_us / 1000, 3),
+            "decode_ms_min": round(timing.min_us / 1000, 3),
+        }
+    return result
+
+
+def _decoder(messages: Sequence[bytes]) -> Callable[[], object]:
+    """What a worker does with each message before inference, over the messages in turn."""
+    pending = itertools.cycle(messages)
+    return lambda: decode_image(decode_frame(next(pending)))
+
+
+def frame_records(
+    count: int, defects: Sequence[RealDefects], images: Sequence[bytes], defective_share: float, seed: int
+) -> Iterator[Any]:
+    """FrameRecords as a worker would build them: every frame has class probabilities; a defective one
+    carries a real frame's defects, an alarm per defect that passes the default alarm rule, and
+    a real JPEG image."""
+    from workers.alarm_rules import AlarmRule
+    from workers.defect_store import AlarmRecord, DefectRecord, FrameRecord
+
+    rng = random.Random(seed)
+    rule = AlarmRule.from_settings(Settings())
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    real = itertools.cycle(defects)
+    jpegs = itertools.cycle(images)
+    run = uuid.uuid4().hex[:6]
+    for seq in range(count):
+        captured = start + timedelta(milliseconds=250 * seq)
+        found: list[DefectRecord] = []
+        alarms: list[AlarmRecord] = []
+        if rng.random() < defective_share:
+            for class_id, rle in next(real).rles:
+                record = DefectRecord.from_mask(class_id, decode(rle), probability=rng.uniform(0.5, 1.0))
+                if record is None:
+                    continue
+                found.append(record)
+                if rule.fires(class_id - 1, record.probability, record.area_px):
+                    alarms.append(
+                        AlarmRecord(
+                            class_id,
+                            record.probability,
+                            record.area_px,
+                            captured,
+                            stream_entry_id=f"{1767225600000 + seq}-0",
+                            published_at=captured,
+                        )
+                    )
+        yield FrameRecord(
+            frame_id=f"L1-cam{seq % 4 + 1}-{run}-{seq:08d}",
+            line_id="L1",
+            camera_id=f"cam{seq % 4 + 1}",
+            coil_id=f"L1-20260101T000000Z-{seq // 2000:04d}",
+            position_m=round(0.25 * (seq % 2000), 2),
+            captured_at=captured,
+            received_at=captured + timedelta(milliseconds=30),
+            model_name="default",
+            model_version="steel_ensemble",
+            defects=tuple(found),
+            alarms=tuple(alarms),
+            class_probs=tuple(rng.random() for _ in CLASS_NAMES),
+            decode_ms=2.0,
+            infer_ms=40.0,
+            store_ms=5.0,
+            image=next(jpegs) if found else None,
+        )
+
+
+def table_sizes(engine: Any) -> dict[str, dict[str, int]]:
+    from sqlalchemy import text
+
+    sizes = {}
+    with engine.connect() as conn:
+        for table in MEASURED_TABLES:
+            # Table names are this module's constants, never input.
+            rows = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+            total, heap, indexes = conn.execute(
+                text(
+                    f"SELECT pg_total_relation_size('{table}'), pg_relation_size('{table}'), "
+                    f"pg_indexes_size('{table}')"
+                )
+            ).one()
+            sizes[table] = {"rows": rows, "total": total, "heap": heap, "indexes": indexes}
+    return sizes
+
+
+def column_bytes(engine: Any) -> dict[str, float]:
+    """Average stored size of the wide columns and of whole tuples (pg_column_size, after compression)."""
+    from sqlalchemy import text
+
+    queries = {
+        "frames_tuple": "SELECT avg(pg_column_size(t.*)) FROM frames t",
+        "defects_tuple": "SELECT avg(pg_column_size(t.*)) FROM defects t",
+        "defects_rle_stored": "SELECT avg(pg_column_size(rle)) FROM defects",
+        "defects_rle_text": "SELECT avg(octet_length(rle)) FROM defects",
+        "alarms_tuple": "SELECT avg(pg_column_size(t.*)) FROM alarms t",
+        "frame_images_image_stored": "SELECT avg(pg_column_size(image)) FROM frame_images",
+        "frame_images_image_bytes": "SELECT avg(octet_length(image)) FROM frame_images",
+    }
+    with engine.connect() as conn:
+        return {name: float(conn.execute(text(sql)).scalar_one() or 0.0) for name, sql in queries.items()}
+
+
+def marginal(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> dict[str, dict[str, Any]]:
+    out = {}
+    for table in MEASURED_TABLES:
+        added = after[table]["rows"] - before[table]["rows"]
+        out[table] = {"rows_added": added, "rows_total": after[table]["rows"]}
+        for part in ("total", "heap", "indexes"):
+            grown = after[table][part] - before[table][part]
+            out[table][f"{part}_bytes_per_row"] = round(grown / added, 1) if added else None
+    return out
+
+
+def measure_postgres(url: str, records: list[Any]) -> dict[str, Any]:
+    from workers import db_migrate
+    from workers.defect_store import DefectStore
+
+    db_migrate.upgrade(url)
+    engine = db_migrate.create_db_engine(url)
+    try:
+        store = DefectStore(engine, Settings())
+        half = len(records) // 2
+        write_ms = []
+        for i in range(0, half, BATCH):
+            write_ms.append(store.write_batch(records[i : min(i + BATCH, half)]).elapsed_ms)
+        before = table_sizes(engine)
+        for i in range(half, len(records), BATCH):
+            write_ms.append(store.write_batch(records[i : i + BATCH]).elapsed_ms)
+        after = table_sizes(engine)
+        write_ms.sort()
+        timing = {
+            "batch": BATCH,
+            "write_ms_median": round(statistics.median(write_ms), 2),
+            "write_ms_p95": round(write_ms[int(0.95 * (len(write_ms) - 1))], 2),
+        }
+        return {
+            "per_row": marginal(before, after),
+            "columns": column_bytes(engine),
+            "sizes": after,
+            "write_batch": timing,
+        }
+    finally:
+        engine.dispose()
+
+
+def measure_redis(url: str, entries: int, records: Sequence[Any]) -> dict[str, Any]:
+    import redis
+
+    from workers.alarm_rules import Alarm
+    from workers.alarm_stream import AlarmStream
+
+    settings = Settings()
+    client = redis.Redis.from_url(url)
+    key = f"steel:measure:{uuid.uuid4().hex[:8]}"
+    stream = AlarmStream(client, key, f"{key}:live", settings.alarm_stream_maxlen)
+    alarms = [
+        Alarm(
+            alarm_id=f"{r.frame_id}:{a.class_id}",
+            frame_id=r.frame_id,
+            class_id=a.class_id,
+            class_name=CLASS_NAMES[a.class_id],
+            probability=a.probability,
+            area_px=a.area_px,
+            line_id=r.line_id,
+            camera_id=r.camera_id,
+            coil_id=r.coil_id,
+            position_m=r.position_m,
+            captured_at=r.captured_at.isoformat(),
+        )
+        for r in records
+        for a in r.alarms
+    ]
+    if not alarms:
+        raise ValueError("the seeded frames raised no alarm; raise --frames or --defective-share")
+    source = itertools.cycle(alarms)
+    try:
+        half = entries // 2
+        stream.publish([next(source) for _ in range(half)])
+        usage_half = int(client.memory_usage(key, samples=0))
+        for start in range(half, entries, 500):
+            stream.publish([next(source) for _ in range(min(500, entries - start))])
+        usage = int(client.memory_usage(key, samples=0))
+        length = int(client.xlen(key))
+        per_entry = (usage - usage_half) / (length - half)
+        return {
+            "entries": length,
+            "memory_usage_bytes": usage,
+            "bytes_per_entry": round(per_entry, 1),
+            "maxlen": settings.alarm_stream_maxlen,
+            "bytes_at_maxlen": round(per_entry * settings.alarm_stream_maxlen),
+            "redis_version": client.info("server")["redis_version"],
+        }
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def _fresh_database(admin_url: str, stack: ExitStack) -> str:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from workers import db_migrate
+
+    name = f"steel_measure_{uuid.uuid4().hex[:8]}"
+    admin = db_migrate.create_db_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    stack.callback(drop)
+    url = make_url(db_migrate.sqlalchemy_url(admin_url)).set(database=name)
+    return url.render_as_string(hide_password=False)
+
+
+def _embedded(kind: str, stack: ExitStack) -> str:
+    from stack.postgres_server import PostgresServer
+    from stack.redis_server import RedisServer
+    from stack.service import free_port
+
+    run_dir = Path(tempfile.mkdtemp(prefix="steel-measure-"))
+    stack.callback(shutil.rmtree, run_dir, ignore_errors=True)  # runs after the stop below
+    # As root, PostgreSQL runs as another user that must reach its data folder.
+    run_dir.chmod(0o755)
+    service = (PostgresServer if kind == "postgres" else RedisServer)(run_dir, free_port())
+    service.start(timeout_s=60)
+    stack.callback(service.stop)
+    return service.url
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, default=4000, help="frames to store (default 4000)")
+    parser.add_argument(
+        "--defective-share",
+        type=float,
+        default=KAGGLE_DEFECTIVE_SHARE,
+        help="share of frames with a defect (default: Severstal train set, 0.53)",
+    )
+    parser.add_argument("--alarm-entries", type=int, default=5000, help="alarms to XADD (default 5000)")
+    parser.add_argument("--postgres-url", help="admin URL of a server to use instead of the embedded one")
+    parser.add_argument("--redis-url", help="URL of a Redis to use instead of the embedded one")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--json", type=Path, default=None, help="results file (default bench-results/row_bytes.json)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.frames < 2 * BATCH or args.alarm_entries < 2 or not 0 < args.defective_share <= 1:
+        print("need --frames >= 16, --alarm-entries >= 2 and 0 < --defective-share <= 1", file=sys.stderr)
+        return exit_codes.BAD_INPUT
+    frames = load_frames(SEVERSTAL_SAMPLE_DIR)
+    defects = load_defects(RLE_LABELS)
+    jpegs = [encode_image(f, "jpeg") for f in frames]
+    records = list(frame_records(args.frames, defects, jpegs, args.defective_share, args.seed))
+    with ExitStack() as stack:
+        pg_admin = args.postgres_url or _embedded("postgres", stack)
+        postgres = measure_postgres(_fresh_database(pg_admin, stack), records)
+        redis_result = measure_redis(args.redis_url or _embedded("redis", stack), args.alarm_entries, records)
+    kafka = message_bytes(frames)
+    defective = sum(1 for r in records if r.defects)
+    result = {
+        "frames": len(records),
+        "defective_frames": defective,
+        "defects_per_defective_frame": round(sum(len(r.defects) for r in records) / max(1, defective), 3),
+        "alarms_per_defect": round(
+            sum(len(r.alarms) for r in records) / max(1, sum(len(r.defects) for r in records)), 3
+        ),
+        "kafka_message_bytes": kafka,
+        "postgres": postgres,
+        "redis": redis_result,
+    }
+    config = {"frames": args.frames, "defective_share": args.defective_share, "seed": args.seed,
+              "batch": BATCH, "real_frames": len(frames), "real_defect_frames": len(defects)}  # fmt: skip
+    path = write_results(NAME, [result], config, args.json)
+    per_row = postgres["per_row"]
+    print_table(
+        ["table", "rows added", "bytes/row total", "heap", "indexes"],
+        [
+            [
+                t,
+                per_row[t]["rows_added"],
+                per_row[t]["total_bytes_per_row"],
+                per_row[t]["heap_bytes_per_row"],
+                per_row[t]["indexes_bytes_per_row"],
+            ]
+            for t in MEASURED_TABLES
+        ],
+        title="Postgres, marginal bytes per row (pg_total_relation_size = heap + indexes + TOAST)",
+    )
+    print_table(
+        ["encoding", "median bytes", "min", "max", "decode ms"],
+        [[e, v["median"], v["min"], v["max"], v["decode_ms_median"]] for e, v in kafka.items()],
+        title=f"Kafka message value per frame ({len(frames)} real Severstal frames)",
+    )
+    write = postgres["write_batch"]
+    print(
+        f"DefectStore.write_batch of {write['batch']} frames: median {write['write_ms_median']} ms, "
+        f"p95 {write['write_ms_p95']} ms"
+    )
+    print(
+        f"Redis {redis_result['redis_version']}: {redis_result['bytes_per_entry']} bytes per alarm entry; "
+        f"MAXLEN {redis_result['maxlen']} -> {redis_result['bytes_at_maxlen'] / 2**20:.1f} MiB"
+    )
+    print(f"machine: {machine_info()['platform']}; results in {path}")
+    return exit_codes.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="measure_row_bytes.py", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,650 @@
+"""deploy/: the compose file, the Kubernetes manifests, the images and the Grafana dashboard, checked
+against their schemas and against the code they configure (no container engine runs here).
+
+- compose.yaml against the Compose Specification schema (deploy/schemas/compose-spec.json, vendored
+  from compose-spec/compose-spec); the Kubernetes objects against a small schema of our own;
+- every STEEL_* variable is a settings field and its value parses as one (steelcore/settings.py,
+  dashboard/config.py), every role gets the service URLs it uses, and they point at services and
+  ports that exist;
+- topics, consumer group and partitions agree everywhere (producers, workers, topic creation,
+  KEDA, the dashboard's lag panel); Kafka keeps 3 replicas with 2 in sync; Triton gets a GPU;
+  workers scale on consumer lag;
+- the images: producer and dashboard extras never pull torch, the Triton image carries every
+  steelcore module its python-backend models import, as Python 3.10;
+- the dashboard's metric names are the ones workers/worker_metrics.py exports.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import pytest
+import yaml
+
+from dashboard.config import DashboardSettings
+from steelcore import db_schema
+from steelcore.paths import REPO_ROOT, TRITON_REPOSITORY
+from steelcore.settings import Settings
+from workers.worker_metrics import WorkerMetrics
+
+DEPLOY = REPO_ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+COMPOSE_FILE = DEPLOY / "compose.yaml"
+TRITON_PYTHON_MODELS = ("postprocess", "steel_cascade")  # python-backend models of the ONNX variant
+URL_VARS = {
+    "kafka": "STEEL_KAFKA_URL",
+    "postgres": "STEEL_POSTGRES_URL",
+    "redis": "STEEL_REDIS_URL",
+    "triton": "STEEL_TRITON_URL",
+}
+# What each role connects to, from the code: `steel work` reads all four, `steel produce` Kafka,
+# `steel actuator` Redis, the migration Postgres, and the dashboard's pages and health probes all four.
+ROLE_NEEDS = {
+    "work": {"kafka", "postgres", "redis", "triton"},
+    "produce": {"kafka"},
+    "actuator": {"redis"},
+    "dashboard": {"kafka", "postgres", "redis", "triton"},
+    "migrate": {"postgres"},
+}
+TOPIC_VARS = ("STEEL_FRAMES_TOPIC", "STEEL_TRUTH_TOPIC", "STEEL_DEAD_LETTER_TOPIC")
+# Triton 2.51's metrics (server docs, metrics.md) the dashboard may use.
+TRITON_METRICS = {
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_gpu_utilization",
+    "nv_gpu_memory_used_bytes",
+}
+_PLACEHOLDER = re.compile(r"\$\{[^}]*\}|\$\([A-Z0-9_]+\)")
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def _load_kustomization(folder: Path) -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs.extend(d for d in yaml.safe_load_all((folder / name).read_text()) if d)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def k8s() -> list[dict[str, Any]]:
+    return _load_kustomization(K8S)
+
+
+def _one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command") or []
+    return [command] if isinstance(command, str) else [str(c) for c in command]
+
+
+def _compose_role(service: dict[str, Any]) -> str | None:
+    command = _command(service)
+    if command and command[0] in ROLE_NEEDS:
+        return command[0]
+    return "migrate" if any("workers.db_migrate upgrade" in c for c in command) else None
+
+
+def _workloads(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(object, pod spec) of every object that runs pods."""
+    for doc in docs:
+        spec = doc.get("spec", {})
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+            yield doc, spec["template"]["spec"]
+        elif doc["kind"] == "CronJob":
+            yield doc, spec["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def _container_env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The container's environment: its ConfigMaps (envFrom), then its own env (values from a
+    secret read as a placeholder)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(_one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", f"$({item['name']})")
+    return env
+
+
+def _k8s_role(container: dict[str, Any]) -> str | None:
+    words = [*container.get("command", []), *container.get("args", [])]
+    if words and words[0] in ROLE_NEEDS:
+        return words[0]
+    return "migrate" if any("workers.db_migrate upgrade" in w for w in words) else None
+
+
+def _k8s_roles(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, str], str]]:
+    for doc, pod in _workloads(docs):
+        for container in pod["containers"]:
+            role = _k8s_role(container)
+            if role:
+                yield role, _container_env(container, docs), doc["metadata"]["name"]
+
+
+def _compose_roles(services: dict[str, dict[str, Any]]) -> Iterator[tuple[str, dict[str, str], str]]:
+    for name, service in services.items():
+        role = _compose_role(service)
+        if role:
+            yield role, _environment(service), name
+
+
+def _all_roles(services: dict[str, Any], k8s: list[dict[str, Any]]) -> list[tuple[str, dict[str, str], str]]:
+    return [*_compose_roles(services), *_k8s_roles(k8s)]
+
+
+# --- schemas --------------------------------------------------------------------------------------
+
+
+def test_compose_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema = json.loads((DEPLOY / "schemas" / "compose-spec.json").read_text())
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(compose)
+    ]
+    assert errors == []
+
+
+def test_the_compose_schema_rejects_a_misspelt_key(compose: dict[str, Any]) -> None:
+    broken = copy.deepcopy(compose)
+    broken["services"]["worker"]["enviroment"] = {"STEEL_KAFKA_URL": "x"}
+    schema = json.loads((DEPLOY / "schemas" / "compose-spec.json").read_text())
+    assert not jsonschema.Draft7Validator(schema).is_valid(broken)
+
+
+# The fields every Kubernetes object here must have, and what every container must declare.
+_CONTAINER_SCHEMA = {
+    "type": "object",
+    "required": ["name", "image", "resources", "securityContext"],
+    "properties": {
+        "resources": {
+            "type": "object",
+            "required": ["requests", "limits"],
+            "properties": {
+                "requests": {"type": "object", "required": ["cpu", "memory"]},
+                "limits": {"type": "object", "required": ["cpu", "memory"]},
+            },
+        },
+        "securityContext": {
+            "type": "object",
+            "required": ["allowPrivilegeEscalation", "capabilities"],
+            "properties": {"allowPrivilegeEscalation": {"const": False}},
+        },
+    },
+}
+_OBJECT_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata"],
+    "properties": {
+        "apiVersion": {"type": "string", "pattern": r"^([a-z0-9.-]+/)?v\d+((alpha|beta)\d+)?$"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+    },
+    "if": {"properties": {"kind": {"enum": ["ConfigMap", "Namespace"]}}},
+    "else": {"required": ["spec"]},
+}
+_PROBED = {"steel-worker", "steel-dashboard", "steel-triton", "steel-postgres", "steel-redis"}
+
+
+def test_kubernetes_objects_and_containers_are_complete(k8s: list[dict[str, Any]]) -> None:
+    monitoring = _load_kustomization(K8S / "monitoring")
+    for doc in [*k8s, *monitoring]:
+        jsonschema.validate(doc, _OBJECT_SCHEMA)
+    for doc, pod in _workloads(k8s):
+        assert pod["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
+        for container in pod["containers"]:
+            jsonschema.validate(container, _CONTAINER_SCHEMA)
+    names = {doc["metadata"]["name"] for doc, _ in _workloads(k8s)}
+    assert _PROBED <= names
+
+
+def test_long_running_services_have_probes_on_real_ports(k8s: list[dict[str, Any]]) -> None:
+    for doc, pod in _workloads(k8s):
+        if doc["metadata"]["name"] not in _PROBED:
+            continue
+        (container,) = pod["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        for kind in ("readinessProbe", "livenessProbe"):
+            probe = container[kind]
+            if "httpGet" in probe:
+                assert probe["httpGet"]["port"] in ports, f"{doc['metadata']['name']} {kind}"
+            else:
+                assert probe["exec"]["command"], f"{doc['metadata']['name']} {kind}"
+
+
+def test_probe_paths_match_what_the_services_serve(
+    k8s: list[dict[str, Any]], services: dict[str, Any]
+) -> None:
+    def container(name: str) -> dict[str, Any]:
+        (c,) = _one(k8s, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        return c
+
+    worker = container("steel-worker")
+    metrics_port = int(worker["args"][worker["args"].index("--metrics-port") + 1])
+    assert {p["containerPort"] for p in worker["ports"] if p["name"] == "metrics"} == {metrics_port}
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/metrics"
+    assert container("steel-dashboard")["readinessProbe"]["httpGet"]["path"] == "/_stcore/health"
+    assert container("steel-triton")["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # compose: the healthcheck asks the port the command serves.
+    command = _command(services["worker"])
+    port = command[command.index("--metrics-port") + 1]
+    assert f":{port}/metrics" in " ".join(services["worker"]["healthcheck"]["test"])
+    assert "/v2/health/ready" in " ".join(services["triton"]["healthcheck"]["test"])
+    assert "/_stcore/health" in " ".join(services["dashboard"]["healthcheck"]["test"])
+
+
+def test_selectors_match_their_pods(k8s: list[dict[str, Any]]) -> None:
+    for doc in k8s:
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items(), doc["metadata"]["name"]
+    pods = [
+        d["spec"]["template"]["metadata"]["labels"] for d in k8s if d["kind"] in ("Deployment", "StatefulSet")
+    ]
+    for doc in k8s:
+        if doc["kind"] in ("Service", "PodDisruptionBudget"):
+            selector = doc["spec"]["selector"]
+            selector = selector.get("matchLabels", selector)
+            assert any(selector.items() <= labels.items() for labels in pods), doc["metadata"]["name"]
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+def _steel_vars(env: dict[str, str]) -> dict[str, str]:
+    return {k: _PLACEHOLDER.sub("secret", v) for k, v in env.items() if k.startswith("STEEL_")}
+
+
+def test_every_steel_variable_is_a_setting_and_parses(
+    services: dict[str, Any], k8s: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fields = set(DashboardSettings.model_fields)  # Settings plus the dashboard's own fields
+    environments = [_environment(s) for s in services.values()]
+    environments += [_container_env(c, k8s) for _, pod in _workloads(k8s) for c in pod["containers"]]
+    seen = set()
+    for env in environments:
+        steel = _steel_vars(env)
+        unknown = sorted(k for k in steel if k.removeprefix("STEEL_").lower() not in fields)
+        assert unknown == [], f"not a setting: {unknown}"
+        for key in [k for k in os.environ if k.startswith("STEEL_")]:
+            monkeypatch.delenv(key)
+        for key, value in steel.items():
+            monkeypatch.setenv(key, value)
+        DashboardSettings()  # raises ValidationError for a value the field does not accept
+        seen |= set(steel)
+    assert {"STEEL_KAFKA_URL", "STEEL_POSTGRES_URL", "STEEL_REDIS_URL", "STEEL_TRITON_URL"} <= seen
+
+
+def test_every_role_gets_the_urls_it_uses(services: dict[str, Any], k8s: list[dict[str, Any]]) -> None:
+    roles = _all_roles(services, k8s)
+    assert {role for role, _, _ in roles} == set(ROLE_NEEDS)
+    for role, env, where in roles:
+        missing = sorted(URL_VARS[s] for s in ROLE_NEEDS[role] if not env.get(URL_VARS[s]))
+        assert missing == [], f"{where} ({role}) lacks {missing}"
+        if role == "dashboard":
+            assert env.get("STEEL_DASHBOARD_DB_URL") and env.get("STEEL_DASHBOARD_FEEDBACK_DB_URL"), where
+        if role in ("work", "produce", "dashboard") and env.get(
+            "STEEL_KAFKA_SECURITY_PROTOCOL", ""
+        ).startswith("SASL"):
+            for var in (
+                "STEEL_KAFKA_SASL_MECHANISM",
+                "STEEL_KAFKA_SASL_USERNAME",
+                "STEEL_KAFKA_SASL_PASSWORD",
+            ):
+                assert env.get(var), f"{where}: {var}"
+
+
+def _compose_ports(services: dict[str, Any]) -> dict[str, set[int]]:
+    """Ports each compose service listens on, from its own configuration."""
+    ports: dict[str, set[int]] = {}
+    for name, service in services.items():
+        env = _environment(service)
+        if "KAFKA_LISTENERS" in env:
+            ports[name] = {int(u.rsplit(":", 1)[1]) for u in env["KAFKA_LISTENERS"].split(",")}
+    ports["postgres"] = {5432}  # the postgres image's default
+    ports["redis"] = {6379}  # the redis image's default (no --port)
+    triton_command = " ".join(_dockerfile_cmd(DEPLOY / "Dockerfile.triton") + _command(services["triton"]))
+    ports["triton"] = {int(p) for p in re.findall(r"--(?:http|grpc|metrics)-port=(\d+)", triton_command)}
+    return ports
+
+
+def _hosts(var: str, value: str) -> list[tuple[str, int]]:
+    if var == "STEEL_KAFKA_URL":
+        return [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in value.split(",")]
+    if var == "STEEL_TRITON_URL":
+        host, port = value.rsplit(":", 1)
+        return [(host, int(port))]
+    parts = urlsplit(_PLACEHOLDER.sub("secret", value))
+    return [(str(parts.hostname), int(parts.port or 0))]
+
+
+def test_compose_urls_point_at_listening_services(services: dict[str, Any]) -> None:
+    ports = _compose_ports(services)
+    for role, env, where in _compose_roles(services):
+        for service in ROLE_NEEDS[role]:
+            for host, port in _hosts(URL_VARS[service], env[URL_VARS[service]]):
+                assert port in ports.get(host, set()), f"{where}: {URL_VARS[service]} -> {host}:{port}"
+        if env.get("STEEL_TRITON_PROTOCOL", "grpc") == "grpc" and "STEEL_TRITON_URL" in env:
+            assert env["STEEL_TRITON_URL"].endswith(":8001"), where
+        elif "STEEL_TRITON_URL" in env:
+            assert env["STEEL_TRITON_URL"].endswith(":8000"), where
+
+
+def test_k8s_urls_point_at_services(k8s: list[dict[str, Any]]) -> None:
+    ports = {
+        d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]} for d in k8s if d["kind"] == "Service"
+    }
+    kafka = _one(k8s, "Kafka")
+    ports[f"{kafka['metadata']['name']}-kafka-bootstrap"] = {
+        listener["port"] for listener in kafka["spec"]["kafka"]["listeners"]
+    }
+    for role, env, where in _k8s_roles(k8s):
+        for service in ROLE_NEEDS[role]:
+            for host, port in _hosts(URL_VARS[service], env[URL_VARS[service]]):
+                assert port in ports.get(host, set()), f"{where}: {URL_VARS[service]} -> {host}:{port}"
+
+
+def test_no_secret_is_written_into_the_repository(
+    services: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    inline_password = re.compile(r"://[^/@:\s]*:(?!\$\{|\$\()[^@\s]+@")
+    for name, service in services.items():
+        for key, value in _environment(service).items():
+            assert not inline_password.search(value), f"{name}: {key} holds a password"
+            if "PASSWORD" in key and not key.endswith("_FILE"):
+                assert value.startswith("${") and ":?" in value, f"{name}: {key}"
+    assert not [d for d in k8s if d["kind"] == "Secret"]
+    for _, pod in _workloads(k8s):
+        for container in pod["containers"]:
+            for item in container.get("env", []):
+                assert not inline_password.search(item.get("value", "")), item["name"]
+                if "PASSWORD" in item["name"]:
+                    assert "secretKeyRef" in item.get("valueFrom", {}), item["name"]
+    ignored = (DEPLOY / ".gitignore").read_text().split()
+    assert ".env" in ignored and "secrets.env" in (K8S / ".gitignore").read_text().split()
+
+
+def test_env_example_lists_every_required_variable(compose: dict[str, Any]) -> None:
+    lines = [line for line in COMPOSE_FILE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", "\n".join(lines)))
+    required |= {s["environment"] for s in compose["secrets"].values() if "environment" in s}
+    example_lines = (DEPLOY / ".env.example").read_text().splitlines()
+    example = {line.split("=", 1)[0].lstrip("# ") for line in example_lines if "=" in line}
+    assert required and required <= example, sorted(required - example)
+    for line in example_lines:
+        if "PASSWORD=" in line and not line.startswith("#"):
+            assert line.endswith("="), f"a value in .env.example: {line}"
+
+
+# --- Kafka ----------------------------------------------------------------------------------------
+
+
+def test_topics_group_and_partitions_agree_everywhere(
+    services: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    defaults = Settings()
+    for env_sets in (
+        [env for role, env, _ in _compose_roles(services) if "kafka" in ROLE_NEEDS[role]],
+        [env for role, env, _ in _k8s_roles(k8s) if "kafka" in ROLE_NEEDS[role]],
+    ):
+        effective = {
+            tuple(env.get(v, getattr(defaults, v.removeprefix("STEEL_").lower())) for v in TOPIC_VARS)
+            for env in env_sets
+        }
+        assert len(effective) == 1, f"services disagree on topics: {effective}"
+        groups = {env.get("STEEL_CONSUMER_GROUP", defaults.consumer_group) for env in env_sets}
+        assert len(groups) == 1
+
+    # compose: kafka-init creates exactly those topics, with the partitions the clients expect.
+    init = services["kafka-init"]
+    init_env = _environment(init)
+    script = " ".join(_command(init))
+    created = {init_env[v.strip('"$')] for v in re.findall(r'create "(\$\$[A-Z_]+)"', script)}
+    worker_env = _environment(services["worker"])
+    assert created == {worker_env[v] for v in TOPIC_VARS}
+    assert init_env["STEEL_FRAMES_PARTITIONS"] == worker_env["STEEL_FRAMES_PARTITIONS"]
+
+    # Kubernetes: the KafkaTopics, the ConfigMap and KEDA agree.
+    config = _one(k8s, "ConfigMap", "steel-config")["data"]
+    topics = {d["spec"]["topicName"]: d["spec"] for d in k8s if d["kind"] == "KafkaTopic"}
+    assert set(topics) == {config[v] for v in TOPIC_VARS}
+    assert {t["partitions"] for t in topics.values()} == {int(config["STEEL_FRAMES_PARTITIONS"])}
+
+
+def test_kafka_keeps_three_replicas_with_two_in_sync(
+    services: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    brokers = {
+        n: _environment(s)
+        for n, s in services.items()
+        if "broker" in _environment(s).get("KAFKA_PROCESS_ROLES", "")
+    }
+    assert len(brokers) == 3
+    voters = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in brokers.values()}
+    assert len(voters) == 1
+    assert {f"{env['KAFKA_NODE_ID']}@{name}:9093" for name, env in brokers.items()} == set(
+        voters.pop().split(",")
+    )
+    for env in brokers.values():
+        assert int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == 3
+        assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2
+        assert int(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == 3
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    script = " ".join(_command(services["kafka-init"]))
+    assert re.findall(r"--replication-factor (\d+)", script) == ["3"]
+    assert re.findall(r"min\.insync\.replicas=(\d+)", script) == ["2"]
+    assert set(re.findall(r"kafka-(\d)", services["worker"]["environment"]["STEEL_KAFKA_URL"])) == {
+        "1",
+        "2",
+        "3",
+    }
+
+    pool = _one(k8s, "KafkaNodePool")
+    assert pool["spec"]["replicas"] == 3 and "broker" in pool["spec"]["roles"]
+    config = _one(k8s, "Kafka")["spec"]["kafka"]["config"]
+    assert (config["default.replication.factor"], config["min.insync.replicas"]) == (3, 2)
+    for topic in (d for d in k8s if d["kind"] == "KafkaTopic"):
+        assert (topic["spec"]["replicas"], topic["spec"]["config"]["min.insync.replicas"]) == (3, 2)
+
+
+def test_workers_scale_on_consumer_lag(k8s: list[dict[str, Any]]) -> None:
+    config = _one(k8s, "ConfigMap", "steel-config")["data"]
+    scaled = _one(k8s, "ScaledObject")
+    worker = _one(k8s, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+    assert _k8s_role(worker["spec"]["template"]["spec"]["containers"][0]) == "work"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka" and int(trigger["metadata"]["lagThreshold"]) > 0
+    assert trigger["metadata"]["consumerGroup"] == config["STEEL_CONSUMER_GROUP"]
+    assert trigger["metadata"]["topic"] == config["STEEL_FRAMES_TOPIC"]
+    assert trigger["metadata"]["bootstrapServers"] == config["STEEL_KAFKA_URL"]
+    _one(k8s, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert scaled["spec"]["maxReplicaCount"] <= int(config["STEEL_FRAMES_PARTITIONS"])
+    pdb = _one(k8s, "PodDisruptionBudget")
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items()
+        <= worker["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+# --- Triton and images ----------------------------------------------------------------------------
+
+
+def test_triton_requests_a_gpu_and_serves_the_onnx_repository(
+    services: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    devices = services["triton"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] and int(d.get("count", 1)) >= 1 for d in devices)
+    assert "./triton_repository_onnx:/models:ro" in services["triton"]["volumes"]
+    (container,) = _one(k8s, "Deployment", "steel-triton")["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
+    assert "--model-repository=/models" in container["args"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/models", "/dev/shm"}
+
+
+def _dockerfile_cmd(path: Path) -> list[str]:
+    text = path.read_text().replace("\\\n", " ")
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", text, flags=re.M)
+    return json.loads(cmd)
+
+
+def _steelcore_imports(path: Path) -> tuple[set[str], set[str]]:
+    """(steelcore modules, other top-level modules) imported at run time (TYPE_CHECKING excluded)."""
+    tree = ast.parse(path.read_text())
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    ours, others = set(), set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            if name.startswith("steelcore"):
+                ours.add(name)
+            else:
+                others.add(name.split(".")[0])
+    return ours, others
+
+
+def test_triton_image_carries_what_its_python_models_import() -> None:
+    dockerfile = (DEPLOY / "Dockerfile.triton").read_text()
+    (copy_line,) = [line for line in dockerfile.splitlines() if line.startswith("COPY steelcore/")]
+    copied = {p.removesuffix(".py").replace("/", ".") for p in copy_line.split()[1:-1]}
+    pending = [TRITON_REPOSITORY / m / "1" / "model.py" for m in TRITON_PYTHON_MODELS]
+    needed, third_party = {"steelcore.__init__"}, set()
+    while pending:
+        ours, others = _steelcore_imports(pending.pop())
+        third_party |= others
+        for module in ours - needed:
+            needed.add(module)
+            pending.append(REPO_ROOT / (module.replace(".", "/") + ".py"))
+    assert needed <= copied
+    assert third_party - set(sys.stdlib_module_names) <= {"numpy", "cv2", "triton_python_backend_utils"}
+    for module in copied:  # the 24.10 container runs Python 3.10
+        ast.parse((REPO_ROOT / (module.replace(".", "/") + ".py")).read_text(), feature_version=(3, 10))
+    assert re.search(r"numpy==1\.", dockerfile) and re.search(r"^USER (?!0\b|root\b)", dockerfile, re.M)
+
+
+def _extra_packages(extras: str, optional: dict[str, list[str]]) -> set[str]:
+    packages: set[str] = set()
+    pending = [e.strip() for e in extras.split(",")]
+    while pending:
+        extra = pending.pop()
+        assert extra in optional, f"no extra {extra!r} in pyproject.toml"
+        for requirement in optional[extra]:
+            inner = re.fullmatch(r"resunet-steel\[(.+)\]", requirement)
+            if inner:
+                pending.extend(inner.group(1).split(","))
+            else:
+                packages.add(re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0].lower())
+    return packages
+
+
+def test_producer_and_dashboard_images_never_pull_torch(services: dict[str, Any]) -> None:
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    optional = pyproject["project"]["optional-dependencies"]
+    base = {re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower() for r in pyproject["project"]["dependencies"]}
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", dockerfile, re.M)) >= 2 and "python:3.11-slim" in dockerfile
+    assert re.search(r"^USER (?!0\b|root\b)", dockerfile, re.M)
+    assert 'pip install ".[${EXTRAS}]"' in dockerfile
+    roles = {}
+    for name, service in services.items():
+        build = service.get("build")
+        if isinstance(build, dict) and build.get("dockerfile") == "deploy/Dockerfile":
+            roles[name] = build["args"]["EXTRAS"]
+    assert {roles["producer"], roles["dashboard"], roles["worker"]} <= set(roles.values())
+    for name in ("producer", "dashboard", "worker", "actuator"):
+        packages = base | _extra_packages(roles[name], optional)
+        assert "torch" not in packages, f"{name} image would install torch"
+
+
+# --- monitoring -----------------------------------------------------------------------------------
+
+
+def _exported_names(metrics: WorkerMetrics) -> set[str]:
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {f.name + s for f in metrics.registry.collect() for s in suffixes[f.type]}
+
+
+def test_dashboard_queries_use_exported_metrics_and_real_columns(services: dict[str, Any]) -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "steel.json").read_text())
+    provisioned = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text()
+    )
+    uids = {d["uid"] for d in provisioned["datasources"]}
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    exprs = [t["expr"] for p in panels for t in p["targets"] if "expr" in t]
+    sqls = [t["rawSql"] for p in panels for t in p["targets"] if "rawSql" in t]
+    assert {t["datasource"]["uid"] for p in panels for t in p["targets"]} <= uids
+
+    used = set(re.findall(r"\b(steel_\w+|nv_\w+)", " ".join(exprs)))
+    exported = _exported_names(WorkerMetrics())
+    assert used - TRITON_METRICS <= exported, sorted(used - TRITON_METRICS - exported)
+    assert {"steel_worker_frames_total", "steel_worker_stage_seconds_bucket"} <= used
+    # The lag panel asks for the group and topic the workers use; job names exist in prometheus.yml.
+    env = _environment(services["worker"])
+    lag = next(e for e in exprs if "kafka_consumergroup_lag" in e)
+    assert (
+        f'consumergroup="{env["STEEL_CONSUMER_GROUP"]}"' in lag
+        and f'topic="{env["STEEL_FRAMES_TOPIC"]}"' in lag
+    )
+    jobs = {
+        j["job_name"]
+        for j in yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    }
+    assert set(re.findall(r'job="([^"]+)"', " ".join(exprs))) <= jobs
+
+    tables = {t.name: {c.name for c in t.columns} for t in db_schema.TABLES}
+    for sql in sqls:
+        aliases = {
+            alias or table: table for table, alias in re.findall(r"FROM (\w+)(?: (?!WHERE)(\w+))?", sql)
+        }
+        used_columns = re.findall(r"\$__time(?:GroupAlias|Filter)\((?:(\w+)\.)?(\w+)", sql)
+        assert used_columns, sql
+        for alias, column in used_columns:
+            table = aliases[alias] if alias else next(iter(aliases.values()))
+            assert column in tables[table], f"{table}.{column}"
