@@ -133,7 +133,9 @@ def ensure_topics(
     created: list[str] = []
     if missing:
         new_topics = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(configs or {}))
+            # -1 = the broker's default.replication.factor, so a 3-broker cluster with
+            # min.insync.replicas=2 gets replicated topics and the embedded broker its single copy.
+            NewTopic(name, num_partitions=partitions, replication_factor=-1, config=dict(configs or {}))
             for name in missing
         ]
         futures = admin.create_topics(new_topics, operation_timeout=timeout_s, request_timeout=timeout_s)
