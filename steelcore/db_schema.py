@@ -11,6 +11,8 @@ Design choices a reader should know:
   is written in the same statement batch as the frame and never updated, so it cannot drift.
 - ``alarms`` doubles as an outbox: a row with ``published_at IS NULL`` was stored but not yet
   confirmed on the Redis stream, so a relay can publish it after a crash.
+- ``frame_images`` keeps the received image bytes of frames with a defect (the dashboard's
+  overlays and the retraining export need them) for a limited time; see workers.frame_images.
 - All times are ``timestamptz``; callers pass aware datetimes.
 """
 
@@ -27,6 +29,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     Table,
@@ -102,7 +105,8 @@ frames = Table(
     Column("model_version", Text, nullable=False),
     # One probability per class id (index 0 = class 1); NULL when the model has no classifier.
     Column("class_probs", ARRAY(REAL)),
-    # Where the frame image is kept (object-store key or path); NULL when it was not kept.
+    # Where the frame image is kept outside this database (object-store key or path); NULL when it
+    # was not kept there. Images kept in the database itself are rows of ``frame_images``.
     Column("image_ref", Text),
     ForeignKeyConstraint(["line_id", "camera_id"], ["cameras.line_id", "cameras.camera_id"]),
     CheckConstraint("position_m >= 0", name="position_non_negative"),
@@ -143,6 +147,9 @@ defects = Table(
     Index(None, "captured_at"),
     Index(None, "class_id", "captured_at"),
     Index(None, "coil_id", "class_id"),
+    # A coil's defects newest first (the dashboard's coil filter pages by time): without it the
+    # planner walks ix_defects_captured_at and filters, 100 ms at 1 M rows (steel bench queries).
+    Index(None, "coil_id", "captured_at"),
     Index(None, "line_id", "camera_id", "captured_at"),
 )
 
@@ -186,4 +193,22 @@ feedback = Table(
     Index(None, "alarm_id"),
 )
 
-TABLES = (lines, cameras, coils, frames, defects, alarms, feedback)
+# Encodings a stored frame image may have: the Kafka message's bytes are kept as received.
+IMAGE_ENCODINGS = ("jpeg", "png", "raw")
+
+# The image of each frame with at least one defect, written in the frame's transaction and purged
+# after a retention period (workers.frame_images). Kept apart from ``frames`` so that history
+# queries never read image bytes, and so a purge deletes whole rows instead of bloating frames.
+frame_images = Table(
+    "frame_images",
+    metadata,
+    Column("frame_id", Text, ForeignKey("frames.frame_id", ondelete="CASCADE"), primary_key=True),
+    Column("encoding", Text, nullable=False),
+    Column("image", LargeBinary, nullable=False),
+    _tstz("stored_at", server_default=True),
+    CheckConstraint(f"encoding IN ({', '.join(repr(e) for e in IMAGE_ENCODINGS)})", name="encoding_known"),
+    CheckConstraint("length(image) > 0", name="image_not_empty"),
+    Index(None, "stored_at"),
+)
+
+TABLES = (lines, cameras, coils, frames, defects, alarms, feedback, frame_images)

@@ -1,4 +1,5 @@
-"""The durable write of one batch of frame results: frames, their defects and alarms, in one transaction.
+"""The durable write of one batch of frame results: frames, their defects, alarms and the images of
+defective frames (workers/frame_images.py), in one transaction.
 
 Idempotent on ``frame_id``, so a Kafka batch redelivered after a crash (offsets are committed only
 after this write) adds nothing:
@@ -27,16 +28,17 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from steelcore.db_schema import alarms, cameras, coils, defects, frames, lines
+from steelcore.db_schema import alarms, cameras, coils, defects, frame_images, frames, lines
 from steelcore.settings import Settings, get_settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
+from workers.frame_images import image_encoding
 
 if TYPE_CHECKING:
     import numpy as np
@@ -133,6 +135,9 @@ class FrameRecord:
     image_ref: str | None = None
     height: int = FRAME_HEIGHT
     width: int = FRAME_WIDTH
+    # The received image bytes (JPEG as in the Kafka message, never re-encoded). Kept in
+    # frame_images when the frame has a defect; ignored for a defect-free frame.
+    image: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("frame_id", "line_id", "camera_id", "coil_id", "model_name", "model_version"):
@@ -161,6 +166,13 @@ class FrameRecord:
             raise ValueError(f"frame {self.frame_id}: alarm for class {sorted(missing)} without a defect")
         for p in self.class_probs or ():
             _require_probability("class probability", p)
+        if self.image is not None and self.defects:
+            image_encoding(self.image, self.height, self.width)  # raises ValueError when unusable
+
+    @property
+    def keeps_image(self) -> bool:
+        """Whether the store keeps this frame's image (workers/frame_images.py has the policy)."""
+        return self.image is not None and bool(self.defects)
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,7 @@ class StoreResult:
     duplicate_frame_ids: tuple[str, ...] = ()  # already stored (redelivery) or repeated in the batch
     defects_written: int = 0
     alarms_written: int = 0
+    images_written: int = 0
     elapsed_ms: float = 0.0
     new_alarms: tuple[tuple[str, int], ...] = ()  # (frame_id, class_id) of the alarms written now
 
@@ -221,6 +234,9 @@ class DefectStore:
             alarm_rows = [_alarm_row(r, a) for r in new_records for a in sorted(r.alarms, key=_by_class)]
             if alarm_rows:
                 conn.execute(insert(alarms), alarm_rows)
+            image_rows = [_image_row(r) for r in new_records if r.keeps_image]
+            if image_rows:
+                conn.execute(insert(frame_images), image_rows)
 
         duplicates = sorted(set(unique) - new_ids) + repeated
         if duplicates:
@@ -230,6 +246,7 @@ class DefectStore:
             duplicate_frame_ids=tuple(duplicates),
             defects_written=len(defect_rows),
             alarms_written=len(alarm_rows),
+            images_written=len(image_rows),
             elapsed_ms=(time.perf_counter() - started) * 1000.0,
             new_alarms=tuple((row["frame_id"], row["class_id"]) for row in alarm_rows),
         )
@@ -295,6 +312,11 @@ def _defect_row(r: FrameRecord, d: DefectRecord, alarm_areas: Sequence[int]) -> 
         "probability": d.probability,
         "severity": severity(d.probability, d.area_px, d.class_id, alarm_areas),
     }
+
+
+def _image_row(r: FrameRecord) -> dict[str, Any]:
+    assert r.image is not None  # only frames that keep their image get here
+    return {"frame_id": r.frame_id, "encoding": image_encoding(r.image, r.height, r.width), "image": r.image}
 
 
 def _alarm_row(r: FrameRecord, a: AlarmRecord) -> dict[str, Any]:

@@ -164,6 +164,7 @@ def test_a_batch_stores_its_frames_defects_and_alarms(engine: Engine) -> None:
         "frames": 10,
         "defects": expected_defects,
         "alarms": expected_alarms,
+        "frame_images": 0,  # these frames carry no image
     }
 
     sample = batch[5]
@@ -284,6 +285,7 @@ def test_concurrent_writers_of_overlapping_batches_store_each_frame_once(engine:
         "frames": 180,
         "defects": 360,
         "alarms": 180,
+        "frame_images": 0,
     }
 
 

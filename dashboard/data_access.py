@@ -1,0 +1,355 @@
+"""Read queries behind the live and health pages (the history page reuses workers.defect_history).
+
+Every query is a SQLAlchemy expression with bound parameters, bounded by a time window or a
+LIMIT, and served by an index of steelcore.db_schema: windows on ``captured_at`` use
+ix_frames_captured_at / ix_defects_captured_at, the alarm feed ix_alarms_raised_at, a coil's
+marks ix_defects_coil_id_class_id. Times are those of the frames (``captured_at``), so a window
+means "frames captured in the last N seconds", whichever worker stored them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, and_, func, select
+
+from steelcore.db_schema import alarms, cameras, coils, defects, frames
+from steelcore.severstal import CLASS_IDS
+
+# Enough rows to draw, few enough to move every refresh.
+MAX_STRIP_MARKS = 5000
+PERCENTILES = (0.5, 0.95)
+
+
+@dataclass(frozen=True)
+class CameraRate:
+    line_id: str
+    camera_id: str
+    class_id: int
+    frames: int  # frames of this camera in the window
+    defects: int  # of them, the frames with a defect of this class (one defect per frame and class)
+
+    @property
+    def rate(self) -> float:
+        return self.defects / self.frames if self.frames else 0.0
+
+
+@dataclass(frozen=True)
+class Throughput:
+    window_s: float
+    frames: int
+    newest_captured_at: datetime | None  # of any frame stored, in or before the window
+    latency_ms: dict[str, tuple[float | None, float | None]]  # stage -> (p50, p95)
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.window_s
+
+    def event_lag_s(self, now: datetime) -> float | None:
+        """Now minus the capture time of the newest stored frame: how far the workers trail."""
+        if self.newest_captured_at is None:
+            return None
+        return max(0.0, (now - self.newest_captured_at).total_seconds())
+
+
+@dataclass(frozen=True)
+class AlarmRow:
+    alarm_id: int
+    defect_id: int
+    frame_id: str
+    class_id: int
+    probability: float
+    area_px: int
+    raised_at: datetime
+    line_id: str
+    camera_id: str
+    coil_id: str
+    published: bool
+    acknowledged_by: str | None
+
+
+@dataclass(frozen=True)
+class DefectMark:
+    """One defect of a frame, with what overlays and strip maps need."""
+
+    defect_id: int
+    frame_id: str
+    class_id: int
+    rle: str
+    area_px: int
+    bbox: tuple[int, int, int, int]
+    probability: float
+    severity: float
+
+
+@dataclass(frozen=True)
+class FrameDetail:
+    frame_id: str
+    line_id: str
+    camera_id: str
+    coil_id: str
+    position_m: float
+    captured_at: datetime
+    height: int
+    width: int
+    model_name: str
+    model_version: str
+    defects: tuple[DefectMark, ...]
+
+
+@dataclass(frozen=True)
+class StripMark:
+    defect_id: int
+    class_id: int
+    position_m: float  # along the coil: the frame's position from the coil's head
+    across_px: float  # across the width: the defect's bbox centre column
+    width_px: int
+    area_px: int
+    severity: float
+
+
+def camera_rates(
+    engine: Engine, since: datetime, *, until: datetime | None = None, line_id: str | None = None
+) -> list[CameraRate]:
+    """Per camera and class: frames in [since, until) and how many had a defect of that class."""
+    frame_where = [frames.c.captured_at >= since]
+    defect_where = [defects.c.captured_at >= since]
+    if until is not None:
+        frame_where.append(frames.c.captured_at < until)
+        defect_where.append(defects.c.captured_at < until)
+    if line_id is not None:
+        frame_where.append(frames.c.line_id == line_id)
+        defect_where.append(defects.c.line_id == line_id)
+    frame_counts = (
+        select(frames.c.line_id, frames.c.camera_id, func.count().label("n"))
+        .where(*frame_where)
+        .group_by(frames.c.line_id, frames.c.camera_id)
+    )
+    defect_counts = (
+        select(defects.c.line_id, defects.c.camera_id, defects.c.class_id, func.count().label("n"))
+        .where(*defect_where)
+        .group_by(defects.c.line_id, defects.c.camera_id, defects.c.class_id)
+    )
+    with engine.connect() as conn:
+        totals = {(r.line_id, r.camera_id): int(r.n) for r in conn.execute(frame_counts)}
+        found = {(r.line_id, r.camera_id, int(r.class_id)): int(r.n) for r in conn.execute(defect_counts)}
+    # Every camera that sent frames gets a row per class, zero included, so a quiet camera shows.
+    class_ids = sorted(set(CLASS_IDS).union(k[2] for k in found))
+    return [
+        CameraRate(line, camera, class_id, n, found.get((line, camera, class_id), 0))
+        for (line, camera), n in sorted(totals.items())
+        for class_id in class_ids
+    ]
+
+
+def throughput(engine: Engine, since: datetime, until: datetime, *, line_id: str | None = None) -> Throughput:
+    """Frames captured in [since, until), latency percentiles of each stage and end to end."""
+    if until <= since:
+        raise ValueError(f"until {until.isoformat()} is not after since {since.isoformat()}")
+    where = [frames.c.captured_at >= since, frames.c.captured_at < until]
+    newest_where = [frames.c.captured_at < until]
+    if line_id is not None:
+        where.append(frames.c.line_id == line_id)
+        newest_where.append(frames.c.line_id == line_id)
+    end_to_end_ms = func.extract("epoch", frames.c.stored_at - frames.c.captured_at) * 1000.0
+    stages = {"decode": frames.c.decode_ms, "infer": frames.c.infer_ms, "store": frames.c.store_ms}
+    stages["capture to stored"] = end_to_end_ms
+    columns = [func.count().label("n")]
+    for name, expr in stages.items():
+        for q in PERCENTILES:
+            columns.append(func.percentile_cont(q).within_group(expr).label(f"{name}@{q}"))
+    with engine.connect() as conn:
+        row = conn.execute(select(*columns).where(*where)).mappings().one()
+        newest = conn.execute(select(func.max(frames.c.captured_at)).where(*newest_where)).scalar_one()
+    latency = {
+        name: tuple(_opt_float(row[f"{name}@{q}"]) for q in PERCENTILES)  # type: ignore[misc]
+        for name in stages
+    }
+    return Throughput((until - since).total_seconds(), int(row["n"]), newest, latency)  # type: ignore[arg-type]
+
+
+def frames_per_minute(
+    engine: Engine, since: datetime, until: datetime, *, line_id: str | None = None
+) -> list[tuple[datetime, int, float | None]]:
+    """(minute, frames captured, median capture-to-stored ms) per minute of [since, until)."""
+    minute = func.date_trunc("minute", frames.c.captured_at).label("minute")
+    end_to_end_ms = func.extract("epoch", frames.c.stored_at - frames.c.captured_at) * 1000.0
+    where = [frames.c.captured_at >= since, frames.c.captured_at < until]
+    if line_id is not None:
+        where.append(frames.c.line_id == line_id)
+    stmt = (
+        select(
+            minute,
+            func.count().label("n"),
+            func.percentile_cont(0.5).within_group(end_to_end_ms).label("p50"),
+        )
+        .where(*where)
+        .group_by(minute)
+        .order_by(minute)
+    )
+    with engine.connect() as conn:
+        return [(r.minute, int(r.n), _opt_float(r.p50)) for r in conn.execute(stmt)]
+
+
+def recent_alarms(engine: Engine, limit: int = 20, *, line_id: str | None = None) -> list[AlarmRow]:
+    """The newest alarms, newest first."""
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    stmt = (
+        select(
+            alarms.c.alarm_id,
+            defects.c.defect_id,
+            alarms.c.frame_id,
+            alarms.c.class_id,
+            alarms.c.probability,
+            alarms.c.area_px,
+            alarms.c.raised_at,
+            defects.c.line_id,
+            defects.c.camera_id,
+            defects.c.coil_id,
+            alarms.c.published_at.is_not(None).label("published"),
+            alarms.c.acknowledged_by,
+        )
+        .join(defects, and_(defects.c.frame_id == alarms.c.frame_id, defects.c.class_id == alarms.c.class_id))
+        .order_by(alarms.c.raised_at.desc(), alarms.c.alarm_id.desc())
+        .limit(limit)
+    )
+    if line_id is not None:
+        stmt = stmt.where(defects.c.line_id == line_id)
+    with engine.connect() as conn:
+        return [AlarmRow(**row._mapping) for row in conn.execute(stmt)]
+
+
+def recent_defective_frames(
+    engine: Engine, since: datetime, limit: int = 4, *, line_id: str | None = None
+) -> list[FrameDetail]:
+    """The newest frames captured since ``since`` that carry a defect, newest first."""
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    where = [defects.c.captured_at >= since]
+    if line_id is not None:
+        where.append(defects.c.line_id == line_id)
+    # A frame has at most one defect per class, so limit * NUM_CLASSES rows hold `limit` frames.
+    stmt = (
+        select(defects.c.frame_id)
+        .where(*where)
+        .order_by(defects.c.captured_at.desc(), defects.c.frame_id)
+        .limit(limit * 4)
+    )
+    with engine.connect() as conn:
+        ids = list(dict.fromkeys(conn.execute(stmt).scalars()))[:limit]
+    details = frame_details(engine, ids)
+    return [details[i] for i in ids if i in details]
+
+
+def frame_details(engine: Engine, frame_ids: Sequence[str]) -> dict[str, FrameDetail]:
+    """The frames with these ids and all their defects (class order)."""
+    if not frame_ids:
+        return {}
+    ids = list(frame_ids)
+    frame_stmt = select(
+        frames.c.frame_id,
+        frames.c.line_id,
+        frames.c.camera_id,
+        frames.c.coil_id,
+        frames.c.position_m,
+        frames.c.captured_at,
+        frames.c.height,
+        frames.c.width,
+        frames.c.model_name,
+        frames.c.model_version,
+    ).where(frames.c.frame_id.in_(ids))
+    defect_stmt = (
+        select(
+            defects.c.defect_id,
+            defects.c.frame_id,
+            defects.c.class_id,
+            defects.c.rle,
+            defects.c.area_px,
+            defects.c.bbox_x0,
+            defects.c.bbox_y0,
+            defects.c.bbox_x1,
+            defects.c.bbox_y1,
+            defects.c.probability,
+            defects.c.severity,
+        )
+        .where(defects.c.frame_id.in_(ids))
+        .order_by(defects.c.frame_id, defects.c.class_id)
+    )
+    with engine.connect() as conn:
+        frame_rows = list(conn.execute(frame_stmt))
+        marks: dict[str, list[DefectMark]] = {}
+        for d in conn.execute(defect_stmt):
+            bbox = (d.bbox_x0, d.bbox_y0, d.bbox_x1, d.bbox_y1)
+            mark = DefectMark(
+                d.defect_id, d.frame_id, d.class_id, d.rle, d.area_px, bbox, d.probability, d.severity
+            )
+            marks.setdefault(d.frame_id, []).append(mark)
+    return {
+        f.frame_id: FrameDetail(**f._mapping, defects=tuple(marks.get(f.frame_id, ()))) for f in frame_rows
+    }
+
+
+def current_coil(engine: Engine, *, line_id: str | None = None) -> str | None:
+    """The coil of the newest stored frame (of ``line_id``)."""
+    stmt = select(frames.c.coil_id).order_by(frames.c.captured_at.desc()).limit(1)
+    if line_id is not None:
+        stmt = stmt.where(frames.c.line_id == line_id)
+    with engine.connect() as conn:
+        return conn.execute(stmt).scalar_one_or_none()
+
+
+def model_in_use(engine: Engine) -> tuple[str, str] | None:
+    """(model name, version) that inferred the newest stored frame."""
+    stmt = select(frames.c.model_name, frames.c.model_version).order_by(frames.c.captured_at.desc()).limit(1)
+    with engine.connect() as conn:
+        row = conn.execute(stmt).first()
+    return (row.model_name, row.model_version) if row else None
+
+
+def coil_marks(engine: Engine, coil_id: str, limit: int = MAX_STRIP_MARKS) -> list[StripMark]:
+    """One mark per defect of the coil: position along it, position across the width."""
+    across = (defects.c.bbox_x0 + defects.c.bbox_x1) / 2.0
+    stmt = (
+        select(
+            defects.c.defect_id,
+            defects.c.class_id,
+            frames.c.position_m,
+            across.label("across_px"),
+            frames.c.width.label("width_px"),
+            defects.c.area_px,
+            defects.c.severity,
+        )
+        .join(frames, frames.c.frame_id == defects.c.frame_id)
+        .where(defects.c.coil_id == coil_id)
+        .order_by(frames.c.position_m)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [StripMark(**r._mapping) for r in conn.execute(stmt)]
+
+
+def lines_and_cameras(engine: Engine) -> list[tuple[str, str]]:
+    """Every (line, camera) seen, sorted: the choices of the filters."""
+    with engine.connect() as conn:
+        stmt = select(cameras.c.line_id, cameras.c.camera_id).order_by(cameras.c.line_id, cameras.c.camera_id)
+        return [(r.line_id, r.camera_id) for r in conn.execute(stmt)]
+
+
+def recent_coils(engine: Engine, limit: int = 200, *, line_id: str | None = None) -> list[str]:
+    """Coils first seen most recently, newest first."""
+    stmt = select(coils.c.coil_id).order_by(coils.c.first_seen_at.desc(), coils.c.coil_id).limit(limit)
+    if line_id is not None:
+        stmt = stmt.where(coils.c.line_id == line_id)
+    with engine.connect() as conn:
+        return list(conn.execute(stmt).scalars())
+
+
+def window_start(now: datetime, window_s: float) -> datetime:
+    return now - timedelta(seconds=window_s)
+
+
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]

@@ -1,0 +1,119 @@
+"""Health page: each service's status, the model Triton serves and the workers use, throughput and
+latency from the frames table, the alarm stream's backlog and the workers' own metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import streamlit as st
+from sqlalchemy import Engine
+
+from dashboard import charts, data_access, service_health, ui
+from dashboard.config import DashboardSettings
+from workers.frame_images import retention_days, stored_image_bytes
+
+REFRESH_S = 5.0
+HISTORY = timedelta(hours=1)
+PROBE_CACHE_S = 4.0
+
+
+@st.cache_data(ttl=PROBE_CACHE_S, show_spinner=False)
+def _probes(_config: DashboardSettings, key: str) -> tuple:
+    # Probes can each wait PROBE_TIMEOUT_S for a dead service: cache them across sessions.
+    return (
+        service_health.service_status(_config),
+        service_health.triton_model_versions(_config),
+        service_health.alarm_backlog(_config),
+        [service_health.scrape_worker(url) for url in _config.dashboard_worker_metrics_urls],
+    )
+
+
+def render() -> None:
+    config = ui.settings()
+    engine = ui.reader(config)
+    st.title("Health")
+
+    @st.fragment(run_every=REFRESH_S)
+    def health() -> None:
+        with ui.database_errors():
+            _health_view(engine, config)
+
+    health()
+
+
+def _health_view(engine: Engine, config: DashboardSettings) -> None:
+    now = datetime.now(UTC)
+    status, (versions, triton_error), backlog, scrapes = _probes(config, config.model_dump_json())
+    st.caption(f"Updated {now:%H:%M:%S} UTC")
+
+    st.subheader("Services")
+    st.dataframe(
+        [
+            {
+                "service": h.name,
+                "status": "up" if h.up else "DOWN",
+                "version": h.version or "",
+                "where": h.url or "",
+                "embedded": h.embedded,
+                "detail": h.detail,
+            }
+            for h in status
+        ],
+        hide_index=True,
+    )
+
+    model = data_access.model_in_use(engine)
+    cols = st.columns(3)
+    cols[0].metric("Triton model", config.triton_model, help=triton_error)
+    cols[1].metric("Versions served", ", ".join(versions) if versions else "unavailable")
+    cols[2].metric("Workers use", f"{model[0]} v{model[1]}" if model else "no frame yet")
+
+    st.subheader("Throughput and latency")
+    stats = data_access.throughput(engine, now - timedelta(seconds=config.dashboard_window_s), now)
+    lag = stats.event_lag_s(now)
+    cols = st.columns(3)
+    cols[0].metric(
+        "Frames/s", f"{stats.frames_per_s:.2f}", help=f"over the last {config.dashboard_window_s:g} s"
+    )
+    cols[1].metric("Consumer lag", "-" if lag is None else f"{lag:.1f} s")
+    cols[2].metric("Frames in window", stats.frames)
+    st.dataframe(
+        [
+            {"stage": name, "p50 ms": _ms(p50), "p95 ms": _ms(p95)}
+            for name, (p50, p95) in stats.latency_ms.items()
+        ],
+        hide_index=True,
+    )
+    per_minute = data_access.frames_per_minute(engine, now - HISTORY, now)
+    if per_minute:
+        st.altair_chart(charts.throughput_chart(per_minute), width="stretch")
+
+    st.subheader("Alarms and storage")
+    cols = st.columns(3)
+    cols[0].metric(
+        "Alarm stream entries", "-" if backlog.length is None else backlog.length, help=backlog.error
+    )
+    cols[1].metric("Unacknowledged by actuators", "-" if backlog.pending is None else backlog.pending)
+    cols[2].metric(
+        "Frame images stored",
+        f"{stored_image_bytes(engine) / 1e6:.1f} MB",
+        help=f"kept {retention_days(config):g} days (workers/frame_images.py)",
+    )
+
+    if scrapes:
+        st.subheader("Worker metrics")
+        for scrape in scrapes:
+            if scrape.error:
+                st.warning(f"{scrape.url}: {scrape.error}")
+            else:
+                st.dataframe(
+                    [{"metric": k, "value": v} for k, v in sorted(scrape.samples.items())], hide_index=True
+                )
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+if __name__ == "__main__":
+    render()

@@ -1,0 +1,122 @@
+"""What the health page shows, gathered without Streamlit: each service's status (reusing
+stack.embedded_stack), Triton's model versions, the Redis alarm stream's backlog and the
+workers' own Prometheus metrics. Every probe is bounded by a timeout and reports a failure as
+data, never as an exception, so one dead service cannot blank the page.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.request
+from dataclasses import dataclass
+
+from stack.service import Health
+from steelcore.settings import Settings
+
+PROBE_TIMEOUT_S = 2.0
+# Worker metrics shown on the health page (workers/worker_metrics.py names them).
+WORKER_METRICS = (
+    "steel_worker_frames_total",
+    "steel_worker_errors_total",
+    "steel_worker_event_lag_seconds",
+    "steel_worker_paused",
+    "steel_worker_alarms_published_total",
+    "steel_worker_stage_seconds_sum",
+    "steel_worker_stage_seconds_count",
+)
+
+
+@dataclass(frozen=True)
+class StreamBacklog:
+    length: int | None  # entries on the alarm stream
+    pending: int | None  # delivered to the actuators' group but not acknowledged
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerScrape:
+    url: str
+    samples: dict[str, float]  # "name{label=value,...}" -> value
+    error: str | None = None
+
+
+def service_status(settings: Settings) -> list[Health]:
+    """Kafka, Postgres, Redis and Triton as `steel status` sees them (embedded or external)."""
+    from stack.embedded_stack import EmbeddedStack
+
+    try:
+        return EmbeddedStack(settings).status()
+    except Exception as exc:  # a damaged stack.json: report it in place of the table
+        return [Health("stack", up=False, url=None, detail=f"{type(exc).__name__}: {exc}")]
+
+
+def triton_model_versions(settings: Settings) -> tuple[list[str] | None, str | None]:
+    """(versions Triton serves of settings.triton_model, error). Over HTTP when an HTTP address is
+    known (the embedded server records one), else over gRPC."""
+    from steelcore.service_urls import ServiceUnavailableError, read_stack, resolve_url
+
+    model = settings.triton_model
+    try:
+        record = read_stack(settings.run_dir).get("triton", {}) if not settings.triton_url else {}
+        http_url = record.get("http_url") or (
+            resolve_url("triton", settings) if settings.triton_protocol == "http" else None
+        )
+        if http_url:
+            with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}", timeout=PROBE_TIMEOUT_S) as r:
+                return [str(v) for v in json.loads(r.read()).get("versions", [])], None
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(resolve_url("triton", settings))
+        try:
+            meta = client.get_model_metadata(model, client_timeout=PROBE_TIMEOUT_S)
+        finally:
+            client.close()
+        return [str(v) for v in meta.versions], None
+    except ServiceUnavailableError as exc:
+        return None, str(exc)
+    except Exception as exc:  # down, not ready, or no such model: all shown as text
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def alarm_backlog(settings: Settings) -> StreamBacklog:
+    """Length of the Redis alarm stream and the actuators' unacknowledged entries."""
+    import redis
+
+    from steelcore.service_urls import ServiceUnavailableError, redis_url
+
+    try:
+        client = redis.Redis.from_url(
+            redis_url(settings), socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S
+        )
+    except ServiceUnavailableError as exc:
+        return StreamBacklog(None, None, str(exc))
+    try:
+        length = int(client.xlen(settings.alarm_stream))
+        try:
+            pending = int(client.xpending(settings.alarm_stream, settings.actuator_group)["pending"])
+        except redis.ResponseError:  # NOGROUP: no actuator has joined yet
+            pending = None
+        return StreamBacklog(length, pending)
+    except redis.RedisError as exc:
+        return StreamBacklog(None, None, f"{type(exc).__name__}: {exc}")
+    finally:
+        client.close()
+
+
+def scrape_worker(url: str) -> WorkerScrape:
+    """The worker metrics (WORKER_METRICS) exposed at ``url`` (http://host:port/metrics)."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
+            text = response.read().decode("utf-8", errors="replace")
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name in WORKER_METRICS and not math.isnan(s.value):
+                    labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                    samples[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+        return WorkerScrape(url, samples)
+    except Exception as exc:  # unreachable or not Prometheus text
+        return WorkerScrape(url, {}, f"{type(exc).__name__}: {exc}")

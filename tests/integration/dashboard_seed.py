@@ -1,0 +1,158 @@
+"""Seeded defect data for the dashboard's tests: real Severstal frames and masks, stored through
+the real write path (DefectStore), with times relative to "now" so the live window holds them.
+
+Layout (all frames 1600x256):
+- line L1, cameras C1 and C2: RECENT_PER_CAMERA frames each, one every STEP_S seconds ending
+  just before ``now``, on coil K-L1-0001; every DEFECT_EVERY-th frame carries the masks of one
+  of the three labelled real frames (cycled) and its real image bytes, as a worker would;
+- line L2, camera C1: OLD_FRAMES frames two days earlier on coil K-L2-0001, every other one
+  defective.
+Alarms follow the production rule (workers.alarm_rules with default Settings).
+Tests compute expectations from the returned records, never from the dashboard's code.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from steelcore.kaggle_csv import read_labels
+from steelcore.paths import SEVERSTAL_SAMPLE_DIR
+from steelcore.rle import decode
+from steelcore.settings import Settings
+from steelcore.severstal import CLASS_IDS, FRAME_SHAPE
+from workers import db_migrate
+from workers.alarm_rules import AlarmRule
+from workers.defect_store import AlarmRecord, DefectRecord, DefectStore, FrameRecord
+
+RECENT_PER_CAMERA = 30
+STEP_S = 2.0
+DEFECT_EVERY = 3
+OLD_FRAMES = 20
+PROBABILITY = 0.9
+RECENT_COIL = "K-L1-0001"
+OLD_COIL = "K-L2-0001"
+
+
+@lru_cache(maxsize=1)
+def real_samples() -> tuple[tuple[str, bytes, dict[int, str]], ...]:
+    """(image id, image bytes as stored, {class id: rle}) of the labelled real frames."""
+    labels = read_labels(SEVERSTAL_SAMPLE_DIR / "train.csv")
+    samples = []
+    for image_id in sorted(labels):
+        rles = {c: r for c, r in zip(CLASS_IDS, labels[image_id], strict=True) if r}
+        if rles:
+            samples.append((image_id, (SEVERSTAL_SAMPLE_DIR / "images" / image_id).read_bytes(), rles))
+    if len(samples) < 3:
+        raise RuntimeError(f"expected 3 labelled frames in {SEVERSTAL_SAMPLE_DIR}, found {len(samples)}")
+    return tuple(samples)
+
+
+def _frame(
+    index: int, *, line: str, camera: str, coil: str, position_m: float, at: datetime, sample: int | None
+) -> FrameRecord:
+    """Frame ``index``; with the image and masks of real sample ``sample`` (None: defect-free)."""
+    found: tuple[DefectRecord, ...] = ()
+    raised: tuple[AlarmRecord, ...] = ()
+    image = None
+    if sample is not None:
+        _, image, rles = real_samples()[sample % len(real_samples())]
+        records = [DefectRecord.from_mask(c, decode(r, FRAME_SHAPE), PROBABILITY) for c, r in rles.items()]
+        found = tuple(r for r in records if r is not None)
+        rule = AlarmRule.from_settings(Settings())
+        raised = tuple(
+            AlarmRecord(d.class_id, d.probability, d.area_px, at + timedelta(milliseconds=300))
+            for d in found
+            if rule.fires(d.class_id - 1, d.probability, d.area_px)
+        )
+    return FrameRecord(
+        frame_id=f"{line}-{camera}-seed-{index:05d}",
+        line_id=line,
+        camera_id=camera,
+        coil_id=coil,
+        position_m=position_m,
+        captured_at=at,
+        received_at=at + timedelta(milliseconds=40),
+        model_name="default",
+        model_version="1",
+        defects=found,
+        alarms=raised,
+        class_probs=(0.1, 0.1, 0.1, 0.1),
+        decode_ms=3.0 + index % 5,
+        infer_ms=60.0 + 10 * (index % 4),
+        store_ms=8.0,
+        image=image,
+    )
+
+
+def seed_records(now: datetime) -> list[FrameRecord]:
+    records = []
+    for cam_index, camera in enumerate(("C1", "C2")):
+        for i in range(RECENT_PER_CAMERA):
+            index = cam_index * RECENT_PER_CAMERA + i
+            at = now - timedelta(seconds=STEP_S * (RECENT_PER_CAMERA - i))
+            records.append(
+                _frame(
+                    index,
+                    line="L1",
+                    camera=camera,
+                    coil=RECENT_COIL,
+                    position_m=1.5 * i,
+                    at=at,
+                    sample=i // DEFECT_EVERY + cam_index if i % DEFECT_EVERY == 0 else None,
+                )
+            )
+    old_start = now - timedelta(days=2)
+    for i in range(OLD_FRAMES):
+        records.append(
+            _frame(
+                1000 + i,
+                line="L2",
+                camera="C1",
+                coil=OLD_COIL,
+                position_m=2.0 * i,
+                at=old_start + timedelta(seconds=10 * i),
+                sample=i // 2 if i % 2 == 0 else None,
+            )
+        )
+    return records
+
+
+def seed(engine: Engine, now: datetime | None = None) -> list[FrameRecord]:
+    """Store the seed through the worker's write path."""
+    records = seed_records(now or datetime.now(UTC))
+    DefectStore(engine).write_batch(records)
+    with engine.begin() as conn:
+        # As if a worker keeping up had stored each frame as it came (the batch has one server time).
+        conn.execute(text("UPDATE frames SET stored_at = received_at + store_ms * interval '1 millisecond'"))
+    return records
+
+
+@contextmanager
+def new_database(server_url: str) -> Iterator[str]:
+    """A new migrated database on the session's server with the dashboard roles, dropped afterwards."""
+    from dashboard.db_access import ensure_dashboard_roles
+
+    name = f"steel_dash_{uuid.uuid4().hex[:10]}"
+    admin = db_migrate.create_db_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = (
+        make_url(db_migrate.sqlalchemy_url(server_url))
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
+    try:
+        db_migrate.upgrade(url)
+        ensure_dashboard_roles(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
