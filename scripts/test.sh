@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
+# The dashboard's browser test needs Debian's chromium; quick when it is already installed.
+bash scripts/ensure_chromium.sh
 .venv/bin/pytest -q "$@"

@@ -78,6 +78,31 @@ class Settings(BaseSettings):
     # --- workers ----------------------------------------------------------------------------
     worker_metrics_port: int = Field(0, description="Prometheus /metrics port of `steel work`; 0 = off")
 
+    # --- dashboard ------------------------------------------------------------------------
+    dashboard_address: str = Field("127.0.0.1", description="address `steel dashboard` listens on")
+    dashboard_port: int = Field(8501, ge=1, le=65535, description="port `steel dashboard` listens on")
+    dashboard_refresh_s: float = Field(1.5, ge=0.5, le=60.0, description="live page refresh period, seconds")
+    dashboard_window_s: float = Field(
+        300.0, ge=10.0, le=86400.0, description="rolling window of the live page's rates, seconds"
+    )
+    dashboard_auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="password login: auto = on when listening beyond localhost"
+    )
+    dashboard_password: SecretStr | None = Field(None, description="login password (or use the file)")
+    dashboard_password_file: Path | None = Field(None, description="file holding the login password")
+    dashboard_db_url: str | None = Field(
+        None, description="read-only login URL; unset = the defect DB URL as role steel_dashboard"
+    )
+    dashboard_feedback_db_url: str | None = Field(
+        None, description="feedback writer login URL; unset = the defect DB URL as role steel_feedback"
+    )
+    dashboard_worker_metrics_urls: tuple[str, ...] = Field(
+        (), description="workers' Prometheus endpoints (http://host:port/metrics) for the health page"
+    )
+    frame_image_retention_days: float = Field(
+        14.0, gt=0, description="images of defective frames are kept this long; rows stay"
+    )
+
     # --- input limits ---------------------------------------------------------------------
     max_frame_bytes: int = 8 * 1024 * 1024
 

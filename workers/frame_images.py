@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 
     from steelcore.settings import Settings
 
-# Interim default until Settings has ``frame_image_retention_days`` (requested from the lead);
-# retention_days() prefers the setting as soon as it exists.
-FRAME_IMAGE_RETENTION_DAYS = 14.0
 # Rows deleted per statement: short transactions, so a purge never holds locks for long.
 PURGE_BATCH_ROWS = 5000
 
@@ -57,11 +54,10 @@ class StoredImage:
 
 
 def retention_days(settings: Settings | None = None) -> float:
-    """Days a frame image is kept: Settings.frame_image_retention_days, else the interim default."""
+    """Days a frame image is kept (Settings.frame_image_retention_days)."""
     from steelcore.settings import get_settings
 
-    value = getattr(settings or get_settings(), "frame_image_retention_days", FRAME_IMAGE_RETENTION_DAYS)
-    return float(value)
+    return float((settings or get_settings()).frame_image_retention_days)
 
 
 def image_encoding(data: bytes, height: int, width: int) -> str:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -24,9 +23,9 @@ from dashboard.overlays import MISSING_IMAGE_GREY, blank_frame, class_colour_hex
 from stack.service import free_port
 from steelcore import exit_codes
 from steelcore.rle import encode
+from steelcore.settings import Settings
 from steelcore.severstal import CLASS_COLOURS_RGB
 from workers.frame_images import (
-    FRAME_IMAGE_RETENTION_DAYS,
     decode_image_bytes,
     image_encoding,
     retention_days,
@@ -206,9 +205,9 @@ def test_image_encoding_is_told_from_the_bytes() -> None:
         image_encoding(b"", 8, 12)
 
 
-def test_retention_comes_from_settings_when_they_have_it() -> None:
-    assert retention_days(_settings()) == FRAME_IMAGE_RETENTION_DAYS  # not in Settings yet
-    assert retention_days(SimpleNamespace(frame_image_retention_days=3)) == 3.0  # type: ignore[arg-type]
+def test_retention_comes_from_settings() -> None:
+    assert retention_days(Settings(frame_image_retention_days=3)) == 3.0
+    assert retention_days(Settings()) == Settings.model_fields["frame_image_retention_days"].default
 
 
 def test_stopping_the_launcher_stops_the_server(tmp_path: Path) -> None:
