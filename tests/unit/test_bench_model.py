@@ -1,0 +1,53 @@
+"""`steel bench model` end to end on the small preset (no speed assertions: the target is the benchmark's)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from steelcore import exit_codes
+from steelcore.cli import main
+from steelcore.networks import build_model, preset
+
+
+def _run(tmp_path: Path, target_ms: str) -> tuple[int, dict]:
+    out = tmp_path / "model.json"
+    args = ["bench", "model", "--quick", "--repeats", "1", "--warmup", "0", "--threads", "1"]
+    code = main([*args, "--target-ms", target_ms, "--json", str(out)])
+    return code, json.loads(out.read_text())
+
+
+def test_bench_model_json_structure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, payload = _run(tmp_path, "1e9")
+    assert code == exit_codes.OK
+    assert payload["benchmark"] == "model"
+    assert payload["config"]["quick"] is True and payload["config"]["threads"] == 1
+    rows = {r["name"]: r for r in payload["results"]}
+    assert set(rows) == {"small/classifier", "small/segmenter", "small/classifier+segmenter"}
+    for name in ("small/classifier", "small/segmenter"):
+        row = rows[name]
+        task = name.split("/")[1]
+        # The parameter count is the model's own, not something the benchmark made up.
+        model = build_model(task, preset("small", task))  # type: ignore[arg-type]
+        assert row["params"] == sum(p.numel() for p in model.parameters())
+        assert row["gflops_per_frame"] > 0
+        for key in ("ms_per_frame_b1", "ms_per_frame_b8", "ms_per_frame_b8_channels_last"):
+            assert row[key] > 0
+        assert len(row["samples_ms_b8"]) == 1
+    # FLOPs of the segmenter (full-resolution output) dwarf those of the half-resolution classifier.
+    assert rows["small/segmenter"]["gflops_per_frame"] > rows["small/classifier"]["gflops_per_frame"]
+    pair = rows["small/classifier+segmenter"]
+    assert pair["target_met"] is True and pair["target_ms_per_frame"] == 1e9
+    assert (tmp_path / "model.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "small/segmenter" in printed and ": met" in printed
+
+
+def test_bench_model_reports_a_missed_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, payload = _run(tmp_path, "0.001")
+    assert code == exit_codes.FAILURE
+    pair = next(r for r in payload["results"] if r["task"] == "pair")
+    assert pair["target_met"] is False
+    assert "NOT met" in capsys.readouterr().out
