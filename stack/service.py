@@ -305,9 +305,12 @@ class EmbeddedService(ABC):
         if port_accepts(self.host, self.port):
             # Something else listens there; it may be a previous run still shutting down.
             raise AddressInUseError(self.name, f"port {self.host}:{self.port} is in use", self.log_path)
+        # Measure the log before spawning: a process that fails at once may have written its
+        # reason before wait_until_healthy looks, and that reason belongs in the error.
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.spawn()
         try:
-            self.wait_until_healthy(timeout_s)
+            self.wait_until_healthy(timeout_s, log_offset=log_offset)
         except ServiceStartError:
             self.stop()
             raise
@@ -327,9 +330,13 @@ class EmbeddedService(ABC):
             )
         self.write_pidfile(self._popen.pid)
 
-    def wait_until_healthy(self, timeout_s: float) -> None:
-        """Poll until probe() succeeds; raise ServiceStartError on exit or timeout."""
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+    def wait_until_healthy(self, timeout_s: float, log_offset: int | None = None) -> None:
+        """Poll until probe() succeeds; raise ServiceStartError on exit or timeout.
+
+        ``log_offset``: where this start's output begins in the log (default: its current end).
+        """
+        if log_offset is None:
+            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         deadline = time.monotonic() + timeout_s
         last_error = "no answer yet"
         while True:
