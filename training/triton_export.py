@@ -370,7 +370,7 @@ def write_repository(
         shutil.rmtree(staging, ignore_errors=True)
     manifest = {
         "bundle": loaded.name,
-        "bundle_path": str(loaded.path),
+        "bundle_path": _display_path(loaded.path),
         "class_ids": loaded.class_ids,
         "format": fmt,
         "kind": kind,
@@ -379,3 +379,12 @@ def write_repository(
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _display_path(path: Path) -> str:
+    """The bundle's path relative to the repository when it lies inside it: the committed
+    repository.json then reads the same on every checkout."""
+    from steelcore.paths import REPO_ROOT
+
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(resolved)
