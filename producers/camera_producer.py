@@ -1,8 +1,9 @@
 """Publishing camera frames to Kafka, with every delivery accounted for.
 
-A frame goes to ``settings.frames_topic`` keyed by its camera id, so each camera's frames stay
-in order in one partition; its ground truth (when the source knows it) goes to
-``settings.truth_topic`` keyed by frame id, as JSON, so live accuracy can be measured against
+A frame goes to ``settings.frames_topic`` (with topic rotation: its bucket for the publish time,
+see steelcore.topic_rotation) keyed by its camera id, so each camera's frames stay in order in
+one partition; its ground truth (when the source knows it) goes to ``settings.truth_topic`` (or
+its bucket) keyed by frame id, as JSON, so live accuracy can be measured against
 what the workers stored. Every message gets a delivery report; :class:`DeliveryStats` counts
 them, and :meth:`CameraProducer.flush` waits for the outstanding ones. A run is a success only
 when every frame and truth message was delivered.
@@ -19,9 +20,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from producers.bucket_router import BucketRouter
 from producers.frame_sources import FrameClock, FrameSource, SourceFrame
 from steelcore.frame_message import Encoding, FrameHeader, encode_frame, encode_image
 from steelcore.settings import Settings, get_settings
+from steelcore.topic_rotation import rotation_seconds
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class DeliveryStats:
     truth_sent: int = 0
     truth_delivered: int = 0
     truth_failed: int = 0
+    bytes_sent: int = 0  # message values handed to the producer, frames and truth
     first_error: str | None = None
 
     @property
@@ -78,7 +82,13 @@ def truth_message(header: FrameHeader, frame: SourceFrame) -> bytes:
 
 
 class CameraProducer:
-    """One Kafka producer for any number of cameras of a run."""
+    """One Kafka producer for any number of cameras of a run.
+
+    With topic rotation (steelcore.topic_rotation) each message goes to the bucket of its publish
+    time; the buckets are created with ``partitions`` partitions (default settings.frames_partitions)
+    and a message not delivered within ``topic_close_grace_s`` fails, so a closed bucket never
+    receives anything. ``router`` replaces the routing built from settings (tests).
+    """
 
     def __init__(
         self,
@@ -86,25 +96,52 @@ class CameraProducer:
         *,
         encoding: Encoding = "jpeg",
         producer: Any | None = None,
+        partitions: int | None = None,
+        router: BucketRouter | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.encoding: Encoding = encoding
+        self.partitions = partitions if partitions is not None else self.settings.frames_partitions
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {self.partitions}")
+        rotation_s = rotation_seconds(self.settings)
         if producer is None:
             from confluent_kafka import Producer
 
             from steelcore.kafka_clients import producer_config
 
             # Frames above 1 MB (raw or PNG) need a larger message size; the broker accepts them.
-            config = producer_config(
-                self.settings,
-                {
-                    "message.max.bytes": self.settings.max_frame_bytes,
-                    "logger": logging.getLogger("librdkafka"),
-                },
-            )
-            producer = Producer(config)
+            overrides: dict[str, Any] = {
+                "message.max.bytes": self.settings.max_frame_bytes,
+                "logger": logging.getLogger("librdkafka"),
+            }
+            if rotation_s > 0:
+                overrides["message.timeout.ms"] = round(self.settings.topic_close_grace_s * 1000)
+            producer = Producer(producer_config(self.settings, overrides))
+            if router is None and rotation_s > 0:
+                router = self._bucket_router(rotation_s)
         self._producer = producer
+        self.router = router or BucketRouter(
+            self.settings.frames_topic, self.settings.truth_topic, rotation_s
+        )
         self.stats = DeliveryStats()
+
+    def _bucket_router(self, rotation_s: float) -> BucketRouter:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        from steelcore.kafka_clients import admin_config, ensure_topics
+
+        admin = AdminClient(admin_config(self.settings, {"logger": logging.getLogger("librdkafka")}))
+
+        def create(names: Sequence[str]) -> None:
+            try:
+                ensure_topics(admin, names, self.partitions)
+            except (KafkaException, TimeoutError) as exc:
+                # Not fatal: the broker may auto-create on produce; a failed delivery is counted.
+                log.warning("could not create bucket topics %s: %s", list(names), exc)
+
+        return BucketRouter(self.settings.frames_topic, self.settings.truth_topic, rotation_s, create)
 
     # --- delivery reports (run inside poll/flush, on this thread) ------------------------------
     def _on_frame(self, err: Any, msg: Any) -> None:
@@ -139,8 +176,9 @@ class CameraProducer:
                 f"{self.settings.max_frame_bytes}; use --encoding jpeg"
             )
         timestamp_ms = int(header.captured_at.timestamp() * 1000)
+        frames_topic, truth_topic = self.router.route()
         self._produce(
-            self.settings.frames_topic,
+            frames_topic,
             value,
             header.camera_id.encode(),
             self._on_frame,
@@ -150,7 +188,7 @@ class CameraProducer:
         self.stats.frames_sent += 1
         if frame.truth is not None:
             self._produce(
-                self.settings.truth_topic,
+                truth_topic,
                 truth_message(header, frame),
                 header.frame_id.encode(),
                 self._on_truth,
@@ -175,6 +213,7 @@ class CameraProducer:
                 self._producer.produce(
                     topic, value=value, key=key, on_delivery=callback, timestamp=timestamp_ms, headers=headers
                 )
+                self.stats.bytes_sent += len(value)
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports to make room, then retry.

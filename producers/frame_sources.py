@@ -64,6 +64,14 @@ def frame_id(line_id: str, camera_id: str, run_start_ms: int, seq: int) -> str:
     return value
 
 
+def frame_run_start_ms(value: str) -> int:
+    """The run start (epoch ms) inside a frame id made by :func:`frame_id`; ValueError otherwise."""
+    parts = value.rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise ValueError(f"not a camera frame id: {value!r}")
+    return int(parts[1])
+
+
 def coil_id(line_id: str, run_start: datetime, coil_index: int) -> str:
     """``{line}-{run start, UTC seconds}-{coil:04d}``: every camera of a run sees the same coil id."""
     if coil_index < 0:

@@ -3,8 +3,10 @@
     steel produce --line L1 --camera top --camera bottom --fps 2 --speed 1.5 --frames 100
     steel produce --replay /work/shared/data/severstal_sample --camera top --burst
 
-Ctrl-C or SIGTERM stops at the next frame; everything already sent is flushed and accounted
-for. Exit 0 when every frame (and truth message) was delivered, 1 if any was not.
+With topic rotation (on by default for the embedded broker) frames and truth go to time-bucketed
+topics (steelcore.topic_rotation). Ctrl-C or SIGTERM stops at the next frame; everything already
+sent is flushed and accounted for. Exit 0 when every frame (and truth message) was delivered, 1 if
+any was not.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from steelcore.kafka_clients import admin_config, ensure_topics
     from steelcore.service_urls import ServiceUnavailableError
     from steelcore.settings import get_settings
+    from steelcore.topic_rotation import rotation_seconds
 
     settings = get_settings()
     run_start = datetime.now(UTC)
@@ -104,9 +107,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"steel produce: --partitions must be >= 1, got {partitions}", file=sys.stderr)
         return exit_codes.BAD_INPUT
     try:
-        admin = AdminClient(admin_config(settings, {"logger": logging.getLogger("librdkafka")}))
-        ensure_topics(admin, [settings.frames_topic, settings.truth_topic], partitions)
-        producer = CameraProducer(settings, encoding=args.encoding)
+        if rotation_seconds(settings) == 0:
+            admin = AdminClient(admin_config(settings, {"logger": logging.getLogger("librdkafka")}))
+            ensure_topics(admin, [settings.frames_topic, settings.truth_topic], partitions)
+        # With rotation the producer creates each bucket topic (and the next) before using it.
+        producer = CameraProducer(settings, encoding=args.encoding, partitions=partitions)
     except (ServiceUnavailableError, KafkaException, TimeoutError) as exc:
         print(f"steel produce: Kafka unavailable: {exc}", file=sys.stderr)
         return exit_codes.UNAVAILABLE
@@ -122,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
 
     total = args.frames if args.frames is not None else sources[0].count
     progress = tqdm(total=total, unit="frame", desc=f"{args.line} x{len(sources)} cameras", disable=None)
+    rotation = f", {producer.router.rotation_s:g} s buckets" if producer.router.rotating else ""
     log.info(
-        "publishing %s camera(s) of line %s to %s (%s, %s)",
-        len(sources), args.line, settings.frames_topic, args.encoding,
+        "publishing %s camera(s) of line %s to %s%s (%s, %s)",
+        len(sources), args.line, settings.frames_topic, rotation, args.encoding,
         "burst" if args.burst else f"{args.fps:g} fps",
     )  # fmt: skip
     try:
@@ -154,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         "elapsed_s": round(result.elapsed_s, 3),
         "topic": settings.frames_topic,
         "truth_topic": settings.truth_topic,
+        "rotation_s": producer.router.rotation_s,
+        "topics_written": sorted(producer.router.used),
         "delivery": result.stats.to_json(),
     }
     if args.json is not None:

@@ -57,6 +57,25 @@ class Settings(BaseSettings):
     alarm_channel: str = "steel:alarms:live"
     actuator_group: str = "steel-actuators"
 
+    # --- topic rotation: bounded memory on a broker without retention (steelcore.topic_rotation) ---
+    topic_rotation_s: float | None = Field(
+        None,
+        ge=0,
+        description="seconds per time bucket of the frames and truth topics ('{topic}.{bucket}'); "
+        "0 = one topic each, retention left to the broker; unset = embedded_topic_rotation_s on the "
+        "embedded broker, 0 on a real Kafka",
+    )
+    embedded_topic_rotation_s: float = Field(300.0, gt=0, description="bucket length on the embedded broker")
+    topic_close_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="a bucket may still receive deliveries this long after it ends (the camera "
+        "producer's delivery timeout while rotating); only then is it closed",
+    )
+    topic_janitor_interval_s: float = Field(
+        10.0, gt=0, description="how often each worker checks which buckets are drained and deletes them"
+    )
+
     # --- inference -----------------------------------------------------------------------
     triton_protocol: Literal["grpc", "http"] = "grpc"
     triton_model: str = "steel_ensemble"

@@ -3,6 +3,7 @@ records and alarms made from the ensemble's answer. Pure logic, no I/O."""
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,12 +37,56 @@ class ValidFrame:
     header: FrameHeader
     pixels: np.ndarray  # uint8 [256, 1600]
     decode_s: float
+    image: bytes = b""  # the received encoded image, kept by the store for defective frames
 
 
 @dataclass(frozen=True)
 class Rejected:
     message: Any
     reason: str
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (they carry the image size); C4, C8 and CC are other segments.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def declared_size(image: bytes, encoding: str) -> tuple[int, int] | None:
+    """(width, height) an encoded image declares in its own header, read without decoding it;
+    None for raw pixels. FrameMessageError when a JPEG or PNG does not say.
+
+    A few hundred kilobytes of PNG or JPEG can declare 16000 x 16000 pixels: decoding first and
+    comparing after would allocate 256 MB for one frame (a batch of them kills the worker, and
+    the redelivered batch kills the next one). So the declared size is checked first.
+    """
+    if encoding == "png":
+        if image[:8] != _PNG_SIGNATURE or image[12:16] != b"IHDR" or len(image) < 24:
+            raise FrameMessageError("image bytes are not a PNG (no IHDR header)")
+        width, height = struct.unpack(">II", image[16:24])
+        return width, height
+    if encoding != "jpeg":
+        return None
+    if image[:2] != b"\xff\xd8":
+        raise FrameMessageError("image bytes are not a JPEG (no start-of-image marker)")
+    pos = 2
+    while pos + 4 <= len(image):
+        if image[pos] != 0xFF:
+            break
+        marker = image[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # segments without a length
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before them
+            break
+        (length,) = struct.unpack(">H", image[pos + 2 : pos + 4])
+        if marker in _JPEG_SOF and pos + 9 <= len(image):
+            height, width = struct.unpack(">HH", image[pos + 5 : pos + 9])
+            return width, height
+        pos += 2 + length
+    raise FrameMessageError("image bytes are not a readable JPEG (no frame header before the scan)")
 
 
 def validate_message(message: Any, max_bytes: int) -> ValidFrame | Rejected:
@@ -56,10 +101,16 @@ def validate_message(message: Any, max_bytes: int) -> ValidFrame | Rejected:
                 f"frame is {frame.header.width}x{frame.header.height}; the ensemble takes "
                 f"{FRAME_WIDTH}x{FRAME_HEIGHT}"
             )
+        size = declared_size(frame.image, frame.header.encoding)
+        if size is not None and size != (FRAME_WIDTH, FRAME_HEIGHT):
+            raise FrameMessageError(
+                f"the {frame.header.encoding} image declares {size[0]}x{size[1]}, header says "
+                f"{FRAME_WIDTH}x{FRAME_HEIGHT} (not decoded)"
+            )
         pixels = decode_image(frame)
     except FrameMessageError as exc:
         return Rejected(message, exc.reason)
-    return ValidFrame(message, frame.header, pixels, time.perf_counter() - started)
+    return ValidFrame(message, frame.header, pixels, time.perf_counter() - started, frame.image)
 
 
 def defects_of(probs: Sequence[float], rles: Sequence[str]) -> list[DefectRecord]:
@@ -122,6 +173,7 @@ def build_records(
                 infer_ms=infer_s * 1000.0,
                 height=h.height,
                 width=h.width,
+                image=frame.image or None,
             )
         except ValueError as exc:
             rejects.append(Rejected(frame.message, f"inference result not storable: {exc}"))

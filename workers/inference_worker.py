@@ -20,6 +20,12 @@ exactly-once).
 Outages (Triton, Postgres, Redis or Kafka unreachable): the batch stays in hand, the assignment is
 paused, and the failed step is retried with capped exponential backoff while the consumer keeps
 being served, so the group membership survives; consumption resumes once the batch is through.
+
+Topic rotation (steelcore.topic_rotation, on by default for the embedded broker): the worker
+subscribes with a pattern to the frames buckets from a floor upwards; its janitor thread
+(workers.topic_janitor) raises the floor past buckets the group has consumed and deletes them
+once every worker has had time to drop them. The worker re-subscribes between batches when the
+floor moves.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ import redis
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from steelcore.settings import Settings, get_settings
+from steelcore.topic_rotation import SUBSCRIPTION_REFRESH_MS, rotation_seconds, subscription_pattern
 from workers.alarm_rules import AlarmRule
 from workers.frame_batch import Batch, ValidFrame, build_records, next_offsets, validate_message
+from workers.topic_janitor import BucketJanitor, JanitorThread, janitor_from_settings
 from workers.triton_client import EnsembleResult, TritonClientError
 from workers.worker_metrics import WorkerMetrics
 from workers.worker_parts import (
@@ -103,6 +111,7 @@ class InferenceWorker:
         store: Store | None = None,
         alarm_publisher: AlarmPublisher | None = None,
         metrics: WorkerMetrics | None = None,
+        janitor: BucketJanitor | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.config = config or WorkerConfig()
@@ -114,6 +123,10 @@ class InferenceWorker:
         self.store = store
         self.alarm_publisher = alarm_publisher
         self.metrics = metrics or WorkerMetrics()
+        self.janitor = janitor
+        self.rotation_s = rotation_seconds(self.settings)
+        self._janitor_thread: JanitorThread | None = None
+        self._floor: int | None = None  # bucket subscription floor, with topic rotation
         self.rule = AlarmRule.from_settings(self.settings)
         self.model_version = self.config.model_version or self.settings.triton_model
         self.stop_event = threading.Event()
@@ -165,11 +178,28 @@ class InferenceWorker:
             self.alarm_publisher = stream
         if self.dead_letters is None or self.consumer is None:
             self._setup_kafka()
+        if self.rotation_s > 0:
+            if self.janitor is None:
+                self.janitor = janitor_from_settings(s, self.group_id, self.rotation_s, self.worker_id)
+            self.janitor.check()  # the floor, before the first subscription
+            self._janitor_thread = JanitorThread(self.janitor, s.topic_janitor_interval_s)
+            self._janitor_thread.start()
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        """Subscribe to the frames topic, or with rotation to its buckets from the janitor's floor up."""
         assert self.consumer is not None
+        s = self.settings
+        if self.rotation_s > 0 and self.janitor is not None:
+            self._floor = self.janitor.floor
+            topics = [subscription_pattern(s.frames_topic, self._floor)]
+            what = f"buckets of {s.frames_topic} from {self._floor} ({self.rotation_s:g} s each)"
+        else:
+            topics, what = [s.frames_topic], s.frames_topic
         self.consumer.subscribe(
-            [s.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        log.info("worker %s consuming %s in group %s", self.worker_id, s.frames_topic, self.group_id)
+        log.info("worker %s consuming %s in group %s", self.worker_id, what, self.group_id)
 
     def _setup_kafka(self) -> None:
         from confluent_kafka import Consumer, Producer
@@ -179,11 +209,9 @@ class InferenceWorker:
 
         s = self.settings
         kafka_log = {"logger": logging.getLogger("librdkafka")}
-        ensure_topics(
-            AdminClient(admin_config(s, kafka_log)),
-            [s.frames_topic, s.dead_letter_topic],
-            s.frames_partitions,
-        )
+        # With rotation the producers create the buckets; the dead-letter topic never rotates.
+        topics = [s.dead_letter_topic] if self.rotation_s > 0 else [s.frames_topic, s.dead_letter_topic]
+        ensure_topics(AdminClient(admin_config(s, kafka_log)), topics, s.frames_partitions)
         if self.dead_letters is None:
             producer = Producer(
                 producer_config(s, {**kafka_log, "message.max.bytes": s.max_frame_bytes + 65536})
@@ -196,12 +224,17 @@ class InferenceWorker:
                 s.max_frame_bytes,
             )
         if self.consumer is None:
-            overrides = {**kafka_log, "client.id": f"steel-worker-{self.worker_id}"}
+            overrides: dict[str, Any] = {**kafka_log, "client.id": f"steel-worker-{self.worker_id}"}
+            if self.rotation_s > 0:
+                # A pattern subscription sees new buckets at each metadata refresh.
+                overrides["topic.metadata.refresh.interval.ms"] = SUBSCRIPTION_REFRESH_MS
             self.consumer = Consumer(consumer_config(self.group_id, s, overrides))
 
     def teardown(self) -> None:
         """Close everything; the consumer leaves the group (no commit: offsets are committed per batch)."""
         steps: list[tuple[str, Callable[[], object] | None]] = [
+            ("bucket janitor", self._janitor_thread.stop if self._janitor_thread is not None else None),
+            ("janitor clients", self.janitor.close if self.janitor is not None else None),
             ("consumer", self.consumer.close if self.consumer is not None else None),
             ("dead-letter producer", self.dead_letters.close if self.dead_letters is not None else None),
             ("triton client", self.inference.close if self.inference is not None else None),
@@ -235,6 +268,9 @@ class InferenceWorker:
     def run_once(self) -> int:
         """Consume one batch and see it through; returns the number of messages handled."""
         assert self.consumer is not None
+        janitor = self.janitor if self.rotation_s > 0 else None
+        if janitor is not None and janitor.floor != self._floor and not self._carry:
+            self._subscribe()  # drained buckets leave the assignment (rebalance) before deletion
         if self._carry:
             usable, self._carry = self._carry[: self.config.batch_size], self._carry[self.config.batch_size :]
         else:

@@ -102,6 +102,7 @@ def settings(
             "alarm_stream": f"steel:alarms:{tag}",
             "alarm_channel": f"steel:alarms:live:{tag}",
             "frames_partitions": 2,
+            "topic_rotation_s": 0,  # one frames topic; rotation has tests of its own (test_topic_rotation)
             "postgres_url": db_url,
             "triton_url": triton.grpc_url,
             "triton_protocol": "grpc",
@@ -395,6 +396,7 @@ def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(settings: Setting
         "STEEL_ALARM_STREAM": settings.alarm_stream,
         "STEEL_ALARM_CHANNEL": settings.alarm_channel,
         "STEEL_FRAMES_PARTITIONS": "2",
+        "STEEL_TOPIC_ROTATION_S": "0",
         "STEEL_POSTGRES_URL": settings.postgres_url or "",
         "STEEL_TRITON_URL": settings.triton_url or "",
         "OMP_NUM_THREADS": "1",

@@ -26,7 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture()
 def topics(stack_settings: Settings, kafka_url: str) -> Settings:
     tag = uuid.uuid4().hex[:10]
-    return stack_settings.model_copy(update={"frames_topic": f"frames-{tag}", "truth_topic": f"truth-{tag}"})
+    return stack_settings.model_copy(
+        update={"frames_topic": f"frames-{tag}", "truth_topic": f"truth-{tag}", "topic_rotation_s": 0}
+    )
 
 
 def produce(settings: Settings, *args: str) -> subprocess.Popen[str]:
@@ -35,6 +37,7 @@ def produce(settings: Settings, *args: str) -> subprocess.Popen[str]:
         "STEEL_RUN_DIR": str(settings.run_dir),
         "STEEL_FRAMES_TOPIC": settings.frames_topic,
         "STEEL_TRUTH_TOPIC": settings.truth_topic,
+        "STEEL_TOPIC_ROTATION_S": str(settings.topic_rotation_s),
     }
     env.pop("STEEL_KAFKA_URL", None)
     return subprocess.Popen(
@@ -127,3 +130,33 @@ def test_bad_options_exit_with_bad_input(topics: Settings, tmp_path: Path) -> No
     proc = produce(topics, "--replay", str(tmp_path))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3 and "no images" in err
+
+
+def test_with_rotation_frames_go_to_time_buckets_created_with_the_partitions_asked(
+    topics: Settings, tmp_path: Path
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from steelcore.topic_rotation import bucket_number, subscription_pattern
+
+    rotating = topics.model_copy(update={"topic_rotation_s": 1.0})
+    summary_path = tmp_path / "summary.json"
+    began = time.time()
+    proc = produce(rotating, "--fps", "4", "--frames", "8", "--partitions", "3", "--json", str(summary_path))
+    _, err = proc.communicate(timeout=120)
+    ended = time.time()
+    assert proc.returncode == 0, err
+    summary = json.loads(summary_path.read_text())
+    assert summary["rotation_s"] == 1.0 and summary["delivery"]["frames_delivered"] == 8
+    written = [
+        b for t in summary["topics_written"] if (b := bucket_number(topics.frames_topic, t)) is not None
+    ]
+    assert len(written) >= 2 and all(int(began) - 1 <= b <= int(ended) for b in written)
+    listed = AdminClient(admin_config(topics)).list_topics(timeout=10).topics
+    assert topics.frames_topic not in listed  # nothing goes to the un-bucketed topic
+    assert all(len(listed[f"{topics.frames_topic}.{b}"].partitions) == 3 for b in written)
+    frames = read_all(topics, subscription_pattern(topics.frames_topic, min(written)), 8)
+    assert sorted(decode_frame(m.value()).header.frame_id[-8:] for m in frames) == [
+        f"{i:08d}" for i in range(8)
+    ]
+    assert {bucket_number(topics.frames_topic, m.topic()) for m in frames} == set(written)

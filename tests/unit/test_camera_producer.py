@@ -79,7 +79,7 @@ class ListSource:
         return SourceFrame(index, pixels, truth, f"img{index}")
 
 
-SETTINGS = Settings(frames_topic="frames-t", truth_topic="truth-t")
+SETTINGS = Settings(frames_topic="frames-t", truth_topic="truth-t", topic_rotation_s=0)
 
 
 def test_frames_are_keyed_by_camera_and_truth_by_frame_id() -> None:
@@ -145,6 +145,41 @@ def test_realtime_frames_are_stamped_with_their_schedule() -> None:
 
 
 def test_frames_over_the_size_limit_are_refused() -> None:
-    producer = CameraProducer(Settings(max_frame_bytes=1000), encoding="raw", producer=FakeProducer())
+    producer = CameraProducer(
+        Settings(max_frame_bytes=1000, topic_rotation_s=0), encoding="raw", producer=FakeProducer()
+    )
     with pytest.raises(ValueError, match="max_frame_bytes"):
         publish_run(producer, [ListSource("top", 1)], frames=1, stop=threading.Event(), realtime=False)
+
+
+def test_with_rotation_messages_go_to_the_bucket_of_their_publish_time() -> None:
+    from producers.bucket_router import BucketRouter
+
+    now = [1000.0]
+    created: list[list[str]] = []
+    router = BucketRouter("frames-t", "truth-t", 10.0, created.append, clock=lambda: now[0])
+    fake = FakeProducer()
+    producer = CameraProducer(SETTINGS, producer=fake, router=router)
+    source = ListSource("top", 3)
+    for index, t in enumerate((1000.0, 1009.9, 1010.0)):
+        now[0] = t
+        producer.publish(source, source.frame(index), T0)
+    assert [m["topic"] for m in fake.sent] == [
+        "frames-t.100", "truth-t.100", "frames-t.100", "truth-t.100", "frames-t.101", "truth-t.101",
+    ]  # fmt: skip
+    # Each bucket is created with the next one before its first message; none twice.
+    assert created == [
+        ["frames-t.100", "truth-t.100", "frames-t.101", "truth-t.101"],
+        ["frames-t.102", "truth-t.102"],
+    ]
+    assert router.used == {"frames-t.100", "truth-t.100", "frames-t.101", "truth-t.101"}
+
+
+def test_rotation_is_on_by_default_for_the_embedded_broker_only() -> None:
+    from steelcore.topic_rotation import rotation_seconds
+
+    embedded = Settings(kafka_url=None)
+    assert rotation_seconds(embedded) == embedded.embedded_topic_rotation_s > 0
+    assert rotation_seconds(Settings(kafka_url="kafka-1:9092")) == 0
+    assert rotation_seconds(Settings(kafka_url="kafka-1:9092", topic_rotation_s=60)) == 60
+    assert rotation_seconds(Settings(kafka_url=None, topic_rotation_s=0)) == 0

@@ -205,3 +205,12 @@ def test_replay_rejects_a_folder_without_images(tmp_path: Path) -> None:
     (tmp_path / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
     with pytest.raises(ValueError, match="no image folder"):
         discover_replay(tmp_path)
+
+
+def test_the_run_start_is_read_back_from_a_frame_id() -> None:
+    from producers.frame_sources import frame_id, frame_run_start_ms
+
+    assert frame_run_start_ms(frame_id("L-1", "top-2", 1_714_000_000_123, 7)) == 1_714_000_000_123
+    for bad in ("garbage", "L1-cam-x-00000001", "L1-cam-123-"):
+        with pytest.raises(ValueError, match="not a camera frame id"):
+            frame_run_start_ms(bad)

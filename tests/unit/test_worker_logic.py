@@ -15,7 +15,7 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from steelcore import rle
-from steelcore.frame_message import FrameHeader, encode_frame, encode_image
+from steelcore.frame_message import FrameHeader, decode_frame, encode_frame, encode_image
 from steelcore.settings import Settings
 from workers.alarm_rules import AlarmRule
 from workers.defect_store import FrameRecord, StoreResult
@@ -104,9 +104,11 @@ class FakeConsumer:
         self.closed = False
         self.consumes = 0
         self.revoke: tuple[int, int] | None = None  # (at consume call number, partition)
+        self.subscriptions: list[list[str]] = []
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.callbacks = callbacks
+        self.subscriptions.append(list(topics))
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
         self.consumes += 1
@@ -243,6 +245,8 @@ def make_worker(
     alarm_failures: int = 0,
     store_error: Exception | None = None,
     config: WorkerConfig = FAST,
+    rotation_s: float = 0.0,
+    janitor: Any = None,
 ) -> tuple[InferenceWorker, Journal, dict[str, Any]]:
     journal = Journal()
     parts = {
@@ -252,8 +256,14 @@ def make_worker(
         "alarm_publisher": FakeAlarms(journal, alarm_failures),
         "dead_letters": FakeDeadLetters(journal),
     }
-    settings = Settings(alarm_min_probability=(0.5,) * 4, alarm_min_area_px=(100,) * 4, frames_topic=TOPIC)
-    worker = InferenceWorker(settings, config, **parts)
+    settings = Settings(
+        alarm_min_probability=(0.5,) * 4,
+        alarm_min_area_px=(100,) * 4,
+        frames_topic=TOPIC,
+        topic_rotation_s=rotation_s,
+        topic_janitor_interval_s=3600,  # the janitor thread never ticks during a test
+    )
+    worker = InferenceWorker(settings, config, janitor=janitor, **parts)
     worker.setup()
     return worker, journal, parts
 
@@ -408,6 +418,9 @@ def test_happy_batch_is_stored_alarmed_then_committed_once() -> None:
     assert parts["consumer"].commits == [{(TOPIC, 0): 12, (TOPIC, 1): 12}]
     assert len(parts["store"].rows) == 4 and len(parts["alarm_publisher"].published) == 4
     assert len(parts["store"].published) == 4  # alarms marked published in the outbox
+    # The received image travels to the store unchanged (kept there for defective frames).
+    sent = {decode_frame(m.value()).header.frame_id: decode_frame(m.value()).image for m in good_messages(4)}
+    assert {fid: r.image for fid, r in parts["store"].rows.items()} == sent
     assert worker.metrics.value("steel_worker_frames_total", {"outcome": "stored"}) == 4
     assert "pause" not in journal
 
@@ -481,3 +494,42 @@ def test_a_non_transient_error_propagates_without_commit() -> None:
     assert parts["consumer"].commits == []
     worker.teardown()
     assert parts["consumer"].closed
+
+
+class FakeJanitor:
+    """The floor a janitor would have proven; checks are counted, nothing is deleted."""
+
+    def __init__(self, floor: int) -> None:
+        self.floor, self.checks, self.closed = floor, 0, False
+
+    def check(self) -> None:
+        self.checks += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_without_rotation_the_worker_subscribes_to_the_topic_itself() -> None:
+    _worker, _journal, parts = make_worker([])
+    assert parts["consumer"].subscriptions == [[TOPIC]]
+
+
+def test_with_rotation_the_worker_follows_the_janitors_floor_between_batches() -> None:
+    import re
+
+    janitor = FakeJanitor(floor=41)
+    worker, _journal, parts = make_worker(good_messages(2), rotation_s=10.0, janitor=janitor)
+    consumer = parts["consumer"]
+    assert janitor.checks == 1  # the floor was established before the first subscription
+    (pattern,) = consumer.subscriptions[0]
+    assert pattern.startswith("^")
+    assert [n for n in (40, 41, 42, 100) if re.fullmatch(pattern[1:-1], f"{TOPIC}.{n}")] == [41, 42, 100]
+    worker.run_once()
+    assert len(consumer.subscriptions) == 1  # unchanged floor: no re-subscription (no rebalance)
+    janitor.floor = 43
+    worker.run_once()
+    assert len(consumer.subscriptions) == 2
+    (pattern,) = consumer.subscriptions[1]
+    assert not re.fullmatch(pattern[1:-1], f"{TOPIC}.42") and re.fullmatch(pattern[1:-1], f"{TOPIC}.43")
+    worker.teardown()
+    assert janitor.closed and consumer.closed

@@ -1,0 +1,379 @@
+"""`steel bench pipeline`: the whole pipeline (camera -> Kafka -> workers -> Triton -> Postgres + Redis)
+with 1 and 2 workers, side by side with the Triton ensemble alone on the same server, in one run.
+
+The benchmark starts its own embedded stack (random ports, a temporary run directory, Triton
+serving settings.triton_repository) and, for each worker count W:
+
+1. backlog: N synthetic frames are burst-published before the workers start; sustained frames/s
+   = frames stored after the first batch / (last batch's stored_at - first batch's stored_at),
+   so start-up (group join, first request) is left out;
+2. steady rate: cameras publish on schedule at a fraction of that throughput for a while;
+   camera-to-stored (stored_at - captured_at, every frame) and camera-to-alarm (Redis stream
+   entry time - captured_at; the workers' alarm rule is set to fire on every detection so that
+   every defective frame is measured) p50/p99;
+3. the ensemble alone: ``steel bench triton``'s closed loop, batches of the worker batch size at
+   concurrency W, on the same frames, same server;
+4. per-stage time per frame (decode, infer, store, alarm, commit) from the workers' own
+   ``steel_worker_stage_seconds`` histograms, and Kafka wait (received_at - captured_at).
+
+Results: bench-results/pipeline.json, a table, and pipeline.png (frames/s) + pipeline_stages.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from steelcore import exit_codes
+
+NAME = "pipeline"
+STAGES = ("decode", "infer", "store", "alarm", "commit")
+STEEL = (sys.executable, "-m", "steelcore.cli")
+WAIT_S = 900.0  # CPU inference on a shared machine
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
+    parser.add_argument("--frames", type=int, default=48, help="backlog frames per case (default 48)")
+    parser.add_argument("--steady-s", type=float, default=45.0, help="steady-rate publishing per case, s")
+    parser.add_argument(
+        "--steady-fraction", type=float, default=0.7, help="steady rate as a share of the backlog throughput"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="worker batch size (default 8)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="results file (default bench-results/pipeline.json)"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="no PNG charts")
+
+
+def run(args: argparse.Namespace) -> int:
+    from stack.embedded_stack import EmbeddedStack
+    from stack.service import free_port
+    from steelcore.service_urls import postgres_url
+    from steelcore.settings import Settings
+    from workers.db_migrate import create_db_engine, upgrade
+
+    counts = sorted({int(w) for w in str(args.workers).split(",") if w.strip()})
+    if not counts or counts[0] < 1:
+        raise ValueError(f"--workers must list positive worker counts, got {args.workers!r}")
+    if args.frames < 2 * args.batch_size or args.steady_s <= 0 or not 0 < args.steady_fraction <= 1:
+        raise ValueError("need --frames >= 2 x --batch-size, --steady-s > 0 and 0 < --steady-fraction <= 1")
+
+    with tempfile.TemporaryDirectory(prefix="steel-bench-pipeline-") as tmp:
+        ports = {
+            name: free_port()
+            for name in ("kafka", "postgres", "redis", "triton_http", "triton_grpc", "triton_metrics")
+        }
+        settings = Settings(
+            run_dir=Path(tmp),
+            kafka_url=None,
+            postgres_url=None,
+            redis_url=None,
+            triton_url=None,
+            **{f"{name}_port": port for name, port in ports.items()},
+        )
+        env = {k: v for k, v in os.environ.items() if not (k.startswith("STEEL_") and k.endswith("_URL"))}
+        env.update({f"STEEL_{name.upper()}_PORT": str(port) for name, port in ports.items()})
+        env.update({"STEEL_RUN_DIR": tmp, "OMP_NUM_THREADS": "1"})
+        print(f"starting the embedded stack (Triton serving {settings.triton_repository}) ...", flush=True)
+        stack = EmbeddedStack(settings)
+        up = stack.up(timeout_s=300)
+        if not up.ok:
+            for name, exc in up.failures.items():
+                print(f"steel bench pipeline: {name}: {exc}", file=sys.stderr)
+            return exit_codes.UNAVAILABLE
+        config: dict[str, Any] = {
+            **{k: v for k, v in vars(args).items() if k != "json"},
+            "triton_repository": str(settings.triton_repository),
+            "load_average_before": os.getloadavg(),
+        }
+        try:
+            upgrade(postgres_url(settings))
+            engine = create_db_engine(postgres_url(settings))
+            results = []
+            for workers in counts:
+                print(f"case: {workers} worker(s)", flush=True)
+                row = pipeline_case(workers, args, env, settings, engine)
+                row.update(ensemble_alone(settings, workers, args))
+                row["pipeline_vs_ensemble"] = row["backlog_frames_per_s"] / row["ensemble_frames_per_s"]
+                results.append(row)
+            engine.dispose()
+        finally:
+            stack.down()
+    config["load_average_after"] = os.getloadavg()
+    _print(results)
+    path = report.write_results(NAME, results, config, args.json)
+    if not args.no_plot:
+        _plot(results, path)
+    print(f"results: {path}")
+    return exit_codes.OK
+
+
+# --- the pipeline ------------------------------------------------------------------------------------
+def pipeline_case(
+    workers: int, args: argparse.Namespace, env: Mapping[str, str], settings: Any, engine: Any
+) -> dict[str, Any]:
+    tag = f"w{workers}-{uuid.uuid4().hex[:6]}"
+    case_env = {
+        **env,
+        "STEEL_FRAMES_TOPIC": f"bench.{tag}.frames",
+        "STEEL_TRUTH_TOPIC": f"bench.{tag}.truth",
+        "STEEL_DEAD_LETTER_TOPIC": f"bench.{tag}.dead-letter",
+        "STEEL_CONSUMER_GROUP": f"bench-{tag}",
+        "STEEL_ALARM_STREAM": f"steel:bench:{tag}",
+        "STEEL_ALARM_CHANNEL": f"steel:bench:{tag}:live",
+        # Every detection raises an alarm, so camera-to-alarm is measured on every defective frame.
+        "STEEL_ALARM_MIN_PROBABILITY": "[0, 0, 0, 0]",
+        "STEEL_ALARM_MIN_AREA_PX": "[1, 1, 1, 1]",
+    }
+    backlog_line, steady_line = f"B{workers}", f"S{workers}"
+    half = args.frames // 2
+    _steel(case_env, "produce", "--line", backlog_line, "--camera", "c1", "--camera", "c2", "--burst",
+           "--frames", str(half))  # fmt: skip
+    ports = [_free_port() for _ in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [*STEEL, "work", "--metrics-port", str(p), "--batch-size", str(args.batch_size)],
+            env=case_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for p in ports
+    ]
+    try:
+        _wait_stored(engine, backlog_line, 2 * half, procs)
+        backlog = backlog_throughput(engine, backlog_line)
+        print(f"  backlog: {backlog:.2f} frames/s", flush=True)
+        rate = args.steady_fraction * backlog
+        per_camera = round(args.steady_s * rate / 2)
+        began = time.monotonic()
+        _steel(case_env, "produce", "--line", steady_line, "--camera", "c1", "--camera", "c2", "--fps",
+               f"{rate / 2:.4f}", "--frames", str(per_camera))  # fmt: skip
+        _wait_stored(engine, steady_line, 2 * per_camera, procs)
+        elapsed = time.monotonic() - began
+        steady = steady_latencies(engine, steady_line, settings, case_env["STEEL_ALARM_STREAM"])
+        stages = scrape_stages([f"http://127.0.0.1:{p}/metrics" for p in ports])
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    frames = 2 * half + 2 * per_camera
+    print(f"  steady: offered {rate:.2f} frames/s, camera->stored {_pair(steady['camera_to_stored_ms'])} ms")
+    return {
+        "workers": workers,
+        "backlog_frames": 2 * half,
+        "backlog_frames_per_s": backlog,
+        "steady_offered_frames_per_s": rate,
+        "steady_frames": 2 * per_camera,
+        "steady_achieved_frames_per_s": 2 * per_camera / elapsed,
+        **steady,
+        "stage_ms_per_frame": {s: 1000 * stages[s]["sum"] / frames for s in STAGES if s in stages},
+        "stage_ms_per_batch": {
+            s: 1000 * stages[s]["sum"] / stages[s]["count"] for s in STAGES if stages.get(s, {}).get("count")
+        },
+    }
+
+
+def backlog_throughput(engine: Any, line: str) -> float:
+    """Frames stored after the first batch / time from the first to the last batch's stored_at."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        stamps = [
+            r[0] for r in conn.execute(text("SELECT stored_at FROM frames WHERE line_id = :l"), {"l": line})
+        ]
+    first, last = min(stamps), max(stamps)
+    after_first = sum(1 for t in stamps if t > first)
+    span = (last - first).total_seconds()
+    if span <= 0:
+        raise RuntimeError(f"the backlog of line {line} was stored in one batch; use a larger --frames")
+    return after_first / span
+
+
+def steady_latencies(engine: Any, line: str, settings: Any, stream: str) -> dict[str, Any]:
+    import redis
+    from sqlalchemy import text
+
+    from stack.demo_summary import percentiles
+    from steelcore.service_urls import redis_url
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT captured_at, received_at, stored_at FROM frames WHERE line_id = :l"), {"l": line}
+        ).all()
+    stored_ms = [(s - c).total_seconds() * 1000 for c, _, s in rows]
+    kafka_ms = [(r - c).total_seconds() * 1000 for c, r, _ in rows]
+    client = redis.Redis.from_url(redis_url(settings))
+    try:
+        alarm_ms = []
+        for entry_id, fields in client.xrange(stream):
+            if fields.get(b"line_id", b"").decode() != line:
+                continue
+            captured = datetime.fromisoformat(fields[b"captured_at"].decode())
+            alarm_ms.append(int(entry_id.decode().split("-")[0]) - captured.timestamp() * 1000)
+    finally:
+        client.close()
+    return {
+        "camera_to_stored_ms": percentiles(stored_ms),
+        "camera_to_alarm_ms": percentiles(alarm_ms),
+        "kafka_wait_ms": percentiles(kafka_ms),
+    }
+
+
+def scrape_stages(urls: Sequence[str]) -> dict[str, dict[str, float]]:
+    from stack.demo_summary import parse_metrics
+
+    out: dict[str, dict[str, float]] = {}
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            values = parse_metrics(response.read().decode())
+        for stage in STAGES:
+            for kind in ("sum", "count"):
+                key = f'steel_worker_stage_seconds_{kind}{{stage="{stage}"}}'
+                out.setdefault(stage, {"sum": 0.0, "count": 0.0})[kind] += values.get(key, 0.0)
+    return out
+
+
+# --- the ensemble alone ------------------------------------------------------------------------------
+def ensemble_alone(settings: Any, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``steel bench triton``'s closed loop on the stack's Triton: worker-sized batches, W callers."""
+    from benchmarks.triton_bench import batches_of, closed_loop, synthetic_frames
+    from steelcore.service_urls import triton_url
+    from workers.triton_client import TritonEnsembleClient
+
+    frames, _clean = synthetic_frames(0, 16)
+    batches = batches_of(frames, args.batch_size, args.frames)
+    with TritonEnsembleClient(
+        triton_url(settings),
+        settings.triton_protocol,
+        settings.triton_model,
+        timeout_s=300,
+        max_in_flight=concurrency,
+    ) as client:
+        client.infer(batches[0])  # warm-up
+        measured = closed_loop(client.infer, batches, concurrency)
+    print(
+        f"  ensemble alone: {measured['frames_per_s']:.2f} frames/s (batch {args.batch_size} x{concurrency})"
+    )
+    return {
+        "ensemble_frames_per_s": measured["frames_per_s"],
+        "ensemble_p50_ms": measured["p50_ms"],
+        "ensemble_p99_ms": measured["p99_ms"],
+        "ensemble_batch": args.batch_size,
+        "ensemble_concurrency": concurrency,
+    }
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def _steel(env: Mapping[str, str], *args: str) -> None:
+    done = subprocess.run([*STEEL, *args], env=dict(env), capture_output=True, text=True, timeout=WAIT_S)
+    if done.returncode != 0:
+        raise RuntimeError(f"steel {' '.join(args[:1])} failed ({done.returncode}): {done.stderr[-800:]}")
+
+
+def _free_port() -> int:
+    from stack.service import free_port
+
+    return free_port()
+
+
+def _wait_stored(engine: Any, line: str, expected: int, procs: Sequence[subprocess.Popen]) -> None:
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        with engine.connect() as conn:
+            stored = conn.execute(
+                text("SELECT count(*) FROM frames WHERE line_id = :l"), {"l": line}
+            ).scalar_one()
+        if stored >= expected:
+            return
+        dead = [p.returncode for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(
+                f"a worker exited ({dead}) with {stored} of {expected} frames of {line} stored"
+            )
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{stored} of {expected} frames of line {line} stored after {WAIT_S:.0f} s")
+        time.sleep(0.5)
+
+
+def _print(results: Sequence[dict[str, Any]]) -> None:
+    rows = []
+    for r in results:
+        rows.append(
+            [
+                r["workers"],
+                r["backlog_frames_per_s"],
+                r["ensemble_frames_per_s"],
+                r["pipeline_vs_ensemble"],
+                r["steady_offered_frames_per_s"],
+                r["steady_achieved_frames_per_s"],
+                _pair(r["camera_to_stored_ms"]),
+                _pair(r["camera_to_alarm_ms"]),
+            ]
+        )
+    report.print_table(
+        ["workers", "pipeline f/s", "ensemble f/s", "ratio", "steady offered", "steady achieved",
+         "camera->stored p50/p99 ms", "camera->alarm p50/p99 ms"],
+        rows,
+        title="pipeline (backlog) vs Triton ensemble alone, same server, same run",
+    )  # fmt: skip
+    report.print_table(
+        ["workers", *STAGES],
+        [[r["workers"], *(r["stage_ms_per_frame"].get(s, float("nan")) for s in STAGES)] for r in results],
+        title="worker stage time, ms per frame (from the workers' metrics)",
+    )
+
+
+def _pair(d: Mapping[str, Any]) -> str:
+    return f"{d['p50']:.0f} / {d['p99']:.0f}" if d.get("count") else "-"
+
+
+def _plot(results: Sequence[dict[str, Any]], path: Path) -> None:
+    labels = [f"{r['workers']} worker(s)" for r in results]
+    report.save_bar_chart(
+        path.with_suffix(".png"),
+        "Pipeline vs Triton ensemble alone",
+        labels,
+        {
+            "pipeline (backlog)": [r["backlog_frames_per_s"] for r in results],
+            "ensemble alone": [r["ensemble_frames_per_s"] for r in results],
+        },
+        "frames/s",
+    )
+    report.save_bar_chart(
+        path.with_name(path.stem + "_stages.png"),
+        "Worker stage time per frame",
+        list(STAGES),
+        {
+            label: [r["stage_ms_per_frame"].get(s, 0.0) for s in STAGES]
+            for label, r in zip(labels, results, strict=True)
+        },
+        "ms per frame",
+    )
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    parser = argparse.ArgumentParser(prog="steel bench pipeline")
+    add_arguments(parser)
+    raise SystemExit(run(parser.parse_args()))

@@ -1,0 +1,423 @@
+"""What `steel demo` shows while it runs and prints at the end, read from where the pipeline writes.
+
+- produced: distinct frames of this run whose ground truth reached the truth topic (live); the
+  producers' own delivery counts at the end;
+- stored, defects per class, alarms: the defect database (this run's line, captured since start);
+- dead-lettered: the workers' Prometheus counters;
+- camera-to-alarm latency: the Redis stream entry time of each alarm (when it was first
+  published, the id's milliseconds part) minus the frame's captured_at; camera-to-actuator: the
+  actuator journal's first acted_at minus captured_at (alarms are at-least-once: each alarm id
+  counts once);
+- live mean Dice: the Kaggle metric (training.metrics.dice_scores, empty/empty = 1) over the
+  (frame, class) pairs of stored frames, stored defect RLEs against the truth topic's RLEs;
+- broker RSS: the embedded broker's resident memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steelcore.settings import Settings
+from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+# Rows become visible in commit order, not in stored_at order: look back this far for late ones.
+_STORED_AT_OVERLAP = timedelta(seconds=30)
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"p50": None, "p99": None, "count": 0}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "count": len(values)}
+
+
+def frame_dice(predicted: Sequence[str], truth: Sequence[str]) -> np.ndarray:
+    """Dice of each class of one frame (Kaggle: empty/empty = 1) from per-class RLEs."""
+    from steelcore import rle
+    from training.metrics import dice_scores
+
+    return dice_scores(rle.decode_stack(predicted)[None], rle.decode_stack(truth)[None])[0]
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} (samples only)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+class TruthReader:
+    """Reads the truth topic (or its current buckets) in a group of its own and keeps the RLEs of
+    this run's frames (line ``line_id``, frame ids made after ``since_ms``) until they are taken."""
+
+    def __init__(self, settings: Settings, line_id: str, since_ms: int, consumer: Any | None = None) -> None:
+        from steelcore.topic_rotation import rotation_seconds
+
+        self.settings, self.line_id, self.since_ms = settings, line_id, since_ms
+        self.rotation_s = rotation_seconds(settings)
+        self._consumer = consumer
+        self._truth: dict[str, list[str]] = {}
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._floor: int | None = None
+        self._thread = threading.Thread(target=self._run, name="truth-reader", daemon=True)
+
+    @property
+    def seen(self) -> int:
+        return len(self._seen)
+
+    def start(self) -> None:
+        if self._consumer is None:
+            from confluent_kafka import Consumer
+
+            from steelcore.kafka_clients import consumer_config
+            from steelcore.topic_rotation import SUBSCRIPTION_REFRESH_MS
+
+            overrides: dict[str, Any] = {"logger": logging.getLogger("librdkafka")}
+            if self.rotation_s > 0:
+                overrides["topic.metadata.refresh.interval.ms"] = SUBSCRIPTION_REFRESH_MS
+            group = f"steel-demo-truth-{uuid.uuid4().hex[:8]}"
+            self._consumer = Consumer(consumer_config(group, self.settings, overrides))
+        self._subscribe()
+        self._thread.start()
+
+    def _subscribe(self) -> None:
+        from steelcore.topic_rotation import bucket_of, subscription_pattern
+
+        if self.rotation_s <= 0:
+            if self._floor is None:
+                self._consumer.subscribe([self.settings.truth_topic])
+                self._floor = 0
+            return
+        # From the previous bucket on: the janitor deletes truth buckets TRUTH_KEEP_BUCKETS back,
+        # so this reader has dropped a bucket well before it goes.
+        floor = bucket_of(time.time(), self.rotation_s) - 1
+        if floor != self._floor:
+            self._consumer.subscribe([subscription_pattern(self.settings.truth_topic, floor)])
+            self._floor = floor
+
+    def _run(self) -> None:
+        from producers.frame_sources import frame_run_start_ms
+
+        while not self._stop.is_set():
+            self._subscribe()
+            for message in self._consumer.consume(num_messages=200, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                try:
+                    record = json.loads(message.value())
+                    frame_id, rles = record["frame_id"], record["rles"]
+                    ours = record["line_id"] == self.line_id and frame_run_start_ms(frame_id) >= self.since_ms
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning(
+                        "unreadable truth message at %s[%d]: %s", message.topic(), message.partition(), exc
+                    )
+                    continue
+                if ours:
+                    with self._lock:
+                        if frame_id not in self._seen:
+                            self._seen.add(frame_id)
+                            self._truth[frame_id] = list(rles)
+
+    def take(self, frame_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The truth of those of ``frame_ids`` read so far; each is handed out once."""
+        with self._lock:
+            return {fid: self._truth.pop(fid) for fid in frame_ids if fid in self._truth}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        if self._consumer is not None:
+            self._consumer.close()
+
+
+@dataclass
+class Snapshot:
+    elapsed_s: float
+    produced: int
+    stored: int
+    dead_lettered: int
+    frames_per_s: float
+    defects: dict[str, int]
+    alarms: int
+    actuator_acks: int
+    camera_to_alarm_ms: dict[str, Any]
+    camera_to_actuator_ms: dict[str, Any]
+    mean_dice: float | None
+    dice_frames: int
+    broker_rss_mb: float | None
+    workers_up: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LiveSummary:
+    """Collects a :class:`Snapshot` on demand; keeps incremental state between calls."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        line_id: str,
+        started: datetime,
+        engine: Any,
+        redis_client: Any,
+        truth: TruthReader,
+        metrics_urls: Sequence[str],
+        journal: Path,
+    ) -> None:
+        self.settings, self.line_id, self.started = settings, line_id, started
+        self.engine, self.redis, self.truth = engine, redis_client, truth
+        self.metrics_urls, self.journal = list(metrics_urls), journal
+        self._began = time.monotonic()
+        self._alarm_latencies: list[float] = []
+        self._act_latencies: list[float] = []
+        self._acks = 0
+        # Alarms are delivered at least once (a redelivered batch publishes them again, and an
+        # actuator may act twice): each alarm id counts once, at its first publication / act.
+        self._alarms_seen: set[str] = set()
+        self._acted_seen: set[str] = set()
+        self._last_entry = f"{int(started.timestamp() * 1000)}-0"
+        self._journal_offset = 0
+        self._scraped: dict[str, dict[str, float]] = {}
+        self._dice_sum, self._dice_pairs, self._dice_frames = 0.0, 0, 0
+        self._scored: set[str] = set()
+        self._awaiting_truth: dict[str, list[str]] = {}  # frame id -> predicted RLEs
+        self._stored_since = started
+        self._rate: list[tuple[float, int]] = []
+
+    # --- one refresh ----------------------------------------------------------------------------
+    def refresh(self, produced: int | None = None) -> Snapshot:
+        stored = self._stored()[0]
+        now = time.monotonic()
+        self._rate = [(t, n) for t, n in self._rate if now - t <= 10.0] + [(now, stored)]
+        (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
+        rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        self._read_alarm_stream()
+        self._read_journal()
+        self._scrape_workers()
+        self._score_dice()
+        from stack.kafka_broker import broker_rss_bytes
+
+        rss = broker_rss_bytes(self.settings.run_dir)
+        return Snapshot(
+            elapsed_s=round(now - self._began, 1),
+            produced=self.truth.seen if produced is None else produced,
+            stored=stored,
+            dead_lettered=int(self._metric_sum('steel_worker_frames_total{outcome="dead_lettered"}')),
+            frames_per_s=rate,
+            defects=self._defects(),
+            alarms=self._alarms(),
+            actuator_acks=self._acks,
+            camera_to_alarm_ms=percentiles(self._alarm_latencies),
+            camera_to_actuator_ms=percentiles(self._act_latencies),
+            mean_dice=self._dice_sum / self._dice_pairs if self._dice_pairs else None,
+            dice_frames=self._dice_frames,
+            broker_rss_mb=rss / MB if rss is not None else None,
+            workers_up=sum(1 for url in self.metrics_urls if url in self._scraped),
+        )
+
+    def throughput(self) -> float:
+        """Stored frames per second from the first capture to the last store of this run."""
+        stored, first_captured, last_stored = self._stored()
+        if not stored or first_captured is None or last_stored is None:
+            return 0.0
+        return stored / max(1e-3, (last_stored - first_captured).total_seconds())
+
+    # --- database ---------------------------------------------------------------------------------
+    def _ours(self, table: Any) -> Any:
+        return (table.c.line_id == self.line_id) & (table.c.captured_at >= self.started)
+
+    def _stored(self) -> tuple[int, datetime | None, datetime | None]:
+        from sqlalchemy import func, select
+
+        from steelcore.db_schema import frames
+
+        query = select(func.count(), func.min(frames.c.captured_at), func.max(frames.c.stored_at)).where(
+            self._ours(frames)
+        )
+        with self.engine.connect() as conn:
+            count, first, last = conn.execute(query).one()
+        return int(count), first, last
+
+    def _defects(self) -> dict[str, int]:
+        from sqlalchemy import func, select
+
+        from steelcore.db_schema import defects
+
+        query = (
+            select(defects.c.class_id, func.count()).where(self._ours(defects)).group_by(defects.c.class_id)
+        )
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(query).all())
+        return {CLASS_NAMES[c]: int(counts.get(c, 0)) for c in CLASS_IDS}
+
+    def _alarms(self) -> int:
+        from sqlalchemy import func, select
+
+        from steelcore.db_schema import alarms, frames
+
+        query = (
+            select(func.count())
+            .select_from(alarms.join(frames, alarms.c.frame_id == frames.c.frame_id))
+            .where(self._ours(frames))
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def _score_dice(self) -> None:
+        """Score newly stored frames whose truth has arrived; keep the others for later."""
+        from sqlalchemy import select
+
+        from steelcore.db_schema import defects, frames
+
+        since = self._stored_since - _STORED_AT_OVERLAP
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(frames.c.frame_id, frames.c.stored_at).where(
+                    self._ours(frames) & (frames.c.stored_at >= since)
+                )
+            ).all()
+            new = [fid for fid, _ in rows if fid not in self._scored and fid not in self._awaiting_truth]
+            if rows:
+                self._stored_since = max(self._stored_since, max(at for _, at in rows))
+            predicted = {fid: [""] * len(CLASS_IDS) for fid in new}
+            if new:
+                for fid, class_id, code in conn.execute(
+                    select(defects.c.frame_id, defects.c.class_id, defects.c.rle).where(
+                        defects.c.frame_id.in_(new)
+                    )
+                ):
+                    predicted[fid][CLASS_IDS.index(class_id)] = code
+        self._awaiting_truth.update(predicted)
+        for fid, truth in self.truth.take(list(self._awaiting_truth)).items():
+            dice = frame_dice(self._awaiting_truth.pop(fid), truth)
+            self._dice_sum += float(dice.sum())
+            self._dice_pairs += len(dice)
+            self._dice_frames += 1
+            self._scored.add(fid)
+
+    # --- Redis stream, actuator journal, worker metrics --------------------------------------------
+    def _read_alarm_stream(self) -> None:
+        while True:
+            entries = self.redis.xrange(
+                self.settings.alarm_stream, min=f"({self._last_entry}", max="+", count=1000
+            )
+            if not entries:
+                return
+            for entry_id, fields in entries:
+                self._last_entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                decoded = {_text(k): _text(v) for k, v in fields.items()}
+                if decoded.get("line_id") != self.line_id:
+                    continue
+                try:
+                    captured = datetime.fromisoformat(decoded["captured_at"])
+                except (KeyError, ValueError):
+                    continue
+                alarm_id = decoded.get("alarm_id", self._last_entry)
+                if captured < self.started or alarm_id in self._alarms_seen:
+                    continue
+                self._alarms_seen.add(alarm_id)
+                published_ms = int(self._last_entry.split("-", 1)[0])
+                self._alarm_latencies.append(published_ms - captured.timestamp() * 1000)
+
+    def _read_journal(self) -> None:
+        if not self.journal.is_file():
+            return
+        with self.journal.open("rb") as fh:
+            fh.seek(self._journal_offset)
+            data = fh.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self._journal_offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                record = json.loads(line)
+                captured = datetime.fromisoformat(record["captured_at"])
+                acted = float(record["acted_at"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            alarm_id = str(record.get("alarm_id"))
+            if (
+                record.get("line_id") == self.line_id
+                and captured >= self.started
+                and alarm_id not in self._acted_seen
+            ):
+                self._acted_seen.add(alarm_id)
+                self._acks += 1
+                self._act_latencies.append(acted * 1000 - captured.timestamp() * 1000)
+
+    def _scrape_workers(self) -> None:
+        for url in self.metrics_urls:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    self._scraped[url] = parse_metrics(response.read().decode())
+            except OSError:
+                continue  # a stopped worker keeps its last values
+
+    def _metric_sum(self, sample: str) -> float:
+        return sum(values.get(sample, 0.0) for values in self._scraped.values())
+
+    def stage_seconds(self) -> dict[str, dict[str, float]]:
+        """Per worker stage: total seconds and batch count, summed over the workers (last scrape)."""
+        out: dict[str, dict[str, float]] = {}
+        for values in self._scraped.values():
+            for name, value in values.items():
+                for kind in ("sum", "count"):
+                    prefix = f'steel_worker_stage_seconds_{kind}{{stage="'
+                    if name.startswith(prefix):
+                        stage = name[len(prefix) : -2]
+                        out.setdefault(stage, {"sum": 0.0, "count": 0.0})[kind] += value
+        return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def render(snapshot: Snapshot, *, title: str) -> str:
+    """The live block printed every refresh."""
+    s = snapshot
+
+    def ms(d: dict[str, Any]) -> str:
+        return f"p50 {d['p50']:.0f} ms, p99 {d['p99']:.0f} ms (n={d['count']})" if d["count"] else "-"
+
+    defects = ", ".join(f"{name} {n}" for name, n in s.defects.items())
+    dice = f"{s.mean_dice:.3f} over {s.dice_frames} frames" if s.mean_dice is not None else "-"
+    rss = f"{s.broker_rss_mb:.0f} MB" if s.broker_rss_mb is not None else "-"
+    return "\n".join(
+        [
+            f"{title}   {s.elapsed_s:.0f} s",
+            f"  frames   produced {s.produced}  stored {s.stored}  dead-lettered {s.dead_lettered}  "
+            f"{s.frames_per_s:.1f} frames/s",
+            f"  defects  {defects}",
+            f"  alarms   {s.alarms}  actuator acks {s.actuator_acks}",
+            f"  latency  camera->alarm {ms(s.camera_to_alarm_ms)}",
+            f"           camera->actuator {ms(s.camera_to_actuator_ms)}",
+            f"  accuracy live mean Dice {dice}",
+            f"  broker   RSS {rss}   workers answering {s.workers_up}",
+        ]
+    )

@@ -1,0 +1,222 @@
+"""Topic rotation on the embedded broker: producers write 2-second buckets, a worker consumes them by
+pattern, and the janitor deletes a bucket only once it is closed and consumed by the group.
+
+The model is replaced by an instant "no defect" answer (this is about the broker); Kafka, Postgres
+and Redis are the real embedded services.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from producers.camera_producer import CameraProducer, publish_run
+from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
+from steelcore.kafka_clients import admin_config
+from steelcore.settings import Settings
+from steelcore.topic_rotation import bucket_number, is_closed
+from workers import db_migrate
+from workers.inference_worker import InferenceWorker, WorkerConfig
+from workers.topic_janitor import janitor_from_settings
+from workers.triton_client import EnsembleResult
+
+pytestmark = pytest.mark.integration
+
+ROTATION_S = 2.0
+GRACE_S = 0.5
+CONFIG = WorkerConfig(batch_size=8, batch_wait_s=0.1, backoff_initial_s=0.2, backoff_max_s=1.0)
+
+
+class BlankInference:
+    """Answers 'no defect' for every frame at once."""
+
+    def infer_async(self, frames: np.ndarray) -> Future[EnsembleResult]:
+        n = len(frames)
+        future: Future[EnsembleResult] = Future()
+        future.set_result(
+            EnsembleResult(np.zeros((n, 4), np.float32), np.zeros((n, 4), np.int64), [[""] * 4] * n)
+        )
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+class FlatSource:
+    """A cheap camera: grey frames, known (empty) truth."""
+
+    def __init__(self, camera: str, fps: float) -> None:
+        self.spec = CameraSpec("LR", camera, LineGeometry(fps, 1.0, 100.0), datetime.now(UTC))
+
+    @property
+    def count(self) -> int | None:
+        return None
+
+    def frame(self, index: int) -> SourceFrame:
+        return SourceFrame(index, np.full((256, 1600), 128, np.uint8), ("",) * 4, f"flat{index}")
+
+
+@pytest.fixture()
+def db_url(postgres_url: str) -> Iterator[str]:
+    name = f"steel_rot_{uuid.uuid4().hex[:12]}"
+    admin = db_migrate.create_db_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(db_migrate.sqlalchemy_url(postgres_url)).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture()
+def settings(stack_settings: Settings, kafka_url: str, redis_url: str, db_url: str) -> Settings:
+    tag = uuid.uuid4().hex[:10]
+    return stack_settings.model_copy(
+        update={
+            "frames_topic": f"rframes-{tag}",
+            "truth_topic": f"rtruth-{tag}",
+            "dead_letter_topic": f"rdlq-{tag}",
+            "consumer_group": f"rworkers-{tag}",
+            "alarm_stream": f"steel:alarms:{tag}",
+            "alarm_channel": f"steel:alarms:live:{tag}",
+            "frames_partitions": 2,
+            "postgres_url": db_url,
+            "topic_rotation_s": ROTATION_S,
+            "topic_close_grace_s": GRACE_S,
+            "topic_janitor_interval_s": 0.5,
+        }
+    )
+
+
+def publish(settings: Settings, seconds: float, fps: float = 3.0) -> tuple[int, list[int]]:
+    """Publish on the camera schedule for ``seconds``; the frames delivered and the buckets written."""
+    producer = CameraProducer(settings)
+    result = publish_run(
+        producer, [FlatSource("c1", fps)], frames=math.ceil(seconds * fps), stop=threading.Event()
+    )
+    assert result.stats.ok, result.stats
+    used = sorted(
+        b for name in producer.router.used if (b := bucket_number(settings.frames_topic, name)) is not None
+    )
+    return result.stats.frames_delivered, used
+
+
+def buckets(settings: Settings, topic: str) -> dict[int, int]:
+    """Bucket -> partitions of the existing buckets of ``topic``."""
+    from confluent_kafka.admin import AdminClient
+
+    listed = AdminClient(admin_config(settings)).list_topics(timeout=10).topics
+    return {
+        b: len(md.partitions) for name, md in listed.items() if (b := bucket_number(topic, name)) is not None
+    }
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def wait_closed(settings: Settings, bucket_ids: list[int]) -> None:
+    last = max(bucket_ids)
+    time.sleep(max(0.0, (last + 1) * ROTATION_S + GRACE_S - time.time()) + 0.1)
+    assert all(is_closed(b, ROTATION_S, GRACE_S, time.time()) for b in bucket_ids)
+
+
+def janitor_checks(settings: Settings, seconds: float) -> list[str]:
+    """What a janitor of the group deletes when it checks for ``seconds`` (> its retire delay)."""
+    janitor = janitor_from_settings(settings, settings.consumer_group, ROTATION_S, "test")
+    deleted: list[str] = []
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            deleted += janitor.check().deleted
+            time.sleep(0.3)
+    finally:
+        janitor.close()
+    return deleted
+
+
+def stored(settings: Settings) -> int:
+    engine = db_migrate.create_db_engine(settings.postgres_url or "")
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM frames")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+class WorkerThread:
+    def __init__(self, settings: Settings, **parts: Any) -> None:
+        self.worker = InferenceWorker(settings, CONFIG, **parts)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:  # reported to the test
+            self.error = exc
+
+    def __enter__(self) -> WorkerThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.worker.stop_event.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "worker did not stop within 60 s"
+
+
+def test_consumed_closed_buckets_are_deleted_and_unconsumed_ones_kept(settings: Settings) -> None:
+    db_migrate.upgrade(settings.postgres_url or "")
+    produced, with_frames = publish(settings, seconds=3 * ROTATION_S)
+    assert len(with_frames) >= 3
+    written = buckets(settings, settings.frames_topic)
+    assert set(with_frames) | {max(with_frames) + 1} <= set(written)  # the next bucket is created ahead
+    assert all(written[b] == 2 for b in with_frames)  # with the partitions asked for
+    wait_closed(settings, with_frames)
+
+    # Nobody consumed them yet: the janitor keeps every frames bucket, however often it checks.
+    deleted = janitor_checks(settings, seconds=3.0)
+    assert not [name for name in deleted if bucket_number(settings.frames_topic, name) is not None]
+    assert set(with_frames) <= set(buckets(settings, settings.frames_topic))
+
+    with WorkerThread(settings, inference=BlankInference()) as running:
+        wait_until(lambda: stored(settings) == produced, 60, f"{produced} frames stored")
+        # The worker's janitor proves the closed buckets consumed, drops them, then deletes them.
+        wait_until(
+            lambda: not set(with_frames) & set(buckets(settings, settings.frames_topic)),
+            60,
+            f"buckets {with_frames} deleted",
+        )
+        assert running.thread.is_alive()
+    assert running.error is None
+    assert stored(settings) == produced
+
+    # More frames while no worker runs: their buckets close unconsumed and are kept.
+    produced_later, unconsumed = publish(settings, seconds=1.0)
+    assert produced_later > 0 and unconsumed
+    wait_closed(settings, unconsumed)
+    current = int(time.time() // ROTATION_S)
+    janitor_checks(settings, seconds=3.0)
+    assert set(unconsumed) <= set(buckets(settings, settings.frames_topic))
+    # Truth buckets are kept two buckets back only, consumed or not.
+    truth = buckets(settings, settings.truth_topic)
+    assert truth and all(b > current - 3 for b in truth), (sorted(truth), current)
