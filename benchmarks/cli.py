@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "triton": "Triton ensemble latency and throughput over gRPC and HTTP",
     "pipeline": "end to end: camera -> Kafka -> worker -> Postgres + Redis alarm latency",
     "queries": "defect history queries on Postgres",
+    "broker": "embedded broker memory (RSS) with and without topic rotation",
 }
 
 
