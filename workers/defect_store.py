@@ -49,6 +49,15 @@ log = logging.getLogger(__name__)
 SEVERITY_FULL_SCALE = 10
 
 
+def max_rle_chars(height: int, width: int) -> int:
+    """The longest RLE string a height x width mask can need (every other pixel set: one
+    "start length" pair per pixel pair). A longer string cannot describe a mask of that frame,
+    so the store refuses it instead of writing megabytes of text into a row."""
+    pixels = height * width
+    digits = len(str(pixels))
+    return (pixels + 1) // 2 * (2 * digits + 2)
+
+
 def _require_aware(name: str, value: datetime | None) -> None:
     if value is not None and (value.tzinfo is None or value.utcoffset() is None):
         raise ValueError(f"{name} must be timezone-aware (got naive {value.isoformat()})")
@@ -152,7 +161,14 @@ class FrameRecord:
         class_ids = [d.class_id for d in self.defects]
         if len(set(class_ids)) != len(class_ids):
             raise ValueError(f"frame {self.frame_id} has two defects of one class: {class_ids}")
+        rle_limit = max_rle_chars(self.height, self.width)
         for d in self.defects:
+            if len(d.rle) > rle_limit or d.area_px > self.height * self.width:
+                raise ValueError(
+                    f"frame {self.frame_id}: class {d.class_id} mask ({len(d.rle)} RLE characters, "
+                    f"{d.area_px} px) cannot belong to a {self.width}x{self.height} frame "
+                    f"(at most {rle_limit} characters)"
+                )
             if d.bbox[2] >= self.width or d.bbox[3] >= self.height:
                 raise ValueError(
                     f"frame {self.frame_id}: class {d.class_id} bbox {d.bbox} "

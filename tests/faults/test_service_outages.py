@@ -1,0 +1,170 @@
+"""Outages of the stateful services: Postgres stopped for 10 s, Redis stopped for 10 s, and a
+restart of the embedded (memory) Kafka broker. Each case stops a private server of its own, so
+the session's shared services stay up for the other tests."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fault_stack import KAFKA_LOG, FaultCase, wait_until
+
+from stack.kafka_broker import KafkaBroker
+from stack.postgres_server import PostgresServer
+from stack.redis_server import RedisServer
+from stack.service import free_port
+from steelcore.kafka_clients import BrokerIncarnation, admin_config
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
+
+OUTAGE_S = 10.0
+
+
+@pytest.fixture()
+def private_postgres(fresh_run_dir: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(fresh_run_dir, free_port())
+    server.start(timeout_s=60)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def private_redis(fresh_run_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(fresh_run_dir, free_port())
+    server.start(timeout_s=60)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def private_broker(fresh_run_dir: Path) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(fresh_run_dir, free_port())
+    broker.start(timeout_s=60)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _outage(
+    case: FaultCase, stop: Callable[[], object], start: Callable[[], object]
+) -> dict[str, float | int]:
+    """Frames before, during and after a service outage of OUTAGE_S; what the worker did meanwhile."""
+    worker = case.start_worker("w1")
+    first = case.publish(6)
+    case.settle(len(first))
+    down = time.monotonic()
+    stop()
+    try:
+        second = case.publish(8)
+        wait_until(lambda: worker.metric("steel_worker_paused") == 1, "the worker to pause", OUTAGE_S)
+        paused_after = time.monotonic() - down
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down)))
+    finally:
+        start()
+    back = time.monotonic()
+    settle_s = case.settle(len(first) + len(second))
+    return {
+        "outage_s": round(back - down, 1),
+        "seconds_stop_to_pause": round(paused_after, 1),
+        "seconds_back_to_all_stored": round(settle_s, 1),
+        **case.audit(first + second),
+        **case.finish_workers([worker]),
+    }
+
+
+def test_postgres_stopped_for_10_s(
+    private_postgres: PostgresServer,
+    fault_case: Callable[..., FaultCase],
+    record_outcome: Callable[[dict], None],
+) -> None:
+    """The defect database is stopped for 10 s while frames keep coming. Expected: the store step
+    fails as an outage, the worker pauses and holds its batch (inferred, not stored, not
+    committed), retries with capped backoff while serving the consumer group, and once Postgres
+    is back (its pooled connections are re-checked) every frame is stored exactly once and every
+    alarm acknowledged."""
+    case = fault_case("postgres-stop", postgres_url=private_postgres.url)
+    case.start_actuator()
+    outcome = _outage(case, private_postgres.stop, lambda: private_postgres.start(timeout_s=60))
+    record_outcome(outcome)
+    assert outcome["failed_attempts_by_stage"].get("store", 0) >= 1
+
+
+def test_redis_stopped_for_10_s(
+    private_redis: RedisServer,
+    fault_case: Callable[..., FaultCase],
+    record_outcome: Callable[[dict], None],
+) -> None:
+    """Redis (alarm stream, append-only file) is stopped for 10 s while frames keep coming, and
+    the actuator is reading. Expected: the batch is stored, then the alarm publish fails; the
+    worker pauses and holds the batch uncommitted (its alarms stay in the database outbox); the
+    actuator retries; after the restart the stream and the consumer group are intact, the held
+    alarms are published and marked, and every alarm is acted on and acknowledged (XPENDING 0)."""
+    case = fault_case("redis-stop", redis_url=private_redis.url)
+    case.start_actuator()
+    outcome = _outage(case, private_redis.stop, lambda: private_redis.start(timeout_s=60))
+    record_outcome(outcome)
+    assert outcome["failed_attempts_by_stage"].get("alarm", 0) >= 1
+
+
+def test_broker_restart_loses_the_memory_log_and_everyone_recovers(
+    private_broker: KafkaBroker,
+    fault_case: Callable[..., FaultCase],
+    record_outcome: Callable[[dict], None],
+) -> None:
+    """The embedded broker keeps its log in memory. A worker has stored every frame sent so far;
+    it is frozen (SIGSTOP) while more frames are published, the broker is killed (SIGKILL) and
+    started again, the worker resumes and the same producer publishes again. Expected: the
+    restart is detected (the broker reports a new cluster id); the producer's next frames are
+    delivered (it must not stay stuck on its forgotten producer id); the worker rejoins, reads
+    the new log from the start and stores every frame sent after the restart exactly once; the
+    frames that the old broker had acknowledged but no worker had consumed are lost, and only
+    those. A durable, replicated Kafka
+    keeps them (and the committed offsets), so there nothing is lost."""
+    from confluent_kafka.admin import AdminClient
+
+    case = fault_case("broker-restart", kafka_url=private_broker.url)
+    case.start_actuator()
+    worker = case.start_worker("w1")
+    first = case.publish(6)
+    case.settle(len(first))
+    admin = AdminClient(admin_config(case.settings, KAFKA_LOG))
+    incarnation = BrokerIncarnation()
+    assert not incarnation.changed(admin)
+    before_id = incarnation.cluster_id
+
+    worker.send(signal.SIGSTOP)
+    unconsumed = case.publish(4)
+    restart_began = time.monotonic()
+    process = private_broker.process()
+    assert process is not None
+    process.kill()
+    process.wait(10)
+    private_broker.start(timeout_s=60)
+    restart_s = time.monotonic() - restart_began
+    detected = incarnation.changed(admin)
+    worker.send(signal.SIGCONT)
+    resumed = time.monotonic()
+    second = case.publish(8)
+    delivered_s = time.monotonic() - resumed
+    settle_s = case.settle(len(first) + len(second))
+    outcome = {
+        "restart_s": round(restart_s, 1),
+        "restart_detected": detected,
+        "cluster_ids": [before_id, incarnation.cluster_id],
+        "seconds_to_deliver_after_restart": round(delivered_s, 1),
+        "seconds_resume_to_all_stored": round(time.monotonic() - resumed, 1),
+        "settle_s": round(settle_s, 1),
+        **case.audit(first + second, lost=unconsumed),
+        **case.finish_workers([worker]),
+    }
+    record_outcome(outcome)
+    assert detected
+    assert outcome["frames_lost"] == len(unconsumed)
