@@ -96,6 +96,9 @@ class Settings(BaseSettings):
 
     # --- workers ----------------------------------------------------------------------------
     worker_metrics_port: int = Field(0, description="Prometheus /metrics port of `steel work`; 0 = off")
+    worker_metrics_address: str = Field(
+        "127.0.0.1", description="address /metrics listens on; 0.0.0.0 where Prometheus scrapes remotely"
+    )
 
     # --- dashboard ------------------------------------------------------------------------
     dashboard_address: str = Field("127.0.0.1", description="address `steel dashboard` listens on")

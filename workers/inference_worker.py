@@ -153,7 +153,7 @@ class InferenceWorker:
         from steelcore import service_urls
 
         s = self.settings
-        self.metrics.serve(self.config.metrics_port)
+        self.metrics.serve(self.config.metrics_port, addr=s.worker_metrics_address)
         self._embedded_kafka = service_urls.is_embedded("kafka", s)
         if self.inference is None:
             from workers.triton_client import TritonEnsembleClient

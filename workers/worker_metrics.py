@@ -72,7 +72,7 @@ class WorkerMetrics:
         """A sample's current value (0 when absent); for logs and tests."""
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int | None:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int | None:
         """Serve /metrics on ``port`` (0 = off); returns the port, or None when off."""
         if port == 0:
             return None
