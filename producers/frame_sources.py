@@ -32,12 +32,10 @@ import numpy as np
 
 from steelcore import rle
 from steelcore.frame_message import MAX_ID_CHARS, Encoding, FrameHeader
-from steelcore.kaggle_csv import IMAGE_SUFFIXES, read_labels
+from steelcore.kaggle_csv import IMAGE_DIRS, IMAGE_SUFFIXES, LABELS_FILE, find_image_dir, read_labels
 from steelcore.severstal import FRAME_HEIGHT, FRAME_SHAPE, FRAME_WIDTH, NUM_CLASSES
 
 # Where a Kaggle-layout dataset keeps its images (the same names training.datasets accepts).
-KAGGLE_IMAGE_DIRS = ("train_images", "images")
-KAGGLE_LABELS = "train.csv"
 # Boundary tolerance of the coil arithmetic: float error must not start a coil one frame late.
 _COIL_EPSILON = 1e-9
 
@@ -248,14 +246,12 @@ def discover_replay(folder: Path) -> list[ReplayItem]:
         raise ValueError(f"replay folder {folder} does not exist")
     labels: dict[str, list[str]] | None = None
     image_dir = folder
-    if (folder / KAGGLE_LABELS).is_file():
-        found = [folder / d for d in KAGGLE_IMAGE_DIRS if (folder / d).is_dir()]
-        if not found:
-            raise ValueError(
-                f"{folder} has {KAGGLE_LABELS} but no image folder ({' or '.join(KAGGLE_IMAGE_DIRS)})"
-            )
-        image_dir = found[0]
-        labels = read_labels(folder / KAGGLE_LABELS, validate_shape=FRAME_SHAPE)
+    if (folder / LABELS_FILE).is_file():
+        found = find_image_dir(folder)
+        if found is None:
+            raise ValueError(f"{folder} has {LABELS_FILE} but no image folder ({' or '.join(IMAGE_DIRS)})")
+        image_dir = found
+        labels = read_labels(folder / LABELS_FILE, validate_shape=FRAME_SHAPE)
     paths = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")

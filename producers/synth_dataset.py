@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from steelcore import exit_codes
+from steelcore.kaggle_csv import IMAGE_DIRS, LABELS_FILE
 from steelcore.severstal import CLASS_IDS
 
 log = logging.getLogger(__name__)
 
-IMAGE_DIR = "train_images"
-LABELS_CSV = "train.csv"
+IMAGE_DIR = IMAGE_DIRS[0]
 SUMMARY_JSON = "synth.json"
 
 
@@ -90,7 +90,7 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     stale = sorted(image_dir.glob("*.jpg")) if image_dir.is_dir() else []
-    if stale or (out / LABELS_CSV).exists():
+    if stale or (out / LABELS_FILE).exists():
         if not overwrite:
             raise ValueError(
                 f"{out} already holds a dataset ({len(stale)} images); choose a new --out or pass --overwrite"
@@ -98,7 +98,7 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
         # Old frames without a row in the new train.csv would silently read as defect-free.
         for path in stale:
             path.unlink()
-        for name in (LABELS_CSV, SUMMARY_JSON):
+        for name in (LABELS_FILE, SUMMARY_JSON):
             (out / name).unlink(missing_ok=True)
     image_dir.mkdir(parents=True, exist_ok=True)
     return image_dir
@@ -148,7 +148,7 @@ def write_dataset(
             counts[class_id] += 1
         summary.frames += 1
         summary.clean_frames += not present
-    write_submission(out / LABELS_CSV, rows)
+    write_submission(out / LABELS_FILE, rows)
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.frames_per_second = round(summary.frames / max(summary.seconds, 1e-9), 2)
     summary.frames_per_class = counts

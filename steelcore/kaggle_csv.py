@@ -26,6 +26,10 @@ from pathlib import Path
 from steelcore import rle
 from steelcore.severstal import NUM_CLASSES
 
+# The Kaggle dataset layout: DIR/train.csv beside DIR/train_images/ (the shared sample uses images/).
+LABELS_FILE = "train.csv"
+IMAGE_DIRS = ("train_images", "images")
+
 LONG_HEADER = ("ImageId", "ClassId", "EncodedPixels")
 COMBINED_HEADER = ("ImageId_ClassId", "EncodedPixels")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -147,3 +151,8 @@ def write_submission(path: str | Path, rows: Iterable[tuple[str, int, str]]) -> 
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def find_image_dir(root: Path) -> Path | None:
+    """The image folder of a Kaggle-layout dataset at ``root`` (first of IMAGE_DIRS present)."""
+    return next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), None)

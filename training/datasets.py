@@ -27,6 +27,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from steelcore.kaggle_csv import IMAGE_DIRS, LABELS_FILE
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ SPLITS: tuple[str, ...] = ("train", "val", "all")
 Sample = tuple[np.ndarray, np.ndarray, str]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-KAGGLE_CSV = "train.csv"
-KAGGLE_IMAGE_DIRS = ("train_images", "images")
 VAL_FRACTION = 0.1
 # Hash buckets for the split: fine enough that VAL_FRACTION is honoured to 0.01%.
 _HASH_BUCKETS = 10_000
@@ -130,18 +129,16 @@ class KaggleDataset(SteelDataset):
     layout = "kaggle"
 
     def __init__(self, root: Path, split: str = "all", val_fraction: float = VAL_FRACTION) -> None:
-        from steelcore.kaggle_csv import read_labels
+        from steelcore.kaggle_csv import find_image_dir, read_labels
 
         _check_split(split)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}")
-        image_dir = next((root / d for d in KAGGLE_IMAGE_DIRS if (root / d).is_dir()), None)
+        image_dir = find_image_dir(root)
         if image_dir is None:
-            raise ValueError(
-                f"{root} has {KAGGLE_CSV} but no image folder ({' or '.join(KAGGLE_IMAGE_DIRS)})"
-            )
+            raise ValueError(f"{root} has {LABELS_FILE} but no image folder ({' or '.join(IMAGE_DIRS)})")
         self.image_dir = image_dir
-        self.labels: dict[str, list[str]] = read_labels(root / KAGGLE_CSV, num_classes=len(CLASS_IDS))
+        self.labels: dict[str, list[str]] = read_labels(root / LABELS_FILE, num_classes=len(CLASS_IDS))
         on_disk = sorted(p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not on_disk:
             raise ValueError(f"no images in {image_dir}")
@@ -149,7 +146,7 @@ class KaggleDataset(SteelDataset):
         if missing:
             # A partial download is common; the frames that are here are still correctly labelled.
             log.warning(
-                "%s lists %d images that are not in %s; they are skipped", KAGGLE_CSV, missing, image_dir
+                "%s lists %d images that are not in %s; they are skipped", LABELS_FILE, missing, image_dir
             )
         if split == "all":
             ids = on_disk
@@ -170,7 +167,7 @@ class KaggleDataset(SteelDataset):
         try:
             return decode_stack(rles, shape=shape)
         except ValueError as exc:
-            raise ValueError(f"{KAGGLE_CSV}: bad mask for {image_id} at frame size {shape}: {exc}") from exc
+            raise ValueError(f"{LABELS_FILE}: bad mask for {image_id} at frame size {shape}: {exc}") from exc
 
     def _presence_of(self, image_id: str) -> np.ndarray:
         rles = self.labels.get(image_id) or [""] * self.num_classes
@@ -265,11 +262,11 @@ def open_dataset(path: str | Path, split: str = "all", val_fraction: float = VAL
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"dataset folder {root} does not exist")
-    if (root / KAGGLE_CSV).is_file():
+    if (root / LABELS_FILE).is_file():
         return KaggleDataset(root, split, val_fraction)
     if (root / "masks").is_dir():
         return PairDataset(root, split, val_fraction)
     raise ValueError(
-        f"{root} is not a dataset: expected train_images/ + {KAGGLE_CSV} (Kaggle layout) "
+        f"{root} is not a dataset: expected train_images/ + {LABELS_FILE} (Kaggle layout) "
         "or images/ + masks/ + classes.txt (image/mask pairs)"
     )
