@@ -369,8 +369,7 @@ class Demo:
             self.summary.refresh(produced)  # the workers' metrics, before they stop
             stages = self.summary.stage_seconds()
         for worker in self.workers:
-            if worker.running and worker.proc is not None:
-                worker.proc.send_signal(signal.SIGTERM)  # all at once: they finish their batches in parallel
+            worker.terminate()  # all at once: they finish their batches in parallel
         worker_codes = {w.name: w.stop(WORKER_STOP_S) for w in self.workers}
         actuator = self.others.get("actuator")
         if actuator is not None and self.summary is not None:

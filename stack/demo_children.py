@@ -27,6 +27,7 @@ class Child:
         self.log_path = log_dir / f"{name}.log"
         self.env = dict(env) if env is not None else None
         self.proc: subprocess.Popen[bytes] | None = None
+        self._terminating = False
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,13 +68,20 @@ class Child:
         except subprocess.TimeoutExpired:
             return None
 
+    def terminate(self) -> None:
+        """Ask the child to finish (SIGTERM) once. A second SIGTERM could reach a child that is
+        already exiting, after its handler is gone, and kill it with the batch committed but -15."""
+        if self.proc is not None and self.proc.poll() is None and not self._terminating:
+            self._terminating = True
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout_s: float) -> int | None:
-        """SIGTERM, wait up to ``timeout_s``, then SIGKILL the child's process group; the exit code."""
+        """SIGTERM (once), wait up to ``timeout_s``, then SIGKILL the child's process group; the exit code."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             code = self.wait(timeout_s)
             if code is not None:
                 return code
