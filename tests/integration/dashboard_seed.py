@@ -13,14 +13,13 @@ Tests compute expectations from the returned records, never from the dashboard's
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
+from scratch_db import scratch_database
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
 from steelcore.kaggle_csv import read_labels
 from steelcore.paths import SEVERSTAL_SAMPLE_DIR
@@ -139,20 +138,7 @@ def new_database(server_url: str) -> Iterator[str]:
     """A new migrated database on the session's server with the dashboard roles, dropped afterwards."""
     from dashboard.db_access import ensure_dashboard_roles
 
-    name = f"steel_dash_{uuid.uuid4().hex[:10]}"
-    admin = db_migrate.create_db_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = (
-        make_url(db_migrate.sqlalchemy_url(server_url))
-        .set(database=name)
-        .render_as_string(hide_password=False)
-    )
-    try:
+    with scratch_database(server_url, "steel_dash") as url:
         db_migrate.upgrade(url)
         ensure_dashboard_roles(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()

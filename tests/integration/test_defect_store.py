@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from scratch_db import scratch_database
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
@@ -35,17 +36,8 @@ ALARM_AREAS = Settings().alarm_min_area_px
 @pytest.fixture()
 def blank_db_url(postgres_url: str) -> Iterator[str]:
     """A new, empty database on the session's server, dropped afterwards."""
-    name = f"steel_test_{uuid.uuid4().hex[:12]}"
-    admin = db_migrate.create_db_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(db_migrate.sqlalchemy_url(postgres_url)).set(database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(postgres_url, "steel_test") as url:
+        yield url
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scratch_db import scratch_database
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
 from steelcore import exit_codes, rle
 from steelcore.kaggle_csv import read_labels
@@ -82,19 +81,9 @@ def _seed_records() -> tuple[list[FrameRecord], list[Seeded]]:
     return frames, seeded
 
 
-@contextlib.contextmanager
-def _new_database(postgres_url: str) -> Iterator[str]:
+def _new_database(postgres_url: str) -> contextlib.AbstractContextManager[str]:
     """A new, empty database on the session's server, dropped afterwards."""
-    name = f"steel_query_{uuid.uuid4().hex[:12]}"
-    admin = db_migrate.create_db_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(db_migrate.sqlalchemy_url(postgres_url)).set(database=name).render_as_string(False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return scratch_database(postgres_url, "steel_query")
 
 
 @pytest.fixture(scope="module")

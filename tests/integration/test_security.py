@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
+from scratch_db import scratch_database
 from sqlalchemy import delete, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -45,17 +46,8 @@ SECRET = "s3cret-in-the-env-Zq81"
 
 @pytest.fixture()
 def db_url(postgres_url: str) -> Iterator[str]:
-    name = f"steel_sec_{uuid.uuid4().hex[:12]}"
-    admin = db_migrate.create_db_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))  # a generated name
-    url = make_url(db_migrate.sqlalchemy_url(postgres_url)).set(database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(postgres_url, "steel_sec") as url:
+        yield url
 
 
 @pytest.fixture()

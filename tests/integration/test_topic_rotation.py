@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scratch_db import scratch_database
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from producers.camera_producer import CameraProducer, publish_run
 from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
@@ -69,17 +69,8 @@ class FlatSource:
 
 @pytest.fixture()
 def db_url(postgres_url: str) -> Iterator[str]:
-    name = f"steel_rot_{uuid.uuid4().hex[:12]}"
-    admin = db_migrate.create_db_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(db_migrate.sqlalchemy_url(postgres_url)).set(database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(postgres_url, "steel_rot") as url:
+        yield url
 
 
 @pytest.fixture()
