@@ -152,6 +152,12 @@ def value_at(stats: list[dict], when: float, key: str) -> int:
     return next((s[key] for s in reversed(stats) if s["t"] <= when), 0)
 
 
+def value_from(stats: list[dict], when: float, key: str) -> int:
+    """``key`` of the first report made at or after ``when``: the state once a phase has begun
+    (reports come every STATS_INTERVAL_MS, so the last one before it may be that much stale)."""
+    return next((s[key] for s in stats if s["t"] >= when), value_at(stats, when, key))
+
+
 def phase_numbers(
     name: str, start: float, end: float, stats: list[dict], rss: list[tuple[float, int]], camera: SteadyCamera
 ) -> dict[str, object]:
@@ -164,7 +170,7 @@ def phase_numbers(
         "phase": name,
         "seconds": round(end - start, 1),
         "frames_produced": camera.produced_by(end) - camera.produced_by(start),
-        "frames_committed": value_at(stats, end, "committed") - value_at(stats, start, "committed"),
+        "frames_committed": value_at(stats, end, "committed") - value_from(stats, start, "committed"),
         "max_frames_in_worker": max((s["in_process"] for s in inside), default=0),
         "max_prefetched_mb": round(max((s["prefetched_bytes"] for s in inside), default=0) / 2**20, 1),
         "frames_waiting_in_broker_at_end": camera.produced_by(end) - value_at(stats, end, "fetched"),
@@ -216,9 +222,10 @@ def test_slow_triton_and_database_slow_consumption_and_memory_stays_bounded(
         wait_until(lambda: case.stored() >= backlog, "the backlog drained after Triton", 120)
         marks.append(("drain after Triton", start, time.time()))
 
-        start = time.time()
         with case.engine.connect() as conn:
+            # The stall begins once the lock is held: LOCK waits for an insert already running.
             conn.execute(text("LOCK TABLE frames IN ACCESS EXCLUSIVE MODE"))
+            start = time.time()
             time.sleep(STALL_S)
             conn.rollback()
         marks.append(("frames table locked", start, time.time()))
