@@ -31,6 +31,7 @@ import pytest
 import redis
 from scratch_db import scratch_database
 from sqlalchemy import Engine, text
+from worker_thread import WorkerThread
 
 from producers.camera_producer import CameraProducer, publish_run
 from producers.frame_sources import CameraSpec, LineGeometry, SyntheticSource
@@ -43,7 +44,7 @@ from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings
 from workers import db_migrate
-from workers.inference_worker import InferenceWorker, WorkerConfig
+from workers.inference_worker import WorkerConfig
 from workers.triton_client import TritonEnsembleClient
 from workers.worker_parts import DLQ_HEADER_PREFIX
 
@@ -51,6 +52,8 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 180.0  # inference runs on 2 shared CPU cores
+# Workers here may be retrying an outage when asked to stop.
+WORKER_STOP_S = 120.0
 CONFIG = WorkerConfig(batch_size=4, batch_wait_s=0.2, backoff_initial_s=0.2, backoff_max_s=2.0)
 
 
@@ -174,30 +177,6 @@ def count(engine: Engine, sql: str) -> int:
         return int(conn.execute(text(sql)).scalar_one())
 
 
-class WorkerThread:
-    """An InferenceWorker running in a thread; ``error`` holds what ended it abnormally."""
-
-    def __init__(self, settings: Settings, config: WorkerConfig = CONFIG, **parts: Any) -> None:
-        self.worker = InferenceWorker(settings, config, **parts)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:  # reported to the test
-            self.error = exc
-
-    def __enter__(self) -> WorkerThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.worker.stop_event.set()
-        self.thread.join(120)
-        assert not self.thread.is_alive(), "worker did not stop within 120 s"
-
-
 def committed_total(settings: Settings) -> int:
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
@@ -247,7 +226,7 @@ def test_frames_become_exactly_the_ensembles_defects_and_the_rules_alarms(
     metrics_port = free_port()
     config = dataclasses.replace(CONFIG, metrics_port=metrics_port)
 
-    with WorkerThread(settings, config) as running:
+    with WorkerThread(settings, config, WORKER_STOP_S) as running:
         wait_until(lambda: count(engine, "SELECT count(*) FROM frames") >= n, what=f"{n} frames rows")
         wait_until(lambda: committed_total(settings) == n, timeout_s=30, what="offsets committed")
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
@@ -315,7 +294,7 @@ def test_a_batch_redelivered_after_a_crash_adds_no_rows_and_alarms_again(
     _, result = produce_synthetic(settings, frames=4)
     n = 2 * result.frames
     crashing = CrashAtCommit(Consumer(consumer_config(settings.consumer_group, settings)))
-    with WorkerThread(settings, consumer=crashing) as first:
+    with WorkerThread(settings, CONFIG, WORKER_STOP_S, consumer=crashing) as first:
         first.thread.join(WAIT_S)
     assert isinstance(first.error, SimulatedCrash)
     stored_first = count(engine, "SELECT count(*) FROM frames")
@@ -325,7 +304,7 @@ def test_a_batch_redelivered_after_a_crash_adds_no_rows_and_alarms_again(
     with engine.connect() as conn:
         before = set(conn.execute(text("SELECT defect_id, frame_id, class_id FROM defects")))
 
-    with WorkerThread(settings) as second:
+    with WorkerThread(settings, CONFIG, WORKER_STOP_S) as second:
         wait_until(lambda: committed_total(settings) == n, what="all offsets committed")
     assert second.error is None
     assert count(engine, "SELECT count(*) FROM frames") == n
@@ -358,7 +337,7 @@ def test_a_corrupt_frame_is_dead_lettered_and_processing_goes_on(settings: Setti
     time.sleep(0.002)  # a new run start, so the next run's frame ids differ
     produce_synthetic(settings, frames=4, cameras=("top",))
 
-    with WorkerThread(settings) as running:
+    with WorkerThread(settings, CONFIG, WORKER_STOP_S) as running:
         wait_until(lambda: committed_total(settings) == 7, what="all 7 messages committed")
     assert running.error is None
     assert count(engine, "SELECT count(*) FROM frames") == 6
@@ -434,7 +413,7 @@ def test_a_redis_outage_pauses_the_worker_holds_the_batch_and_resumes(
             }
         )
         produce_synthetic(settings, frames=2)
-        with WorkerThread(settings) as running:
+        with WorkerThread(settings, CONFIG, WORKER_STOP_S) as running:
             wait_until(lambda: committed_total(settings) == 4, what="the first 4 frames committed")
             private.stop()
             time.sleep(0.002)  # a new run start, so the next run's frame ids differ

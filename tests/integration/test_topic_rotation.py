@@ -14,12 +14,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pytest
 from scratch_db import scratch_database
 from sqlalchemy import text
+from worker_thread import WorkerThread
 
 from producers.camera_producer import CameraProducer, publish_run
 from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
@@ -27,7 +27,7 @@ from steelcore.kafka_clients import admin_config
 from steelcore.settings import Settings
 from steelcore.topic_rotation import bucket_number, is_closed
 from workers import db_migrate
-from workers.inference_worker import InferenceWorker, WorkerConfig
+from workers.inference_worker import WorkerConfig
 from workers.topic_janitor import janitor_from_settings
 from workers.triton_client import EnsembleResult
 
@@ -153,28 +153,6 @@ def stored(settings: Settings) -> int:
         engine.dispose()
 
 
-class WorkerThread:
-    def __init__(self, settings: Settings, **parts: Any) -> None:
-        self.worker = InferenceWorker(settings, CONFIG, **parts)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:  # reported to the test
-            self.error = exc
-
-    def __enter__(self) -> WorkerThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.worker.stop_event.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "worker did not stop within 60 s"
-
-
 def test_consumed_closed_buckets_are_deleted_and_unconsumed_ones_kept(settings: Settings) -> None:
     db_migrate.upgrade(settings.postgres_url or "")
     produced, with_frames = publish(settings, seconds=3 * ROTATION_S)
@@ -189,7 +167,7 @@ def test_consumed_closed_buckets_are_deleted_and_unconsumed_ones_kept(settings: 
     assert not [name for name in deleted if bucket_number(settings.frames_topic, name) is not None]
     assert set(with_frames) <= set(buckets(settings, settings.frames_topic))
 
-    with WorkerThread(settings, inference=BlankInference()) as running:
+    with WorkerThread(settings, CONFIG, 60.0, inference=BlankInference()) as running:
         wait_until(lambda: stored(settings) == produced, 60, f"{produced} frames stored")
         # The worker's janitor proves the closed buckets consumed, drops them, then deletes them.
         wait_until(
