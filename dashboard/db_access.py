@@ -11,7 +11,7 @@ passwords); otherwise the defect database's URL with the user swapped for these 
 works on the embedded stack (local trust authentication). ``ensure_dashboard_roles`` creates the
 roles; `steel dashboard` runs it on the embedded database, a DBA runs it elsewhere:
 
-    python -m dashboard.db_access roles ADMIN_URL
+    python -m dashboard.db_access roles        # as STEEL_POSTGRES_URL, the tables' owner
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 
 from dashboard.config import DashboardSettings
+from steelcore.settings import reveal
 from workers import db_migrate
 
 DASHBOARD_ROLE = "steel_dashboard"
@@ -45,8 +46,8 @@ def role_url(url: str, role: str, password: str | None = None) -> str:
 
 def reader_url(settings: DashboardSettings) -> str:
     """URL of the read-only login. Raises ServiceUnavailableError when no database is known."""
-    if settings.dashboard_db_url:
-        return settings.dashboard_db_url
+    if configured := reveal(settings.dashboard_db_url):
+        return configured
     from steelcore.service_urls import postgres_url
 
     return role_url(postgres_url(settings), DASHBOARD_ROLE)
@@ -54,8 +55,8 @@ def reader_url(settings: DashboardSettings) -> str:
 
 def feedback_url(settings: DashboardSettings) -> str:
     """URL of the feedback writer login."""
-    if settings.dashboard_feedback_db_url:
-        return settings.dashboard_feedback_db_url
+    if configured := reveal(settings.dashboard_feedback_db_url):
+        return configured
     from steelcore.service_urls import postgres_url
 
     return role_url(postgres_url(settings), FEEDBACK_ROLE)
@@ -105,22 +106,9 @@ def ensure_dashboard_roles(
                 conn.execute(text(statement))
             for role, password in ((DASHBOARD_ROLE, dashboard_password), (FEEDBACK_ROLE, feedback_password)):
                 if password is not None:
-                    _set_password(conn, role, password)
+                    db_migrate.set_role_password(conn, role, password)
     finally:
         engine.dispose()
-
-
-def _set_password(conn: Any, role: str, password: SecretStr) -> None:
-    # ALTER ROLE takes no bind parameters; psycopg quotes the literal. Statement logging on the
-    # server would still show it: a DBA with log_statement=ddl should set passwords by hand.
-    from psycopg import sql
-
-    raw = conn.connection.dbapi_connection
-    statement = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-        sql.Identifier(role), sql.Literal(password.get_secret_value())
-    )
-    with raw.cursor() as cursor:
-        cursor.execute(statement)
 
 
 def _create_login_role_sql(role: str) -> str:
@@ -147,12 +135,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboard.db_access", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
     roles = sub.add_parser("roles", help=f"create {DASHBOARD_ROLE} and {FEEDBACK_ROLE} (passwords from env)")
-    roles.add_argument("url", help="URL of a role that owns the tables")
+    roles.add_argument(
+        "url",
+        nargs="?",
+        help="URL without a password of a role that owns the tables (default: STEEL_POSTGRES_URL)",
+    )
     args = parser.parse_args(argv)
     settings = DashboardSettings()
+    from steelcore import exit_codes
+    from steelcore.service_urls import ServiceUnavailableError
+
+    try:
+        admin_url = db_migrate.cli_database_url(args.url)
+    except db_migrate.CommandLinePasswordError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
+    except ServiceUnavailableError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return exit_codes.UNAVAILABLE
     # Passwords come from the environment only, so they never appear in the process list.
     ensure_dashboard_roles(
-        args.url,
+        admin_url,
         dashboard_password=_secret_from_url(settings.dashboard_db_url),
         feedback_password=_secret_from_url(settings.dashboard_feedback_db_url),
     )
@@ -160,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _secret_from_url(url: str | None) -> SecretStr | None:
-    password = make_url(url).password if url else None
+def _secret_from_url(url: SecretStr | None) -> SecretStr | None:
+    plain = reveal(url)
+    password = make_url(plain).password if plain else None
     return SecretStr(str(password)) if password else None
 
 

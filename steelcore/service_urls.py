@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from steelcore.settings import Settings, get_settings
+from steelcore.settings import Settings, get_settings, reveal
 
 Service = Literal["kafka", "postgres", "redis", "triton"]
 SERVICES: tuple[Service, ...] = get_args(Service)
@@ -122,5 +122,5 @@ def libpq_url(sqlalchemy_url: str) -> str:
 
 
 def _configured_url(service: Service, settings: Settings) -> str | None:
-    value = getattr(settings, f"{service}_url")
+    value = reveal(getattr(settings, f"{service}_url"))
     return value.strip() if isinstance(value, str) and value.strip() else None

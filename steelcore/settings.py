@@ -27,8 +27,14 @@ class Settings(BaseSettings):
     # --- service locations (None = embedded) -------------------------------------------
     kafka_url: str | None = Field(None, description="Kafka bootstrap servers; unset = embedded Tansu broker")
     triton_url: str | None = Field(None, description="Triton host:port (gRPC or HTTP); unset = embedded")
-    postgres_url: str | None = Field(None, description="SQLAlchemy URL of the defect DB; unset = embedded")
-    redis_url: str | None = Field(None, description="redis://[:password@]host:port/db; unset = embedded")
+    # URLs that may carry a password are SecretStr: they print as '**********' in reprs, logs and
+    # model dumps; steelcore.settings.reveal gives the value to the code that connects.
+    postgres_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL of the defect DB; unset = embedded"
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="redis://[:password@]host:port/db; unset = embedded"
+    )
 
     # --- embedded stack ----------------------------------------------------------------
     run_dir: Path = Field(REPO_ROOT / ".steel-run", description="state, logs and data of the embedded stack")
@@ -53,9 +59,31 @@ class Settings(BaseSettings):
     frames_partitions: int = 4
     consumer_group: str = "steel-workers"
     alarm_stream: str = "steel:alarms"
-    alarm_stream_maxlen: int = 100_000
+    alarm_stream_maxlen: int = Field(
+        100_000,
+        ge=0,
+        description="entries the alarm stream keeps once every consumer group has acknowledged them; "
+        "an entry some group still owes is never trimmed for this cap (workers.alarm_stream)",
+    )
+    alarm_stream_max_age_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="an alarm stream entry older than this is trimmed even unacknowledged, and counted "
+        "as lost (steel_worker_alarms_trimmed_unacknowledged_total); far above any actuator outage",
+    )
     alarm_channel: str = "steel:alarms:live"
     actuator_group: str = "steel-actuators"
+    alarm_relay_interval_s: float = Field(
+        2.0, gt=0, description="how often each worker relays the alarm outbox and trims the alarm stream"
+    )
+    alarm_relay_min_age_s: float = Field(
+        5.0,
+        ge=0,
+        description="a stored alarm still unpublished this long after it was raised is published by "
+        "the relay (the worker that stored it publishes within milliseconds unless it died or is "
+        "held by an outage)",
+    )
+    alarm_relay_batch: int = Field(500, gt=0, description="most alarms one relay pass publishes")
 
     # --- topic rotation: bounded memory on a broker without retention (steelcore.topic_rotation) ---
     topic_rotation_s: float | None = Field(
@@ -99,6 +127,19 @@ class Settings(BaseSettings):
     worker_metrics_address: str = Field(
         "127.0.0.1", description="address /metrics listens on; 0.0.0.0 where Prometheus scrapes remotely"
     )
+    max_capture_ahead_s: float = Field(
+        60.0,
+        gt=0,
+        description="a frame whose captured_at is more than this many seconds ahead of the worker's "
+        "clock (a camera clock set wrong) is dead-lettered: stored, it would pin the live page's "
+        "current coil and make the event lag negative",
+    )
+
+    worker_db_password: SecretStr | None = Field(
+        None,
+        description="password `python -m workers.db_migrate roles` sets on the workers' login "
+        "steel_worker (member of steel_writer); unset = leave it as it is",
+    )
 
     # --- dashboard ------------------------------------------------------------------------
     dashboard_address: str = Field("127.0.0.1", description="address `steel dashboard` listens on")
@@ -112,10 +153,10 @@ class Settings(BaseSettings):
     )
     dashboard_password: SecretStr | None = Field(None, description="login password (or use the file)")
     dashboard_password_file: Path | None = Field(None, description="file holding the login password")
-    dashboard_db_url: str | None = Field(
+    dashboard_db_url: SecretStr | None = Field(
         None, description="read-only login URL; unset = the defect DB URL as role steel_dashboard"
     )
-    dashboard_feedback_db_url: str | None = Field(
+    dashboard_feedback_db_url: SecretStr | None = Field(
         None, description="feedback writer login URL; unset = the defect DB URL as role steel_feedback"
     )
     dashboard_worker_metrics_urls: tuple[str, ...] = Field(
@@ -127,6 +168,14 @@ class Settings(BaseSettings):
 
     # --- input limits ---------------------------------------------------------------------
     max_frame_bytes: int = 8 * 1024 * 1024
+
+
+def reveal(value: SecretStr | str | None) -> str | None:
+    """The plain text of a secret setting, for the code that connects with it (never print it).
+    A plain str passes through: ``model_copy(update=...)`` does not validate, so a copy may hold one."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return value
 
 
 @lru_cache(maxsize=1)

@@ -6,7 +6,10 @@ advisory lock, so several workers starting together migrate once and the others 
 nothing to do. No alembic.ini is needed; for a DBA, ``python -m workers.db_migrate sql`` prints
 the DDL.
 
-    python -m workers.db_migrate upgrade URL | current URL | sql | roles URL
+    python -m workers.db_migrate upgrade | current | sql | roles
+
+The database is STEEL_POSTGRES_URL (or the embedded one): a URL with a password is never taken
+from the command line, where every user of the machine can read it (ps, /proc/PID/cmdline).
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from steelcore import exit_codes
 from steelcore.settings import redact_url
 
 if TYPE_CHECKING:
@@ -34,6 +39,13 @@ MIGRATION_LOCK_KEY = 0x5EE1_D8_0001
 CONNECT_TIMEOUT_S = 5
 READER_ROLE = "steel_reader"
 WRITER_ROLE = "steel_writer"
+# The workers' login, a member of WRITER_ROLE; `roles` sets its password from settings.
+WORKER_ROLE = "steel_worker"
+# What a worker writes (workers.defect_store): the facts of a frame, inserted once, and the outbox
+# mark of an alarm once it is on the Redis stream. Nothing else may change, so a compromised
+# worker can add records but never rewrite or erase the ones stored.
+WRITER_INSERT_TABLES = ("lines", "cameras", "coils", "frames", "defects", "alarms", "frame_images")
+WRITER_UPDATE_COLUMNS = {"alarms": ("stream_entry_id", "published_at")}
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -114,40 +126,94 @@ def _run(url: str, step: Callable[[Config], None]) -> None:
         engine.dispose()
 
 
-def ensure_roles(url: str) -> None:
-    """Create the group roles ``steel_reader`` (SELECT) and ``steel_writer`` (SELECT, INSERT,
-    UPDATE) if missing, and grant them on the schema's tables, present and future.
+def ensure_roles(url: str, *, worker_password: SecretStr | None = None) -> None:
+    """Create the group roles ``steel_reader`` and ``steel_writer`` and the workers' login
+    ``steel_worker`` (member of ``steel_writer``) if missing, and grant them on the schema's tables.
 
-    They are NOLOGIN groups: a deployment creates login users and grants them membership
-    (``GRANT steel_reader TO dashboard``), so no password passes through this code.
-    Run after ``upgrade`` as the role that owns the tables.
+    - ``steel_reader``: SELECT on every table, present and future.
+    - ``steel_writer``: SELECT; INSERT on WRITER_INSERT_TABLES; UPDATE of WRITER_UPDATE_COLUMNS
+      only; no DELETE, no DDL. Wider grants of an older release are revoked first, and tables
+      created later get SELECT only, until a release names them here.
+
+    The groups are NOLOGIN; ``steel_worker`` gets ``worker_password`` when one is given (None
+    leaves it as it is: fine with local trust authentication). Idempotent; run after ``upgrade``
+    as the role that owns the tables.
     """
+    inserts = ", ".join(WRITER_INSERT_TABLES)
     statements = [
         _create_role_sql(READER_ROLE),
         _create_role_sql(WRITER_ROLE),
+        _create_role_sql(WORKER_ROLE, login=True),
+        f"GRANT {WRITER_ROLE} TO {WORKER_ROLE}",
         f"GRANT USAGE ON SCHEMA public TO {READER_ROLE}, {WRITER_ROLE}",
         f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER_ROLE}",
-        f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {WRITER_ROLE}",
-        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {WRITER_ROLE}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {READER_ROLE}",
-        f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE ON TABLES TO {WRITER_ROLE}",
+        # Start the writer from nothing: an older release granted INSERT, UPDATE on every table.
+        f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {WRITER_ROLE}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM {WRITER_ROLE}",
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {WRITER_ROLE}",
+        f"GRANT INSERT ON {inserts} TO {WRITER_ROLE}",
+        *(
+            f"GRANT UPDATE ({', '.join(columns)}) ON {table} TO {WRITER_ROLE}"
+            for table, columns in WRITER_UPDATE_COLUMNS.items()
+        ),
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {WRITER_ROLE}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {WRITER_ROLE}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE ON SEQUENCES TO {WRITER_ROLE}",
     ]
     engine = create_db_engine(url)
     try:
         with engine.begin() as conn:
             for statement in statements:
-                # Role names are the module's constants above, never user input.
+                # Role and table names are the module's constants above, never user input.
                 conn.execute(text(statement))
+            if worker_password is not None:
+                set_role_password(conn, WORKER_ROLE, worker_password)
     finally:
         engine.dispose()
 
 
-def _create_role_sql(role: str) -> str:
+def set_role_password(conn: Any, role: str, password: SecretStr) -> None:
+    """ALTER ROLE ... PASSWORD on an open SQLAlchemy connection."""
+    # ALTER ROLE takes no bind parameters; psycopg quotes the literal. Statement logging on the
+    # server would still show it: a DBA with log_statement=ddl should set passwords by hand.
+    from psycopg import sql
+
+    raw = conn.connection.dbapi_connection
+    statement = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+        sql.Identifier(role), sql.Literal(password.get_secret_value())
+    )
+    with raw.cursor() as cursor:
+        cursor.execute(statement)
+
+
+class CommandLinePasswordError(ValueError):
+    """A database URL with a password was given as a command-line argument."""
+
+
+def cli_database_url(given: str | None) -> str:
+    """The database a maintenance command works on: ``given`` when it carries no password, else
+    STEEL_POSTGRES_URL (or the embedded database). Raises CommandLinePasswordError for a URL with
+    a password in argv, which any local user could read from the process list, and
+    steelcore.service_urls.ServiceUnavailableError when no database is known."""
+    if given is not None:
+        if make_url(sqlalchemy_url(given)).password:
+            raise CommandLinePasswordError(
+                "a database password on the command line is visible to every user of the machine; "
+                "set STEEL_POSTGRES_URL instead and leave the URL argument out"
+            )
+        return given
+    from steelcore.service_urls import postgres_url
+
+    return postgres_url()
+
+
+def _create_role_sql(role: str, *, login: bool = False) -> str:
     # CREATE ROLE has no IF NOT EXISTS; the handler covers two processes racing past the check.
+    kind = "LOGIN" if login else "NOLOGIN"
     return (
         "DO $$ BEGIN "
-        f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} NOLOGIN; "
+        f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} {kind}; "
         "END IF; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
     )
 
@@ -156,23 +222,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.db_migrate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
     for name in ("upgrade", "current", "roles"):
-        sub.add_parser(name).add_argument("url", help="SQLAlchemy or libpq URL of the database")
+        sub.add_parser(name).add_argument(
+            "url", nargs="?", help="URL without a password (default: STEEL_POSTGRES_URL or embedded)"
+        )
     sub.add_parser("sql", help="print the DDL from base to head (offline mode)")
     args = parser.parse_args(argv)
-    if args.action == "upgrade":
-        upgrade(args.url)
-        print(f"{redact_url(args.url)} at revision {head_revision()}")
-    elif args.action == "current":
-        print(current_revision(args.url) or "(not migrated)")
-    elif args.action == "roles":
-        ensure_roles(args.url)
-        print(f"roles {READER_ROLE}, {WRITER_ROLE} ready")
-    else:
+    if args.action == "sql":
         from alembic import command
 
         cfg = alembic_config("postgresql+psycopg://offline/steel")
         command.upgrade(cfg, "head", sql=True)
-    return 0
+        return exit_codes.OK
+    from steelcore.service_urls import ServiceUnavailableError
+
+    try:
+        url = cli_database_url(args.url)
+    except CommandLinePasswordError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
+    except ServiceUnavailableError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return exit_codes.UNAVAILABLE
+    if args.action == "upgrade":
+        upgrade(url)
+        print(f"{redact_url(url)} at revision {head_revision()}")
+    elif args.action == "current":
+        print(current_revision(url) or "(not migrated)")
+    else:
+        from steelcore.settings import get_settings
+
+        # The worker login's password comes from the environment only (STEEL_WORKER_DB_PASSWORD).
+        ensure_roles(url, worker_password=get_settings().worker_db_password)
+        print(f"roles {READER_ROLE}, {WRITER_ROLE} and login {WORKER_ROLE} ready")
+    return exit_codes.OK
 
 
 if __name__ == "__main__":

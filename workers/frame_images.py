@@ -2,7 +2,8 @@
 
 Policy (the dashboard's overlays and the retraining export depend on it):
 - kept: the image of every frame with at least one defect, exactly the bytes of the Kafka message
-  (JPEG as received, never re-encoded; PNG or raw pixels when a camera sends those);
+  (JPEG as received, never re-encoded; PNG or raw pixels when a camera sends those), under the
+  encoding the frame header declared;
 - where: ``frame_images`` (steelcore.db_schema), one row per frame, written by
   workers.defect_store.DefectStore in the same transaction as the frame, so a stored defect never
   lacks its image and a redelivered frame adds no second copy;
@@ -10,7 +11,7 @@ Policy (the dashboard's overlays and the retraining export depend on it):
   deletes it (the frame, its defects and feedback stay). A 60 KB JPEG per defective frame at
   5 defective frames/s is about 26 GB per day: size the retention to the disk.
 
-    python -m workers.frame_images purge URL [--days N]
+    python -m workers.frame_images purge [--days N]     # the database of STEEL_POSTGRES_URL
 """
 
 from __future__ import annotations
@@ -60,11 +61,24 @@ def retention_days(settings: Settings | None = None) -> float:
     return float((settings or get_settings()).frame_image_retention_days)
 
 
-def image_encoding(data: bytes, height: int, width: int) -> str:
-    """The encoding of received image bytes, told from their content: "jpeg", "png" or "raw"
-    (exactly height x width grey bytes). Raises ValueError for anything else."""
+def image_encoding(data: bytes, height: int, width: int, declared: str | None = None) -> str:
+    """The encoding to store received image bytes under: "jpeg", "png" or "raw".
+
+    With ``declared`` (the frame header's encoding, which the worker decoded the image by) that
+    encoding, once the bytes are checked to be plausible for it: guessing from the content would
+    call a raw frame whose first pixels happen to be FF D8 FF a JPEG. Without it, told from the
+    content (JPEG or PNG magic, else exactly height x width grey bytes). Raises ValueError for bytes
+    that cannot be an image of that encoding or size."""
     if not data:
         raise ValueError("frame image is empty")
+    if declared is not None:
+        if declared == "raw" and len(data) == height * width:
+            return "raw"
+        if declared == "jpeg" and data.startswith(_JPEG_MAGIC):
+            return "jpeg"
+        if declared == "png" and data.startswith(_PNG_MAGIC):
+            return "png"
+        raise ValueError(f"frame image of {len(data)} bytes is not a {declared} image of {height}x{width}")
     if data.startswith(_JPEG_MAGIC):
         return "jpeg"
     if data.startswith(_PNG_MAGIC):
@@ -167,16 +181,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="action", required=True)
     purge = sub.add_parser("purge", help="delete frame images older than the retention period")
-    purge.add_argument("url", help="SQLAlchemy or libpq URL of the database (a role that may DELETE)")
+    purge.add_argument(
+        "url",
+        nargs="?",
+        help="URL without a password (default: STEEL_POSTGRES_URL, a role that may DELETE)",
+    )
     purge.add_argument("--days", type=float, default=None, help="retention in days (default: settings)")
     args = parser.parse_args(argv)
-    from workers.db_migrate import create_db_engine
+    from steelcore.service_urls import ServiceUnavailableError
+    from workers.db_migrate import CommandLinePasswordError, cli_database_url, create_db_engine
 
+    try:
+        url = cli_database_url(args.url)
+    except CommandLinePasswordError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
+    except ServiceUnavailableError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return exit_codes.UNAVAILABLE
     days = retention_days() if args.days is None else args.days
     if days < 0:
         print(f"--days must be >= 0, got {days}", file=sys.stderr)
         return exit_codes.BAD_INPUT
-    engine = create_db_engine(args.url)
+    engine = create_db_engine(url)
     try:
         n = purge_frame_images(engine, older_than=timedelta(days=days))
     finally:

@@ -39,7 +39,7 @@ from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
 from stack.service import free_port
 from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics
 from steelcore.service_urls import write_stack
-from steelcore.settings import Settings
+from steelcore.settings import Settings, reveal
 from workers import db_migrate
 from workers.actuator import RejectActuator, alarm_stream_from_settings, log_reject
 from workers.worker_parts import DLQ_HEADER_PREFIX
@@ -279,7 +279,7 @@ class FaultCase:
         env.update(
             {
                 "STEEL_RUN_DIR": str(self.run_dir),
-                "STEEL_REDIS_URL": s.redis_url or "",
+                "STEEL_REDIS_URL": reveal(s.redis_url) or "",
                 "STEEL_POSTGRES_URL": db_url,
                 "STEEL_TRITON_URL": s.triton_url or "",
                 "STEEL_TRITON_PROTOCOL": "grpc",
@@ -349,7 +349,7 @@ class FaultCase:
 
     def check_no_secret_logged(self) -> None:
         secrets = [DB_SECRET]
-        redis_password = urlsplit(self.settings.redis_url or "").password
+        redis_password = urlsplit(reveal(self.settings.redis_url) or "").password
         if redis_password:
             secrets.append(redis_password)
         for w in self.workers:

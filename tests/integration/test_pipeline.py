@@ -42,7 +42,7 @@ from steelcore import rle
 from steelcore.frame_message import decode_frame, decode_image
 from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics, producer_config
 from steelcore.service_urls import redis_url
-from steelcore.settings import Settings
+from steelcore.settings import Settings, reveal
 from workers import db_migrate
 from workers.inference_worker import WorkerConfig
 from workers.triton_client import TritonEnsembleClient
@@ -367,7 +367,7 @@ def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(settings: Setting
         "STEEL_ALARM_CHANNEL": settings.alarm_channel,
         "STEEL_FRAMES_PARTITIONS": "2",
         "STEEL_TOPIC_ROTATION_S": "0",
-        "STEEL_POSTGRES_URL": settings.postgres_url or "",
+        "STEEL_POSTGRES_URL": reveal(settings.postgres_url) or "",
         "STEEL_TRITON_URL": settings.triton_url or "",
         "OMP_NUM_THREADS": "1",
     }

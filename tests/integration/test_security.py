@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from scratch_db import scratch_database
-from sqlalchemy import delete, text
+from sqlalchemy import Engine, delete, insert, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -41,6 +41,7 @@ from workers.defect_store import AlarmRecord, DefectRecord, DefectStore, FrameRe
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 2, 1, 6, 0, tzinfo=UTC)
+WRITER = db_migrate.WRITER_ROLE
 SECRET = "s3cret-in-the-env-Zq81"
 
 
@@ -86,6 +87,7 @@ def test_the_worker_role_writes_frames_and_the_dashboard_role_cannot(worker_logi
         assert mark_alarms_published(writer, [("sec-1", 2, "1-0")]) == 1
         with pytest.raises(DBAPIError, match="permission denied"), writer.begin() as conn:
             conn.execute(delete(db_schema.frames))  # workers insert and update, never delete
+        _assert_history_cannot_be_rewritten(writer)
 
         with reader.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM frames")).scalar_one() == 1
@@ -100,6 +102,62 @@ def test_the_worker_role_writes_frames_and_the_dashboard_role_cannot(worker_logi
     finally:
         writer.dispose()
         reader.dispose()
+
+
+def _assert_history_cannot_be_rewritten(writer: Engine) -> None:
+    """The writer may mark an alarm published and nothing else: every other UPDATE is refused."""
+    rewrites = [
+        update(db_schema.frames).values(coil_id="K2"),
+        update(db_schema.defects).values(class_id=1),
+        update(db_schema.alarms).values(probability=0.1),
+        update(db_schema.alarms).values(acknowledged_at=T0, acknowledged_by="x"),
+        update(db_schema.frame_images).values(encoding="raw"),
+        insert(db_schema.feedback).values(defect_id=1, verdict="false", operator="w"),
+        delete(db_schema.alarms),
+    ]
+    for statement in rewrites:
+        with pytest.raises(DBAPIError, match="permission denied"), writer.begin() as conn:
+            conn.execute(statement)
+
+
+def test_roles_revoke_the_wide_grants_of_an_older_release(db_url: str) -> None:
+    """ensure_roles makes the workers' login and narrows steel_writer even where an older release
+    granted it INSERT, UPDATE on every table."""
+    db_migrate.upgrade(db_url)
+    db_migrate.ensure_roles(db_url)
+    admin = db_migrate.create_db_engine(db_url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {WRITER}"))
+        db_migrate.ensure_roles(db_url)
+        with admin.connect() as conn:
+            member = conn.execute(
+                text("SELECT pg_has_role(:login, :group, 'MEMBER')"),
+                {"login": db_migrate.WORKER_ROLE, "group": WRITER},
+            ).scalar_one()
+            privileges = conn.execute(
+                text(
+                    "SELECT table_name, privilege_type FROM information_schema.role_table_grants "
+                    "WHERE grantee = :role AND privilege_type IN ('UPDATE', 'DELETE', 'TRUNCATE')"
+                ),
+                {"role": WRITER},
+            ).all()
+            columns = conn.execute(
+                text(
+                    "SELECT table_name, column_name FROM information_schema.column_privileges "
+                    "WHERE grantee = :role AND privilege_type = 'UPDATE' ORDER BY column_name"
+                ),
+                {"role": WRITER},
+            ).all()
+            can_insert_feedback = conn.execute(
+                text("SELECT has_table_privilege(:role, 'feedback', 'INSERT')"), {"role": WRITER}
+            ).scalar_one()
+    finally:
+        admin.dispose()
+    assert member is True
+    assert privileges == []  # no table-wide UPDATE, DELETE or TRUNCATE left
+    assert columns == [("alarms", "published_at"), ("alarms", "stream_entry_id")]
+    assert can_insert_feedback is False
 
 
 def _steel(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -24,7 +24,7 @@ from worker_thread import WorkerThread
 from producers.camera_producer import CameraProducer, publish_run
 from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
 from steelcore.kafka_clients import admin_config
-from steelcore.settings import Settings
+from steelcore.settings import Settings, reveal
 from steelcore.topic_rotation import bucket_number, is_closed
 from workers import db_migrate
 from workers.inference_worker import WorkerConfig
@@ -145,7 +145,7 @@ def janitor_checks(settings: Settings, seconds: float) -> list[str]:
 
 
 def stored(settings: Settings) -> int:
-    engine = db_migrate.create_db_engine(settings.postgres_url or "")
+    engine = db_migrate.create_db_engine(reveal(settings.postgres_url) or "")
     try:
         with engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM frames")).scalar_one())
@@ -154,7 +154,7 @@ def stored(settings: Settings) -> int:
 
 
 def test_consumed_closed_buckets_are_deleted_and_unconsumed_ones_kept(settings: Settings) -> None:
-    db_migrate.upgrade(settings.postgres_url or "")
+    db_migrate.upgrade(reveal(settings.postgres_url) or "")
     produced, with_frames = publish(settings, seconds=3 * ROTATION_S)
     assert len(with_frames) >= 3
     written = buckets(settings, settings.frames_topic)

@@ -648,3 +648,45 @@ def test_dashboard_queries_use_exported_metrics_and_real_columns(services: dict[
         for alias, column in used_columns:
             table = aliases[alias] if alias else next(iter(aliases.values()))
             assert column in tables[table], f"{table}.{column}"
+
+
+# --- least privilege ------------------------------------------------------------------------------
+
+
+def _k8s_commands(docs: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    for doc, pod in _workloads(docs):
+        for container in pod["containers"]:
+            yield doc["metadata"]["name"], " ".join([*container.get("command", []), *container.get("args", [])])
+
+
+def test_no_secret_or_url_travels_on_a_command_line(
+    services: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    """Arguments are visible to every local user (ps, /proc/PID/cmdline): URLs with passwords and
+    passwords reach the product's commands through the environment only."""
+    secret_ref = re.compile(r"\$\$?\{?(STEEL_\w*(URL|PASSWORD)\w*|\w*PASSWORD\w*)")
+    for name, service in services.items():
+        if service.get("image", "").startswith(("steel-", "redis:")) or "build" in service:
+            words = " ".join(_command(service) + [str(e) for e in service.get("entrypoint") or []])
+            # redis reads its own password file into its config file, not onto a command line.
+            assert not secret_ref.search(words.replace("$$(cat /run/secrets/", "")), f"{name}: {words}"
+    for name, words in _k8s_commands(k8s):
+        if "redis-server" in words:
+            continue  # the password goes into the config file (checked in redis.yaml's comment)
+        assert not secret_ref.search(words), f"{name}: {words}"
+
+
+def test_workers_log_in_as_the_writer_login_never_as_the_owner(
+    services: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    from workers.db_migrate import WORKER_ROLE
+
+    logins = {
+        where: urlsplit(_PLACEHOLDER.sub("secret", env["STEEL_POSTGRES_URL"])).username
+        for role, env, where in _all_roles(services, k8s)
+        if role == "work"
+    }
+    assert logins and set(logins.values()) == {WORKER_ROLE}, logins
+    # Whoever creates the roles gives the worker login its password from the environment.
+    migrations = [env for role, env, _ in _all_roles(services, k8s) if role == "migrate"]
+    assert len(migrations) == 2 and all(env.get("STEEL_WORKER_DB_PASSWORD") for env in migrations)
