@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from dashboard import data_access, ui
 from dashboard.feedback import defect_verdicts
 from dashboard.retraining_export import retraining_zip
+from steelcore.csv_safety import safe_row
 from steelcore.kaggle_csv import write_submission
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 from workers.defect_history import (
@@ -163,7 +164,7 @@ def defects_csv(engine: Engine, filters: DefectFilters) -> bytes:
             "captured_at": r.captured_at.astimezone(UTC).isoformat(),
             "bbox": " ".join(map(str, r.bbox)),
         }
-        writer.writerow([values[c] for c in CSV_COLUMNS])
+        writer.writerow(safe_row(values[c] for c in CSV_COLUMNS))
     return buffer.getvalue().encode("utf-8")
 
 

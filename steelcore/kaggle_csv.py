@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from steelcore import rle
+from steelcore.csv_safety import restore, safe_row
 from steelcore.severstal import NUM_CLASSES
 
 # The Kaggle dataset layout: DIR/train.csv beside DIR/train_images/ (the shared sample uses images/).
@@ -85,12 +86,16 @@ def read_labels(
             if len(row) != len(header):
                 raise ValueError(f"{where}: expected {len(header)} fields, got {len(row)}")
             if combined:
-                image_id, sep, class_text = row[0].strip().rpartition("_")
+                image_id, sep, class_text = restore(row[0].strip()).rpartition("_")
                 if not sep:
                     raise ValueError(f"{where}: ImageId_ClassId {row[0]!r} has no '_<class>' suffix")
                 encoded = row[1].strip()
             else:
-                image_id, class_text, encoded = row[0].strip(), row[1].strip(), row[2].strip()
+                image_id, class_text, encoded = (
+                    restore(row[0].strip()),
+                    row[1].strip(),
+                    restore(row[2].strip()),
+                )
             if not image_id:
                 raise ValueError(f"{where}: empty ImageId")
             class_id = _parse_class_id(class_text, num_classes, where)
@@ -145,7 +150,8 @@ def write_submission(path: str | Path, rows: Iterable[tuple[str, int, str]]) -> 
                 if key in seen:
                     raise ValueError(f"submission row {number}: duplicate image {image_id!r} class {key[1]}")
                 seen.add(key)
-                writer.writerow((image_id, key[1], encoded or ""))
+                # Ids come from cameras and file names: never let one run as a spreadsheet formula.
+                writer.writerow(safe_row((image_id, key[1], encoded or "")))
         os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a submission is meant to be shared
         os.replace(tmp_name, target)
     except BaseException:

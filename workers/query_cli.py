@@ -196,10 +196,12 @@ def _write_defects(engine: Engine, filters: DefectFilters, fmt: str, out: Path |
         return
     with _open_out(out) as stream:
         if fmt == "csv":
+            from steelcore.csv_safety import safe_row
+
             writer = csv.writer(stream, lineterminator="\n")
             writer.writerow(CSV_COLUMNS)
             for r in rows:
-                writer.writerow(_csv_values(r))
+                writer.writerow(safe_row(_csv_values(r)))
         else:
             _write_table(stream, rows, count_defects(engine, filters))
 
