@@ -44,7 +44,7 @@ from steelcore.service_urls import (
     stack_file,
     write_stack,
 )
-from steelcore.settings import Settings
+from steelcore.settings import Settings, reveal
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class EmbeddedStack:
 
     # ---- which services ---------------------------------------------------------------
     def external_url(self, name: Service) -> str | None:
-        value = getattr(self.settings, f"{name}_url")
+        value = reveal(getattr(self.settings, f"{name}_url"))  # the Postgres and Redis URLs are secrets
         return value.strip() if isinstance(value, str) and value.strip() else None
 
     def wanted(self) -> list[Service]:

@@ -147,6 +147,9 @@ class FrameRecord:
     # The received image bytes (JPEG as in the Kafka message, never re-encoded). Kept in
     # frame_images when the frame has a defect; ignored for a defect-free frame.
     image: bytes | None = field(default=None, repr=False)
+    # The encoding the frame header declared (the worker decoded the image by it); None = tell it
+    # from the bytes, for records made without a header.
+    image_encoding: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("frame_id", "line_id", "camera_id", "coil_id", "model_name", "model_version"):
@@ -183,7 +186,8 @@ class FrameRecord:
         for p in self.class_probs or ():
             _require_probability("class probability", p)
         if self.image is not None and self.defects:
-            image_encoding(self.image, self.height, self.width)  # raises ValueError when unusable
+            # raises ValueError when unusable
+            image_encoding(self.image, self.height, self.width, self.image_encoding)
 
     @property
     def keeps_image(self) -> bool:
@@ -332,7 +336,8 @@ def _defect_row(r: FrameRecord, d: DefectRecord, alarm_areas: Sequence[int]) -> 
 
 def _image_row(r: FrameRecord) -> dict[str, Any]:
     assert r.image is not None  # only frames that keep their image get here
-    return {"frame_id": r.frame_id, "encoding": image_encoding(r.image, r.height, r.width), "image": r.image}
+    encoding = image_encoding(r.image, r.height, r.width, r.image_encoding)
+    return {"frame_id": r.frame_id, "encoding": encoding, "image": r.image}
 
 
 def _alarm_row(r: FrameRecord, a: AlarmRecord) -> dict[str, Any]:

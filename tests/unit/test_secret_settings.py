@@ -91,3 +91,12 @@ def test_maintenance_commands_take_the_url_from_the_environment(monkeypatch: pyt
         get_settings.cache_clear()
     # A URL without a password (local trust or peer authentication) may still be given.
     assert db_migrate.cli_database_url("postgresql://postgres@/steel") == "postgresql://postgres@/steel"
+
+
+def test_the_stack_treats_a_secret_url_as_an_external_service(tmp_path: Path) -> None:
+    from stack.embedded_stack import EmbeddedStack
+
+    settings = Settings(run_dir=tmp_path, postgres_url=URL_SETTINGS["postgres_url"], redis_url=None)
+    stack = EmbeddedStack(settings, include_triton=False)
+    assert stack.external_url("postgres") == URL_SETTINGS["postgres_url"]
+    assert stack.external_url("redis") is None
