@@ -7,8 +7,9 @@ the latest one counting; dashboard/feedback.py). Confirmed defects become rows o
 defects marked false become background, so a frame whose defects were all false is exported as a
 defect-free image (a hard negative, which is what a retrained model most needs). A frame with a
 defect nobody reviewed is skipped: leaving that defect out would teach the model it is
-background. Frames whose image was not kept or already purged are skipped too; the summary
-counts both.
+background. Frames whose image was not kept or already purged are skipped too, and so are frames
+whose stored image does not decode (one bad image must not abort the whole export); the summary
+counts each kind and names the bad images.
 
     from dashboard.retraining_export import export_retraining_dataset
     export_retraining_dataset(reader_engine, Path("data/reviewed"))
@@ -50,6 +51,8 @@ class RetrainingSummary:
     skipped_unreviewed: int  # frames with a defect that has no verdict
     skipped_no_image: int  # frames whose image was not kept or was purged
     truncated: bool = False  # max_frames reached before every reviewed frame was written
+    skipped_bad_image: int = 0  # frames whose stored image does not decode
+    bad_images: tuple[str, ...] = ()  # "frame_id: reason" of each, for the operator to look into
 
 
 class _Sink(Protocol):
@@ -110,6 +113,7 @@ def _export(
     verdicts = defect_verdicts(reader)
     rows: list[tuple[str, int, str]] = []
     images = negatives = unreviewed = no_image = 0
+    bad_images: list[str] = []
     truncated = False
     for detail in _reviewed_frames(reader, verdicts, since, until):
         if any(d.defect_id not in verdicts for d in detail.defects):
@@ -122,14 +126,21 @@ def _export(
         if stored is None:
             no_image += 1
             continue
+        try:
+            data = _jpeg_bytes(stored)
+        except ValueError as exc:
+            bad_images.append(f"{detail.frame_id}: {exc}")
+            continue
         name = image_name(detail.frame_id)
-        sink.add_image(name, _jpeg_bytes(stored))
+        sink.add_image(name, data)
         images += 1
         confirmed = [d for d in detail.defects if verdicts[d.defect_id].verdict == "confirmed"]
         negatives += not confirmed
         rows.extend((name, d.class_id, d.rle) for d in confirmed)
     sink.add_csv(rows)
-    return RetrainingSummary(images, len(rows), negatives, unreviewed, no_image, truncated)
+    return RetrainingSummary(
+        images, len(rows), negatives, unreviewed, no_image, truncated, len(bad_images), tuple(bad_images)
+    )
 
 
 def _reviewed_frames(
@@ -159,11 +170,13 @@ def _reviewed_frames(
 
 
 def _jpeg_bytes(stored: StoredImage) -> bytes:
+    """The image as JPEG bytes; ValueError when the stored bytes do not decode to the frame."""
+    pixels = stored.pixels()  # decoded also for a JPEG: a training run must not meet a broken file
     if stored.encoding == "jpeg":
         return stored.data  # as the camera sent it: no second lossy encode
     import cv2
 
-    ok, encoded = cv2.imencode(".jpg", stored.pixels(), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise ValueError(f"frame {stored.frame_id}: JPEG encoding failed")
     return encoded.tobytes()

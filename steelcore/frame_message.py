@@ -28,6 +28,12 @@ MAGIC = b"STF1"
 _PREFIX = struct.Struct(">4sI")
 MAX_HEADER_BYTES = 4096
 MAX_ID_CHARS = 128
+# Far beyond any coil (a few km of strip) and well inside what the REAL column of the defect
+# database holds (about 3.4e38): a larger position is a broken camera, and storing it would fail.
+MAX_POSITION_M = 1.0e7
+# Positions below this are stored as 0: a REAL column cannot hold 1e-300 (the insert fails), and a
+# micrometre is a thousandth of a pixel on the strip.
+MIN_NONZERO_POSITION_M = 1.0e-6
 Encoding = Literal["jpeg", "png", "raw"]
 ENCODINGS: tuple[str, ...] = get_args(Encoding)
 
@@ -90,7 +96,10 @@ def decode_frame(value: bytes | None, max_bytes: int | None = None) -> Frame:
         raise FrameMessageError("message truncated inside the header")
     try:
         raw = json.loads(value[_PREFIX.size : end])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError as exc:
+        # Nesting about 1,000 deep fits in the header cap and exhausts the parser's recursion.
+        raise FrameMessageError("header is nested too deeply to be a frame header") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and int-length limits alike
         raise FrameMessageError(f"header is not valid JSON: {exc}") from exc
     header = _validate_header(raw)
     image = value[end:]
@@ -103,8 +112,11 @@ def _validate_header(raw: object) -> FrameHeader:
     if not isinstance(raw, dict):
         raise FrameMessageError("header is not a JSON object")
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise FrameMessageError(f"unsupported schema_version {version!r} (this build reads {SCHEMA_VERSION})")
+    # type() and not ==: True == 1 and 1.0 == 1 in Python, and neither is a schema version.
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise FrameMessageError(
+            f"unsupported schema_version {_short(version)} (this build reads {SCHEMA_VERSION})"
+        )
     expected = set(FrameHeader.__dataclass_fields__)
     missing = sorted(expected - raw.keys())
     if missing:
@@ -116,30 +128,54 @@ def _validate_header(raw: object) -> FrameHeader:
         value = raw[name]
         if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS or not value.isprintable():
             raise FrameMessageError(f"{name} must be a printable string of 1..{MAX_ID_CHARS} characters")
-    position = raw["position_m"]
-    if isinstance(position, bool) or not isinstance(position, int | float) or not math.isfinite(position):
-        raise FrameMessageError(f"position_m must be a finite number, got {position!r}")
-    if position < 0:
-        raise FrameMessageError(f"position_m must be >= 0, got {position}")
+    position = _parse_position(raw["position_m"])
     captured_at = _parse_time(raw["captured_at"])
     if raw["encoding"] not in ENCODINGS:
-        raise FrameMessageError(f"encoding must be one of {', '.join(ENCODINGS)}, got {raw['encoding']!r}")
+        raise FrameMessageError(
+            f"encoding must be one of {', '.join(ENCODINGS)}, got {_short(raw['encoding'])}"
+        )
     for name in ("width", "height"):
         value = raw[name]
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16384:
-            raise FrameMessageError(f"{name} must be an integer in 1..16384, got {value!r}")
+            raise FrameMessageError(f"{name} must be an integer in 1..16384, got {_short(value)}")
     return FrameHeader(
         frame_id=raw["frame_id"],
         line_id=raw["line_id"],
         camera_id=raw["camera_id"],
         coil_id=raw["coil_id"],
-        position_m=float(position),
+        position_m=position,
         captured_at=captured_at,
         encoding=raw["encoding"],
         width=raw["width"],
         height=raw["height"],
         schema_version=version,
     )
+
+
+def _parse_position(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FrameMessageError(f"position_m must be a finite number, got {_short(value)}")
+    # Compared before any float conversion: a 400-digit integer overflows float() and isfinite().
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FrameMessageError(f"position_m must be a finite number, got {value!r}")
+    if value < 0:
+        raise FrameMessageError(f"position_m must be >= 0, got {_short(value)}")
+    if value > MAX_POSITION_M:
+        raise FrameMessageError(f"position_m must be <= {MAX_POSITION_M:g}, got {_short(value)}")
+    position = float(value)
+    return position if position >= MIN_NONZERO_POSITION_M else 0.0
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """repr() for a reason, cut short: a reason must stay readable whatever the header held, and
+    making it must not fail (repr of a deeply nested list can exhaust the recursion limit)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return "an integer too large to show"
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        return f"a {type(value).__name__} too deep to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _parse_time(value: object) -> datetime:
@@ -149,12 +185,15 @@ def _parse_time(value: object) -> datetime:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise FrameMessageError(f"captured_at is not an ISO-8601 time: {value!r}") from exc
+            raise FrameMessageError(f"captured_at is not an ISO-8601 time: {_short(value)}") from exc
     else:
-        raise FrameMessageError(f"captured_at must be an ISO-8601 string, got {value!r}")
+        raise FrameMessageError(f"captured_at must be an ISO-8601 string, got {_short(value)}")
     if parsed.tzinfo is None:
         raise FrameMessageError("captured_at must carry a time zone")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise FrameMessageError(f"captured_at {_short(value)} is outside the years 1..9999 in UTC") from exc
 
 
 def encode_image(pixels: np.ndarray, encoding: Encoding = "jpeg", quality: int = 90) -> bytes:

@@ -3,11 +3,12 @@ records and alarms made from the ensemble's answer. Pure logic, no I/O."""
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,8 @@ from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH, NUM_CLASSE
 from workers.alarm_rules import Alarm, AlarmRule, alarms_for_frame
 from workers.defect_store import AlarmRecord, DefectRecord, FrameRecord, StoreResult
 from workers.triton_client import EnsembleResult
+
+log = logging.getLogger(__name__)
 
 
 def next_offsets(messages: Sequence[Any]) -> dict[tuple[str, int], int]:
@@ -89,11 +92,24 @@ def declared_size(image: bytes, encoding: str) -> tuple[int, int] | None:
     raise FrameMessageError("image bytes are not a readable JPEG (no frame header before the scan)")
 
 
-def validate_message(message: Any, max_bytes: int) -> ValidFrame | Rejected:
-    """Decode a frame message and check it fits the ensemble; a Rejected says why not."""
+def validate_message(
+    message: Any, max_bytes: int, *, max_ahead_s: float | None = None, now: datetime | None = None
+) -> ValidFrame | Rejected:
+    """Decode a frame message and check it fits the ensemble; a Rejected says why not.
+
+    ``max_ahead_s``: how far ``captured_at`` may lie ahead of ``now`` (default: the current time).
+    Never raises: whatever bytes arrive, the answer is a frame or a reason (a message that made
+    the worker raise would crash every worker that is assigned its partition in turn)."""
     started = time.perf_counter()
     try:
         frame = decode_frame(message.value(), max_bytes=max_bytes)
+        if max_ahead_s is not None:
+            ahead = (frame.header.captured_at - (now or datetime.now(UTC))).total_seconds()
+            if ahead > max_ahead_s:
+                raise FrameMessageError(
+                    f"captured_at {frame.header.captured_at.isoformat()} is {ahead:.0f} s ahead of the "
+                    f"worker's clock (at most {max_ahead_s:g} s allowed): is the camera clock wrong?"
+                )
         # Checked before decoding, so a frame of another size never costs a full image decode;
         # decode_image then holds the pixels to the header.
         if (frame.header.height, frame.header.width) != (FRAME_HEIGHT, FRAME_WIDTH):
@@ -110,7 +126,19 @@ def validate_message(message: Any, max_bytes: int) -> ValidFrame | Rejected:
         pixels = decode_image(frame)
     except FrameMessageError as exc:
         return Rejected(message, exc.reason)
+    except Exception as exc:  # a validation bug: dead-letter the one message, keep the worker up
+        log.exception("validating %s", _where(message))
+        return Rejected(
+            message, f"unexpected error validating the message: {type(exc).__name__}: {exc}"[:500]
+        )
     return ValidFrame(message, frame.header, pixels, time.perf_counter() - started, frame.image)
+
+
+def _where(message: Any) -> str:
+    try:
+        return f"{message.topic()}[{message.partition()}]@{message.offset()}"
+    except Exception:  # only for a log line
+        return "a message"
 
 
 def defects_of(probs: Sequence[float], rles: Sequence[str]) -> list[DefectRecord]:
@@ -174,6 +202,7 @@ def build_records(
                 height=h.height,
                 width=h.width,
                 image=frame.image or None,
+                image_encoding=h.encoding,
             )
         except ValueError as exc:
             rejects.append(Rejected(frame.message, f"inference result not storable: {exc}"))
@@ -194,6 +223,7 @@ class Batch:
     rejects: list[Rejected] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     records: list[FrameRecord] | None = None  # None until inferred
+    sources: list[Any] = field(default_factory=list)  # the message of each record, in order
     alarms: list[Alarm] = field(default_factory=list)
     dead_letters_pending: list[Rejected] | None = None
     stored: StoreResult | None = None

@@ -8,7 +8,10 @@ Per batch, in this order, each step done once even when a later one is retried:
   1. decode and validate every message; an unusable one becomes a *reject*;
   2. one Triton request for the valid frames (the client splits it by the model's max batch);
   3. rejects go to the dead-letter topic with the reason and source coordinates, delivery awaited;
-  4. one Postgres transaction: frames, defects and alarms, idempotent on frame_id;
+  4. one Postgres transaction: frames, defects and alarms, idempotent on frame_id. If the database
+     refuses a row for its content (a value out of range, a constraint), which no retry can fix,
+     the frames are written one by one instead: the refused ones are dead-lettered with the
+     database's reason and the rest of the batch is stored;
   5. alarms for every frame meeting the rule are published to the Redis stream (also for frames
      the database already had: a worker that died between 4 and 5 must not lose them; alarm ids
      are stable, so the actuator recognises a repeat), then marked published in the database;
@@ -16,6 +19,12 @@ Per batch, in this order, each step done once even when a later one is retried:
 Nothing is committed before 3-5 succeeded, so a crash anywhere redelivers the batch and the
 idempotent write absorbs it (Kafka transactions are not relied on: the embedded broker's are not
 exactly-once).
+
+Whatever bytes arrive, a message ends stored or dead-lettered with a reason, and its offset is
+committed: validation never raises (workers.frame_batch.validate_message), a refused row is
+isolated (step 4), and a dead letter refused as too large is sent again smaller
+(workers.worker_parts.DeadLetterProducer). A poison message must never crash the worker, or each
+worker assigned its partition in turn would crash on it.
 
 Outages (Triton, Postgres, Redis or Kafka unreachable): the batch stays in hand, the assignment is
 paused, and the failed step is retried with capped exponential backoff while the consumer keeps
@@ -47,7 +56,8 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from steelcore.settings import Settings, get_settings
 from steelcore.topic_rotation import SUBSCRIPTION_REFRESH_MS, rotation_seconds, subscription_pattern
 from workers.alarm_rules import AlarmRule
-from workers.frame_batch import Batch, ValidFrame, build_records, next_offsets, validate_message
+from workers.defect_store import StoreResult
+from workers.frame_batch import Batch, Rejected, ValidFrame, build_records, next_offsets, validate_message
 from workers.topic_janitor import BucketJanitor, JanitorThread, janitor_from_settings
 from workers.triton_client import EnsembleResult, TritonClientError
 from workers.worker_metrics import WorkerMetrics
@@ -64,6 +74,8 @@ from workers.worker_parts import (
     Store,
     is_db_outage,
     is_kafka_outage,
+    is_refused_row,
+    merge_store_results,
 )
 
 log = logging.getLogger("steel.worker")
@@ -310,7 +322,12 @@ class InferenceWorker:
         started = time.perf_counter()
         batch.offsets = next_offsets(batch.messages)
         for message in batch.messages:
-            checked = validate_message(message, self.settings.max_frame_bytes)
+            checked = validate_message(
+                message,
+                self.settings.max_frame_bytes,
+                max_ahead_s=self.settings.max_capture_ahead_s,
+                now=batch.received_at,
+            )
             if isinstance(checked, ValidFrame):
                 batch.valid.append(checked)
             else:
@@ -331,23 +348,17 @@ class InferenceWorker:
                     model_name=self.settings.model_name, model_version=self.model_version,
                 )  # fmt: skip
                 batch.rejects.extend(bad)
+                refused = {id(r.message) for r in bad}
+                batch.sources = [f.message for f in batch.valid if id(f.message) not in refused]
                 batch.records, batch.alarms = records, alarms
             else:
                 batch.records = []
         if batch.dead_letters_pending is None:
             batch.dead_letters_pending = list(batch.rejects)
-        if batch.dead_letters_pending:
-            assert self.dead_letters is not None
-            batch.dead_letters_pending = self._step(
-                "dead_letter", is_kafka_outage, self.dead_letters.send, batch.dead_letters_pending
-            )
-            if batch.dead_letters_pending:
-                raise Outage(
-                    "dead_letter", DeadLetterError(f"{len(batch.dead_letters_pending)} not delivered")
-                )
+        self._dead_letter(batch)
         if batch.records and batch.stored is None:
-            assert self.store is not None
-            batch.stored = self._step("store", is_db_outage, self.store.write_batch, batch.records)
+            batch.stored = self._step("store", is_db_outage, self._store, batch)
+        self._dead_letter(batch)  # the frames the database refused, if any
         if batch.alarms and batch.alarm_entries is None:
             assert self.alarm_publisher is not None
             batch.alarm_entries = self._step(
@@ -363,6 +374,51 @@ class InferenceWorker:
         if not batch.committed:
             self._step("commit", is_kafka_outage, self._commit, batch)
             batch.committed = True
+
+    def _dead_letter(self, batch: Batch) -> None:
+        if not batch.dead_letters_pending:
+            return
+        assert self.dead_letters is not None
+        batch.dead_letters_pending = self._step(
+            "dead_letter", is_kafka_outage, self.dead_letters.send, batch.dead_letters_pending
+        )
+        if batch.dead_letters_pending:
+            raise Outage("dead_letter", DeadLetterError(f"{len(batch.dead_letters_pending)} not delivered"))
+
+    def _store(self, batch: Batch) -> StoreResult:
+        """Write the batch's records; when the database refuses a row for its content, write them
+        one by one, and turn each refused frame into a reject (its alarms are not published)."""
+        assert self.store is not None and batch.records is not None
+        try:
+            return self.store.write_batch(batch.records)
+        except Exception as exc:
+            if not is_refused_row(exc):
+                raise
+            log.warning(
+                "database refused a row of the batch (%s); writing its frames one by one", _first_line(exc)
+            )
+        assert len(batch.sources) == len(batch.records)
+        results: list[StoreResult] = []
+        kept, rejects = [], []
+        for record, message in zip(batch.records, batch.sources, strict=True):
+            try:
+                results.append(self.store.write_batch([record]))
+            except Exception as exc:
+                if not is_refused_row(exc):
+                    raise  # an outage meanwhile: the whole step is retried (rows written are duplicates)
+                reason = f"database refused the frame: {_first_line(exc)}"
+                log.warning("dead-lettering frame %s: %s", record.frame_id, reason)
+                rejects.append((record.frame_id, Rejected(message, reason)))
+                continue
+            kept.append(record)
+        # The batch changes only now, so a retry after an outage above starts from the same state.
+        refused = {frame_id for frame_id, _ in rejects}
+        batch.records = kept
+        batch.alarms = [a for a in batch.alarms if a.frame_id not in refused]
+        batch.rejects.extend(r for _, r in rejects)
+        assert batch.dead_letters_pending is not None
+        batch.dead_letters_pending.extend(r for _, r in rejects)
+        return merge_store_results(results)
 
     def _step(
         self,
@@ -502,6 +558,12 @@ class InferenceWorker:
             m.value("steel_worker_alarms_published_total"),
             m.value("steel_worker_event_lag_seconds"),
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's message without SQLAlchemy's statement and parameters (which may be long)."""
+    cause = getattr(exc, "orig", None) or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
 
 
 def _describe(partitions: Sequence[TopicPartition]) -> str:
