@@ -31,15 +31,56 @@ class AugmentParams:
     photometric_p: float = 0.5
     max_brightness: float = 0.1  # additive, as a fraction of 255
     max_contrast: float = 0.2  # gain drawn from [1 - c, 1 + c] around the frame mean
+    # How real cameras differ (issue: a frame 18-20 gray levels brighter or re-encoded must keep its
+    # answer): each transform below has its own probability so that a frame sees a mix of them.
+    camera_p: float = 0.0
+    max_offset_levels: float = 25.0  # additive gray levels
+    max_gain: float = 0.15  # multiplicative gain in [1 - g, 1 + g] (not around the mean: a lamp's gain)
+    max_gamma: float = 0.25  # gamma drawn log-uniformly in [1 / (1 + g), 1 + g]
+    jpeg_p: float = 0.0
+    jpeg_quality: tuple[int, int] = (60, 95)
+    blur_p: float = 0.0
+    max_blur_sigma: float = 1.0
+    noise_p: float = 0.0
+    max_noise_std: float = 4.0  # gray levels
 
     def __post_init__(self) -> None:
-        for name in ("hflip_p", "vflip_p", "rot180_p", "affine_p", "photometric_p"):
+        for name in (
+            "hflip_p",
+            "vflip_p",
+            "rot180_p",
+            "affine_p",
+            "photometric_p",
+            "camera_p",
+            "jpeg_p",
+            "blur_p",
+            "noise_p",
+        ):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1]; got {p}")
-        for name in ("max_rotation_deg", "max_shift_frac", "max_brightness", "max_contrast"):
+        for name in (
+            "max_rotation_deg",
+            "max_shift_frac",
+            "max_brightness",
+            "max_contrast",
+            "max_offset_levels",
+            "max_gain",
+            "max_gamma",
+            "max_blur_sigma",
+            "max_noise_std",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        low, high = self.jpeg_quality
+        if not 1 <= low <= high <= 100:
+            raise ValueError(f"jpeg_quality must be (low, high) within 1..100; got {self.jpeg_quality}")
+
+
+# The camera-robust preset `steel train` uses on real steel: every photometric change a line camera
+# makes (lamp gain and offset of +-25 gray levels, contrast, gamma, JPEG re-encoding at quality 60-95,
+# slight defocus and sensor noise) on top of the geometric flips and shifts.
+CAMERA_AUGMENT = AugmentParams(camera_p=0.8, jpeg_p=0.5, blur_p=0.2, noise_p=0.3)
 
 
 def _check_pair(image: np.ndarray, masks: np.ndarray) -> None:
@@ -155,8 +196,34 @@ def random_crop(
     return image[top : top + ch, left : left + cw], masks[:, top : top + ch, left : left + cw]
 
 
+def camera_response(image: np.ndarray, gain: float, offset: float, gamma: float) -> np.ndarray:
+    """A lamp/sensor change: 255 * (gain * x / 255) ** gamma + offset, clipped to uint8 (a lookup table)."""
+    levels = np.arange(256, dtype=np.float32) / 255.0
+    curve = 255.0 * np.power(np.clip(levels * gain, 0.0, None), gamma) + offset
+    table = np.clip(curve + 0.5, 0, 255).astype(np.uint8)
+    return cv2.LUT(image, table)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """The frame encoded as JPEG at quality and decoded again (a camera or a copy that re-encodes)."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("cv2 could not JPEG-encode the frame")
+    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(image, (0, 0), sigmaX=float(sigma)) if sigma > 0 else image
+
+
+def sensor_noise(image: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+    noise = rng.normal(0.0, std, image.shape).astype(np.float32)
+    return np.clip(image.astype(np.float32) + noise + 0.5, 0, 255).astype(np.uint8)
+
+
 class Augmenter:
-    """Draws and applies a random chain of transforms: flips, 180-degree turn, small affine, photometric."""
+    """Draws and applies a random chain of transforms: flips, 180-degree turn, small affine, photometric,
+    then (when their probabilities are set) camera response, blur, noise and JPEG re-encoding."""
 
     def __init__(self, params: AugmentParams | None = None) -> None:
         self.params = params or AugmentParams()
@@ -182,7 +249,24 @@ class Augmenter:
             brightness = rng.uniform(-p.max_brightness, p.max_brightness)
             contrast = rng.uniform(1 - p.max_contrast, 1 + p.max_contrast)
             image = brightness_contrast(image, brightness, contrast)
+        image = self._camera(np.ascontiguousarray(image), rng)
         return image, masks
+
+    def _camera(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        p = self.params
+        if p.camera_p and rng.random() < p.camera_p:
+            gain = rng.uniform(1 - p.max_gain, 1 + p.max_gain)
+            offset = rng.uniform(-p.max_offset_levels, p.max_offset_levels)
+            gamma = float(np.exp(rng.uniform(-1, 1) * np.log1p(p.max_gamma)))
+            image = camera_response(image, gain, offset, gamma)
+        if p.blur_p and rng.random() < p.blur_p:
+            image = gaussian_blur(image, rng.uniform(0.3, max(0.3, p.max_blur_sigma)))
+        if p.noise_p and rng.random() < p.noise_p:
+            image = sensor_noise(image, rng.uniform(0, p.max_noise_std), rng)
+        # Last, as on a line: the camera or a copy re-encodes what it saw.
+        if p.jpeg_p and rng.random() < p.jpeg_p:
+            image = jpeg_roundtrip(image, int(rng.integers(p.jpeg_quality[0], p.jpeg_quality[1] + 1)))
+        return image
 
 
 def balanced_weights(presence: np.ndarray) -> np.ndarray:

@@ -52,7 +52,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def evaluate_bundle(
     model: str | Path,
-    data: str | Path,
+    data: str | Path | list[str],
     split: str = "val",
     json_out: str | Path | None = None,
     plot: str | Path | None = None,
@@ -60,39 +60,26 @@ def evaluate_bundle(
     batch_size: int = BATCH_SIZE,
     progress: bool = True,
     device: str = "cpu",
+    robustness: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate bundle model (name or path) on data's split; write JSON / PNG if paths are given."""
-    from tqdm import tqdm
+    """Evaluate bundle model (name or path) on data's split; write JSON / PNG if paths are given.
 
+    robustness: also score the frames 20 gray levels brighter, 20 darker and re-encoded at JPEG
+    quality 70 (training.robustness), reported as the loss in post-processed mean Dice.
+    """
     from steelcore.model_bundle import load_bundle
-    from steelcore.postprocess import apply_postprocess
-    from training.datasets import open_dataset
-    from training.inference import batches_by_shape, predict_probs
-    from training.metrics import SegmentationAccumulator
+    from training.mixed_data import open_mixed
 
     bundle = load_bundle(model, device=device)
-    dataset = open_dataset(data, split=split)
+    dataset = open_mixed(data if isinstance(data, list) else [str(data)], split=split)
     if len(dataset) == 0:
         hint = " (try --split all)" if split != "all" else ""
         raise ValueError(f"the {split} split of {data} holds no images{hint}")
     check_classes(bundle, dataset)
 
-    accumulators = {view: SegmentationAccumulator(class_ids=list(bundle.class_ids)) for view in VIEWS}
     started = time.perf_counter()
-    samples = ((masks, image) for image, masks, _ in (dataset[i] for i in range(len(dataset))))
-    with tqdm(total=len(dataset), desc=f"eval {bundle.name}", unit="frame", disable=not progress) as bar:
-        for truths, frames in batches_by_shape(samples, batch_size):
-            cls, seg = predict_probs(bundle, frames)
-            truth = np.stack(truths)
-            scores = cls if cls is not None else seg.max(axis=(2, 3))
-            accumulators["raw"].update(seg >= RAW_THRESHOLD, truth, scores)
-            accumulators["postprocessed"].update(
-                apply_postprocess(cls, seg, bundle.postprocess), truth, scores
-            )
-            bar.update(len(frames))
+    results = score_dataset(bundle, dataset, batch_size, progress, f"eval {bundle.name}")
     seconds = time.perf_counter() - started
-
-    results = {view: acc.result() for view, acc in accumulators.items()}
     report: dict[str, Any] = {
         "model": {
             "name": bundle.name,
@@ -101,7 +88,11 @@ def evaluate_bundle(
             "class_names": {str(c): bundle.class_names[c] for c in bundle.class_ids},
             "classifier": bundle.classifier is not None,
         },
-        "data": {"path": str(Path(data).resolve()), "layout": dataset.layout, "split": split},
+        "data": {
+            "path": ", ".join(str(Path(r).resolve()) for r in dataset.roots),
+            "layout": dataset.layout,
+            "split": split,
+        },
         "images": len(dataset),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
@@ -117,6 +108,16 @@ def evaluate_bundle(
         },
         **results,
     }
+    if robustness:
+        from training.robustness import PERTURBATIONS, PerturbedDataset, robustness_summary
+
+        perturbed = {
+            name: score_dataset(bundle, PerturbedDataset(dataset, fn), batch_size, progress, name)[
+                "postprocessed"
+            ]["mean_dice"]
+            for name, fn in PERTURBATIONS.items()
+        }
+        report["robustness"] = robustness_summary(results["postprocessed"]["mean_dice"], perturbed)
     print(format_report(report))
     if json_out is not None:
         _write_json(Path(json_out), report)
@@ -127,6 +128,31 @@ def evaluate_bundle(
         plot_report(report, Path(plot))
         log.info("plot written to %s", plot)
     return report
+
+
+def score_dataset(
+    bundle: ModelBundle, dataset: SteelDataset, batch_size: int, progress: bool, desc: str
+) -> dict[str, Any]:
+    """Raw and post-processed metrics of the bundle on every frame of dataset."""
+    from tqdm import tqdm
+
+    from steelcore.postprocess import apply_postprocess
+    from training.inference import batches_by_shape, predict_probs
+    from training.metrics import SegmentationAccumulator
+
+    accumulators = {view: SegmentationAccumulator(class_ids=list(bundle.class_ids)) for view in VIEWS}
+    samples = ((masks, image) for image, masks, _ in (dataset[i] for i in range(len(dataset))))
+    with tqdm(total=len(dataset), desc=desc, unit="frame", disable=not progress) as bar:
+        for truths, frames in batches_by_shape(samples, batch_size):
+            cls, seg = predict_probs(bundle, frames)
+            truth = np.stack(truths)
+            scores = cls if cls is not None else seg.max(axis=(2, 3))
+            accumulators["raw"].update(seg >= RAW_THRESHOLD, truth, scores)
+            accumulators["postprocessed"].update(
+                apply_postprocess(cls, seg, bundle.postprocess), truth, scores
+            )
+            bar.update(len(frames))
+    return {view: acc.result() for view, acc in accumulators.items()}
 
 
 def _fmt(value: float | None, width: int = 7) -> str:
@@ -142,8 +168,8 @@ def format_report(report: dict[str, Any]) -> str:
     )
     data = report["data"]
     lines = [
-        f"{report['model']['name']} on {data['path']} ({data['split']}, {report['images']} images, "
-        f"{report['frames_per_s']} frames/s)"
+        f"{report['model']['name']} on {data['path']} ({data['split']}, {report['images']} images"
+        + (f", {report['frames_per_s']} frames/s)" if report.get("frames_per_s") else ")")
     ]
     for view in VIEWS:
         r = report[view]
@@ -163,6 +189,20 @@ def format_report(report: dict[str, Any]) -> str:
             f"mIoU (background + classes) {_fmt(r['pixel']['miou_with_background'], 0)}   "
             f"mIoU (classes) {_fmt(r['pixel']['miou_classes'], 0)}"
         )
+        if "empty_baseline_dice" in r:
+            fmr, recall = r["false_mask_rate"], r["frame"]["recall"]
+            lines.append(
+                f"all-empty answer {r['empty_baseline_dice']:.4f}   false masks on defect-free pairs "
+                + ("n/a" if fmr is None else f"{fmr:.1%}")
+                + "   defective-frame recall "
+                + ("n/a" if recall is None else f"{recall:.3f}")
+            )
+    robustness = report.get("robustness")
+    if robustness:
+        lines += ["", f"robustness (post-processed, base mean Dice {robustness['base_mean_dice']:.4f})"]
+        for name, row in robustness["perturbations"].items():
+            verdict = "ok" if row["within_target"] else f"LOSES MORE THAN {robustness['max_loss_target']}"
+            lines.append(f"  {name:<14} mean Dice {row['mean_dice']:.4f} ({row['delta']:+.4f}) {verdict}")
     return "\n".join(lines)
 
 
@@ -176,6 +216,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, help="PNG of per-class results")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--device", default="cpu", help="torch device for the networks, e.g. cuda")
+    parser.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also score the frames 20 gray levels brighter, 20 darker and re-encoded at JPEG quality 70",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -190,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=not args.no_progress,
             device=args.device,
+            robustness=args.robustness,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"steel eval: {exc}", file=sys.stderr)

@@ -14,17 +14,21 @@ import torch
 
 from training.augment import Augmenter, balanced_weights, random_crop
 from training.datasets import SteelDataset
+from training.mixed_data import MixedDataset
 
 # Share of training crops placed on a defect pixel (when the frame has one).
 DEFECT_CROP_P = 0.5
 
 
-def epoch_order(num_images: int, seed: int, epoch: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """Image indices for one epoch: a permutation, or num_images weighted draws with replacement."""
+def epoch_order(
+    num_images: int, seed: int, epoch: int, weights: np.ndarray | None = None, draws: int | None = None
+) -> np.ndarray:
+    """Image indices for one epoch: a permutation, or ``draws`` (default num_images) weighted draws
+    with replacement."""
     rng = np.random.default_rng([seed, epoch])
     if weights is None:
         return rng.permutation(num_images)
-    return rng.choice(num_images, size=num_images, replace=True, p=weights)
+    return rng.choice(num_images, size=draws or num_images, replace=True, p=weights)
 
 
 class TrainingSamples(torch.utils.data.Dataset):
@@ -52,13 +56,17 @@ class TrainingSamples(torch.utils.data.Dataset):
         self.seed = seed
         self.augmenter = augmenter or Augmenter()
         self.defect_crop_p = defect_crop_p
-        self.weights = balanced_weights(dataset.class_presence()) if balanced else None
+        self.draws: int | None = None
+        if isinstance(dataset, MixedDataset):
+            self.weights, self.draws = dataset.sampling_weights(balanced)
+        else:
+            self.weights = balanced_weights(dataset.class_presence()) if balanced else None
         self.epoch = 0
-        self.order = epoch_order(len(dataset), seed, 0, self.weights)
+        self.order = epoch_order(len(dataset), seed, 0, self.weights, self.draws)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.order = epoch_order(len(self.dataset), self.seed, epoch, self.weights)
+        self.order = epoch_order(len(self.dataset), self.seed, epoch, self.weights, self.draws)
 
     def __len__(self) -> int:
         return len(self.order)

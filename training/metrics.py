@@ -124,6 +124,8 @@ class SegmentationAccumulator:
     image_fp: np.ndarray = field(init=False)
     image_fn: np.ndarray = field(init=False)
     image_tn: np.ndarray = field(init=False)
+    # Whole frames: "holds any defect" against "any class predicted" (what raises a reject).
+    frame_counts: np.ndarray = field(init=False)  # tp, fp, fn, tn
     _scores: list[np.ndarray] = field(init=False, default_factory=list)
     _present: list[np.ndarray] = field(init=False, default_factory=list)
 
@@ -135,6 +137,7 @@ class SegmentationAccumulator:
         for name in ("pixel_tp", "pixel_fp", "pixel_fn", "image_tp", "image_fp", "image_fn", "image_tn"):
             setattr(self, name, np.zeros(c, dtype=np.int64))
         self.background = np.zeros(3, dtype=np.int64)  # tp, fp, fn
+        self.frame_counts = np.zeros(4, dtype=np.int64)
 
     @property
     def num_classes(self) -> int:
@@ -169,6 +172,15 @@ class SegmentationAccumulator:
         self.image_fp += (p_img & ~t_img).sum(axis=0)
         self.image_fn += (~p_img & t_img).sum(axis=0)
         self.image_tn += (~p_img & ~t_img).sum(axis=0)
+        p_frame, t_frame = p_img.any(axis=1), t_img.any(axis=1)
+        self.frame_counts += np.array(
+            [
+                (p_frame & t_frame).sum(),
+                (p_frame & ~t_frame).sum(),
+                (~p_frame & t_frame).sum(),
+                (~p_frame & ~t_frame).sum(),
+            ]
+        )
 
         if scores is not None:
             scores = np.asarray(scores, dtype=np.float64)
@@ -197,9 +209,27 @@ class SegmentationAccumulator:
         bg_iou = float(scores_from_counts(*self.background)["iou"])
         label_ious = np.concatenate([[bg_iou], pixel["iou"]])
         ids = self.class_ids
+        empty_pairs = self.image_fp + self.image_tn
+        tp, fp, fn, _tn = (int(v) for v in self.frame_counts)
+        frame = scores_from_counts(np.array([tp]), np.array([fp]), np.array([fn]))
         return {
             "images": self.images,
             "mean_dice": self.mean_dice(),
+            # The score of answering "no defect" everywhere: the bar a model must clear on these frames.
+            "empty_baseline_dice": float(empty_pairs.sum() / max(self.images * self.num_classes, 1)),
+            # Share of defect-free (image, class) pairs that got a mask: false alarms on good steel.
+            "false_mask_rate": _nan_to_none(float(self.image_fp.sum() / max(empty_pairs.sum(), 1)))
+            if empty_pairs.sum()
+            else None,
+            "false_mask_rate_per_class": _per_class(
+                np.where(empty_pairs > 0, self.image_fp / np.maximum(empty_pairs, 1), np.nan), ids
+            ),
+            "frame": {
+                "defective": tp + fn,
+                "defect_free": int(self.frame_counts[1] + self.frame_counts[3]),
+                "precision": _nan_to_none(float(frame["precision"][0])),
+                "recall": _nan_to_none(float(frame["recall"][0])),
+            },
             "dice_per_class": _per_class(self.dice_sum / max(self.images, 1), ids),
             "pixel": {name: _per_class(pixel[name], ids) for name in ("iou", "precision", "recall", "f1")}
             | {

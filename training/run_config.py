@@ -22,6 +22,7 @@ METRICS_FILE, CURVES_FILE = "metrics.json", "curves.png"
 # Hyperparameters that a resumed run may change without breaking exact continuation.
 RUNTIME_KEYS = ("device", "threads", "workers")
 CUDA_WORKERS = 8
+AUGMENT_PRESETS = ("camera", "basic")
 
 
 @dataclass
@@ -29,7 +30,8 @@ class TrainConfig:
     """Hyperparameters of one training run (the defaults are the product's defaults)."""
 
     task: str
-    data: str
+    # Dataset folders, each optionally "DIR:FACTOR" (training.mixed_data); a single str is one folder.
+    data: list[str] | str
     preset: str = "small"
     epochs: int = 12
     batch_size: int = 8
@@ -39,6 +41,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
     balanced: bool = False
+    # "camera": flips, shifts and every photometric change a line camera makes (gain/offset +-25 gray
+    # levels, contrast, gamma, JPEG 60-95, blur, noise); "basic": flips, shifts, mild brightness/contrast.
+    augment: str = "camera"
+    # Weights to start from: a run folder of the same task, or a model bundle (name or folder).
+    init: str | None = None
+    # "best": keep the epoch with the best validation score; "last": keep the last epoch (cross-validation
+    # folds, where choosing an epoch on the held-out frames would leak them into the choice).
+    keep: str = "best"
     defect_crop_p: float = 0.5
     dice_weight: float = 1.0
     max_images: int | None = None
@@ -55,6 +65,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}; got {self.task!r}")
+        self.data = [self.data] if isinstance(self.data, str | Path) else [str(d) for d in self.data]
+        if not self.data:
+            raise ValueError("no training data given (--data DIR)")
+        if self.augment not in AUGMENT_PRESETS:
+            raise ValueError(f"augment must be one of {AUGMENT_PRESETS}; got {self.augment!r}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be best or last; got {self.keep!r}")
         if self.crop is not None:
             self.crop = (int(self.crop[0]), int(self.crop[1]))
             if min(self.crop) < 32:
@@ -99,8 +116,9 @@ def prepare_run(out: Path, cfg: TrainConfig, resume: bool) -> TrainConfig:
     if not (resume and has_checkpoint):
         return cfg
     saved = json.loads((out / CONFIG_FILE).read_text())
-    if Path(saved["data"]) != Path(cfg.data).resolve():
-        log.warning("resuming on the run's own data %s, not %s", saved["data"], cfg.data)
+    saved_data = saved["data"] if isinstance(saved["data"], list) else [saved["data"]]
+    if saved_data != resolved_specs(cfg.data):
+        log.warning("resuming on the run's own data %s, not %s", saved_data, cfg.data)
     if saved.get("task") != cfg.task:
         raise ValueError(f"{out} holds a {saved.get('task')} run, not a {cfg.task} run")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -108,5 +126,12 @@ def prepare_run(out: Path, cfg: TrainConfig, resume: bool) -> TrainConfig:
     kept.update({k: getattr(cfg, k) for k in (*RUNTIME_KEYS, "epochs")})
     kept["crop"] = tuple(kept["crop"]) if kept.get("crop") else None
     return TrainConfig(
-        task=cfg.task, data=saved["data"], **{k: v for k, v in kept.items() if k not in ("task", "data")}
+        task=cfg.task, data=saved_data, **{k: v for k, v in kept.items() if k not in ("task", "data")}
     )
+
+
+def resolved_specs(data: list[str]) -> list[str]:
+    """The data specs with absolute folders, as config.json records them."""
+    from training.mixed_data import DataSpec, parse_specs
+
+    return [str(DataSpec(str(Path(s.path).resolve()), s.factor)) for s in parse_specs(data)]

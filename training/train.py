@@ -30,6 +30,7 @@ from typing import Any
 
 from steelcore import exit_codes
 from training.run_config import (
+    AUGMENT_PRESETS,
     CHECKPOINT_FILE,
     CONFIG_FILE,
     CUDA_WORKERS,
@@ -42,6 +43,7 @@ from training.run_config import (
     default_crop,
     parse_crop,
     prepare_run,
+    resolved_specs,
 )
 from training.validation import epoch_score, forward_loss, validate
 
@@ -75,18 +77,41 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
 
 
 def _open_splits(cfg: TrainConfig) -> tuple[Any, Any]:
-    from training.datasets import open_dataset
+    from training.mixed_data import open_mixed
 
-    train = open_dataset(cfg.data, "train")
-    val = open_dataset(cfg.data, "val")
+    train = open_mixed(cfg.data, "train")
+    val = open_mixed(cfg.data, "val")
     # The first N of each split: Kaggle ids are hashes and NEU lists are shuffled, so this is a fair sample.
     if cfg.max_images is not None:
         train = train.subset(range(min(cfg.max_images, len(train))))
     if cfg.max_val_images is not None:
         val = val.subset(range(min(cfg.max_val_images, len(val))))
     if len(train) == 0:
-        raise ValueError(f"the train split of {cfg.data} is empty")
+        raise ValueError(f"the train split of {', '.join(cfg.data)} is empty")
     return train, val
+
+
+def init_weights(source: str, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(network config, state dict) of ``task`` from a run folder or a model bundle (name or folder)."""
+    import torch
+
+    from steelcore.model_bundle import resolve_bundle_path
+
+    path = Path(source)
+    if (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file():
+        config = json.loads((path / CONFIG_FILE).read_text())
+        if config.get("task") != task:
+            raise ValueError(f"--init {source} is a {config.get('task')} run, not a {task} run")
+        return config["net"], torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+    bundle = resolve_bundle_path(source)
+    meta_path = bundle / "model.json"
+    if not meta_path.is_file():
+        raise ValueError(f"--init {source} is neither a training run folder nor a model bundle")
+    meta = json.loads(meta_path.read_text())
+    if not meta.get(task):
+        raise ValueError(f"--init {source}: the bundle has no {task}")
+    weights = bundle / f"{task}.pt"
+    return meta[task]["config"], torch.load(weights, map_location="cpu", weights_only=True)
 
 
 def _net_config(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
@@ -167,13 +192,25 @@ class _Session:
         self.best_epoch, self.best_score = state["best_epoch"], state["best_score"]
 
 
-def _new_session(cfg: TrainConfig, net_config: dict[str, Any], steps_per_epoch: int, device: Any) -> _Session:
+def _new_session(
+    cfg: TrainConfig,
+    net_config: dict[str, Any],
+    steps_per_epoch: int,
+    device: Any,
+    init_state: dict[str, Any] | None = None,
+) -> _Session:
     import torch
 
     from steelcore.networks import build_model
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.task, net_config).to(device)
+    model = build_model(cfg.task, net_config)
+    if init_state is not None:
+        try:
+            model.load_state_dict(init_state)
+        except RuntimeError as exc:
+            raise ValueError(f"--init {cfg.init} does not fit the {cfg.task} network: {exc}") from exc
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = steps_per_epoch * cfg.epochs
     warmup = min(max(1, round(cfg.warmup_epochs * steps_per_epoch)), max(1, total // 4))
@@ -227,8 +264,8 @@ def _write_config(
             "net": net_config,
             "class_ids": train_set.class_ids,
             "class_names": {str(k): v for k, v in train_set.class_names.items()},
-            "data": str(Path(cfg.data).resolve()),
-            "layout": train_set.layout,
+            "data": resolved_specs(cfg.data),
+            "layout": sorted({part.layout for part in getattr(train_set, "parts", [train_set])}),
             "train_images": len(train_set),
             "val_images": len(val_set),
             "seed": cfg.seed,
@@ -246,15 +283,18 @@ def train_run(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
+    datasets: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one network into run folder ``out``; returns the metrics written to metrics.json.
 
     on_epoch_end(epoch) is called after each epoch's checkpoint is on disk (used by tests to stop
-    a run part-way, like a crash would).
+    a run part-way, like a crash would). datasets=(train, val) replaces the splits of cfg.data
+    (cross-validation folds); cfg.data is still recorded as the run's data.
     """
     import cv2
     import torch
 
+    from training.augment import CAMERA_AUGMENT, Augmenter, AugmentParams
     from training.curves import plot_curves
     from training.loader import FullFrames, TrainingSamples
 
@@ -278,17 +318,29 @@ def train_run(
     else:
         torch.backends.cudnn.benchmark = True
     try:
-        train_set, val_set = _open_splits(cfg)
+        train_set, val_set = datasets if datasets is not None else _open_splits(cfg)
         class_ids = train_set.class_ids
-        net_config = _net_config(cfg, len(class_ids))
+        init_state = None
+        if cfg.init:
+            init_net, init_state = init_weights(cfg.init, cfg.task)
+            net_config = {**init_net, **cfg.net, "num_classes": len(class_ids)}
+        else:
+            net_config = _net_config(cfg, len(class_ids))
+        augmenter = Augmenter(CAMERA_AUGMENT if cfg.augment == "camera" else AugmentParams())
         samples = TrainingSamples(
-            train_set, cfg.task, cfg.crop, cfg.seed, cfg.balanced, defect_crop_p=cfg.defect_crop_p
+            train_set,
+            cfg.task,
+            cfg.crop,
+            cfg.seed,
+            cfg.balanced,
+            augmenter=augmenter,
+            defect_crop_p=cfg.defect_crop_p,
         )
         train_loader = _loader(samples, cfg.batch_size, workers, device)
         val_loader = (
             _loader(FullFrames(val_set), cfg.val_batch_size, workers, device) if len(val_set) else None
         )
-        session = _new_session(cfg, net_config, len(train_loader), device)
+        session = _new_session(cfg, net_config, len(train_loader), device, init_state)
         if resume and (out / CHECKPOINT_FILE).is_file():
             session.restore(out / CHECKPOINT_FILE)
             log.info("resuming %s after epoch %d of %d", out, session.epoch, cfg.epochs)
@@ -318,7 +370,7 @@ def train_run(
             score_name, score = epoch_score(cfg.task, row)
             session.history.append(row)
             session.epoch += 1
-            if score > session.best_score:
+            if cfg.keep == "last" or score > session.best_score:
                 session.best_epoch, session.best_score = session.epoch, score
                 _save_torch(session.model.state_dict(), out / MODEL_FILE)
             _save_torch(session.state(), out / CHECKPOINT_FILE)
@@ -378,9 +430,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         required=True,
-        type=Path,
-        help="dataset folder: Kaggle layout (train_images/ + train.csv) or images/ + masks/ pairs",
+        action="append",
+        help="dataset folder: Kaggle layout (train_images/ + train.csv) or images/ + masks/ pairs; "
+        "repeat to train on several, each optionally DIR:FACTOR (each image drawn FACTOR times per epoch "
+        "on average, e.g. --data synth:0.1 --data real:6)",
     )
+    parser.add_argument(
+        "--cv",
+        help="all: cross-validate on this --data folder (few real frames): train per fold, report "
+        "out-of-fold scores with nested tuning, tune on all folds, then train on everything",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="--cv: number of folds (default 5)")
+    parser.add_argument(
+        "--init",
+        help="start from these weights: a run folder of the same task or a model bundle (name or path)",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=AUGMENT_PRESETS,
+        help=f"camera: +-25 gray levels, contrast, gamma, JPEG 60-95, blur, noise, flips, shifts; basic: "
+        f"flips, shifts, mild brightness/contrast (default {_default('augment')})",
+    )
+    parser.add_argument("--name", help="all: bundle name (default: the --out folder name)")
+    parser.add_argument("--description", help="all: one-line description stored in model.json")
     parser.add_argument(
         "--out", required=True, type=Path, help="run folder (classifier/segmenter) or bundle folder (all)"
     )
@@ -447,6 +519,8 @@ _CONFIG_ARGS = (
     "threads",
     "workers",
     "device",
+    "init",
+    "augment",
 )
 
 
@@ -461,7 +535,7 @@ def config_from_args(args: argparse.Namespace, task: str) -> TrainConfig:
         if args.classifier_epochs is not None:
             given["epochs"] = args.classifier_epochs
     crop = getattr(args, crop_arg) if hasattr(args, crop_arg) else default_crop(task)
-    return TrainConfig(task=task, data=str(args.data), crop=crop, **given)
+    return TrainConfig(task=task, data=[str(d) for d in args.data], crop=crop, **given)
 
 
 def train_all(args: argparse.Namespace) -> Path:
@@ -469,6 +543,10 @@ def train_all(args: argparse.Namespace) -> Path:
     from training.evaluate import evaluate_bundle
     from training.tune import tune_and_save
 
+    if args.cv:
+        from training.train_cv import train_all_cv
+
+        return train_all_cv(args)
     bundle = Path(args.out)
     runs = bundle / "runs"
     tasks = ["segmenter"] if args.no_classifier else ["classifier", "segmenter"]
@@ -483,13 +561,21 @@ def train_all(args: argparse.Namespace) -> Path:
     device = args.device or "cpu"
     progress = not args.no_progress
     log.info("tuning post-processing on the validation split of %s", args.data)
+    data = [str(d) for d in args.data]
     tune_and_save(
-        run_dirs.get("classifier"), run_dirs["segmenter"], args.data, bundle, progress=progress, device=device
+        run_dirs.get("classifier"),
+        run_dirs["segmenter"],
+        data,
+        bundle,
+        args.name,
+        description=args.description,
+        progress=progress,
+        device=device,
     )
     log.info("evaluating %s on the validation split", bundle)
     evaluate_bundle(
         bundle,
-        args.data,
+        data,
         "val",
         bundle / METRICS_FILE,
         bundle / EVAL_PLOT_FILE,

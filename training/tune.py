@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PIXEL_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-GATE_THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+GATE_THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 # Minimum component areas as fractions of the frame (0.001 of 256x1600 is 410 px; of 200x200, 40 px).
-MIN_AREA_FRACTIONS = (0.0, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
+MIN_AREA_FRACTIONS = (0.0, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.03)
 CACHE_MB = 512
 CACHE_FACTORS = (1, 2, 4, 8)
 BATCH_SIZE = 8
@@ -127,14 +127,17 @@ def collect_probabilities(
     cache_mb: float = CACHE_MB,
     batch_size: int = BATCH_SIZE,
     progress: bool = True,
+    factor: int | None = None,
 ) -> ProbabilityCache:
-    """Run the networks over the dataset once and keep what the search needs."""
+    """Run the networks over the dataset once and keep what the search needs (at a downscale factor
+    chosen to fit cache_mb unless given)."""
     from tqdm import tqdm
 
     from training.inference import batches_by_shape, predict_probs
 
     first_shape = dataset[0][0].shape
-    factor = choose_cache_factor(len(dataset), len(bundle.class_ids), first_shape, cache_mb)
+    if factor is None:
+        factor = choose_cache_factor(len(dataset), len(bundle.class_ids), first_shape, cache_mb)
     seg_cache: list[np.ndarray] = []
     truth_cache: list[np.ndarray] = []
     cls_rows: list[np.ndarray] = []
@@ -150,6 +153,34 @@ def collect_probabilities(
             bar.update(len(frames))
     cls_all = np.concatenate(cls_rows).astype(np.float32) if cls_rows else None
     return ProbabilityCache(factor, first_shape[0] * first_shape[1], seg_cache, truth_cache, cls_all)
+
+
+def merge_caches(caches: list[ProbabilityCache]) -> ProbabilityCache:
+    """One cache of all frames of several (same factor, same classes, all with or all without gates)."""
+    if not caches or len({c.factor for c in caches}) != 1:
+        raise ValueError("merge_caches needs caches of one downscale factor")
+    with_cls = [c.cls is not None for c in caches]
+    if any(with_cls) and not all(with_cls):
+        raise ValueError("merge_caches: some caches have classifier outputs and some do not")
+    cls = np.concatenate([c.cls for c in caches if c.cls is not None]) if all(with_cls) else None
+    return ProbabilityCache(
+        caches[0].factor,
+        caches[0].frame_area,
+        [s for c in caches for s in c.seg],
+        [t for c in caches for t in c.truth],
+        cls,
+    )
+
+
+def subset_cache(cache: ProbabilityCache, indices: list[int]) -> ProbabilityCache:
+    cls = None if cache.cls is None else cache.cls[indices]
+    return ProbabilityCache(
+        cache.factor,
+        cache.frame_area,
+        [cache.seg[i] for i in indices],
+        [cache.truth[i] for i in indices],
+        cls,
+    )
 
 
 # ----------------------------------------------------------------------------- grid search
@@ -267,7 +298,7 @@ def format_table(class_ids: list[int], names: dict[int, str], choices: list[Clas
 def tune_and_save(
     classifier_run: str | Path | None,
     segmenter_run: str | Path,
-    data: str | Path,
+    data: str | Path | list[str],
     out: str | Path,
     name: str | None = None,
     *,
@@ -279,9 +310,10 @@ def tune_and_save(
 ) -> Path:
     """Tune post-processing on data's val split, write the bundle to out and return its path."""
     from steelcore.model_bundle import ModelBundle, PostprocessParams, save_bundle
-    from training.datasets import open_dataset
+    from training.mixed_data import open_mixed
+    from training.run_config import resolved_specs
 
-    dataset = open_dataset(data, split="val")
+    dataset = open_mixed(data if isinstance(data, list) else [str(data)], split="val")
     if len(dataset) == 0:
         raise ValueError(f"the val split of {data} is empty: tuning needs validation images")
     seg_run = load_run(segmenter_run, "segmenter")
@@ -310,7 +342,7 @@ def tune_and_save(
 
     provenance = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "data": str(Path(data).resolve()),
+        "data": resolved_specs(data if isinstance(data, list) else [str(data)]),
         "classifier_run": str(cls_run.path.resolve()) if cls_run else None,
         "segmenter_run": str(seg_run.path.resolve()),
         "seed": {"classifier": cls_run.seed if cls_run else None, "segmenter": seg_run.seed},
@@ -331,7 +363,7 @@ def tune_and_save(
     save_bundle(
         out,
         name=name,
-        description=description or f"{kind} on {Path(data).name} ({dataset.num_classes} classes)",
+        description=description or f"{kind} on {dataset.root.name} ({dataset.num_classes} classes)",
         class_ids=dataset.class_ids,
         class_names=dataset.class_names,
         classifier_config=cls_run.net if cls_run else None,

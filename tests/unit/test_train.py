@@ -77,7 +77,7 @@ def test_one_epoch_writes_every_run_file(kaggle_root: Path, tmp_path: Path) -> N
     assert config["task"] == "segmenter"
     assert config["class_ids"] == [1, 2, 3, 4] and config["net"]["num_classes"] == 4
     assert config["class_names"]["3"] == "scratches"
-    assert Path(config["data"]) == kaggle_root.resolve()
+    assert config["data"] == [str(kaggle_root.resolve())]
     assert config["seed"] == 3 and config["hyperparameters"]["crop"] == [32, 64]
     assert (config["train_images"], config["val_images"]) == (8, 2)
     on_disk = json.loads((run / "metrics.json").read_text())

@@ -98,7 +98,7 @@ def test_tune_writes_loadable_bundle_with_grid_params_and_provenance(
     allowed_areas = {round(f * H * W) for f in tune.MIN_AREA_FRACTIONS}
     assert set(params.min_area) <= allowed_areas
     prov = bundle.meta["provenance"]
-    assert prov["data"] == str(kaggle_data["root"].resolve())
+    assert prov["data"] == [str(kaggle_data["root"].resolve())]
     assert prov["seed"] == {"classifier": 1, "segmenter": 2}
     assert prov["classifier_run"].endswith("cls") and prov["segmenter_run"].endswith("seg")
     assert prov["tuning"]["images"] == len(kaggle_data["val"])
@@ -164,7 +164,17 @@ def test_eval_json_has_every_key_and_counts_match_the_data(
     assert {"model", "data", "postprocess", "summary", "raw", "postprocessed", "auc_score"} <= set(report)
     for view in ("raw", "postprocessed"):
         r = report[view]
-        assert set(r) == {"images", "mean_dice", "dice_per_class", "pixel", "image"}
+        assert set(r) == {
+            "images",
+            "mean_dice",
+            "dice_per_class",
+            "pixel",
+            "image",
+            "empty_baseline_dice",
+            "false_mask_rate",
+            "false_mask_rate_per_class",
+            "frame",
+        }
         pixel_keys = {
             "iou",
             "precision",

@@ -1,0 +1,176 @@
+"""Mixed-dataset training, the cross-validation split and the cross-validated `steel train all --cv`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_datasets import make_kaggle, make_pairs
+
+from steelcore import exit_codes
+from steelcore.cli import main
+from training.cross_validation import assign_folds, nested_predictions
+from training.loader import TrainingSamples
+from training.mixed_data import DataSpec, open_mixed
+from training.robustness import PERTURBATIONS, robustness_summary
+
+TINY_NET = {
+    "widths": [4, 4, 8, 8, 8],
+    "blocks": [1, 1, 1, 1],
+    "decoder_widths": [8, 8, 4, 4],
+    "input_scale": 1.0,
+}
+TINY_CLS = {k: v for k, v in TINY_NET.items() if k != "decoder_widths"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _kaggle(root: Path, n: int, seed: int, prefix: str) -> Path:
+    make_kaggle(root, [f"{prefix}{i:07x}.png" for i in range(n)], seed=seed)
+    return root
+
+
+def test_data_spec_parses_factor_and_keeps_plain_folders(tmp_path: Path) -> None:
+    assert DataSpec.parse("data/real:6") == DataSpec("data/real", 6.0)
+    assert DataSpec.parse("data/synth:0.25") == DataSpec("data/synth", 0.25)
+    assert DataSpec.parse("data/real") == DataSpec("data/real", 1.0)
+    odd = tmp_path / "run:2"
+    odd.mkdir()
+    assert DataSpec.parse(str(odd)) == DataSpec(str(odd), 1.0)  # a real folder named like a spec
+    with pytest.raises(ValueError, match="> 0"):
+        DataSpec("x", 0.0)
+
+
+def test_mixed_dataset_draws_each_part_by_its_factor(tmp_path: Path) -> None:
+    big = _kaggle(tmp_path / "big", 40, 0, "b")
+    small = _kaggle(tmp_path / "small", 5, 1, "s")
+    mixed = open_mixed([f"{big}:0.25", f"{small}:4"], "all")
+    assert len(mixed) == 45 and mixed.layout == "kaggle"
+    image, masks, image_id = mixed[42]
+    assert image_id.startswith("s") and masks.shape == (4, *image.shape)
+    samples = TrainingSamples(mixed, "segmenter", None, seed=0)
+    # 40 * 0.25 + 5 * 4 = 30 draws per epoch, two thirds of them from the 5 small-set frames.
+    assert len(samples) == 30
+    from_small = sum(
+        mixed.part_of(int(i)) == 1 for e in range(20) for i in (samples.set_epoch(e), samples.order)[1]
+    )
+    assert 0.55 < from_small / (20 * 30) < 0.78
+    # A plain single dataset keeps the plain permutation (every image once per epoch).
+    single = TrainingSamples(open_mixed([str(big)], "all"), "segmenter", None, seed=0)
+    assert sorted(single.order.tolist()) == list(range(40))
+
+
+def test_mixed_datasets_must_label_the_same_classes(tmp_path: Path) -> None:
+    kaggle = _kaggle(tmp_path / "k", 4, 0, "k")
+    pairs = tmp_path / "p"
+    make_pairs(pairs, ["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="same classes"):
+        open_mixed([str(kaggle), str(pairs)], "all")
+    with pytest.raises(ValueError, match="nowhere"):
+        open_mixed([str(kaggle), str(tmp_path / "nowhere")], "all")
+
+
+def test_folds_hold_every_frame_once_and_spread_rare_classes() -> None:
+    rng = np.random.default_rng(0)
+    ids = [f"{i:09x}.jpg" for i in range(65)]
+    presence = rng.random((65, 4)) < [0.08, 0.03, 0.5, 0.37]
+    folds = assign_folds(ids, presence, 5, seed=0)
+    assert folds.shape == (65,) and set(folds.tolist()) == set(range(5))
+    assert np.bincount(folds).max() - np.bincount(folds).min() <= 1
+    for c in range(4):  # a class with n >= 5 frames is in every fold; fewer: in n different folds
+        n = int(presence[:, c].sum())
+        assert len(set(folds[presence[:, c]].tolist())) == min(n, 5)
+    # Stable: the same ids in another order get the same folds.
+    order = rng.permutation(65)
+    again = assign_folds([ids[i] for i in order], presence[order], 5, seed=0)
+    assert (again == folds[order]).all()
+    with pytest.raises(ValueError, match="unique"):
+        assign_folds(["a", "a", "b"], presence[:3], 2)
+
+
+def test_nested_tuning_never_sees_the_fold_it_scores() -> None:
+    assignment = np.array([0, 0, 1, 1, 2, 2])
+    seen: list[list[int]] = []
+
+    class Cache:
+        def __init__(self, idx: list[int]) -> None:
+            self.idx = idx
+            self.seg = idx
+            self.truth = idx
+            self.cls = None
+
+    import training.tune as tune
+
+    original = tune.subset_cache
+    tune.subset_cache = lambda cache, indices: Cache(indices)  # type: ignore[assignment]
+    try:
+        _, per_frame = nested_predictions(
+            Cache(list(range(6))), assignment, lambda c: (seen.append(c.idx) or tuple(c.idx), None)
+        )
+    finally:
+        tune.subset_cache = original
+    for frame, params in per_frame.items():
+        assert frame not in params  # the params of a frame were tuned without it
+    assert [sorted(s) for s in seen] == [[2, 3, 4, 5], [0, 1, 4, 5], [0, 1, 2, 3]]
+
+
+def test_robustness_perturbations_and_summary() -> None:
+    image = np.full((8, 8), 100, np.uint8)
+    assert (PERTURBATIONS["brighter_20"](image) == 120).all()
+    assert (PERTURBATIONS["darker_20"](image) == 80).all()
+    assert PERTURBATIONS["jpeg_70"](image).shape == image.shape
+    summary = robustness_summary(0.80, {"a": 0.79, "b": 0.75})
+    assert (
+        summary["perturbations"]["a"]["within_target"] and not summary["perturbations"]["b"]["within_target"]
+    )
+
+
+def test_train_all_cross_validated_writes_a_bundle_and_an_honest_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from steelcore.model_bundle import load_bundle
+    from steelcore.networks import presets
+
+    monkeypatch.setitem(presets.PRESETS, "tiny", {"segmenter": TINY_NET, "classifier": TINY_CLS})
+    real = _kaggle(tmp_path / "real", 10, 0, "r")
+    synth = _kaggle(tmp_path / "synth", 6, 1, "s")
+    bundle = tmp_path / "bundle"
+    argv = [
+        "train", "all", "--data", f"{synth}:0.5", "--data", f"{real}:2", "--cv", str(real), "--folds", "2",
+        "--out", str(bundle), "--preset", "tiny", "--epochs", "1", "--batch-size", "4", "--crop", "32x64",
+        "--threads", "1", "--no-progress", "--name", "cv-test",
+    ]  # fmt: skip
+    assert main(argv) == exit_codes.OK
+    for fold in (0, 1):
+        for task in ("classifier", "segmenter"):
+            assert (bundle / "runs" / f"fold-{fold}" / task / "model.pt").is_file()
+    loaded = load_bundle(bundle)
+    assert loaded.name == "cv-test" and loaded.classifier is not None
+    report = json.loads((bundle / "metrics.json").read_text())
+    assert report["images"] == 10 and report["data"]["split"] == "2-fold cross-validation"
+    folds = report["cross_validation"]["fold_of_image"]
+    assert sorted(folds) == sorted(p.name for p in (real / "train_images").iterdir())
+    assert set(folds.values()) == {0, 1}
+    assert len(report["cross_validation"]["postprocess_per_fold"]) == 2
+    summary = report["summary"]
+    assert 0 <= summary["mean_dice"] <= 1 and 0 <= summary["empty_baseline_dice"] <= 1
+    assert set(report["robustness"]["perturbations"]) == set(PERTURBATIONS)
+    prov = loaded.meta["provenance"]
+    assert prov["cross_validation"]["folds"] == 2 and len(prov["data"]) == 2
+    # The held-out fold of each fold run is the frames of that fold: no frame trained and scored alike.
+    for fold in (0, 1):
+        config = json.loads((bundle / "runs" / f"fold-{fold}" / "segmenter" / "config.json").read_text())
+        assert config["val_images"] == sum(1 for f in folds.values() if f == fold)
+        assert config["hyperparameters"]["keep"] == "last"
+
+
+def test_cv_folder_must_be_one_of_the_data(tmp_path: Path) -> None:
+    real = _kaggle(tmp_path / "real", 6, 0, "r")
+    argv = ["train", "all", "--data", str(real), "--cv", str(tmp_path), "--out", str(tmp_path / "b")]
+    assert main(argv) == exit_codes.BAD_INPUT
