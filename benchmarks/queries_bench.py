@@ -217,6 +217,9 @@ def _database(server_url: str | None) -> Iterator[str]:
     from stack.service import free_port
 
     with tempfile.TemporaryDirectory(prefix="steel-bench-queries-") as tmp:
+        # As root the server user must pass this 0700 folder to keep the data in it (not in
+        # embedded_postgres_home, where it would outlive the benchmark); it is ours to open.
+        Path(tmp).chmod(0o755)
         server = PostgresServer(Path(tmp), free_port())
         server.start(timeout_s=60)
         try:

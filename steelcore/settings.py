@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
     postgres_port: int = 5433
+    embedded_postgres_home: Path = Field(
+        Path("/var/lib/steel-embedded-postgres"),
+        description="as root only: a root-owned folder for the server's programs (and its data when "
+        "run_dir lies in a folder others may not pass), reachable by the server's system user",
+    )
     redis_port: int = 6380
 
     # --- Kafka client security, passed through to every client ---------------------------

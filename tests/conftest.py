@@ -41,6 +41,10 @@ def _make_run_dir() -> Iterator[Path]:
     # folders above its data, and every pytest session starting meanwhile (another checkout, a
     # second terminal) resets /tmp/pytest-of-<user> to mode 0700.
     run_dir = Path(tempfile.mkdtemp(prefix="steel-test-run-"))
+    # mkdtemp makes it 0700; as root the server user must pass it to keep its data here (else
+    # stack.postgres_server keeps the data under embedded_postgres_home, where it would outlive
+    # the test). Only this folder, made by the test, is opened; nothing above it is changed.
+    run_dir.chmod(0o755)
     try:
         yield run_dir
     finally:

@@ -656,7 +656,8 @@ def test_dashboard_queries_use_exported_metrics_and_real_columns(services: dict[
 def _k8s_commands(docs: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
     for doc, pod in _workloads(docs):
         for container in pod["containers"]:
-            yield doc["metadata"]["name"], " ".join([*container.get("command", []), *container.get("args", [])])
+            words = [*container.get("command", []), *container.get("args", [])]
+            yield doc["metadata"]["name"], " ".join(words)
 
 
 def test_no_secret_or_url_travels_on_a_command_line(
