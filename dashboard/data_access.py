@@ -20,6 +20,8 @@ from steelcore.severstal import CLASS_IDS
 
 # Enough rows to draw, few enough to move every refresh.
 MAX_STRIP_MARKS = 5000
+# Shortest span a rate is computed over: the first frames of a new line do not read as a burst.
+MIN_COVERED_S = 1.0
 PERCENTILES = (0.5, 0.95)
 
 
@@ -42,10 +44,15 @@ class Throughput:
     frames: int
     newest_captured_at: datetime | None  # of any frame stored, in or before the window
     latency_ms: dict[str, tuple[float | None, float | None]]  # stage -> (p50, p95)
+    # The part of the window frames could have been captured in: all of it once frames older
+    # than the window exist, else from the first frame on (a line that started 60 s ago has sent
+    # 60 s of frames, not 300). None = the whole window.
+    covered_s: float | None = None
 
     @property
     def frames_per_s(self) -> float:
-        return self.frames / self.window_s
+        seconds = self.window_s if self.covered_s is None else self.covered_s
+        return self.frames / seconds if seconds > 0 else 0.0
 
     def event_lag_s(self, now: datetime) -> float | None:
         """Now minus the capture time of the newest stored frame: how far the workers trail."""
@@ -156,18 +163,24 @@ def throughput(engine: Engine, since: datetime, until: datetime, *, line_id: str
     end_to_end_ms = func.extract("epoch", frames.c.stored_at - frames.c.captured_at) * 1000.0
     stages = {"decode": frames.c.decode_ms, "infer": frames.c.infer_ms, "store": frames.c.store_ms}
     stages["capture to stored"] = end_to_end_ms
-    columns = [func.count().label("n")]
+    columns = [func.count().label("n"), func.min(frames.c.captured_at).label("oldest")]
     for name, expr in stages.items():
         for q in PERCENTILES:
             columns.append(func.percentile_cont(q).within_group(expr).label(f"{name}@{q}"))
     with engine.connect() as conn:
         row = conn.execute(select(*columns).where(*where)).mappings().one()
         newest = conn.execute(select(func.max(frames.c.captured_at)).where(*newest_where)).scalar_one()
+        older_where = [frames.c.captured_at < since, *newest_where[1:]]
+        before_window = conn.execute(select(frames.c.captured_at).where(*older_where).limit(1)).first()
     latency = {
         name: tuple(_opt_float(row[f"{name}@{q}"]) for q in PERCENTILES)  # type: ignore[misc]
         for name in stages
     }
-    return Throughput((until - since).total_seconds(), int(row["n"]), newest, latency)  # type: ignore[arg-type]
+    window_s = (until - since).total_seconds()
+    covered_s = window_s
+    if before_window is None and row["oldest"] is not None:
+        covered_s = min(window_s, max(MIN_COVERED_S, (until - row["oldest"]).total_seconds()))
+    return Throughput(window_s, int(row["n"]), newest, latency, covered_s)  # type: ignore[arg-type]
 
 
 def frames_per_minute(

@@ -45,11 +45,12 @@ def _live_view(engine: Engine, config: DashboardSettings, line_id: str | None) -
     rates = data_access.camera_rates(engine, since, line_id=line_id)
     alarm_rows = data_access.recent_alarms(engine, ALARM_FEED_ROWS, line_id=line_id)
 
+    covered = config.dashboard_window_s if stats.covered_s is None else stats.covered_s
     st.caption(f"Updated {now:%H:%M:%S} UTC · rates over the last {config.dashboard_window_s:g} s")
     lag = stats.event_lag_s(now)
     p95 = stats.latency_ms["capture to stored"][1]
     cols = st.columns(4)
-    cols[0].metric("Frames/s", f"{stats.frames_per_s:.2f}")
+    cols[0].metric("Frames/s", f"{stats.frames_per_s:.2f}", help=f"frames of the last {covered:.0f} s")
     cols[1].metric(
         "Consumer lag", "-" if lag is None else f"{lag:.1f} s", help="now - newest frame's capture"
     )

@@ -104,6 +104,18 @@ def test_camera_rates_count_frames_and_defects_per_class(reader: Engine, records
     assert not any(k[0] == "L2" for k in rates)  # the old line is outside the window
 
 
+def test_frames_per_second_of_a_line_younger_than_the_window(reader: Engine, records) -> None:
+    """Line L1 started 60 s ago at 2 cameras x 0.5 frames/s: 1 frame/s, whatever the window (the
+    live page showed 1.8 frames/s of 9.8 by dividing by the whole 300 s)."""
+    stats = data_access.throughput(reader, NOW - timedelta(seconds=300), NOW, line_id="L1")
+    first = min(r.captured_at for r in records if r.line_id == "L1")
+    assert stats.covered_s == pytest.approx((NOW - first).total_seconds())
+    assert stats.frames_per_s == pytest.approx(1.0)
+    # All lines: L2 has frames from two days ago, so the whole window counts.
+    everything = data_access.throughput(reader, NOW - timedelta(seconds=300), NOW)
+    assert everything.covered_s == pytest.approx(300.0)
+
+
 def test_throughput_reports_the_window_and_the_newest_frame(reader: Engine, records) -> None:
     since = NOW - timedelta(seconds=30)
     stats = data_access.throughput(reader, since, NOW, line_id="L1")
