@@ -235,7 +235,8 @@ def _coil_summary(engine: Engine, filters: DefectFilters) -> None:
         line_id=filters.line_id,
         time_from=filters.time_from,
         time_to=filters.time_to,
-    )[:MAX_SUMMARY_COILS]
+        limit=MAX_SUMMARY_COILS,
+    )
     if not summaries:
         st.info("No coil in the range.")
         return

@@ -43,8 +43,10 @@ def reader(config: DashboardSettings | None = None) -> Engine:
 
 @contextlib.contextmanager
 def database_errors() -> Iterator[None]:
-    """Show an unreachable or unconfigured database as a message on the page, not a traceback."""
+    """Show an unreachable, busy or unconfigured database as a message on the page, not a
+    traceback."""
     from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
     from steelcore.service_urls import ServiceUnavailableError
 
@@ -56,6 +58,13 @@ def database_errors() -> Iterator[None]:
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         st.error(f"The defect database is unreachable: {reason}")
+        st.stop()
+    except PoolTimeoutError:
+        # Every pooled connection is taken (many viewers, or slow queries): the next refresh
+        # usually gets one, so say so instead of showing a traceback.
+        st.error(
+            "The defect database is busy: every connection is in use. The page retries on its next refresh."
+        )
         st.stop()
 
 

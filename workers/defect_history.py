@@ -184,9 +184,13 @@ def coil_summary(
     line_id: str | None = None,
     time_from: datetime | None = None,
     time_to: datetime | None = None,
+    limit: int | None = None,
 ) -> list[CoilSummary]:
     """Per coil: frames seen, time span, length from frame positions and defects per class.
-    Coils are selected by id, or by line and/or the time their frames were captured."""
+    Coils are selected by id, or by line and/or the time their frames were captured; ``limit``
+    keeps the first coils by id, in the database (a year of coils is never fetched to show 500)."""
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be positive or None, got {limit}")
     frame_where = []
     if coil_ids is not None:
         frame_where.append(frames.c.coil_id.in_(list(coil_ids)))
@@ -208,6 +212,7 @@ def coil_summary(
         .where(*frame_where)
         .group_by(frames.c.coil_id)
         .order_by(frames.c.coil_id)
+        .limit(limit)
     )
     counts = (
         select(defects.c.coil_id, defects.c.class_id, func.count().label("n"))
@@ -217,6 +222,8 @@ def coil_summary(
     )
     with engine.connect() as conn:
         summaries = {row.coil_id: row for row in conn.execute(stats)}
+        if limit is not None:  # count defects of the coils kept only
+            counts = counts.where(defects.c.coil_id.in_(list(summaries)))
         by_coil: dict[str, dict[int, int]] = {}
         for row in conn.execute(counts):
             by_coil.setdefault(row.coil_id, {})[int(row.class_id)] = int(row.n)

@@ -209,6 +209,10 @@ def test_coil_summary_counts_defects_per_class_over_the_coil_length(
             assert density == pytest.approx(summary.defects_by_class[class_id] * 100 / summary.length_m)
     only_l2 = coil_summary(engine, line_id="L2")
     assert [s.coil_id for s in only_l2] == ["K-C"]
+    # The dashboard's cap is applied by the database, and the kept coils keep their counts.
+    assert coil_summary(engine, limit=2) == [summaries["K-A"], summaries["K-B"]]
+    with pytest.raises(ValueError, match="limit"):
+        coil_summary(engine, limit=0)
 
 
 def _cli(database: str, *argv: str) -> int:
