@@ -6,6 +6,10 @@ acknowledges. Entries that a dead actuator read but never acknowledged are recla
 after ``--reclaim-idle-ms``. Delivery is at-least-once: an actuator killed between
 acting and acknowledging acts again after reclaim, so the action must be idempotent
 per alarm_id (rejecting the same strip position twice is harmless).
+
+When the consumer group disappears (the stream deleted or flushed, Redis restarted without
+its data) every read fails with NOGROUP: the actuator creates the group again, from id 0, so
+it reads whatever the workers have published since, and goes on.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from workers.alarm_stream import AlarmStream, StreamEntry
 
 log = logging.getLogger("steel.actuator")
 
+# XAUTOCLAIM passes per reclaim round (100 entries each); the round goes on from its cursor later.
+RECLAIM_PASSES = 10
+
 
 class RejectActuator:
     def __init__(
@@ -47,22 +54,63 @@ class RejectActuator:
         self.reclaim_idle_ms = reclaim_idle_ms
         self.stop_event = threading.Event()
         self.acted = 0
+        self.lost = 0  # pending entries found deleted before anyone acted on them
+        self._reclaim_cursor = "0-0"
 
     def run(self, block_ms: int = 500, max_alarms: int | None = None) -> None:
         """Loop until stopped (or max_alarms acted): reclaim orphans, read, act, acknowledge."""
-        self.stream.ensure_group(self.group)
+        group_ready = False
         last_reclaim = 0.0
         while not self.stop_event.is_set():
             try:
+                if not group_ready:
+                    self.stream.ensure_group(self.group)
+                    group_ready = True
                 if time.monotonic() - last_reclaim > self.reclaim_idle_ms / 2000:
                     last_reclaim = time.monotonic()
-                    self._handle(self.stream.reclaim(self.group, self.consumer, self.reclaim_idle_ms))
+                    self._reclaim()
                 self._handle(self.stream.read(self.group, self.consumer, count=64, block_ms=block_ms))
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    log.warning("redis refused (%s); retrying in 1 s", exc)
+                    self.stop_event.wait(1.0)
+                    continue
+                # The group went with the stream; what is published from now on goes to a new one.
+                log.warning(
+                    "consumer group %s of %s is gone (%s); creating it again",
+                    self.group,
+                    self.stream.stream,
+                    exc,
+                )
+                group_ready = False
+                self._reclaim_cursor = "0-0"
             except redis.RedisError as exc:
                 # Alarms stay in the stream while Redis is away; wait and carry on.
                 log.warning("redis unavailable (%s); retrying in 1 s", exc)
                 self.stop_event.wait(1.0)
             if max_alarms is not None and self.acted >= max_alarms:
+                return
+
+    def _reclaim(self) -> None:
+        """One round through the group's pending list, from where the last round stopped: each
+        XAUTOCLAIM pass looks at a limited part of it, and starting again at 0-0 every time would
+        never reach the entries behind a long head of recently read ones."""
+        for _ in range(RECLAIM_PASSES):
+            taken = self.stream.reclaim(self.group, self.consumer, self.reclaim_idle_ms, self._reclaim_cursor)
+            self._reclaim_cursor = taken.cursor
+            if taken.deleted:
+                # Read by a consumer that died, then trimmed or deleted before anyone acted: the
+                # alarm is lost to the actuators (its row stays in the database's alarms table).
+                self.lost += len(taken.deleted)
+                log.error(
+                    "%d pending alarm entries deleted from %s before being acted on: %s",
+                    len(taken.deleted),
+                    self.stream.stream,
+                    ", ".join(taken.deleted[:20]),
+                )
+                self.stream.ack(self.group, taken.deleted)  # Redis 6.2 keeps them pending otherwise
+            self._handle(taken.entries)
+            if taken.cursor == "0-0":
                 return
 
     def _handle(self, entries: list[StreamEntry]) -> None:
@@ -96,7 +144,13 @@ def alarm_stream_from_settings(settings: Settings) -> AlarmStream:
     from steelcore.service_urls import redis_url
 
     client = redis.Redis.from_url(redis_url(settings), socket_timeout=5, health_check_interval=10)
-    return AlarmStream(client, settings.alarm_stream, settings.alarm_channel, settings.alarm_stream_maxlen)
+    return AlarmStream(
+        client,
+        settings.alarm_stream,
+        settings.alarm_channel,
+        settings.alarm_stream_maxlen,
+        settings.alarm_stream_max_age_s,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,10 +1,14 @@
-"""Alarms on real Redis: published per (frame, class), acted on, acked, reclaimed from a dead actuator."""
+"""Alarms on real Redis: published per (frame, class), acted on, acked, reclaimed from a dead actuator;
+the stream trimmed only below what the actuators acknowledged; the group recreated when it is lost."""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import redis
 
 from workers.actuator import RejectActuator, log_reject
 from workers.alarm_rules import Alarm, AlarmRule, alarms_for_frame
-from workers.alarm_stream import AlarmStream
+from workers.alarm_stream import AlarmStream, TrimResult
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +87,127 @@ def test_malformed_entry_is_acknowledged_not_acted(stream: AlarmStream, tmp_path
     actuator.run(block_ms=100, max_alarms=1)
     assert [json.loads(x)["alarm_id"] for x in journal.read_text().splitlines()] == ["F3:1"]
     assert stream.pending_count(group) == 0
+
+
+# --- trimming: never past what the group has not acknowledged -----------------------------------
+
+
+def _publish_n(stream: AlarmStream, n: int) -> list[str]:
+    return stream.publish([a for k in range(n) for a in _alarms(f"T{k}")[:1]])
+
+
+def test_trim_never_passes_what_the_group_has_not_acknowledged(stream: AlarmStream) -> None:
+    stream.maxlen = 5
+    group = "actuators"
+    stream.ensure_group(group)
+    ids = _publish_n(stream, 30)
+    read = stream.read(group, "a1", count=10, block_ms=100)
+    stream.ack(group, [e.entry_id for e in read[:8]])  # two stay pending
+
+    first = stream.trim()
+    assert (first.acknowledged, first.unacknowledged, first.length) == (8, 0, 22)
+    assert stream.client.xrange(stream.stream, count=1)[0][0].decode() == ids[8]  # the oldest pending
+
+    rest = stream.read(group, "a1", count=100, block_ms=100)
+    stream.ack(group, [e.entry_id for e in read[8:] + rest])
+    second = stream.trim()
+    assert (second.acknowledged, second.length) == (17, 5)
+    assert [e[0].decode() for e in stream.client.xrange(stream.stream)] == ids[-5:]
+
+
+def test_a_stream_without_group_is_trimmed_only_by_age(stream: AlarmStream) -> None:
+    stream.maxlen, stream.max_age_s = 2, 3600.0
+    _publish_n(stream, 6)
+    assert stream.trim() == TrimResult(0, 0, 6)  # nobody acknowledged anything: the cap waits
+    later = time.time() + 2 * 3600
+    assert stream.trim(now_s=later) == TrimResult(0, 6, 0)  # past the age bound: trimmed, as lost
+
+
+def test_trim_by_age_counts_only_the_unacknowledged_as_lost(stream: AlarmStream) -> None:
+    stream.maxlen, stream.max_age_s = 1000, 3600.0
+    group = "actuators"
+    stream.ensure_group(group)
+    _publish_n(stream, 6)
+    read = stream.read(group, "a1", count=4, block_ms=100)
+    stream.ack(group, [e.entry_id for e in read[:3]])  # 3 acknowledged, 1 pending, 2 never read
+    result = stream.trim(now_s=time.time() + 2 * 3600)
+    assert result == TrimResult(acknowledged=3, unacknowledged=3, length=0)
+
+
+# --- reclaim: its cursor, and pending entries deleted before anyone acted ------------------------
+
+
+def test_reclaim_follows_its_cursor_through_a_long_pending_list(stream: AlarmStream) -> None:
+    group = "actuators"
+    stream.ensure_group(group)
+    ids = _publish_n(stream, 250)
+    stream.read(group, "dead", count=1000, block_ms=100)
+    cursor, seen, passes = "0-0", [], 0
+    while True:
+        taken = stream.reclaim(group, "live", 0, start_id=cursor, count=100)
+        seen += [e.entry_id for e in taken.entries]
+        cursor, passes = taken.cursor, passes + 1
+        if cursor == "0-0" or passes > 10:
+            break
+    assert seen == ids and passes == 3
+
+
+def test_pending_entries_deleted_before_acting_are_reported_and_acknowledged(
+    stream: AlarmStream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = "actuators"
+    stream.ensure_group(group)
+    ids = stream.publish(_alarms("D1") + _alarms("D2"))
+    stream.read(group, "dead-actuator", count=10, block_ms=100)
+    stream.client.xdel(stream.stream, ids[1])  # e.g. trimmed, or deleted by hand, while pending
+    journal = tmp_path / "rejects.jsonl"
+    actuator = RejectActuator(stream, group, "live", log_reject(journal), reclaim_idle_ms=200)
+    with caplog.at_level(logging.ERROR, logger="steel.actuator"):
+        worker = threading.Thread(target=actuator.run, kwargs={"block_ms": 100, "max_alarms": 3}, daemon=True)
+        worker.start()
+        worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert sorted(json.loads(x)["alarm_id"] for x in journal.read_text().splitlines()) == [
+        "D1:1",
+        "D2:1",
+        "D2:3",
+    ]
+    assert stream.pending_count(group) == 0, "the deleted entry stays pending forever"
+    assert ids[1] in caplog.text, "the deleted pending entry was skipped without a log line"
+    assert actuator.lost == 1
+
+
+# --- the consumer group disappears under a running actuator -------------------------------------
+
+
+def test_stream_deleted_while_the_actuator_runs(stream: AlarmStream, tmp_path: Path) -> None:
+    """DEL of the stream (as FLUSHDB or a Redis restarted empty) takes the consumer group with it;
+    the actuator must create it again and act on the alarms published afterwards within 10 s."""
+    journal = tmp_path / "rejects.jsonl"
+    actuator = RejectActuator(stream, "actuators", "a1", log_reject(journal), reclaim_idle_ms=200)
+    worker = threading.Thread(target=actuator.run, kwargs={"block_ms": 200}, daemon=True)
+    worker.start()
+    try:
+        stream.publish(_alarms("B1"))
+        _wait_for(lambda: _journal_ids(journal) >= {"B1:1", "B1:3"}, 10, "the alarms before the DEL")
+        stream.client.delete(stream.stream)
+        time.sleep(0.5)  # the actuator meets NOGROUP before anything is published again
+        stream.publish(_alarms("A1"))
+        _wait_for(lambda: _journal_ids(journal) >= {"A1:1", "A1:3"}, 10, "the alarms after the DEL")
+        assert stream.pending_count("actuators") == 0
+    finally:
+        actuator.stop_event.set()
+        worker.join(5)
+
+
+def _journal_ids(journal: Path) -> set[str]:
+    if not journal.exists():
+        return set()
+    return {json.loads(line)["alarm_id"] for line in journal.read_text().splitlines() if line}
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(0.05)
