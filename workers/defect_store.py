@@ -27,12 +27,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, select, update
+from sqlalchemy import Connection, Engine, Select, and_, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from steelcore.db_schema import alarms, cameras, coils, defects, frame_images, frames, lines
@@ -369,9 +369,10 @@ class PendingAlarm:
     camera_id: str
     coil_id: str
     captured_at: datetime
+    position_m: float
 
 
-def unpublished_alarms(engine: Engine, limit: int = 1000) -> list[PendingAlarm]:
+def _unpublished(limit: int, raised_before: datetime | None = None) -> Select:
     """Alarms stored but not yet published, oldest first (served by ix_alarms_unpublished)."""
     if limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
@@ -387,14 +388,55 @@ def unpublished_alarms(engine: Engine, limit: int = 1000) -> list[PendingAlarm]:
             defects.c.camera_id,
             defects.c.coil_id,
             defects.c.captured_at,
+            frames.c.position_m,
         )
         .join(defects, and_(defects.c.frame_id == alarms.c.frame_id, defects.c.class_id == alarms.c.class_id))
+        .join(frames, frames.c.frame_id == alarms.c.frame_id)
         .where(alarms.c.published_at.is_(None))
         .order_by(alarms.c.raised_at, alarms.c.alarm_id)
         .limit(limit)
     )
+    if raised_before is not None:
+        _require_aware("raised_before", raised_before)
+        stmt = stmt.where(alarms.c.raised_at < raised_before)
+    return stmt
+
+
+def unpublished_alarms(engine: Engine, limit: int = 1000) -> list[PendingAlarm]:
+    """Alarms stored but not yet published, oldest first (served by ix_alarms_unpublished)."""
     with engine.connect() as conn:
-        return [PendingAlarm(**row._mapping) for row in conn.execute(stmt)]
+        return [PendingAlarm(**row._mapping) for row in conn.execute(_unpublished(limit))]
+
+
+def relay_unpublished_alarms(
+    engine: Engine,
+    publish: Callable[[Sequence[PendingAlarm]], Sequence[str]],
+    raised_before: datetime,
+    limit: int,
+) -> int:
+    """Publish alarms raised before ``raised_before`` and still unpublished, oldest first, and
+    mark them with the stream entry ids ``publish`` returns; the number relayed.
+
+    One transaction holds the rows (FOR UPDATE SKIP LOCKED) from the select to the mark, so the
+    relays of several workers each take different rows instead of publishing one alarm twice. If
+    ``publish`` raises, nothing is marked and its error propagates; if the mark fails after a
+    publish, the next relay publishes again under the same alarm id (at least once)."""
+    stmt = _unpublished(limit, raised_before).with_for_update(of=alarms, skip_locked=True)
+    with engine.begin() as conn:
+        pending = [PendingAlarm(**row._mapping) for row in conn.execute(stmt)]
+        if not pending:
+            return 0
+        entry_ids = list(publish(pending))
+        if len(entry_ids) != len(pending):
+            raise RuntimeError(f"published {len(pending)} alarms, got {len(entry_ids)} entry ids")
+        when = datetime.now(UTC)
+        conn.execute(
+            update(alarms)
+            .where(alarms.c.alarm_id == bindparam("a"))
+            .values(stream_entry_id=bindparam("e"), published_at=bindparam("t")),
+            [{"a": p.alarm_id, "e": e, "t": when} for p, e in zip(pending, entry_ids, strict=True)],
+        )
+    return len(pending)
 
 
 def mark_alarms_published(

@@ -55,7 +55,9 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from steelcore.settings import Settings, get_settings
 from steelcore.topic_rotation import SUBSCRIPTION_REFRESH_MS, rotation_seconds, subscription_pattern
+from workers.alarm_relay import AlarmRelay, AlarmRelayThread
 from workers.alarm_rules import AlarmRule
+from workers.alarm_stream import AlarmStream
 from workers.defect_store import StoreResult
 from workers.frame_batch import Batch, Rejected, ValidFrame, build_records, next_offsets, validate_message
 from workers.topic_janitor import BucketJanitor, JanitorThread, janitor_from_settings
@@ -124,6 +126,7 @@ class InferenceWorker:
         alarm_publisher: AlarmPublisher | None = None,
         metrics: WorkerMetrics | None = None,
         janitor: BucketJanitor | None = None,
+        alarm_relay: AlarmRelay | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.config = config or WorkerConfig()
@@ -136,6 +139,8 @@ class InferenceWorker:
         self.alarm_publisher = alarm_publisher
         self.metrics = metrics or WorkerMetrics()
         self.janitor = janitor
+        self.alarm_relay = alarm_relay
+        self._relay_thread: AlarmRelayThread | None = None
         self.rotation_s = rotation_seconds(self.settings)
         self._janitor_thread: JanitorThread | None = None
         self._floor: int | None = None  # bucket subscription floor, with topic rotation
@@ -188,6 +193,13 @@ class InferenceWorker:
             stream.client.ping()
             self._redis = stream.client
             self.alarm_publisher = stream
+        if isinstance(self.store, PostgresStore) and isinstance(self.alarm_publisher, AlarmStream):
+            if self.alarm_relay is None:
+                relay = AlarmRelay.from_settings(self.store.engine, self.alarm_publisher, self.metrics, s)
+                self.alarm_relay = relay
+        if self.alarm_relay is not None:  # the outbox's stale rows, and the stream's trimming
+            self._relay_thread = AlarmRelayThread(self.alarm_relay, s.alarm_relay_interval_s)
+            self._relay_thread.start()
         if self.dead_letters is None or self.consumer is None:
             self._setup_kafka()
         if self.rotation_s > 0:
@@ -246,6 +258,7 @@ class InferenceWorker:
         """Close everything; the consumer leaves the group (no commit: offsets are committed per batch)."""
         steps: list[tuple[str, Callable[[], object] | None]] = [
             ("bucket janitor", self._janitor_thread.stop if self._janitor_thread is not None else None),
+            ("alarm relay", self._relay_thread.stop if self._relay_thread is not None else None),
             ("janitor clients", self.janitor.close if self.janitor is not None else None),
             ("consumer", self.consumer.close if self.consumer is not None else None),
             ("dead-letter producer", self.dead_letters.close if self.dead_letters is not None else None),

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("stored", "duplicate", "dead_lettered")
-STAGES = ("decode", "infer", "dead_letter", "store", "alarm", "outbox", "commit")
+STAGES = ("decode", "infer", "dead_letter", "store", "alarm", "outbox", "commit", "relay", "trim")
 # Latency buckets from 1 ms to 30 s: decode is milliseconds, inference on CPU up to seconds.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -37,6 +37,23 @@ class WorkerMetrics:
         )
         self.errors = Counter("steel_worker_errors", "Failed attempts, by stage", ["stage"], registry=r)
         self.alarms = Counter("steel_worker_alarms_published", "Alarms published to the stream", registry=r)
+        # The alarm relay (workers.alarm_relay): the outbox rows it published, and the stream's trimming.
+        self.alarms_relayed = Counter(
+            "steel_worker_alarms_relayed", "Stored alarms published by the outbox relay", registry=r
+        )
+        self.alarm_stream_trimmed = Counter(
+            "steel_worker_alarm_stream_trimmed",
+            "Acknowledged entries trimmed from the alarm stream",
+            registry=r,
+        )
+        self.alarms_trimmed_unacknowledged = Counter(
+            "steel_worker_alarms_trimmed_unacknowledged",
+            "Alarm stream entries trimmed by age before every consumer group acknowledged them (lost)",
+            registry=r,
+        )
+        self.alarm_stream_length = Gauge(
+            "steel_worker_alarm_stream_length", "Entries on the alarm stream after the last trim", registry=r
+        )
         self.batch_frames = Histogram(
             "steel_worker_batch_frames",
             "Messages per consumed batch",

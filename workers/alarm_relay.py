@@ -1,0 +1,125 @@
+"""The alarm outbox relay, and the alarm stream's trimming, run by every worker in the background.
+
+The alarms table is an outbox: a row whose ``published_at`` is NULL was stored but is not known
+to be on the Redis stream. The worker that stored it publishes it a few milliseconds later; if
+that worker dies first and its Kafka batch is never redelivered (the embedded broker lost its
+log in a restart, or a stop gave up on the batch during a Redis outage), only this relay ever
+publishes it. Every ``alarm_relay_interval_s`` it publishes the rows raised more than
+``alarm_relay_min_age_s`` ago and still unpublished, oldest first, under their usual alarm ids
+(an actuator recognises a repeat), then trims the stream (workers.alarm_stream.AlarmStream.trim).
+
+Several workers run relays on one database: each relay pass locks the rows it takes
+(workers.defect_store.relay_unpublished_alarms), so they share the backlog instead of each
+publishing all of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from sqlalchemy.exc import SQLAlchemyError
+
+from steelcore.settings import Settings
+from steelcore.severstal import CLASS_NAMES
+from workers.alarm_rules import Alarm, alarm_id_for
+from workers.alarm_stream import AlarmStream, TrimResult
+from workers.defect_store import PendingAlarm, relay_unpublished_alarms
+from workers.worker_metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+def alarm_of(pending: PendingAlarm) -> Alarm:
+    """The stream alarm of a stored row: the same fields and id the worker would have published."""
+    return Alarm(
+        alarm_id=alarm_id_for(pending.frame_id, pending.class_id),
+        frame_id=pending.frame_id,
+        class_id=pending.class_id,
+        class_name=CLASS_NAMES.get(pending.class_id, f"class {pending.class_id}"),
+        # REAL columns: round as the alarm rule did, so a relayed alarm reads like a direct one.
+        probability=round(float(pending.probability), 4),
+        area_px=pending.area_px,
+        line_id=pending.line_id,
+        camera_id=pending.camera_id,
+        coil_id=pending.coil_id,
+        position_m=float(pending.position_m),
+        captured_at=pending.captured_at.isoformat(),
+    )
+
+
+class AlarmRelay:
+    """Publishes the outbox's stale rows and trims the stream; one pass per ``run_once``."""
+
+    def __init__(
+        self,
+        engine: Any,
+        stream: AlarmStream,
+        metrics: WorkerMetrics,
+        min_age_s: float,
+        batch: int,
+    ) -> None:
+        self.engine, self.stream, self.metrics = engine, stream, metrics
+        self.min_age_s, self.batch = min_age_s, batch
+
+    @classmethod
+    def from_settings(
+        cls, engine: Any, stream: AlarmStream, metrics: WorkerMetrics, settings: Settings
+    ) -> AlarmRelay:
+        return cls(engine, stream, metrics, settings.alarm_relay_min_age_s, settings.alarm_relay_batch)
+
+    def relay(self) -> int:
+        """Publish and mark up to a few batches of stale unpublished alarms; the number relayed."""
+        total = 0
+        for _ in range(10):  # a bounded pass: the next one goes on, the thread stays stoppable
+            cutoff = datetime.now(UTC) - timedelta(seconds=self.min_age_s)
+            n = relay_unpublished_alarms(
+                self.engine, lambda rows: self.stream.publish([alarm_of(r) for r in rows]), cutoff, self.batch
+            )
+            total += n
+            if n < self.batch:
+                break
+        if total:
+            self.metrics.alarms_relayed.inc(total)
+            log.warning("relayed %d stored alarm(s) unpublished for over %g s", total, self.min_age_s)
+        return total
+
+    def trim(self) -> TrimResult:
+        result = self.stream.trim()
+        self.metrics.alarm_stream_trimmed.inc(result.acknowledged)
+        self.metrics.alarms_trimmed_unacknowledged.inc(result.unacknowledged)
+        self.metrics.alarm_stream_length.set(result.length)
+        return result
+
+    def run_once(self) -> None:
+        """Relay, then trim; a service that is away fails its step until the next pass."""
+        for stage, step in (("relay", self.relay), ("trim", self.trim)):
+            try:
+                step()
+            except (redis.RedisError, SQLAlchemyError) as exc:
+                self.metrics.errors.labels(stage).inc()
+                log.warning("alarm %s failed (%s); next try in the next pass", stage, exc)
+
+
+class AlarmRelayThread:
+    """Runs ``relay.run_once`` every ``interval_s`` in the background until stopped."""
+
+    def __init__(self, relay: AlarmRelay, interval_s: float) -> None:
+        self.relay, self.interval_s = relay, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alarm-relay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.relay.run_once()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
