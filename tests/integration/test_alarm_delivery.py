@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from scratch_db import scratch_database
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 from worker_thread import WorkerThread
 
 from producers.camera_producer import CameraProducer
@@ -275,8 +276,28 @@ def test_alarm_stored_then_broker_restarted_before_the_commit_still_reaches_the_
 # --- the relay on its own ------------------------------------------------------------------------
 
 
+@pytest.fixture()
+def worker_engine(db_url: str) -> Iterator[Engine]:
+    """The database as a worker login (member of steel_writer) sees it."""
+    db_migrate.ensure_roles(db_url)
+    login = f"relay_{uuid.uuid4().hex[:8]}"
+    admin = db_migrate.create_db_engine(db_url)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE {db_migrate.WRITER_ROLE}"))  # a generated name
+    eng = db_migrate.create_db_engine(
+        make_url(db_url).set(username=login).render_as_string(hide_password=False)
+    )
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP ROLE {login}"))
+        admin.dispose()
+
+
 def test_relay_publishes_stale_unpublished_alarms_once_each(
-    redis_url: str, engine: Engine, tmp_path: Path
+    redis_url: str, engine: Engine, worker_engine: Engine
 ) -> None:
     """Only alarms older than the relay's minimum age, only unpublished ones, and not a row another
     relay holds (FOR UPDATE SKIP LOCKED); each relayed alarm reads exactly like a direct one."""
@@ -317,7 +338,8 @@ def test_relay_publishes_stale_unpublished_alarms_once_each(
     name = f"test:relay:{uuid.uuid4().hex[:8]}"
     stream = AlarmStream(client, name, name + ":live", maxlen=1000)
     metrics = WorkerMetrics()
-    relay = AlarmRelay(engine, stream, metrics, min_age_s=5.0, batch=10)
+    # As a worker relays in production: logged in with the writer role's narrow grants.
+    relay = AlarmRelay(worker_engine, stream, metrics, min_age_s=5.0, batch=10)
 
     def on_stream() -> list[dict[str, str]]:
         return [{k.decode(): v.decode() for k, v in f.items()} for _, f in client.xrange(name)]
