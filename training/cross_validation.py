@@ -72,8 +72,14 @@ class FoldPlan:
     heldout_indices: list[int]  # into the cross-validated dataset
 
 
-def plan_folds(mixed: MixedDataset, cv_part: int, folds: int, seed: int) -> tuple[list[FoldPlan], np.ndarray]:
-    """Training and held-out data per fold, the cross-validated dataset being part cv_part of mixed."""
+def plan_folds(
+    mixed: MixedDataset, cv_part: int, folds: int, seed: int, synthetic_on_real: float = 0.0
+) -> tuple[list[FoldPlan], np.ndarray]:
+    """Training and held-out data per fold, the cross-validated dataset being part cv_part of mixed.
+
+    synthetic_on_real > 0 adds synthetic defects painted on the fold's own training frames, drawn
+    that many times per real training frame and epoch (never on held-out frames).
+    """
     target = mixed.parts[cv_part]
     assignment = assign_folds(target.image_ids, target.class_presence(), folds, seed)
     plans = []
@@ -81,7 +87,10 @@ def plan_folds(mixed: MixedDataset, cv_part: int, folds: int, seed: int) -> tupl
         kept = [i for i in range(len(target)) if assignment[i] != k]
         held = [i for i in range(len(target)) if assignment[i] == k]
         parts = [target.subset(kept) if p == cv_part else part for p, part in enumerate(mixed.parts)]
-        plans.append(FoldPlan(k, MixedDataset(parts, mixed.factors, "train"), target.subset(held), held))
+        train = with_synthetic_on_real(
+            MixedDataset(parts, mixed.factors, "train"), cv_part, synthetic_on_real, seed
+        )
+        plans.append(FoldPlan(k, train, target.subset(held), held))
     return plans, assignment
 
 
@@ -140,3 +149,18 @@ def fold_curves(run_dirs: Sequence[Path]) -> dict[str, list[float]]:
         for e in range(epochs)
     ]
     return {"epoch": list(range(1, epochs + 1)), "mean_heldout_score": mean}  # type: ignore[dict-item]
+
+
+def with_synthetic_on_real(mixed: MixedDataset, part: int, per_frame: float, seed: int) -> MixedDataset:
+    """mixed plus a part of synthetic defects painted on the frames of mixed.parts[part]."""
+    from training.mixed_data import SyntheticOnReal
+
+    if per_frame <= 0:
+        return mixed
+    copies = SYNTHETIC_COPIES
+    painted = SyntheticOnReal(mixed.parts[part], copies=copies, seed=seed)
+    return MixedDataset([*mixed.parts, painted], [*mixed.factors, per_frame / copies], mixed.split)
+
+
+# Distinct painted variants kept per real frame (the epoch draws among them).
+SYNTHETIC_COPIES = 4

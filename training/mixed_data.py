@@ -9,6 +9,7 @@ class-balanced; the factors still set each dataset's share of the epoch.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,3 +134,53 @@ def open_mixed(specs: Sequence[str | DataSpec] | str, split: str = "all") -> Mix
         except ValueError as exc:
             raise ValueError(f"--data {spec}: {exc}") from exc
     return MixedDataset(parts, [s.factor for s in parsed], split)
+
+
+class SyntheticOnReal(SteelDataset):
+    """``copies`` variants of each frame of a real dataset with synthetic defects painted on
+    (producers.synth_on_real); variant k of a frame is the same in every epoch and on every machine."""
+
+    layout = "synthetic-on-real"
+
+    def __init__(self, real: SteelDataset, copies: int = 4, seed: int = 0) -> None:
+        from producers.synth_on_real import DefectPainter
+
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1; got {copies}")
+        self.real = real
+        self.seed = seed
+        self.painter = DefectPainter()
+        self._keys = [(k, i) for k in range(copies) for i in range(len(real))]
+        ids = [f"{real.image_ids[i]}#synthetic{k}" for k, i in self._keys]
+        super().__init__(real.root, real.split, ids, real.class_ids, real.class_names)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        k, i = self._keys[index]
+        digest = int.from_bytes(hashlib.sha1(self.real.image_ids[i].encode()).digest()[:4], "big")
+        return np.random.default_rng([self.seed, digest, k])
+
+    def __getitem__(self, index: int) -> Sample:
+        _k, i = self._keys[index]
+        image, masks, _ = self.real[i]
+        image, masks = self.painter.paint(image, masks, self._rng(index))
+        return image, masks, self.image_ids[index]
+
+    def class_presence(self) -> np.ndarray:
+        if self._presence is None:
+            real = self.real.class_presence()
+            rows = []
+            for index, (_k, i) in enumerate(self._keys):
+                row = real[i].copy()
+                for c in self.painter.classes(self._rng(index)):  # the painter's first draw
+                    row[self.class_ids.index(c)] = True
+                rows.append(row)
+            self._presence = np.array(rows, dtype=bool).reshape(len(rows), self.num_classes)
+        return self._presence
+
+    def subset(self, indices: Sequence[int]) -> SteelDataset:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._keys = [self._keys[i] for i in indices]
+        clone.image_ids = [self.image_ids[i] for i in indices]
+        clone._presence = None
+        return clone

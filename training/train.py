@@ -76,9 +76,11 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _open_splits(cfg: TrainConfig) -> tuple[Any, Any]:
+def _open_splits(cfg: TrainConfig, progress: bool = False) -> tuple[Any, Any]:
+    from training.data_checks import check_dataset
     from training.mixed_data import open_mixed
 
+    check_dataset(open_mixed(cfg.data, "all"), progress)
     train = open_mixed(cfg.data, "train")
     val = open_mixed(cfg.data, "val")
     # The first N of each split: Kaggle ids are hashes and NEU lists are shuffled, so this is a fair sample.
@@ -318,7 +320,7 @@ def train_run(
     else:
         torch.backends.cudnn.benchmark = True
     try:
-        train_set, val_set = datasets if datasets is not None else _open_splits(cfg)
+        train_set, val_set = datasets if datasets is not None else _open_splits(cfg, progress)
         class_ids = train_set.class_ids
         init_state = None
         if cfg.init:
@@ -441,6 +443,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "out-of-fold scores with nested tuning, tune on all folds, then train on everything",
     )
     parser.add_argument("--folds", type=int, default=5, help="--cv: number of folds (default 5)")
+    parser.add_argument(
+        "--cv-only",
+        action="store_true",
+        help="--cv: write the cross-validated report to --out/metrics.json and stop (no final training)",
+    )
+    parser.add_argument(
+        "--synthetic-on-real",
+        type=float,
+        default=0.0,
+        metavar="DRAWS",
+        help="--cv: also train on synthetic defects painted onto the real training frames (real texture, "
+        "more rare-class examples), DRAWS per real frame and epoch (default 0: off)",
+    )
     parser.add_argument(
         "--init",
         help="start from these weights: a run folder of the same task or a model bundle (name or path)",

@@ -26,6 +26,7 @@ from training.cross_validation import (
     nested_predictions,
     plan_folds,
     score_cache,
+    with_synthetic_on_real,
 )
 from training.robustness import PERTURBATIONS, PerturbedDataset, robustness_summary
 
@@ -94,6 +95,7 @@ def _ordered(pieces: list[tuple[list[int], Any]], total: int) -> Any:
 
 def train_all_cv(args: argparse.Namespace) -> Path:
     from steelcore.model_bundle import save_bundle
+    from training.data_checks import check_dataset
     from training.mixed_data import MixedDataset, open_mixed, parse_specs
     from training.run_config import resolved_specs
     from training.train import init_weights
@@ -102,8 +104,10 @@ def train_all_cv(args: argparse.Namespace) -> Path:
     specs = parse_specs([str(d) for d in args.data])
     cv_index = _cv_part(specs, str(args.cv))
     mixed = open_mixed(specs, "all")
+    check_dataset(mixed, progress=not args.no_progress)
     seed = args.seed if args.seed is not None else 0
-    plans, assignment = plan_folds(mixed, cv_index, args.folds, seed)
+    on_real = float(getattr(args, "synthetic_on_real", 0.0) or 0.0)
+    plans, assignment = plan_folds(mixed, cv_index, args.folds, seed, on_real)
     target = mixed.parts[cv_index]
     class_ids, class_names = list(mixed.class_ids), dict(mixed.class_names)
     tasks = ["segmenter"] if args.no_classifier else ["classifier", "segmenter"]
@@ -143,9 +147,20 @@ def train_all_cv(args: argparse.Namespace) -> Path:
         for name in PERTURBATIONS
     }
     final_params, choices = search(caches["base"])
+    if getattr(args, "cv_only", False):
+        report = _report(
+            args, target, tasks, class_ids, class_names, scores, perturbed, final_params, assignment
+        )
+        report["cross_validation"] |= {
+            "postprocess_per_fold": [p.to_json() for p in per_fold_params],
+            "curves": {task: fold_curves([r[task] for r in fold_runs]) for task in tasks},
+        }
+        _write_report(bundle_dir, report)
+        _print_summary(report)
+        return bundle_dir
 
     log.info("final training on all %d frames of %s and the other datasets", len(target), target.root)
-    full = MixedDataset(mixed.parts, mixed.factors, "train")
+    full = with_synthetic_on_real(MixedDataset(mixed.parts, mixed.factors, "train"), cv_index, on_real, seed)
     final_runs = _train_pair(args, tasks, runs / "final", (full, target.subset([])))
     net = {task: init_weights(str(final_runs[task]), task) for task in tasks}
     post = scores["postprocessed"]
@@ -185,7 +200,31 @@ def train_all_cv(args: argparse.Namespace) -> Path:
         postprocess=final_params,
         provenance=provenance,
     )
-    report = {
+    report = _report(args, target, tasks, class_ids, class_names, scores, perturbed, final_params, assignment)
+    report["created"] = provenance["created"]
+    report["cross_validation"] |= {
+        "postprocess_per_fold": [p.to_json() for p in per_fold_params],
+        "curves": {task: fold_curves([r[task] for r in fold_runs]) for task in tasks},
+    }
+    _write_report(bundle_dir, report)
+    _print_summary(report)
+    return bundle_dir
+
+
+def _report(
+    args: argparse.Namespace,
+    target: Any,
+    tasks: list[str],
+    class_ids: list[int],
+    class_names: dict[int, str],
+    scores: dict[str, Any],
+    perturbed: dict[str, float],
+    final_params: Any,
+    assignment: np.ndarray,
+) -> dict[str, Any]:
+    bundle_dir = Path(args.out)
+    post = scores["postprocessed"]
+    return {
         "model": {
             "name": args.name or bundle_dir.name,
             "path": str(bundle_dir.resolve()),
@@ -199,11 +238,12 @@ def train_all_cv(args: argparse.Namespace) -> Path:
             "split": f"{args.folds}-fold cross-validation",
         },
         "images": len(target),
-        "created": provenance["created"],
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "method": (
             "out-of-fold predictions of networks trained without the fold; post-processing of each "
             "fold tuned on the other folds only (nested); last epoch kept, no choice made on held-out frames"
         ),
+        "recipe": _recipe(args),
         "postprocess": final_params.to_json(),
         "auc_score": "classifier probability" if "classifier" in tasks else "max pixel probability",
         "summary": {
@@ -219,20 +259,20 @@ def train_all_cv(args: argparse.Namespace) -> Path:
         "robustness": robustness_summary(post["mean_dice"], perturbed),
         "cross_validation": {
             "fold_of_image": {target.image_ids[i]: int(assignment[i]) for i in range(len(target))},
-            "postprocess_per_fold": [p.to_json() for p in per_fold_params],
-            "curves": {task: fold_curves([r[task] for r in fold_runs]) for task in tasks},
         },
     }
-    _write_report(bundle_dir, report)
+
+
+def _print_summary(report: dict[str, Any]) -> None:
     from training.evaluate import format_report
 
+    s = report["summary"]
     print(format_report(report))
     print(
-        f"cross-validated mean Dice {post['mean_dice']:.4f} against {post['empty_baseline_dice']:.4f} for "
-        f"all-empty; false masks on {post['false_mask_rate']:.1%} of defect-free pairs; "
-        f"defective-frame recall {post['frame']['recall']:.2f}"
+        f"cross-validated mean Dice {s['mean_dice']:.4f} against {s['empty_baseline_dice']:.4f} for "
+        f"all-empty; false masks on {s['false_mask_rate']:.1%} of defect-free pairs; "
+        f"defective-frame recall {s['frame_recall']:.2f}"
     )
-    return bundle_dir
 
 
 def _recipe(args: argparse.Namespace) -> dict[str, Any]:

@@ -174,3 +174,71 @@ def test_cv_folder_must_be_one_of_the_data(tmp_path: Path) -> None:
     real = _kaggle(tmp_path / "real", 6, 0, "r")
     argv = ["train", "all", "--data", str(real), "--cv", str(tmp_path), "--out", str(tmp_path / "b")]
     assert main(argv) == exit_codes.BAD_INPUT
+
+
+def _train_argv(data: Path, out: Path) -> list[str]:
+    return [
+        "train", "all", "--data", str(data), "--cv", str(data), "--folds", "2", "--out", str(out),
+        "--preset", "tiny", "--epochs", "1", "--batch-size", "4", "--crop", "32x64", "--threads", "1",
+        "--no-progress",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", ["missing image", "malformed rle", "mask outside frame", "other size"])
+def test_bad_dataset_stops_training_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: str
+) -> None:
+    import cv2
+
+    from steelcore.networks import presets
+
+    monkeypatch.setitem(presets.PRESETS, "tiny", {"segmenter": TINY_NET, "classifier": TINY_CLS})
+    data = _kaggle(tmp_path / "real", 6, 0, "r")
+    csv = data / "train.csv"
+    lines = csv.read_text().splitlines()
+    victim = lines[1].split(",")[0]
+    if fault == "missing image":
+        (data / "train_images" / victim).unlink()
+        expected = ["train.csv:2", victim]
+    elif fault == "malformed rle":
+        lines.append("r0000004.png,2,5 x 7")
+        csv.write_text("\n".join(lines) + "\n")
+        expected = [f"train.csv:{len(lines)}", "r0000004.png"]
+    elif fault == "mask outside frame":
+        lines.append(f"r0000004.png,2,{64 * 160 - 2} 10")
+        csv.write_text("\n".join(lines) + "\n")
+        expected = [f"train.csv:{len(lines)}", "r0000004.png"]
+    else:
+        cv2.imwrite(str(data / "train_images" / victim), np.zeros((64, 150), np.uint8))
+        expected = [victim, "150x64"]
+    out = tmp_path / "bundle"
+    assert main(_train_argv(data, out)) == exit_codes.BAD_INPUT
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err
+    assert not out.exists()  # nothing half-written
+    plain = ["train", "segmenter", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny"]
+    assert main(plain) == exit_codes.BAD_INPUT
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_eval_robustness_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from steelcore.networks import presets
+
+    monkeypatch.setitem(presets.PRESETS, "tiny", {"segmenter": TINY_NET, "classifier": TINY_CLS})
+    data = _kaggle(tmp_path / "real", 6, 0, "r")
+    bundle = tmp_path / "bundle"
+    assert main([*_train_argv(data, bundle)]) == exit_codes.OK
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--model", str(bundle), "--data", str(data), "--split", "all", "--json", str(out)]
+    assert main([*argv, "--robustness", "--no-progress"]) == exit_codes.OK
+    report = json.loads(out.read_text())
+    rows = report["robustness"]["perturbations"]
+    assert set(rows) == {"brighter_20", "darker_20", "jpeg_70"}
+    base = report["summary"]["mean_dice"]
+    assert report["robustness"]["base_mean_dice"] == base
+    for row in rows.values():
+        assert row["delta"] == pytest.approx(row["mean_dice"] - base)
+        assert row["within_target"] == (base - row["mean_dice"] <= 0.02)
+    assert main([*argv, "--no-progress"]) == exit_codes.OK
+    assert "robustness" not in json.loads(out.read_text())
