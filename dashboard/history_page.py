@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from dashboard import data_access, ui
 from dashboard.feedback import defect_verdicts
-from dashboard.retraining_export import retraining_zip
+from dashboard.retraining_export import retraining_zip_file
 from steelcore.csv_safety import safe_row
 from steelcore.kaggle_csv import write_submission
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
@@ -197,7 +197,8 @@ def _exports(engine: Engine, filters: DefectFilters) -> None:
     )
     cols[2].download_button(
         "Retraining dataset (zip)",
-        data=lambda: retraining_zip(
+        # Built into a temporary file on click; Streamlit reads that file once to serve it.
+        data=lambda: retraining_zip_file(
             engine, since=filters.time_from, until=filters.time_to, max_frames=RETRAINING_MAX_FRAMES
         )[0],
         file_name="steel_reviewed.zip",

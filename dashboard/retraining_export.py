@@ -13,12 +13,15 @@ counts each kind and names the bad images.
 
     from dashboard.retraining_export import export_retraining_dataset
     export_retraining_dataset(reader_engine, Path("data/reviewed"))
+
+The dashboard's download builds the zip into a temporary file (``retraining_zip_file``), one
+image at a time, so a large export is not held in memory while it is built.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import os
 import re
 import tempfile
 import zipfile
@@ -26,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from sqlalchemy import Engine, select
 
@@ -87,18 +90,38 @@ def export_retraining_dataset(
     return _export(reader, _DirSink(out), since, until, max_frames)
 
 
-def retraining_zip(
+def write_retraining_zip(
+    reader: Engine,
+    out: BinaryIO,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    max_frames: int | None = None,
+) -> RetrainingSummary:
+    """Write the same dataset as a zip archive into the binary file ``out``, image by image: only
+    one image is in memory at a time, never the archive."""
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        return _export(reader, _ZipSink(archive), since, until, max_frames)
+
+
+def retraining_zip_file(
     reader: Engine,
     *,
     since: datetime | None = None,
     until: datetime | None = None,
     max_frames: int | None = None,
-) -> tuple[bytes, RetrainingSummary]:
-    """The same dataset as a zip archive in memory (for a download button)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        summary = _export(reader, _ZipSink(archive), since, until, max_frames)
-    return buffer.getvalue(), summary
+    tmp_dir: Path | None = None,
+) -> tuple[BinaryIO, RetrainingSummary]:
+    """The dataset as a zip archive in a temporary file (for a download button), opened for
+    reading at its start. The file has no name left on disk: closing it frees the space."""
+    fd, name = tempfile.mkstemp(prefix="steel-retraining-", suffix=".zip", dir=tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            summary = write_retraining_zip(reader, out, since=since, until=until, max_frames=max_frames)
+        archive = open(name, "rb")
+    finally:
+        os.unlink(name)
+    return archive, summary
 
 
 def _export(

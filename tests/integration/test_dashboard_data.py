@@ -29,7 +29,7 @@ from dashboard.db_access import (
     role_url,
 )
 from dashboard.feedback import FeedbackError, defect_verdicts, record_feedback
-from dashboard.retraining_export import export_retraining_dataset, image_name, retraining_zip
+from dashboard.retraining_export import export_retraining_dataset, image_name, retraining_zip_file
 from steelcore import db_schema, exit_codes
 from steelcore.kaggle_csv import read_labels
 from steelcore.rle import decode
@@ -254,7 +254,9 @@ def test_the_retraining_export_holds_exactly_the_fully_reviewed_frames(
                 )
 
             summary = export_retraining_dataset(reader, tmp_path / "reviewed")
-            archive, zipped = retraining_zip(reader)
+            archive_file, zipped = retraining_zip_file(reader)
+            with archive_file:
+                archive = archive_file.read()
         finally:
             for engine in (owner, writer, reader):
                 engine.dispose()
