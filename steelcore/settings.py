@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, IPvAnyNetwork, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from steelcore.paths import MODELS_DIR, REPO_ROOT, TRITON_REPOSITORY
@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     )
     dashboard_password: SecretStr | None = Field(None, description="login password (or use the file)")
     dashboard_password_file: Path | None = Field(None, description="file holding the login password")
+    dashboard_trusted_proxies: tuple[IPvAnyNetwork, ...] = Field(
+        (),
+        description="proxies (addresses or networks) whose X-Forwarded-For names the client for the "
+        "login throttle; unset = the TCP peer is the client",
+    )
     dashboard_db_url: SecretStr | None = Field(
         None, description="read-only login URL; unset = the defect DB URL as role steel_dashboard"
     )
