@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from stack.service import Health
-from steelcore.settings import Settings
+from steelcore.settings import Settings, reveal
 
 PROBE_TIMEOUT_S = 2.0
 # Worker metrics shown on the health page (workers/worker_metrics.py names them).
@@ -41,10 +41,33 @@ class WorkerScrape:
     error: str | None = None
 
 
+def dashboard_redis_url(settings: Settings) -> str:
+    """The Redis URL the dashboard uses: its own ACL user's (dashboard_redis_url, or the embedded
+    server's dashboard user), else STEEL_REDIS_URL. Raises ServiceUnavailableError."""
+    from stack.redis_server import DASHBOARD_REDIS_USER
+    from steelcore.service_urls import ServiceUnavailableError, read_stack, stack_file
+
+    for value in (settings.dashboard_redis_url, settings.redis_url):
+        url = reveal(value)
+        if url and url.strip():
+            return url.strip()
+    url = read_stack(settings.run_dir).get("redis", {}).get("dashboard_url")
+    if not isinstance(url, str) or not url:
+        raise ServiceUnavailableError(
+            f"no Redis URL for the dashboard: STEEL_DASHBOARD_REDIS_URL and STEEL_REDIS_URL are unset and "
+            f"{stack_file(settings.run_dir)} records no embedded Redis with a {DASHBOARD_REDIS_USER} user; "
+            "run `steel up` (after `steel down` when it predates that user)"
+        )
+    return url
+
+
 def service_status(settings: Settings) -> list[Health]:
-    """Kafka, Postgres, Redis and Triton as `steel status` sees them (embedded or external)."""
+    """Kafka, Postgres, Redis and Triton as `steel status` sees them (embedded or external); Redis
+    probed as the dashboard's own user when dashboard_redis_url is set."""
     from stack.embedded_stack import EmbeddedStack
 
+    if settings.dashboard_redis_url is not None:
+        settings = settings.model_copy(update={"redis_url": settings.dashboard_redis_url})
     try:
         return EmbeddedStack(settings).status()
     except Exception as exc:  # a damaged stack.json: report it in place of the table
@@ -83,11 +106,13 @@ def alarm_backlog(settings: Settings) -> StreamBacklog:
     """Length of the Redis alarm stream and the actuators' unacknowledged entries."""
     import redis
 
-    from steelcore.service_urls import ServiceUnavailableError, redis_url
+    from steelcore.service_urls import ServiceUnavailableError
 
     try:
         client = redis.Redis.from_url(
-            redis_url(settings), socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S
+            dashboard_redis_url(settings),
+            socket_timeout=PROBE_TIMEOUT_S,
+            socket_connect_timeout=PROBE_TIMEOUT_S,
         )
     except ServiceUnavailableError as exc:
         return StreamBacklog(None, None, str(exc))

@@ -224,6 +224,8 @@ def service_record(svc: EmbeddedService) -> dict[str, Any]:
         "log": str(svc.log_path),
         "started_at": proc.create_time() if proc is not None else None,
     }
+    if isinstance(svc, RedisServer):
+        record["dashboard_url"] = svc.dashboard_url  # the dashboard's ACL user
     if isinstance(svc, TritonService):
         record.update(
             grpc_url=svc.grpc_url,
@@ -284,7 +286,7 @@ class EmbeddedStack:
         if name == "postgres":
             return PostgresServer(self.run_dir, int(rec.get("port", s.postgres_port)))
         if name == "redis":
-            return RedisServer(self.run_dir, int(rec.get("port", s.redis_port)))
+            return RedisServer(self.run_dir, int(rec.get("port", s.redis_port)), alarm_stream=s.alarm_stream)
         return TritonService(
             self.run_dir,
             s.triton_repository,

@@ -2,11 +2,18 @@
 
 The password is generated once and kept in ``run_dir/redis/password`` (mode 0600), so a restart
 keeps both the data (appendonly.aof) and the clients' URL valid.
+
+The dashboard logs in as its own ACL user (DASHBOARD_REDIS_USER, password in
+``run_dir/redis/dashboard_password``) allowed only what its health page calls
+(dashboard/service_health.py): PING, and XLEN and XPENDING on the alarm stream; no other key and
+no pub/sub channel. deploy/ defines the same user from ``dashboard_acl_rules``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import secrets
 from pathlib import Path
 from urllib.parse import quote
@@ -14,7 +21,19 @@ from urllib.parse import quote
 from stack.service import EmbeddedService
 
 PASSWORD_FILE_NAME = "password"
+DASHBOARD_PASSWORD_FILE_NAME = "dashboard_password"
 CONFIG_FILE_NAME = "redis.conf"
+DASHBOARD_REDIS_USER = "steel-dashboard"
+# What the dashboard calls: service_health.alarm_backlog (XLEN, XPENDING summary) and the status
+# probe (PING; INFO is not granted, the probe then shows no version).
+DASHBOARD_REDIS_COMMANDS = ("ping", "xlen", "xpending")
+
+
+def dashboard_acl_rules(alarm_stream: str) -> str:
+    """ACL rules (after the user name and password) of the dashboard's Redis user."""
+    key = re.sub(r"([*?\[\]\\])", r"\\\1", alarm_stream)  # the stream's name, not a pattern
+    commands = " ".join(f"+{c}" for c in DASHBOARD_REDIS_COMMANDS)
+    return f"resetkeys ~{key} resetchannels -@all {commands}"
 
 
 def redis_server_binary() -> Path:
@@ -36,7 +55,10 @@ def probe_url(url: str, timeout_s: float = 2.0) -> str:
     )
     try:
         client.ping()
-        info = client.info("server")
+        try:
+            info = client.info("server")
+        except redis.exceptions.NoPermissionError:  # a user allowed PING only (the dashboard's)
+            return "Redis"
     finally:
         client.close()
     return f"Redis {info.get('redis_version', '?')}"
@@ -54,6 +76,10 @@ class RedisServer(EmbeddedService):
     name = "redis"
     stop_timeout_s = 10.0
 
+    def __init__(self, run_dir: Path, port: int, *, alarm_stream: str = "steel:alarms") -> None:
+        super().__init__(run_dir, port)
+        self.alarm_stream = alarm_stream
+
     @property
     def password_file(self) -> Path:
         return self.service_dir / PASSWORD_FILE_NAME
@@ -66,16 +92,29 @@ class RedisServer(EmbeddedService):
     def data_dir(self) -> Path:
         return self.service_dir / "data"
 
-    def password(self) -> str:
-        """The server's password, generated on first use."""
-        if not self.password_file.exists():
+    def _secret(self, path: Path) -> str:
+        if not path.exists():
             self.service_dir.mkdir(parents=True, exist_ok=True)
-            _write_private(self.password_file, secrets.token_urlsafe(24))
-        return self.password_file.read_text().strip()
+            _write_private(path, secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+    def password(self) -> str:
+        """The server's password (the default user's), generated on first use."""
+        return self._secret(self.password_file)
+
+    def dashboard_password(self) -> str:
+        """The dashboard user's password, generated on first use."""
+        return self._secret(self.service_dir / DASHBOARD_PASSWORD_FILE_NAME)
 
     @property
     def url(self) -> str:
         return f"redis://:{quote(self.password(), safe='')}@{self.host}:{self.port}/0"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The URL of the dashboard's ACL user (DASHBOARD_REDIS_USER)."""
+        secret = quote(self.dashboard_password(), safe="")
+        return f"redis://{DASHBOARD_REDIS_USER}:{secret}@{self.host}:{self.port}/0"
 
     def prepare(self) -> None:
         super().prepare()
@@ -84,6 +123,10 @@ class RedisServer(EmbeddedService):
             f"bind {self.host}",
             f"port {self.port}",
             f"requirepass {self.password()}",
+            # Only the password's SHA-256 is in the file (#hash); rules: dashboard_acl_rules.
+            f"user {DASHBOARD_REDIS_USER} reset on "
+            f"#{hashlib.sha256(self.dashboard_password().encode()).hexdigest()} "
+            + dashboard_acl_rules(self.alarm_stream),
             "protected-mode yes",
             "daemonize no",
             f'dir "{self.data_dir}"',

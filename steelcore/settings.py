@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     dashboard_db_url: SecretStr | None = Field(
         None, description="read-only login URL; unset = the defect DB URL as role steel_dashboard"
     )
+    dashboard_redis_url: SecretStr | None = Field(
+        None,
+        description="Redis URL of the dashboard's own ACL user (steel-dashboard: XLEN and XPENDING on "
+        "the alarm stream, PING); unset = the embedded server's dashboard user, else STEEL_REDIS_URL",
+    )
     dashboard_feedback_db_url: SecretStr | None = Field(
         None, description="feedback writer login URL; unset = the defect DB URL as role steel_feedback"
     )
