@@ -57,6 +57,8 @@ ROLE_NEEDS = {
     "dashboard": {"kafka", "postgres", "redis", "triton"},
     "migrate": {"postgres"},
 }
+# The dashboard reaches Redis as its own ACL user, through its own setting.
+ROLE_URL_VARS = {"dashboard": {**URL_VARS, "redis": "STEEL_DASHBOARD_REDIS_URL"}}
 TOPIC_VARS = ("STEEL_FRAMES_TOPIC", "STEEL_TRUTH_TOPIC", "STEEL_DEAD_LETTER_TOPIC")
 # Triton 2.51's metrics (server docs, metrics.md) the dashboard may use.
 TRITON_METRICS = {
@@ -114,6 +116,10 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 def _command(service: dict[str, Any]) -> list[str]:
     command = service.get("command") or []
     return [command] if isinstance(command, str) else [str(c) for c in command]
+
+
+def _url_var(role: str, service: str) -> str:
+    return ROLE_URL_VARS.get(role, URL_VARS)[service]
 
 
 def _compose_role(service: dict[str, Any]) -> str | None:
@@ -316,7 +322,7 @@ def test_every_role_gets_the_urls_it_uses(services: dict[str, Any], k8s: list[di
     roles = _all_roles(services, k8s)
     assert {role for role, _, _ in roles} == set(ROLE_NEEDS)
     for role, env, where in roles:
-        missing = sorted(URL_VARS[s] for s in ROLE_NEEDS[role] if not env.get(URL_VARS[s]))
+        missing = sorted(_url_var(role, s) for s in ROLE_NEEDS[role] if not env.get(_url_var(role, s)))
         assert missing == [], f"{where} ({role}) lacks {missing}"
         if role == "dashboard":
             assert env.get("STEEL_DASHBOARD_DB_URL") and env.get("STEEL_DASHBOARD_FEEDBACK_DB_URL"), where
@@ -359,8 +365,9 @@ def test_compose_urls_point_at_listening_services(services: dict[str, Any]) -> N
     ports = _compose_ports(services)
     for role, env, where in _compose_roles(services):
         for service in ROLE_NEEDS[role]:
-            for host, port in _hosts(URL_VARS[service], env[URL_VARS[service]]):
-                assert port in ports.get(host, set()), f"{where}: {URL_VARS[service]} -> {host}:{port}"
+            var = _url_var(role, service)
+            for host, port in _hosts(var, env[var]):
+                assert port in ports.get(host, set()), f"{where}: {var} -> {host}:{port}"
         if env.get("STEEL_TRITON_PROTOCOL", "grpc") == "grpc" and "STEEL_TRITON_URL" in env:
             assert env["STEEL_TRITON_URL"].endswith(":8001"), where
         elif "STEEL_TRITON_URL" in env:
@@ -377,8 +384,9 @@ def test_k8s_urls_point_at_services(k8s: list[dict[str, Any]]) -> None:
     }
     for role, env, where in _k8s_roles(k8s):
         for service in ROLE_NEEDS[role]:
-            for host, port in _hosts(URL_VARS[service], env[URL_VARS[service]]):
-                assert port in ports.get(host, set()), f"{where}: {URL_VARS[service]} -> {host}:{port}"
+            var = _url_var(role, service)
+            for host, port in _hosts(var, env[var]):
+                assert port in ports.get(host, set()), f"{where}: {var} -> {host}:{port}"
 
 
 def test_no_secret_is_written_into_the_repository(
@@ -691,3 +699,92 @@ def test_workers_log_in_as_the_writer_login_never_as_the_owner(
     # Whoever creates the roles gives the worker login its password from the environment.
     migrations = [env for role, env, _ in _all_roles(services, k8s) if role == "migrate"]
     assert len(migrations) == 2 and all(env.get("STEEL_WORKER_DB_PASSWORD") for env in migrations)
+
+
+# --- least privilege: the dashboard's Redis user, Kafka principals --------------------------------
+
+
+def test_the_dashboard_gets_its_own_redis_user_never_the_default_one(
+    services: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    from stack.redis_server import DASHBOARD_REDIS_USER, dashboard_acl_rules
+
+    dashboards = [(env, where) for role, env, where in _all_roles(services, k8s) if role == "dashboard"]
+    assert len(dashboards) == 2
+    for env, where in dashboards:
+        assert "STEEL_REDIS_URL" not in env and "REDIS_PASSWORD" not in env, where
+        url = urlsplit(_PLACEHOLDER.sub("secret", env["STEEL_DASHBOARD_REDIS_URL"]))
+        assert url.username == DASHBOARD_REDIS_USER, where
+    assert "redis-password" not in K8S.joinpath("dashboard.yaml").read_text()
+    # Both Redis servers define that user with exactly the embedded server's rules.
+    stream = _environment(services["worker"])["STEEL_ALARM_STREAM"]
+    assert stream == _one(k8s, "ConfigMap", "steel-config")["data"]["STEEL_ALARM_STREAM"]
+    redis_pod = _one(k8s, "StatefulSet", "steel-redis")["spec"]["template"]["spec"]["containers"][0]
+    for where, script in (
+        ("compose", " ".join(_command(services["redis"]))),
+        ("k8s", " ".join(redis_pod["args"])),
+    ):
+        defined = re.findall(rf"user {DASHBOARD_REDIS_USER} reset on #%s ([^\\\n']+)", script)
+        assert defined == [dashboard_acl_rules(stream)], where
+        assert "sha256sum" in script, where  # only the password's hash is in the config file
+    assert "redis_dashboard_password" in services["redis"]["secrets"]
+    assert any(e["name"] == "REDIS_DASHBOARD_PASSWORD" for e in redis_pod["env"])
+
+
+def _acls(user: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """(resource type, name, operation) of every ACL of a KafkaUser; only literal names allowed."""
+    found = set()
+    for acl in user["spec"]["authorization"]["acls"]:
+        resource = acl["resource"]
+        assert resource.get("patternType", "literal") == "literal" and "*" not in resource["name"], acl
+        assert acl.get("type", "allow") == "allow" and acl.get("host", "*") == "*", acl
+        found |= {(resource["type"], resource["name"], op) for op in acl["operations"]}
+    return found
+
+
+def test_kafka_acls_per_principal_allow_each_role_only_what_it_does(k8s: list[dict[str, Any]]) -> None:
+    kafka = _one(k8s, "Kafka")["spec"]["kafka"]
+    assert kafka["authorization"]["type"] == "simple"
+    assert (
+        "allow.everyone.if.no.acl.found" not in kafka["config"] and "superUsers" not in kafka["authorization"]
+    )
+    config = _one(k8s, "ConfigMap", "steel-config")["data"]
+    assert "STEEL_KAFKA_SASL_USERNAME" not in config  # no shared principal
+    frames, truth, dead = (config[v] for v in TOPIC_VARS)
+    group = config["STEEL_CONSUMER_GROUP"]
+    users = {d["metadata"]["name"]: d for d in k8s if d["kind"] == "KafkaUser"}
+    assert set(users) == {"steel-producer", "steel-worker", "steel-dashboard"}
+    assert _acls(users["steel-producer"]) == {
+        ("topic", frames, "Write"),
+        ("topic", frames, "Describe"),
+        ("topic", truth, "Write"),
+        ("topic", truth, "Describe"),
+    }
+    assert _acls(users["steel-worker"]) == {
+        ("topic", frames, "Read"),
+        ("topic", frames, "Describe"),
+        ("group", group, "Read"),
+        ("group", group, "Describe"),
+        ("topic", dead, "Write"),
+        ("topic", dead, "Describe"),
+    }
+    assert _acls(users["steel-dashboard"]) == {("topic", t, "Describe") for t in (frames, truth, dead)}
+
+    # Each role logs in as its own principal, with that principal's password.
+    expected = {"work": "steel-worker", "produce": "steel-producer", "dashboard": "steel-dashboard"}
+    seen = set()
+    for _, pod in _workloads(k8s):
+        for container in pod["containers"]:
+            role = _k8s_role(container)
+            if role not in expected:
+                assert not any("SASL" in e["name"] for e in container.get("env", [])), role
+                continue
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env["STEEL_KAFKA_SASL_USERNAME"]["value"] == expected[role]
+            ref = env["STEEL_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == (expected[role], "password")
+            seen.add(role)
+    assert seen == set(expected)
+    # KEDA reads the group's lag as the workers' principal.
+    auth = _one(k8s, "TriggerAuthentication")["spec"]
+    assert {r["name"] for r in auth["secretTargetRef"] if r["parameter"] == "password"} == {"steel-worker"}
