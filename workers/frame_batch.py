@@ -219,6 +219,9 @@ class Batch:
     messages: list[Any]
     received_at: datetime
     rebalances_at_consume: int
+    # The broker log the worker believed it was reading when the batch was consumed (a counter
+    # the worker bumps when the embedded broker restarts): offsets of another log are never committed.
+    log_epoch: int = 0
     valid: list[ValidFrame] = field(default_factory=list)
     rejects: list[Rejected] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)

@@ -35,10 +35,20 @@ subscribes with a pattern to the frames buckets from a floor upwards; its janito
 (workers.topic_janitor) raises the floor past buckets the group has consumed and deletes them
 once every worker has had time to drop them. The worker re-subscribes between batches when the
 floor moves.
+
+A restart of the embedded (memory) broker loses its log, topics and committed offsets, but the
+consumer goes on fetching at its old positions, which in the new log skip whatever was written
+there first, and a batch read before the restart (or at such a position) would commit its offsets
+into the new log, where the group then resumes. So against the embedded broker the worker asks the
+broker's cluster id (steelcore.kafka_clients.BrokerIncarnation) every BROKER_CHECK_INTERVAL_S
+between batches and before every commit; on a new one it seeks every assigned partition to the
+beginning of the new log and commits no offsets of a batch consumed before it noticed (that batch
+is still stored: the write is idempotent, and its frames may exist nowhere else any more).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -51,8 +61,9 @@ from typing import Any
 
 import numpy as np
 import redis
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from steelcore.kafka_clients import BrokerIncarnation
 from steelcore.settings import Settings, get_settings
 from steelcore.topic_rotation import SUBSCRIPTION_REFRESH_MS, rotation_seconds, subscription_pattern
 from workers.alarm_relay import AlarmRelay, AlarmRelayThread
@@ -81,6 +92,11 @@ from workers.worker_parts import (
 )
 
 log = logging.getLogger("steel.worker")
+
+# Against the embedded broker: how often the worker asks its cluster id between batches (it also
+# asks before every commit), and how long it waits for the answer there.
+BROKER_CHECK_INTERVAL_S = 1.0
+BROKER_CHECK_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -149,12 +165,19 @@ class InferenceWorker:
         self.stop_event = threading.Event()
         self._backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         self._paused = False
-        self._carry: list[Any] = []  # fetched while paused; handled before consuming more
+        # Fetched while paused, with the log epoch they were read in; handled before consuming more.
+        self._carry: list[tuple[int, Any]] = []
         self._rebalances = 0
         self._stop_deadline: float | None = None
         self._redis: Any = None
         self._last_log = time.monotonic()
         self._embedded_kafka = True
+        # The embedded broker's restarts (see the module docstring): the incarnation last seen, a
+        # counter of those seen, and the assigned partitions still to seek to the new log's start.
+        self._incarnation: BrokerIncarnation | None = None
+        self._log_epoch = 0
+        self._next_broker_check = 0.0
+        self._unreset: set[tuple[str, int]] = set()
 
     # --- life -----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -209,6 +232,9 @@ class InferenceWorker:
             self._janitor_thread = JanitorThread(self.janitor, s.topic_janitor_interval_s)
             self._janitor_thread.start()
         self._subscribe()
+        if self._embedded_kafka:
+            self._incarnation = BrokerIncarnation(timeout_s=BROKER_CHECK_TIMEOUT_S)
+            self._check_broker(quiet=True)  # records the cluster id of the log being read
 
     def _subscribe(self) -> None:
         """Subscribe to the frames topic, or with rotation to its buckets from the janitor's floor up."""
@@ -280,6 +306,8 @@ class InferenceWorker:
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
         consumer.assign(partitions)
+        # A new assignment starts from the offsets committed in the broker's current log.
+        self._unreset -= {(tp.topic, tp.partition) for tp in partitions}
         if self._paused:
             # The eager protocol drops the pause state with the old assignment: pause the new one.
             consumer.pause(partitions)
@@ -296,19 +324,64 @@ class InferenceWorker:
         janitor = self.janitor if self.rotation_s > 0 else None
         if janitor is not None and janitor.floor != self._floor and not self._carry:
             self._subscribe()  # drained buckets leave the assignment (rebalance) before deletion
+        if self._incarnation is not None and (self._unreset or time.monotonic() >= self._next_broker_check):
+            self._check_broker(quiet=True)
         if self._carry:
-            usable, self._carry = self._carry[: self.config.batch_size], self._carry[self.config.batch_size :]
+            epoch = self._carry[0][0]  # one batch never mixes messages of two logs
+            taken = list(itertools.takewhile(lambda c: c[0] == epoch, self._carry[: self.config.batch_size]))
+            self._carry = self._carry[len(taken) :]
+            usable = [message for _, message in taken]
         else:
+            epoch = self._log_epoch
             fetched = self.consumer.consume(
                 num_messages=self.config.batch_size, timeout=self.config.batch_wait_s
             )
             usable = [m for m in fetched if not self._is_error(m)]
         if usable:
-            batch = Batch(usable, datetime.now(UTC), self._rebalances)
+            batch = Batch(usable, datetime.now(UTC), self._rebalances, log_epoch=epoch)
             self.metrics.batch_frames.observe(len(usable))
             self._process(batch)
         self._maybe_log()
         return len(usable)
+
+    def _check_broker(self, *, quiet: bool) -> None:
+        """Ask the embedded broker its cluster id; on a new incarnation, read every assigned
+        partition again from the start of the new log. ``quiet``: a broker that does not answer is
+        left for the next check; otherwise its KafkaException propagates (an outage of the step)."""
+        assert self._incarnation is not None and self.consumer is not None
+        self._next_broker_check = time.monotonic() + BROKER_CHECK_INTERVAL_S
+        try:
+            changed = self._incarnation.changed(self.consumer)
+        except KafkaException as exc:
+            if not quiet:
+                raise
+            log.debug("broker check: %s", exc)
+            return
+        if changed:
+            self._log_epoch += 1
+            self.metrics.broker_restarts.inc()
+            self._unreset = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+            log.error(
+                "the Kafka broker restarted with an empty log: reading %s again from the beginning of "
+                "the new log; offsets of messages read before now are not committed",
+                ", ".join(f"{t}[{p}]" for t, p in sorted(self._unreset)) or "no assigned partition",
+            )
+        self._seek_unreset()
+
+    def _seek_unreset(self) -> None:
+        """Seek the partitions still at old-log positions to the beginning; a seek the consumer
+        refuses now is tried again before the next batch (their offsets are not committed meanwhile)."""
+        if not self._unreset:
+            return
+        assert self.consumer is not None
+        self._unreset &= {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        for topic, partition in sorted(self._unreset):
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, OFFSET_BEGINNING))
+            except KafkaException as exc:
+                log.info("seeking %s[%d] to the beginning failed (%s); trying again", topic, partition, exc)
+                continue
+            self._unreset.discard((topic, partition))
 
     def _is_error(self, message: Any) -> bool:
         err = message.error()
@@ -460,12 +533,25 @@ class InferenceWorker:
 
     def _commit(self, batch: Batch) -> None:
         assert self.consumer is not None
+        if self._incarnation is not None:
+            # Right before the commit: a broker restarted since the batch was consumed has a new log,
+            # where these offsets would make the group skip its first messages.
+            self._check_broker(quiet=False)
+        if batch.log_epoch != self._log_epoch:
+            log.warning(
+                "not committing %s: read before the broker restarted (the new log is read from its start)",
+                sorted(batch.offsets),
+            )
+            return
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        offsets = {k: v for k, v in batch.offsets.items() if k in assigned}
+        offsets = {k: v for k, v in batch.offsets.items() if k in assigned and k not in self._unreset}
         if len(offsets) < len(batch.offsets):
             # Revoked meanwhile: the new owner starts from the last commit and redelivers these;
-            # the idempotent write makes that harmless.
-            log.info("not committing %s: no longer assigned", sorted(set(batch.offsets) - set(offsets)))
+            # the idempotent write makes that harmless. (Or still to be sought to a new log's start.)
+            log.info(
+                "not committing %s: no longer assigned, or not yet read from the new log's start",
+                sorted(set(batch.offsets) - set(offsets)),
+            )
         if offsets and self._rebalances != batch.rebalances_at_consume:
             offsets = self._ahead_of_committed(offsets)
         if not offsets:
@@ -530,7 +616,7 @@ class InferenceWorker:
             fetched = self.consumer.consume(num_messages=self.config.batch_size, timeout=min(remaining, 1.0))
             usable = [m for m in fetched if not self._is_error(m)]
             if usable:
-                self._carry.extend(usable)
+                self._carry.extend((self._log_epoch, m) for m in usable)
                 self.consumer.pause(self.consumer.assignment())
 
     # --- bookkeeping ----------------------------------------------------------------------------

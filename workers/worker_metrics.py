@@ -51,6 +51,11 @@ class WorkerMetrics:
             "Alarm stream entries trimmed by age before every consumer group acknowledged them (lost)",
             registry=r,
         )
+        self.broker_restarts = Counter(
+            "steel_worker_broker_restarts",
+            "Restarts of the embedded broker noticed (a new, empty log: read again from its beginning)",
+            registry=r,
+        )
         self.alarm_stream_length = Gauge(
             "steel_worker_alarm_stream_length", "Entries on the alarm stream after the last trim", registry=r
         )

@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,8 @@ class FakeConsumer:
         self.consumes = 0
         self.revoke: tuple[int, int] | None = None  # (at consume call number, partition)
         self.subscriptions: list[list[str]] = []
+        self.cluster_id = "steel-first"  # what the broker answers; a restarted embedded broker has a new one
+        self.seeks: list[tuple[int, int]] = []
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.callbacks = callbacks
@@ -144,6 +147,13 @@ class FakeConsumer:
 
     def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
         return []
+
+    def list_topics(self, timeout: float) -> Any:
+        return SimpleNamespace(cluster_id=self.cluster_id)
+
+    def seek(self, partition: Any) -> None:
+        self.journal.append("seek")
+        self.seeks.append((partition.partition, partition.offset))
 
     def close(self) -> None:
         self.closed = True
@@ -485,6 +495,70 @@ def test_partitions_revoked_during_an_outage_are_not_committed() -> None:
     assert consumer.commits == [{(TOPIC, 0): 12}]
     assert {tp.partition for tp in consumer.assigned} == {0} and consumer.paused == set()
     assert journal.count("pause") == 2  # the new assignment was paused again while the batch was held
+
+
+def test_a_batch_read_before_a_broker_restart_is_stored_but_its_offsets_are_not_committed() -> None:
+    """The embedded broker restarts (new cluster id, empty log) between the consume and the commit
+    of a batch: its offsets (of the old log, or old positions in the new one) would make the group
+    skip the start of the new log. The batch is stored, not committed, and every assigned
+    partition is read again from the beginning; the next batch is committed as usual."""
+    from confluent_kafka import OFFSET_BEGINNING
+
+    worker, journal, parts = make_worker([])
+    consumer = parts["consumer"]
+    consumer.pending = good_messages(4)  # offsets 10-11 on partitions 0 and 1
+    real_consume = consumer.consume
+
+    def consume_then_restart(num_messages: int, timeout: float) -> list[FakeMessage]:
+        out = real_consume(num_messages, timeout)
+        consumer.cluster_id = "steel-second"
+        return out
+
+    consumer.consume = consume_then_restart
+    assert worker.run_once() == 4
+    assert len(parts["store"].rows) == 4 and len(parts["alarm_publisher"].published) == 4
+    assert consumer.commits == []
+    assert sorted(consumer.seeks) == [(0, OFFSET_BEGINNING), (1, OFFSET_BEGINNING)]
+    assert worker.metrics.value("steel_worker_broker_restarts_total") == 1
+
+    consumer.consume = real_consume
+    consumer.pending = [FakeMessage(frame_value(100 + i), i % 2, i // 2) for i in range(4)]  # the new log
+    assert worker.run_once() == 4
+    assert consumer.commits == [{(TOPIC, 0): 2, (TOPIC, 1): 2}]
+    assert journal.count("seek") == 2
+
+
+def test_a_restart_noticed_between_batches_rewinds_before_the_next_consume() -> None:
+    """Between batches the worker asks the broker's cluster id; on a new one it seeks every
+    assigned partition to the start of the new log before consuming, and a seek the consumer
+    refuses is retried (its partition's offsets uncommitted meanwhile)."""
+    from confluent_kafka import OFFSET_BEGINNING, KafkaException
+
+    worker, journal, parts = make_worker([])
+    consumer = parts["consumer"]
+    refusals = [1, 1]
+    real_seek = consumer.seek
+
+    def seek(partition: Any) -> None:
+        if partition.partition == 1 and refusals:
+            refusals.pop()
+            raise KafkaException("Local: Erroneous state")
+        real_seek(partition)
+
+    consumer.seek = seek
+    consumer.cluster_id = "steel-second"
+    worker._next_broker_check = 0.0
+    consumer.pending = [FakeMessage(frame_value(i), i % 2, i // 2) for i in range(4)]
+    assert worker.run_once() == 4
+    assert journal.index("seek") < journal.index("infer")
+    # Partition 1 refused its seek at the check and again before the commit: not committed.
+    assert consumer.seeks == [(0, OFFSET_BEGINNING)]
+    assert consumer.commits == [{(TOPIC, 0): 2}]
+    consumer.pending = [FakeMessage(frame_value(10), 0, 2)]
+    assert worker.run_once() == 1  # the seek is tried again before the next consume
+    assert consumer.seeks == [(0, OFFSET_BEGINNING), (1, OFFSET_BEGINNING)]
+    assert consumer.commits[-1] == {(TOPIC, 0): 3}
+    assert worker.metrics.value("steel_worker_broker_restarts_total") == 1
 
 
 def test_a_non_transient_error_propagates_without_commit() -> None:
