@@ -236,6 +236,11 @@ def search_class(
     # Among ties (common on small or easy splits) keep the setting nearest the untuned one.
     ties = np.argwhere(scores >= scores.max() - 1e-12)
     ti, ai, gi = min(ties.tolist(), key=lambda idx: (abs(PIXEL_THRESHOLDS[idx[0]] - 0.5), idx[1], idx[2]))
+    # A gate that changes nothing on these frames (the segmenter never finds the class here) is set as
+    # high as the grid goes: the class then costs the cascade no segmentation unless the classifier is
+    # sure, instead of holding every frame open for a class the model has not learned to find.
+    if np.ptp(scores[ti, ai]) <= 1e-12:
+        gi = len(gates) - 1
     raw = scores[PIXEL_THRESHOLDS.index(0.5), 0, 0]  # gates[0] and min_areas[0] are 0: no gate, no area
     gate = gates[gi] if cache.cls is not None else 0.0
     best = float(scores[ti, ai, gi])

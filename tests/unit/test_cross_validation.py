@@ -242,3 +242,24 @@ def test_eval_robustness_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert row["within_target"] == (base - row["mean_dice"] <= 0.02)
     assert main([*argv, "--no-progress"]) == exit_codes.OK
     assert "robustness" not in json.loads(out.read_text())
+
+
+def test_a_gate_that_changes_nothing_is_set_high_so_the_cascade_skips_the_class() -> None:
+    from training.tune import GATE_THRESHOLDS, PIXEL_THRESHOLDS, ProbabilityCache, search
+
+    rng = np.random.default_rng(0)
+    n, h, w = 12, 16, 32
+    truth = np.zeros((n, 2, h, w), bool)
+    seg = np.zeros((n, 2, h, w), np.uint8)
+    for i in range(0, n, 2):  # class index 1 present on every other frame and found...
+        truth[i, 1, 4:10, 5:20] = True
+        seg[i, 1, 4:10, 5:20] = 230
+        seg[i + 1, 1, 0:12, 0:30] = 200  # ...and painted on the clean frames between, which the gate clears
+    truth[3, 0, 2:6, 2:6] = True  # class index 0: one frame holds it, the segmenter never finds it
+    cls = (rng.random((n, 2)) * 0.5).astype(np.float32)
+    cls[::2, 1] = 0.99
+    cache = ProbabilityCache(1, h * w, list(seg), list(truth), cls)
+    params, _ = search(cache)
+    assert params.gate_threshold[0] == GATE_THRESHOLDS[-1]  # changes nothing: as high as the grid goes
+    assert params.gate_threshold[1] < GATE_THRESHOLDS[-1]
+    assert params.pixel_threshold[0] == 0.5 and 0.5 in PIXEL_THRESHOLDS
