@@ -162,6 +162,18 @@ def in_process_call(bundle_path: Path) -> Callable[[np.ndarray], object]:
     return call
 
 
+def real_frames(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(every frame, the defect-free frames) of a Kaggle-layout folder of 1600x256 frames."""
+    from training.datasets import open_dataset
+
+    dataset = open_dataset(folder, "all")
+    clean = ~dataset.class_presence().any(axis=1)
+    frames = np.stack([dataset.read_image(i) for i in dataset.image_ids])
+    if not clean.any():
+        raise ValueError(f"{folder} holds no defect-free frame to show the cascade skipping work")
+    return frames, frames[clean]
+
+
 def synthetic_frames(seed: int, count: int) -> tuple[np.ndarray, int]:
     """``count`` frames of the synthetic camera (Severstal class mix) and how many are clean."""
     from producers.synthetic_camera import SyntheticCamera
@@ -180,6 +192,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=16, help="distinct synthetic frames (default 16)")
     parser.add_argument("--frames-per-case", type=int, default=64, help="frames sent per case (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic camera seed")
+    parser.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        help="also compare cascade and ensemble on the real frames of this Kaggle-layout folder (all of "
+        "them, then the defect-free ones alone: what the cascade's gate saves on a clean strip)",
+    )
     parser.add_argument(
         "--torch-threads", type=int, default=None, help="in-process torch threads (default: all cores)"
     )
@@ -260,6 +279,17 @@ def run(args: argparse.Namespace) -> int:
                     clients["steel_ensemble"], bundle_path, frames, metrics_url, args
                 )
                 results += _cascade_vs_ensemble(clients, frames, metrics_url, args)
+                if args.real is not None:
+                    real, clean_real = real_frames(args.real)
+                    config["real_frames"] = {
+                        "folder": str(args.real),
+                        "all": len(real),
+                        "clean": len(clean_real),
+                    }
+                    results += _cascade_vs_ensemble(clients, real, metrics_url, args, "real frames")
+                    results += _cascade_vs_ensemble(
+                        clients, clean_real, metrics_url, args, "real clean frames"
+                    )
             finally:
                 for client in clients.values():
                     client.close()
@@ -320,9 +350,13 @@ def _ensemble_vs_in_process(
 
 
 def _cascade_vs_ensemble(
-    clients: dict[str, Any], frames: np.ndarray, metrics_url: str | None, args: argparse.Namespace
+    clients: dict[str, Any],
+    frames: np.ndarray,
+    metrics_url: str | None,
+    args: argparse.Namespace,
+    source: str = "synthetic mix",
 ) -> list[dict[str, Any]]:
-    print("cascade vs ensemble on the synthetic mix", flush=True)
+    print(f"cascade vs ensemble on the {source}", flush=True)
     # The cascade segments a subset of each batch; CPU results can differ in the last bits between
     # batch sizes, so a pixel at its threshold may flip. This share says how often that happened.
     ensemble_rles = clients["steel_ensemble"].infer(frames).rles
@@ -335,7 +369,8 @@ def _cascade_vs_ensemble(
         plain = _case("triton-ensemble", clients["steel_ensemble"].infer, batches, concurrency, metrics_url)
         cascade = _case("triton-cascade", clients["steel_cascade"].infer, batches, concurrency, metrics_url)
         for row in (plain, cascade):
-            row["comparison"] = "cascade_vs_ensemble"
+            row["comparison"] = "cascade_vs_ensemble" if source == "synthetic mix" else f"cascade ({source})"
+            row["frames_source"] = source
         cascade["gain_vs_ensemble"] = cascade["frames_per_s"] / plain["frames_per_s"]
         cascade["identical_rle_share"] = identical
         segmenter = cascade.get("triton_split", {}).get("segmenter")
