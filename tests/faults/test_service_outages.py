@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fault_stack import KAFKA_LOG, FaultCase, wait_until
+from sqlalchemy import text
 
 from stack.kafka_broker import KafkaBroker
 from stack.postgres_server import PostgresServer
@@ -121,12 +122,13 @@ def test_broker_restart_loses_the_memory_log_and_everyone_recovers(
 ) -> None:
     """The embedded broker keeps its log in memory. A worker has stored every frame sent so far;
     it is frozen (SIGSTOP) while more frames are published, the broker is killed (SIGKILL) and
-    started again, the worker resumes and the same producer publishes again. Expected: the
-    restart is detected (the broker reports a new cluster id); the producer's next frames are
-    delivered (it must not stay stuck on its forgotten producer id); the worker rejoins, reads
-    the new log from the start and stores every frame sent after the restart exactly once; the
-    frames that the old broker had acknowledged but no worker had consumed are lost, and only
-    those. A durable, replicated Kafka
+    started again, the same producer publishes again (into the new log, at offsets below the
+    frozen worker's old positions) and only then the worker resumes. Expected: the restart is
+    detected (the broker reports a new cluster id) by the test and by the worker; the producer's
+    next frames are delivered (it must not stay stuck on its forgotten producer id); the new log
+    holds exactly those frames; the worker reads the new log from its start and stores every one
+    of them exactly once (none skipped at its old positions); the frames that the old broker had
+    acknowledged but no worker had consumed are lost, and only those. A durable, replicated Kafka
     keeps them (and the committed offsets), so there nothing is lost."""
     from confluent_kafka.admin import AdminClient
 
@@ -148,23 +150,43 @@ def test_broker_restart_loses_the_memory_log_and_everyone_recovers(
     process.kill()
     process.wait(10)
     private_broker.start(timeout_s=60)
-    restart_s = time.monotonic() - restart_began
+    restarted = time.monotonic()
     detected = incarnation.changed(admin)
+    # Published before the worker resumes: its first fetches then find the new log holding frames
+    # at and above its old positions (6 per partition), the window in which a consumer that kept
+    # those positions skips the frames below them.
+    second = case.publish(8)
+    delivered_s = time.monotonic() - restarted
+    in_new_log = [
+        dict(m.headers() or []).get("frame_id", b"?").decode()
+        for m in case.read_topic(case.settings.frames_topic, len(second))
+    ]
     worker.send(signal.SIGCONT)
     resumed = time.monotonic()
-    second = case.publish(8)
-    delivered_s = time.monotonic() - resumed
-    settle_s = case.settle(len(first) + len(second))
+    try:
+        settle_s = case.settle(len(first) + len(second))
+    except AssertionError:
+        with case.engine.connect() as conn:
+            stored = {r[0] for r in conn.execute(text("SELECT frame_id FROM frames"))}
+        skipped = sorted(set(in_new_log) - stored)
+        raise AssertionError(
+            f"the worker skipped {len(skipped)} of the {len(in_new_log)} frames in the new log: {skipped[:4]}"
+        ) from None
+    worker_noticed = worker.metric("steel_worker_broker_restarts_total")
     outcome = {
-        "restart_s": round(restart_s, 1),
+        "restart_s": round(restarted - restart_began, 1),
         "restart_detected": detected,
+        "restarts_noticed_by_worker": worker_noticed,
         "cluster_ids": [before_id, incarnation.cluster_id],
         "seconds_to_deliver_after_restart": round(delivered_s, 1),
+        "frames_in_new_log": len(in_new_log),
         "seconds_resume_to_all_stored": round(time.monotonic() - resumed, 1),
         "settle_s": round(settle_s, 1),
         **case.audit(first + second, lost=unconsumed),
         **case.finish_workers([worker]),
     }
     record_outcome(outcome)
-    assert detected
+    assert detected and worker_noticed == 1
+    # What the broker lost is what it held before the restart; the new log is exactly what came after.
+    assert sorted(in_new_log) == sorted(second)
     assert outcome["frames_lost"] == len(unconsumed)
