@@ -351,6 +351,16 @@ class Demo:
             total += int(json.loads(path.read_text())["delivery"]["frames_delivered"])
         return total
 
+    def _truth_delivered(self) -> int | None:
+        """Truth messages the cameras delivered, from their summaries; None while one has none."""
+        total = 0
+        for child in self.producers:
+            path = self.log_dir / f"{child.name}.json"
+            if child.returncode is None or not path.is_file():
+                return None
+            total += int(json.loads(path.read_text())["delivery"]["truth_delivered"])
+        return total
+
     # --- stop -----------------------------------------------------------------------------------
     def _shutdown(self) -> dict[str, Any] | None:
         """Stop children in order, collect the final summary, stop the stack; None if nothing ran."""
@@ -360,10 +370,15 @@ class Demo:
         produced, stages = 0, {}
         if self.summary is not None:
             produced = self._produced()
+            # The live Dice scores a stored frame once its truth has been read, and the truth reader
+            # can be seconds behind the workers (each rebalance of its group waits 3 s on the
+            # embedded broker): wait for the truth the cameras delivered too.
+            truth = self._truth_delivered()
             deadline = time.monotonic() + self.args.drain_timeout_s
             workers_alive = any(w.running for w in self.workers)
             while workers_alive and not self.hurry.is_set() and time.monotonic() < deadline:
-                if self.summary.refresh(produced).stored >= produced:
+                stored = self.summary.refresh(produced).stored
+                if stored >= produced and (truth is None or self.truth.seen >= truth):
                     break
                 time.sleep(1.0)
             self.summary.refresh(produced)  # the workers' metrics, before they stop
