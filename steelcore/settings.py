@@ -132,6 +132,18 @@ class Settings(BaseSettings):
     worker_metrics_address: str = Field(
         "127.0.0.1", description="address /metrics listens on; 0.0.0.0 where Prometheus scrapes remotely"
     )
+    latency_target_s: float = Field(
+        0.5,
+        gt=0,
+        description="camera-to-alarm p99 target, seconds: workers size their batches to meet it "
+        "(workers.batch_policy), and the live and health pages show the consumer lag red past it",
+    )
+    overload_hold_s: float = Field(
+        15.0,
+        gt=0,
+        description="a worker whose frames stay past latency_target_s this long without the wait "
+        "shrinking reports an overload (error log, steel_worker_overloaded, the health page)",
+    )
     max_capture_ahead_s: float = Field(
         60.0,
         gt=0,

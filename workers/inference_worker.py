@@ -26,6 +26,13 @@ isolated (step 4), and a dead letter refused as too large is sent again smaller
 (workers.worker_parts.DeadLetterProducer). A poison message must never crash the worker, or each
 worker assigned its partition in turn would crash on it.
 
+Batch size and load (workers.batch_policy): the worker waits up to batch_wait_s for one frame, then
+takes the frames already waiting, as many as meet settings.latency_target_s at the measured seconds
+per frame (a short backlog: small batches), or up to batch_size once the oldest frame is past half the
+target (a long backlog: throughput). When the oldest frame of its batches stays past the target for
+settings.overload_hold_s without the wait shrinking, outside outages, the worker says so: an error
+log line (repeated every log_every_s), steel_worker_overloaded = 1, shown on the health page.
+
 Outages (Triton, Postgres, Redis or Kafka unreachable): the batch stays in hand, the assignment is
 paused, and the failed step is retried with capped exponential backoff while the consumer keeps
 being served, so the group membership survives; consumption resumes once the batch is through.
@@ -69,6 +76,7 @@ from steelcore.topic_rotation import SUBSCRIPTION_REFRESH_MS, rotation_seconds, 
 from workers.alarm_relay import AlarmRelay, AlarmRelayThread
 from workers.alarm_rules import AlarmRule
 from workers.alarm_stream import AlarmStream
+from workers.batch_policy import BatchPolicy, OverloadDetector
 from workers.defect_store import StoreResult
 from workers.frame_batch import Batch, Rejected, ValidFrame, build_records, next_offsets, validate_message
 from workers.topic_janitor import BucketJanitor, JanitorThread, janitor_from_settings
@@ -103,8 +111,10 @@ BROKER_CHECK_TIMEOUT_S = 2.0
 class WorkerConfig:
     """Tuning of one worker; the defaults suit the embedded stack on a small machine."""
 
-    batch_size: int = 8  # messages per consume(); one Triton request and one transaction each
-    batch_wait_s: float = 0.2  # how long consume() waits to fill a batch
+    # The largest batch (one Triton request and one transaction); workers.batch_policy picks the
+    # size of each batch up to it, from the backlog and settings.latency_target_s.
+    batch_size: int = 8
+    batch_wait_s: float = 0.2  # how long consume() waits for a first frame before the loop goes round
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
     shutdown_grace_s: float = 30.0  # after a stop request, how long an outage may still delay exit
@@ -178,6 +188,12 @@ class InferenceWorker:
         self._log_epoch = 0
         self._next_broker_check = 0.0
         self._unreset: set[tuple[str, int]] = set()
+        # Batch size by backlog and latency target, and overload detection (workers.batch_policy).
+        self.batching = BatchPolicy(self.settings.latency_target_s, max_batch=self.config.batch_size)
+        self.overload = OverloadDetector(self.settings.latency_target_s, self.settings.overload_hold_s)
+        self._held = False  # the batch in hand met an outage
+        self._served: list[tuple[float, int]] = []  # (monotonic time, frames) of recent batches
+        self.metrics.latency_target.set(self.settings.latency_target_s)
 
     # --- life -----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -333,16 +349,77 @@ class InferenceWorker:
             usable = [message for _, message in taken]
         else:
             epoch = self._log_epoch
-            fetched = self.consumer.consume(
-                num_messages=self.config.batch_size, timeout=self.config.batch_wait_s
-            )
-            usable = [m for m in fetched if not self._is_error(m)]
+            usable = self._fetch()
         if usable:
             batch = Batch(usable, datetime.now(UTC), self._rebalances, log_epoch=epoch)
             self.metrics.batch_frames.observe(len(usable))
+            started, self._held = time.monotonic(), False
             self._process(batch)
+            self._judge_load(batch, time.monotonic() - started)
         self._maybe_log()
         return len(usable)
+
+    def _fetch(self) -> list[Any]:
+        """Wait up to batch_wait_s for a frame, then take the frames already waiting, as many as the
+        batch policy allows for the first one's lag (workers.batch_policy)."""
+        assert self.consumer is not None
+        fetched = self.consumer.consume(num_messages=1, timeout=self.config.batch_wait_s)
+        usable = [m for m in fetched if not self._is_error(m)]
+        if not usable:
+            if not fetched and self.overload.overloaded:
+                self.overload.idle()  # nothing waits: whatever the lag was, it is gone
+                self.metrics.overloaded.set(0)
+                log.warning("load back within what this worker serves: nothing waiting")
+            return usable
+        limit = self.batching.choose(self.config.batch_size, _age_s(usable[0]))
+        self.metrics.batch_limit.set(limit)
+        if limit > 1:
+            more = self.consumer.consume(num_messages=limit - 1, timeout=0)
+            usable += [m for m in more if not self._is_error(m)]
+        return usable
+
+    def _judge_load(self, batch: Batch, seconds: float) -> None:
+        """Teach the batch policy the batch's time, and judge the load by its oldest frame's
+        camera-to-done time: loudly (error log, metric) when it stays past the latency target."""
+        if not batch.valid:
+            return
+        if not self._held:
+            self.batching.observe(len(batch.messages), seconds)
+        oldest = min(f.header.captured_at for f in batch.valid)
+        latency = (datetime.now(UTC) - oldest).total_seconds()
+        self.metrics.frame_latency.set(latency)
+        self._served.append((time.monotonic(), len(batch.valid)))
+        was = self.overload.overloaded
+        if self.overload.update(time.monotonic(), latency, held=self._held):
+            self.metrics.overloaded.set(1)
+            self.metrics.overload_episodes.inc()
+            self._log_overload(latency)
+        elif was and not self.overload.overloaded:
+            self.metrics.overloaded.set(0)
+            log.warning(
+                "load back within what this worker serves: camera-to-done %.2f s (target %.2f s)",
+                latency, self.settings.latency_target_s,
+            )  # fmt: skip
+
+    def _served_fps(self) -> float:
+        """Frames this worker served per second over the last overload_hold_s."""
+        now = time.monotonic()
+        window = self.settings.overload_hold_s
+        self._served = [(t, n) for t, n in self._served if now - t <= window]
+        if len(self._served) < 2:
+            return 0.0
+        span = now - self._served[0][0]
+        return sum(n for _, n in self._served[1:]) / span if span > 0 else 0.0
+
+    def _log_overload(self, latency: float) -> None:
+        log.error(
+            "OVERLOADED: frames wait %.1f s from camera to done (target %.2f s) and the wait has not "
+            "shrunk for %.0f s; this worker serves %.1f frames/s at batches of up to %d (%.0f ms per "
+            "frame). The load is more than this machine serves: lower the camera rate, add workers "
+            "or a faster Triton",
+            latency, self.settings.latency_target_s, self.settings.overload_hold_s, self._served_fps(),
+            self.config.batch_size, 1000 * self.batching.frame_s,
+        )  # fmt: skip
 
     def _check_broker(self, *, quiet: bool) -> None:
         """Ask the embedded broker its cluster id; on a new incarnation, read every assigned
@@ -586,6 +663,7 @@ class InferenceWorker:
                 ) from outage.cause
         if not self._paused:
             self._pause()
+        self._held = True
         delay = self._backoff.next()
         log.warning(
             "%s unavailable (%s); holding %d message(s), retry %d in %.1f s",
@@ -649,6 +727,8 @@ class InferenceWorker:
             return
         self._last_log = time.monotonic()
         m = self.metrics
+        if self.overload.overloaded:
+            self._log_overload(m.value("steel_worker_frame_latency_seconds"))
         log.info(
             "stored %d, duplicate %d, dead-lettered %d frames; %d alarms; event lag %.1f s",
             m.value("steel_worker_frames_total", {"outcome": "stored"}),
@@ -657,6 +737,17 @@ class InferenceWorker:
             m.value("steel_worker_alarms_published_total"),
             m.value("steel_worker_event_lag_seconds"),
         )
+
+
+def _age_s(message: Any) -> float:
+    """Seconds since the message's timestamp (the camera sets it to captured_at); 0 when unknown."""
+    try:
+        kind, ms = message.timestamp()
+    except (AttributeError, TypeError, ValueError):
+        return 0.0
+    if kind == 0 or ms <= 0:  # TIMESTAMP_NOT_AVAILABLE
+        return 0.0
+    return max(0.0, time.time() - ms / 1000.0)
 
 
 def _first_line(exc: BaseException) -> str:

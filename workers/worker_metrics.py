@@ -71,6 +71,27 @@ class WorkerMetrics:
             "Now minus captured_at of the newest frame processed",
             registry=r,
         )
+        # Batch size and load (workers.batch_policy).
+        self.batch_limit = Gauge(
+            "steel_worker_batch_limit", "Most frames the batch policy let the last batch take", registry=r
+        )
+        self.frame_latency = Gauge(
+            "steel_worker_frame_latency_seconds",
+            "Camera to done (stored, alarmed, committed) of the oldest frame of the last batch",
+            registry=r,
+        )
+        self.latency_target = Gauge(
+            "steel_worker_latency_target_seconds", "Camera-to-alarm latency target (settings)", registry=r
+        )
+        self.overloaded = Gauge(
+            "steel_worker_overloaded",
+            "1 while the load is more than this worker serves: camera-to-done past the latency target "
+            "and not shrinking for settings.overload_hold_s",
+            registry=r,
+        )
+        self.overload_episodes = Counter(
+            "steel_worker_overload_episodes", "Times the worker became overloaded", registry=r
+        )
         self.offset_lag = Gauge(
             "steel_worker_offset_lag",
             "High watermark minus position (real Kafka only)",

@@ -490,7 +490,9 @@ def test_a_stop_during_a_lasting_outage_abandons_the_batch_uncommitted() -> None
 def test_partitions_revoked_during_an_outage_are_not_committed() -> None:
     worker, journal, parts = make_worker(good_messages(4), store_failures=1)
     consumer = parts["consumer"]
-    consumer.revoke = (2, 1)  # the first consume returns the batch; partition 1 goes while it is held
+    # The first two consumes fetch the batch (a wait for one frame, then those already waiting);
+    # partition 1 goes at the third, while the batch is held.
+    consumer.revoke = (3, 1)
     worker.run_once()
     assert consumer.commits == [{(TOPIC, 0): 12}]
     assert {tp.partition for tp in consumer.assigned} == {0} and consumer.paused == set()
