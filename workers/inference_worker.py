@@ -105,6 +105,11 @@ log = logging.getLogger("steel.worker")
 # asks before every commit), and how long it waits for the answer there.
 BROKER_CHECK_INTERVAL_S = 1.0
 BROKER_CHECK_TIMEOUT_S = 2.0
+# After a new broker incarnation is noticed, assignments within this long start from the beginning of
+# the new log for partitions this worker has not committed there yet: a commit the new broker
+# refused may still have left a stale offset behind (seen once: the group resumed past frames it
+# never read), and the rejoin that follows a restart comes within seconds.
+BROKER_REWIND_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,8 @@ class InferenceWorker:
         self._log_epoch = 0
         self._next_broker_check = 0.0
         self._unreset: set[tuple[str, int]] = set()
+        self._rewind_until = 0.0
+        self._committed_in_log: set[tuple[str, int]] = set()
         # Batch size by backlog and latency target, and overload detection (workers.batch_policy).
         self.batching = BatchPolicy(self.settings.latency_target_s, max_batch=self.config.batch_size)
         self.overload = OverloadDetector(self.settings.latency_target_s, self.settings.overload_hold_s)
@@ -321,8 +328,16 @@ class InferenceWorker:
     # --- rebalance callbacks (run inside consume) -----------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
+        if time.monotonic() < self._rewind_until:
+            partitions = [
+                tp
+                if (tp.topic, tp.partition) in self._committed_in_log
+                else TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
+                for tp in partitions
+            ]
         consumer.assign(partitions)
-        # A new assignment starts from the offsets committed in the broker's current log.
+        # A new assignment starts from the offsets committed in the broker's current log (or, just
+        # after a restart was noticed, from its beginning).
         self._unreset -= {(tp.topic, tp.partition) for tp in partitions}
         if self._paused:
             # The eager protocol drops the pause state with the old assignment: pause the new one.
@@ -437,6 +452,8 @@ class InferenceWorker:
         if changed:
             self._log_epoch += 1
             self.metrics.broker_restarts.inc()
+            self._rewind_until = time.monotonic() + BROKER_REWIND_S
+            self._committed_in_log = set()
             self._unreset = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
             log.error(
                 "the Kafka broker restarted with an empty log: reading %s again from the beginning of "
@@ -639,6 +656,7 @@ class InferenceWorker:
         failed = [tp for tp in result or [] if tp.error is not None]
         if failed:
             raise KafkaException(failed[0].error)
+        self._committed_in_log.update(offsets)
 
     def _ahead_of_committed(self, offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """After a rebalance another worker may have committed further: never move a commit back."""

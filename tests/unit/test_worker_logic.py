@@ -504,7 +504,7 @@ def test_a_batch_read_before_a_broker_restart_is_stored_but_its_offsets_are_not_
     of a batch: its offsets (of the old log, or old positions in the new one) would make the group
     skip the start of the new log. The batch is stored, not committed, and every assigned
     partition is read again from the beginning; the next batch is committed as usual."""
-    from confluent_kafka import OFFSET_BEGINNING
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     worker, journal, parts = make_worker([])
     consumer = parts["consumer"]
@@ -523,6 +523,11 @@ def test_a_batch_read_before_a_broker_restart_is_stored_but_its_offsets_are_not_
     assert sorted(consumer.seeks) == [(0, OFFSET_BEGINNING), (1, OFFSET_BEGINNING)]
     assert worker.metrics.value("steel_worker_broker_restarts_total") == 1
 
+    # The group rejoins the new broker: the assignment starts at the new log's beginning, whatever
+    # offset a refused commit may have left there.
+    consumer.callbacks["on_revoke"](consumer, consumer.assigned)
+    consumer.callbacks["on_assign"](consumer, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    assert [tp.offset for tp in consumer.assigned] == [OFFSET_BEGINNING, OFFSET_BEGINNING]
     consumer.consume = real_consume
     consumer.pending = [FakeMessage(frame_value(100 + i), i % 2, i // 2) for i in range(4)]  # the new log
     assert worker.run_once() == 4
