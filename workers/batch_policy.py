@@ -18,7 +18,8 @@ frames), starting from ``initial_frame_s``.
 **Overload** (:class:`OverloadDetector`). The load is more than the worker serves when the lag stays
 above the target for ``hold_s`` while the worker is not held by an outage, and did not shrink over
 that time (catching up after a burst shrinks it). It clears once the lag is back under the target,
-or the worker finds nothing to consume.
+or the worker has found nothing to consume for ``idle_s`` (one empty fetch is not enough: a
+rebalance or a late camera can leave a busy worker a moment without frames).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class BatchPolicy:
 class OverloadDetector:
     target_s: float
     hold_s: float = 15.0  # how long the lag must stay above the target, not shrinking
+    idle_s: float = 2.0  # how long finding nothing to consume clears an overload
     overloaded: bool = False
 
     def __post_init__(self) -> None:
@@ -75,12 +77,14 @@ class OverloadDetector:
             raise ValueError(f"target_s and hold_s must be positive, got {self.target_s} and {self.hold_s}")
         self._above_since: float | None = None  # when the lag went above the target
         self._lag_then = 0.0  # the lag at that moment (or at the last restart of the window)
+        self._idle_since: float | None = None
         self.episodes = 0
 
     def update(self, now: float, lag_s: float, *, held: bool = False) -> bool:
         """One batch served at ``now`` (monotonic seconds) with its oldest frame ``lag_s`` behind.
         ``held``: the worker was held by an outage meanwhile (its lag is not the load's fault).
         True exactly when the worker *became* overloaded (to log it loudly once)."""
+        self._idle_since = None
         if held or lag_s <= self.target_s:
             self._above_since = None
             self.overloaded = False
@@ -97,7 +101,13 @@ class OverloadDetector:
         self.episodes += 1
         return True
 
-    def idle(self) -> None:
-        """The worker found nothing to consume: no backlog, so no overload."""
+    def idle(self, now: float) -> bool:
+        """The worker found nothing to consume at ``now``; after ``idle_s`` of that there is no
+        backlog, so no overload. True exactly when that cleared an overload."""
+        if self._idle_since is None:
+            self._idle_since = now
+        if now - self._idle_since < self.idle_s:
+            return False
         self._above_since = None
-        self.overloaded = False
+        was, self.overloaded = self.overloaded, False
+        return was

@@ -381,9 +381,8 @@ class InferenceWorker:
         fetched = self.consumer.consume(num_messages=1, timeout=self.config.batch_wait_s)
         usable = [m for m in fetched if not self._is_error(m)]
         if not usable:
-            if not fetched and self.overload.overloaded:
-                self.overload.idle()  # nothing waits: whatever the lag was, it is gone
-                self.metrics.overloaded.set(0)
+            if not fetched and self.overload.idle(time.monotonic()):
+                self.metrics.overloaded.set(0)  # nothing waits: whatever the lag was, it is gone
                 log.warning("load back within what this worker serves: nothing waiting")
             return usable
         limit = self.batching.choose(self.config.batch_size, _age_s(usable[0]))

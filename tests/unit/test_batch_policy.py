@@ -98,8 +98,11 @@ def test_an_outage_or_an_empty_topic_is_not_an_overload() -> None:
     assert not d.update(25.0, 31.0)  # a new window starts after it
     d.update(40.0, 32.0)
     assert d.overloaded
-    d.idle()
-    assert not d.overloaded
+    assert not d.idle(41.0) and d.overloaded  # one empty fetch: maybe a rebalance
+    assert not d.idle(42.0) and d.overloaded
+    d.update(42.5, 33.0)  # frames again: the idle time starts over
+    assert not d.idle(43.0) and d.overloaded
+    assert d.idle(45.0) and not d.overloaded  # nothing for idle_s: no backlog
 
 
 # --- inside the worker -------------------------------------------------------------------------------
@@ -138,6 +141,7 @@ def test_the_worker_takes_few_fresh_frames_and_many_late_ones() -> None:
 def test_the_worker_reports_an_overload_loudly_and_clears_it(caplog: pytest.LogCaptureFixture) -> None:
     worker, _journal, parts = make_worker([])
     worker.overload.hold_s = 0.05
+    worker.overload.idle_s = 0.05
     consumer = parts["consumer"]
     # frame_value's captured_at is in 2025: every frame is far past the target, and later ones later.
     with caplog.at_level(logging.WARNING, logger="steel.worker"):
@@ -151,7 +155,10 @@ def test_the_worker_reports_an_overload_loudly_and_clears_it(caplog: pytest.LogC
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1 and "OVERLOADED" in errors[0].getMessage()
         assert "more than this machine serves" in errors[0].getMessage()
-        assert worker.run_once() == 0  # nothing waits any more
+        assert worker.run_once() == 0  # nothing waits any more ...
+        assert worker.metrics.value("steel_worker_overloaded") == 1
+        time.sleep(0.06)
+        assert worker.run_once() == 0  # ... for idle_s
     assert worker.metrics.value("steel_worker_overloaded") == 0
     assert "load back within" in caplog.records[-1].getMessage()
 
