@@ -7,10 +7,12 @@ It starts the embedded stack (`steel up`, Triton serving settings.triton_reposit
 database schema to head, creates the topics, then runs as child processes (logs in
 run_dir/logs/NAME.log): the reject actuator (journal run_dir/rejects.jsonl), the workers (each
 with a Prometheus port), the dashboard when it is installed, and one synthetic camera per
-`steel produce` process at settings.camera_fps. Every ~2 s it prints frames produced / stored /
-dead-lettered, frames/s, defects per class, alarms, actuator acks, camera-to-alarm latency, the
-live mean Dice against the ground truth on the truth topic, and the broker's memory
-(stack/demo_summary.py says where each figure comes from).
+`steel produce` process. Unless --fps says otherwise, the cameras together offer 70% of what this
+machine serves, from the last `steel bench pipeline` here or a probe of the Triton ensemble of a
+few seconds at start (stack.demo_capacity); the demo prints what it chose and why. Every ~2 s it
+prints frames produced / stored / dead-lettered, frames/s, defects per class, alarms, actuator
+acks, camera-to-alarm latency, the live mean Dice against the ground truth on the truth topic,
+and the broker's memory (stack/demo_summary.py says where each figure comes from).
 
 Ctrl-C or SIGTERM stops everything in order: the cameras, then (after the workers have stored
 what was produced, up to --drain-timeout-s; a second Ctrl-C skips the wait) the workers, which
@@ -33,12 +35,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from stack.demo_capacity import DEFAULT_SHARE
 from steelcore import exit_codes
 from steelcore.settings import Settings, get_settings
 
 log = logging.getLogger("steel.demo")
 
 WORKER_READY_TIMEOUT_S = 120.0
+BENCH_RESULT = Path("bench-results") / "pipeline.json"  # `steel bench pipeline`, run from the same folder
 PRODUCER_STOP_S = 30.0
 WORKER_STOP_S = 90.0  # a worker finishes its batch (one Triton request on CPU) and commits
 OTHER_STOP_S = 15.0
@@ -59,8 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fps",
         type=float,
-        default=s.camera_fps,
-        help="frames/s per camera (default settings.camera_fps: %(default)s)",
+        default=None,
+        help=f"frames/s per camera (default: {100 * DEFAULT_SHARE:.0f}%% of what this machine serves, "
+        f"from the last `steel bench pipeline` here or a probe of a few seconds at start; "
+        f"settings.camera_fps {s.camera_fps:g} when neither answers)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="measure the capacity at start even when a `steel bench pipeline` result exists",
     )
     parser.add_argument("--line", default="L1", help="line id of the cameras (default L1)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic camera seed; camera k uses seed + k")
@@ -95,6 +106,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
     for name in ("fps", "refresh_s", "drain_timeout_s", "timeout_s"):
         value = getattr(args, name)
+        if value is None and name == "fps":
+            continue  # chosen from the machine's capacity
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
 
@@ -133,6 +146,7 @@ class Demo:
         self.failure: str | None = None
         self.metrics_ports: list[int] = []
         self.metrics_urls: list[str] = []
+        self.offer: Any = None  # stack.demo_capacity.Offer: the frames/s per camera, and why
 
     # --- life -----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -194,7 +208,24 @@ class Demo:
         except Exception as exc:  # any failure to reach a service: reported, then everything stops
             self._say(f"steel demo: preparing the services failed: {type(exc).__name__}: {exc}")
             return exit_codes.UNAVAILABLE
+        self.offer = self._choose_load()
+        self._say(f"steel demo: {self.offer.note}")
         return self._start_children()
+
+    def _choose_load(self) -> Any:
+        """Frames/s per camera: --fps, else 70% of the capacity (stack.demo_capacity)."""
+        from stack.demo_capacity import bench_capacity, choose_offer, measure_capacity
+        from workers.inference_worker import WorkerConfig
+
+        a, s = self.args, self.settings
+        capacity = None if a.probe else bench_capacity(BENCH_RESULT, a.workers, s.triton_repository)
+        if a.probe or (capacity is None and a.fps is None):
+            self._say("steel demo: measuring what this machine serves ...")
+            try:
+                capacity = measure_capacity(s, a.workers, WorkerConfig().batch_size)
+            except Exception as exc:  # the demo still runs, at settings.camera_fps
+                self._say(f"steel demo: capacity probe failed: {type(exc).__name__}: {exc}")
+        return choose_offer(capacity, a.cameras, a.fps, fallback_fps=s.camera_fps)
 
     def _prepare_services(self) -> None:
         import redis
@@ -280,9 +311,10 @@ class Demo:
             self._say(f"steel demo: {self.failure}")
             return exit_codes.UNAVAILABLE
         counts = frames_per_camera(a.frames, a.cameras) if a.frames is not None else [None] * a.cameras
+        fps = self.offer.camera_fps
         for k, count in enumerate(counts):
             name = f"camera-{k + 1}"
-            cli = ["produce", "--line", a.line, "--camera", f"cam{k + 1}", "--fps", f"{a.fps:g}"]
+            cli = ["produce", "--line", a.line, "--camera", f"cam{k + 1}", "--fps", f"{fps:g}"]
             cli += ["--seed", str(a.seed + k), "--json", str(self.log_dir / f"{name}.json")]
             if count is not None:
                 cli += ["--frames", str(count)]
@@ -291,7 +323,7 @@ class Demo:
             child.start()
             self.producers.append(child)
         self._say(
-            f"steel demo: {a.cameras} cameras at {a.fps:g} frames/s each, {a.workers} workers; "
+            f"steel demo: {a.cameras} cameras at {fps:g} frames/s each, {a.workers} workers; "
             f"logs in {self.log_dir}"
         )
         return exit_codes.OK
@@ -406,6 +438,7 @@ class Demo:
                 "camera_to_alarm_measured": "Redis stream entry time (alarm published) - captured_at",
                 "camera_to_actuator_measured": "actuator journal acted_at - captured_at",
                 "defects_total": sum(snapshot.defects.values()),
+                **self._offer_json(),
                 "worker_stage_seconds": stages,
                 "worker_exit_codes": worker_codes,
                 "failure": self.failure,
@@ -417,6 +450,18 @@ class Demo:
             self.stack.down()
             self._say("steel demo: stack stopped")
         return final
+
+    def _offer_json(self) -> dict[str, Any]:
+        if self.offer is None:
+            return {}
+        capacity = self.offer.capacity
+        return {
+            "offered_frames_per_s": self.offer.total_fps,
+            "camera_fps": self.offer.camera_fps,
+            "camera_fps_chosen": self.offer.chosen,
+            "capacity_frames_per_s": capacity.frames_per_s if capacity is not None else None,
+            "capacity_source": capacity.source if capacity is not None else None,
+        }
 
     def _report(self, final: dict[str, Any], code: int) -> int:
         ok = self.failure is None and final["produced"] > 0 and final["stored"] == final["produced"]

@@ -170,6 +170,9 @@ class Snapshot:
     dice_frames: int
     broker_rss_mb: float | None
     workers_up: int = 0
+    # The workers' own overload verdict (workers.batch_policy): now, and episodes so far.
+    workers_overloaded: int = 0
+    overload_episodes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,6 +242,10 @@ class LiveSummary:
             dice_frames=self._dice_frames,
             broker_rss_mb=rss / MB if rss is not None else None,
             workers_up=sum(1 for url in self.metrics_urls if url in self._scraped),
+            workers_overloaded=sum(
+                1 for values in self._scraped.values() if values.get("steel_worker_overloaded", 0) >= 1
+            ),
+            overload_episodes=int(self._metric_sum("steel_worker_overload_episodes_total")),
         )
 
     def throughput(self) -> float:
@@ -408,8 +415,15 @@ def render(snapshot: Snapshot, *, title: str) -> str:
     defects = ", ".join(f"{name} {n}" for name, n in s.defects.items())
     dice = f"{s.mean_dice:.3f} over {s.dice_frames} frames" if s.mean_dice is not None else "-"
     rss = f"{s.broker_rss_mb:.0f} MB" if s.broker_rss_mb is not None else "-"
+    load = []
+    if s.workers_overloaded:
+        load = [
+            f"  LOAD     OVERLOADED: {s.workers_overloaded} of {s.workers_up} workers fall behind the "
+            "latency target; the load is more than this machine serves (lower --fps)"
+        ]
     return "\n".join(
         [
+            *load,
             f"{title}   {s.elapsed_s:.0f} s",
             f"  frames   produced {s.produced}  stored {s.stored}  dead-lettered {s.dead_lettered}  "
             f"{s.frames_per_s:.1f} frames/s",
