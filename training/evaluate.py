@@ -61,16 +61,23 @@ def evaluate_bundle(
     progress: bool = True,
     device: str = "cpu",
     robustness: bool = False,
+    runtime: str = "torch",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate bundle model (name or path) on data's split; write JSON / PNG if paths are given.
 
     robustness: also score the frames 20 gray levels brighter, 20 darker and re-encoded at JPEG
     quality 70 (training.robustness), reported as the loss in post-processed mean Dice.
+    runtime: "torch" (eager) or "openvino" (the CPU runtime Triton serves, at ``precision``).
     """
     from steelcore.model_bundle import load_bundle
     from training.mixed_data import open_mixed
 
     bundle = load_bundle(model, device=device)
+    if runtime != "torch":
+        from training.cpu_runtime import attach_runtime
+
+        attach_runtime(bundle, runtime, precision=precision)
     dataset = open_mixed(data if isinstance(data, list) else [str(data)], split=split)
     if len(dataset) == 0:
         hint = " (try --split all)" if split != "all" else ""
@@ -87,6 +94,8 @@ def evaluate_bundle(
             "class_ids": list(bundle.class_ids),
             "class_names": {str(c): bundle.class_names[c] for c in bundle.class_ids},
             "classifier": bundle.classifier is not None,
+            "runtime": runtime,
+            "precision": getattr(bundle.runtime, "precision", "f32"),
         },
         "data": {
             "path": ", ".join(str(Path(r).resolve()) for r in dataset.roots),
@@ -221,6 +230,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also score the frames 20 gray levels brighter, 20 darker and re-encoded at JPEG quality 70",
     )
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "openvino"),
+        default="torch",
+        help="torch: eager networks (default); openvino: the CPU runtime the Triton repository serves",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "f32", "bf16"),
+        default="auto",
+        help="openvino precision (auto: bf16 where the CPU has it natively, else f32)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -236,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             device=args.device,
             robustness=args.robustness,
+            runtime=args.runtime,
+            precision=args.precision,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"steel eval: {exc}", file=sys.stderr)

@@ -37,6 +37,10 @@ def predict_probs(bundle: ModelBundle, frames: np.ndarray) -> tuple[np.ndarray |
         raise ValueError(f"frames must be uint8 [B, H, W]; got shape {frames.shape}")
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8; got {frames.dtype}")
+    if getattr(bundle, "runtime", None) is not None:  # training.cpu_runtime.attach_runtime
+        cls, seg = bundle.runtime(frames)
+        _check_seg_shape(bundle, frames, seg)
+        return cls, seg
     device = _model_device(bundle.segmenter)
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
@@ -45,12 +49,16 @@ def predict_probs(bundle: ModelBundle, frames: np.ndarray) -> tuple[np.ndarray |
         cls = None
         if bundle.classifier is not None:
             cls = torch.sigmoid(bundle.classifier(x)).float().cpu().numpy()
+    _check_seg_shape(bundle, frames, seg)
+    return cls, seg
+
+
+def _check_seg_shape(bundle: ModelBundle, frames: np.ndarray, seg: np.ndarray) -> None:
     num_classes = len(bundle.class_ids)
     if seg.shape != (frames.shape[0], num_classes, *frames.shape[1:]):
         raise ValueError(
             f"segmenter returned shape {seg.shape} for frames {frames.shape} and {num_classes} classes"
         )
-    return cls, seg
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -1,0 +1,63 @@
+"""The CPU runtime of the served networks: OpenVINO running the exported ONNX networks.
+
+The networks are exported as ``training.triton_export.FramesToProbs`` (uint8 frames [B, H, W] in,
+sigmoid probabilities out), so a compiled network is a drop-in for the TorchScript one: the same
+input, the same output. This module imports numpy and openvino only (no torch): Triton's python
+backend stubs load it without the 400-550 MB that torch costs each of them.
+
+Precision: ``"auto"`` leaves OpenVINO's CPU default, bf16 where the CPU computes it natively
+(AVX512-BF16 or AMX) and f32 elsewhere; ``"f32"`` forces full precision (results equal eager
+torch to about 1e-6). ``steel bench model`` and ``steel eval --runtime openvino`` measure what
+each choice costs and gains on the machine at hand.
+
+Threads: OpenVINO's thread pinning is switched off, because several stub processes with one
+thread each would otherwise all pin to the first cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PRECISIONS: tuple[str, ...] = ("auto", "f32", "bf16")
+
+
+class OpenVINONetwork:
+    """One compiled network; ``net(frames)`` returns float32 probabilities as a new numpy array.
+
+    Not thread-safe (one infer request); give each thread its own instance.
+    """
+
+    def __init__(self, model_file: str | Path, threads: int = 1, precision: str = "auto") -> None:
+        import openvino as ov
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        model_file = Path(model_file)
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{model_file} is missing")
+        config: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": int(threads),
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False,
+        }
+        if precision != "auto":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(model_file)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        # What the CPU plugin chose ("bf16" or "f32"), for reports.
+        chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = chosen.to_string() if hasattr(chosen, "to_string") else str(chosen).lower()
+        self.threads = int(threads)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        output = self.request.infer({0: frames}, share_inputs=True, share_outputs=True)[0]
+        # share_outputs hands out the request's own buffer, which the next call overwrites.
+        return np.array(output, dtype=np.float32, copy=True)

@@ -1,0 +1,143 @@
+"""The OpenVINO CPU runtime (steelcore.cpu_runtime, training.cpu_runtime) against eager torch.
+
+Speed is the benchmark's (`steel bench model`); here only outputs: at f32 the runtime must give
+eager torch's probabilities to float rounding, at "auto" (bf16 on CPUs that have it) within a
+bf16 tolerance, and every consumer of predict_probs must be able to run it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from steelcore.model_bundle import PostprocessParams, load_bundle, save_bundle
+from steelcore.networks import build_model, preset
+from steelcore.severstal import CLASS_IDS, CLASS_NAMES, FRAME_HEIGHT, FRAME_WIDTH
+from training.inference import predict_probs
+
+pytest.importorskip("openvino")
+
+from steelcore.cpu_runtime import OpenVINONetwork
+from training import cpu_runtime
+
+
+def make_bundle(path: Path, *, classifier: bool = True) -> Path:
+    torch.manual_seed(2)
+    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
+    return save_bundle(
+        path,
+        name=path.name,
+        description="random weights for the CPU runtime test",
+        class_ids=CLASS_IDS,
+        class_names=CLASS_NAMES,
+        classifier_config=cls_config if classifier else None,
+        classifier_state=build_model("classifier", cls_config).state_dict() if classifier else None,
+        segmenter_config=seg_config,
+        segmenter_state=build_model("segmenter", seg_config).state_dict(),
+        postprocess=PostprocessParams([0.5] * 4, [0.5] * 4, [0] * 4),
+        provenance={"test": "random weights"},
+    )
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "random-runtime")
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return np.random.default_rng(4).integers(0, 256, (3, FRAME_HEIGHT, FRAME_WIDTH), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def reference(bundle_path: Path, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    torch.set_num_threads(1)
+    cls, seg = predict_probs(load_bundle(bundle_path), frames)
+    assert cls is not None
+    return cls, seg
+
+
+def test_f32_runtime_equals_eager_torch(
+    bundle_path: Path, frames: np.ndarray, reference: tuple[np.ndarray, np.ndarray]
+) -> None:
+    pair = cpu_runtime.openvino_pair(load_bundle(bundle_path), threads=1, precision="f32")
+    assert pair.precision == "f32"
+    cls, seg = pair(frames)
+    assert cls is not None and cls.dtype == seg.dtype == np.float32
+    assert cls.shape == reference[0].shape and seg.shape == reference[1].shape
+    np.testing.assert_allclose(cls, reference[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(seg, reference[1], rtol=0, atol=1e-5)
+
+
+def test_auto_precision_stays_close_to_eager_torch(
+    bundle_path: Path, frames: np.ndarray, reference: tuple[np.ndarray, np.ndarray]
+) -> None:
+    pair = cpu_runtime.openvino_pair(load_bundle(bundle_path), threads=1, precision="auto")
+    assert pair.precision in ("f32", "bf16")
+    cls, seg = pair(frames)
+    # bf16 keeps 8 bits of mantissa: probabilities move by a few hundredths at most, on average far less.
+    assert np.abs(seg - reference[1]).mean() < 2e-3
+    assert np.abs(seg - reference[1]).max() < 0.1
+    np.testing.assert_allclose(cls, reference[0], rtol=0, atol=0.05)
+    # Masks at 0.5 agree on all but a sliver of the pixels.
+    assert np.mean((seg >= 0.5) != (reference[1] >= 0.5)) < 1e-3
+
+
+def test_each_call_returns_its_own_array(bundle_path: Path, frames: np.ndarray, tmp_path: Path) -> None:
+    path = cpu_runtime.export_onnx_networks(load_bundle(bundle_path), tmp_path)["classifier"]
+    network = OpenVINONetwork(path, threads=1, precision="f32")
+    first = network(frames[:1])
+    kept = first.copy()
+    network(frames[1:])  # reuses the request's output buffer
+    np.testing.assert_array_equal(first, kept)
+    assert network(frames).shape == (3, 4)
+
+
+def test_attach_runtime_routes_predict_probs(bundle_path: Path, frames: np.ndarray) -> None:
+    bundle = cpu_runtime.attach_runtime(load_bundle(bundle_path), "openvino", threads=1, precision="f32")
+    assert isinstance(bundle.runtime, cpu_runtime.OpenVINOPair)
+    calls = []
+    runtime = bundle.runtime
+    bundle.runtime = lambda f: calls.append(len(f)) or runtime(f)
+    cls, seg = predict_probs(bundle, frames[:2])
+    assert calls == [2] and cls is not None and seg.shape == (2, 4, FRAME_HEIGHT, FRAME_WIDTH)
+    assert cpu_runtime.attach_runtime(bundle, "torch").runtime is None
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        cpu_runtime.attach_runtime(bundle, "tensorrt")
+
+
+def test_bundle_without_classifier(tmp_path: Path, frames: np.ndarray) -> None:
+    bundle = load_bundle(make_bundle(tmp_path / "seg-only", classifier=False))
+    pair = cpu_runtime.openvino_pair(bundle, threads=1, precision="f32")
+    cls, seg = pair(frames[:1])
+    assert cls is None and seg.shape == (1, 4, FRAME_HEIGHT, FRAME_WIDTH)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        OpenVINONetwork(tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="precision"):
+        OpenVINONetwork(tmp_path / "missing.onnx", precision="int4")
+    with pytest.raises(ValueError, match="threads"):
+        OpenVINONetwork(tmp_path / "missing.onnx", threads=0)
+
+
+def test_eval_cli_on_the_openvino_runtime(bundle_path: Path, tmp_path: Path) -> None:
+    """`steel eval --runtime openvino --precision f32` scores as eager torch does."""
+    from tiny_datasets import make_kaggle
+
+    from training.evaluate import evaluate_bundle
+
+    data = tmp_path / "data"  # the exported networks take Severstal-sized frames
+    make_kaggle(data, [f"{k}.png" for k in range(3)], shape=(FRAME_HEIGHT, FRAME_WIDTH))
+    torch_report = evaluate_bundle(bundle_path, data, "all", progress=False)
+    ov_report = evaluate_bundle(
+        bundle_path, data, "all", tmp_path / "ov.json", progress=False, runtime="openvino", precision="f32"
+    )
+    assert ov_report["model"]["runtime"] == "openvino" and ov_report["model"]["precision"] == "f32"
+    assert abs(ov_report["summary"]["mean_dice"] - torch_report["summary"]["mean_dice"]) < 1e-6
+    assert json.loads((tmp_path / "ov.json").read_text())["model"]["runtime"] == "openvino"
