@@ -4,7 +4,7 @@ Every export is checked: the exported file is loaded back and run on a random ba
 the example it was traced with, and the largest absolute difference to the eager model is reported.
 
     steel export --model default --format onnx --out exported/
-    steel export --model default --format onnx --repo triton_models --kind cpu
+    steel export --model default --format openvino --repo triton_models
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "onnx")
+# --repo also writes the CPU repository whose python models run the ONNX networks with OpenVINO.
+REPO_FORMATS = (*FORMATS, "openvino")
 SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
 # Tensor names inside exported files (the Triton configs refer to them).
 INPUT_NAME = "frames"
@@ -156,7 +158,12 @@ def export_bundle(bundle_name: str | Path, fmt: str, out_dir: Path) -> dict[str,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="bundle name (models/NAME) or path; default: settings")
-    parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default onnx)")
+    parser.add_argument(
+        "--format",
+        choices=REPO_FORMATS,
+        default="onnx",
+        help="file format (default onnx); openvino (--repo only): the CPU repository of triton_models/",
+    )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, help="write classifier/segmenter files and export.json here")
     target.add_argument("--repo", type=Path, help="write a Triton model repository here")
@@ -175,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.repo is not None:
             return _write_repository(model_name, args.repo, args.format, args.kind)
+        if args.format not in FORMATS:
+            raise ValueError(f"--format {args.format} writes a Triton repository (--repo); --out takes onnx")
         diffs = export_bundle(model_name, args.format, args.out)
     except (FileNotFoundError, ValueError) as exc:
         print(f"steel export: {exc}")

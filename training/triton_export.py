@@ -1,10 +1,13 @@
 """Write a model bundle as a Triton model repository.
 
-Two variants share one interface (``steel_ensemble`` and ``steel_cascade``: FRAMES uint8
+Three variants share one interface (``steel_ensemble`` and ``steel_cascade``: FRAMES uint8
 [B, 256, 1600] -> PROBS FP32 [B, C], PIXEL_COUNTS INT64 [B, C], RLE STRING [B, C]):
 
-* ``fmt="torchscript"`` (the committed ``triton_models/``, served by the embedded server): the
-  classifier and segmenter are python-backend models running TorchScript, KIND_CPU by default.
+* ``fmt="openvino"`` (the committed ``triton_models/``, served by the embedded server, CPU only):
+  the classifier and segmenter are python-backend models running the ONNX networks with
+  OpenVINO (``steelcore.cpu_runtime``), precision "auto" (bf16 where the CPU has it);
+* ``fmt="torchscript"``: the same python-backend models running TorchScript (eager torch's
+  exact results), KIND_CPU by default.
 * ``fmt="onnx"`` (the GPU production repository used by deploy/): the networks are
   ``onnxruntime_onnx`` models with a dynamic batch dimension, KIND_GPU by default.
 
@@ -41,9 +44,11 @@ from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 if TYPE_CHECKING:
     from steelcore.model_bundle import ModelBundle
 
-Format = Literal["torchscript", "onnx"]
+Format = Literal["torchscript", "onnx", "openvino"]
 Kind = Literal["cpu", "gpu"]
-FORMATS: tuple[str, ...] = ("torchscript", "onnx")
+FORMATS: tuple[str, ...] = ("torchscript", "onnx", "openvino")
+# Formats whose networks run in the generic python-backend model.py (segmenter/1/model.py).
+PYTHON_NETWORK_FORMATS: tuple[str, ...] = ("torchscript", "openvino")
 KINDS: tuple[str, ...] = ("cpu", "gpu")
 
 ENSEMBLE = "steel_ensemble"
@@ -85,6 +90,8 @@ class ServingLayout:
     # Two cascade instances (numpy only, no torch) keep two batches in flight, so the classifier
     # of one overlaps the segmenter of the other as in the ensemble's pipeline.
     cascade_instances: int = 2
+    # OpenVINO's CPU inference precision (steelcore.cpu_runtime.PRECISIONS) for fmt="openvino".
+    precision: str = "auto"
 
 
 CPU_LAYOUT = ServingLayout()
@@ -199,7 +206,7 @@ def network_config(name: str, num_classes: int, fmt: Format, kind: Kind, layout:
         else ("SEG_PROBS", (num_classes, FRAME_HEIGHT, FRAME_WIDTH))
     )
     instance_kind = "KIND_GPU" if kind == "gpu" else "KIND_CPU"
-    if fmt == "torchscript":
+    if fmt in PYTHON_NETWORK_FORMATS:
         text = _header(name, layout.max_batch_size, backend="python")
     else:
         text = _header(name, layout.max_batch_size, platform="onnxruntime_onnx")
@@ -213,6 +220,17 @@ def network_config(name: str, num_classes: int, fmt: Format, kind: Kind, layout:
                 "input_name": "FRAMES",
                 "output_name": output_name,
                 "torch_threads": str(layout.torch_threads),
+            }
+        )
+    elif fmt == "openvino":
+        text += _parameters(
+            {
+                "runtime": "openvino",
+                "model_file": ONNX_FILE,
+                "input_name": "FRAMES",
+                "output_name": output_name,
+                "threads": str(layout.torch_threads),
+                "precision": layout.precision,
             }
         )
     else:
@@ -279,11 +297,11 @@ def cascade_config(num_classes: int, has_classifier: bool, layout: ServingLayout
 def _templates(source: Path, has_classifier: bool, fmt: Format) -> dict[str, str]:
     """model.py text per python model, read before anything is written (source may be out_dir)."""
     python_models = [POSTPROCESS, CASCADE]
-    if fmt == "torchscript":
+    if fmt in PYTHON_NETWORK_FORMATS:
         python_models += [SEGMENTER] + ([CLASSIFIER] if has_classifier else [])
     texts = {}
     for name in python_models:
-        # classifier and segmenter run the same generic TorchScript model.py, kept in segmenter/
+        # classifier and segmenter run the same generic network model.py, kept in segmenter/
         # (a bundle without a classifier writes no classifier/ folder).
         template = source / (SEGMENTER if name == CLASSIFIER else name) / VERSION / "model.py"
         if not template.is_file():
@@ -313,7 +331,7 @@ def _write_models(
         (out / name / "config.pbtxt").write_text(network_config(name, num_classes, fmt, kind, layout))
         if fmt == "torchscript":
             export_torchscript_network(network, out / name / VERSION / TORCHSCRIPT_FILES[name])
-        else:
+        else:  # onnx (the onnxruntime backend) and openvino (the python model) read the same file
             output_name = "CLS_PROBS" if name == CLASSIFIER else "SEG_PROBS"
             export_onnx_network(network, out / name / VERSION / ONNX_FILE, "FRAMES", output_name)
 
@@ -336,7 +354,7 @@ def write_repository(
 ) -> Path:
     """Write the Triton repository of ``bundle`` (a loaded bundle, a name or a path) to ``out_dir``.
 
-    ``kind`` defaults to "cpu" for TorchScript and "gpu" for ONNX. Only the five model folders of
+    ``kind`` defaults to "cpu" for TorchScript and OpenVINO and "gpu" for ONNX. Only the five model folders of
     the repository are replaced; anything else in ``out_dir`` is left alone. Returns ``out_dir``.
     """
     if fmt not in FORMATS:
@@ -344,6 +362,8 @@ def write_repository(
     kind = kind or ("gpu" if fmt == "onnx" else "cpu")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if fmt == "openvino" and kind != "cpu":
+        raise ValueError("the openvino format serves on the CPU only: use --format onnx for a GPU")
     if not isinstance(bundle, str | Path):
         loaded = bundle
     else:

@@ -142,10 +142,13 @@ def test_dynamic_batching_with_a_queue_delay(configs: dict[str, object]) -> None
 
 
 def torch_thread_budget(configs: dict[str, object]) -> int:
+    """Instances x threads of the networks: torch threads (torchscript) or OpenVINO threads."""
     total = 0
     for name in TORCH_MODELS:
         config = configs[name]
-        threads = int(config.parameters["torch_threads"].string_value)  # type: ignore[attr-defined]
+        parameters = config.parameters  # type: ignore[attr-defined]
+        key = "threads" if "threads" in parameters else "torch_threads"
+        threads = int(parameters[key].string_value)
         instances = sum(g.count for g in config.instance_group)  # type: ignore[attr-defined]
         assert all(g.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU for g in config.instance_group)  # type: ignore[attr-defined]
         total += instances * threads
@@ -242,7 +245,7 @@ def test_committed_repository_is_complete_and_consistent() -> None:
     """triton_models/ holds every model's model.py; its configs, once exported, obey the same rules."""
     for name in ("classifier", "segmenter", "postprocess", "steel_cascade"):
         assert (TRITON_REPOSITORY / name / "1" / "model.py").is_file(), name
-    # classifier and segmenter run one generic TorchScript model.py; the two copies must not drift.
+    # classifier and segmenter run one generic network model.py; the two copies must not drift.
     assert (TRITON_REPOSITORY / "classifier/1/model.py").read_text() == (
         TRITON_REPOSITORY / "segmenter/1/model.py"
     ).read_text()
@@ -253,3 +256,54 @@ def test_committed_repository_is_complete_and_consistent() -> None:
         )
     check_ensemble_wiring(configs, "steel_ensemble")
     assert torch_thread_budget(configs) <= CPU_CORES
+    # The shipped CPU repository runs the networks on OpenVINO (issue 14): ONNX files, no TorchScript.
+    manifest = json.loads((TRITON_REPOSITORY / triton_export.MANIFEST).read_text())
+    assert manifest["format"] == "openvino" and manifest["kind"] == "cpu"
+    for name in TORCH_MODELS:
+        parameters = configs[name].parameters  # type: ignore[attr-defined]
+        assert parameters["runtime"].string_value == "openvino"
+        assert (TRITON_REPOSITORY / name / "1" / parameters["model_file"].string_value).is_file()
+        assert not list((TRITON_REPOSITORY / name / "1").glob("*.pt")), "a stale TorchScript file"
+
+
+@pytest.fixture(scope="module")
+def openvino_repo(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return triton_export.write_repository(bundle_path, tmp_path_factory.mktemp("ov-repo"), "openvino")
+
+
+def test_openvino_repository_configs(openvino_repo: Path) -> None:
+    configs = load_configs(openvino_repo)
+    assert set(configs) == set(triton_export.MODELS)
+    check_ensemble_wiring(configs, "steel_ensemble")
+    assert torch_thread_budget(configs) <= CPU_CORES
+    for name in TORCH_MODELS:
+        config = configs[name]
+        assert config.backend == "python"  # type: ignore[attr-defined]
+        parameters = {k: v.string_value for k, v in config.parameters.items()}  # type: ignore[attr-defined]
+        assert parameters["runtime"] == "openvino" and parameters["precision"] == "auto"
+        assert parameters["model_file"] == triton_export.ONNX_FILE
+        assert (openvino_repo / name / "1" / triton_export.ONNX_FILE).is_file()
+        assert (openvino_repo / name / "1" / "model.py").read_text() == (
+            TRITON_REPOSITORY / "segmenter/1/model.py"
+        ).read_text()
+        assert config.dynamic_batching.max_queue_delay_microseconds > 0  # type: ignore[attr-defined]
+    manifest = json.loads((openvino_repo / triton_export.MANIFEST).read_text())
+    assert manifest["format"] == "openvino" and manifest["kind"] == "cpu"
+
+
+def test_openvino_repository_networks_equal_predict_probs(openvino_repo: Path, bundle_path: Path) -> None:
+    """The files the python model compiles, at f32, give eager torch's probabilities."""
+    pytest.importorskip("openvino")
+    from steelcore.cpu_runtime import OpenVINONetwork
+
+    bundle = load_bundle(bundle_path)
+    frames = np.random.default_rng(5).integers(0, 256, (2, FRAME_HEIGHT, FRAME_WIDTH), dtype=np.uint8)
+    cls_ref, seg_ref = predict_probs(bundle, frames)
+    for name, reference in (("classifier", cls_ref), ("segmenter", seg_ref)):
+        network = OpenVINONetwork(openvino_repo / name / "1" / triton_export.ONNX_FILE, 1, "f32")
+        np.testing.assert_allclose(network(frames), reference, rtol=0, atol=1e-5)
+
+
+def test_openvino_is_a_cpu_format(bundle_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        triton_export.write_repository(bundle_path, tmp_path, "openvino", "gpu")

@@ -1,11 +1,17 @@
-"""Triton python-backend model running one exported TorchScript network on uint8 frames.
+"""Triton python-backend model running one exported network on uint8 frames.
 
 The same file serves ``classifier`` and ``segmenter`` (``training/triton_export.py`` copies
 segmenter/1/model.py to both; a unit test keeps the two copies equal): the config's parameters name the
-TorchScript file (written beside this file by ``training/triton_export.py``), the input and
-output tensors, and the torch thread count. The TorchScript module takes uint8 frames
-[B, H, W] and returns sigmoid probabilities, the preprocessing of ``training.inference.
-predict_probs``, so served and in-process outputs agree.
+runtime and its file (written beside this file by ``training/triton_export.py``), the input and
+output tensors, and the thread count. Two runtimes:
+
+* ``runtime: openvino`` (the committed CPU repository): ``model.onnx`` compiled by OpenVINO
+  through ``steelcore.cpu_runtime`` (precision from the ``precision`` parameter; this stub then
+  imports no torch, about 400 MB less per stub);
+* ``runtime: torchscript`` (the default when the parameter is absent): a TorchScript file.
+
+Either network takes uint8 frames [B, H, W] and returns sigmoid probabilities, the
+preprocessing of ``training.inference.predict_probs``, so served and in-process outputs agree.
 
 Follows the python_backend examples: the config is parsed once in ``initialize``, the model is
 loaded and warmed up once; ``execute`` concatenates the requests of a dynamic batch, runs one
@@ -17,7 +23,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
 
 
@@ -34,42 +39,38 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.model_name = args["model_name"]
+        self.runtime = _parameter(config, "runtime", "torchscript")
         # Keep (instances x threads) within the machine's cores: oversubscribing two cores cut
-        # throughput to a quarter. Inter-op threads can only be set once per process.
-        torch.set_num_threads(int(_parameter(config, "torch_threads", "1")))
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:
-            pass
+        # throughput to a quarter.
+        threads = int(_parameter(config, "threads", _parameter(config, "torch_threads", "1")))
         self.input_name = _parameter(config, "input_name")
         self.output_name = _parameter(config, "output_name")
         output = next(o for o in config["output"] if o["name"] == self.output_name)
         self.output_dtype = pb_utils.triton_string_to_numpy(output["data_type"])
-
-        if args.get("model_instance_kind") == "GPU":
-            self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
-        else:
-            self.device = torch.device("cpu")
         model_file = Path(args["model_repository"]) / args["model_version"] / _parameter(config, "model_file")
         if not model_file.is_file():
             raise pb_utils.TritonModelException(
                 f"{model_file} is missing: write the repository with "
-                "`steel export --model NAME --format torchscript --repo DIR`"
+                "`steel export --model NAME --format openvino|torchscript --repo DIR`"
             )
-        self.module = torch.jit.load(str(model_file), map_location=self.device).eval()
-
         input_dims = next(i for i in config["input"] if i["name"] == self.input_name)["dims"]
-        warmup = torch.zeros((1, *[int(d) for d in input_dims]), dtype=torch.uint8, device=self.device)
-        with torch.inference_mode():
-            self.module(warmup)
+        warmup = np.zeros((1, *[int(d) for d in input_dims]), dtype=np.uint8)
+        if self.runtime == "openvino":
+            from steelcore.cpu_runtime import OpenVINONetwork
+
+            self.network = OpenVINONetwork(model_file, threads, _parameter(config, "precision", "auto"))
+        elif self.runtime == "torchscript":
+            self.network = _TorchScriptNetwork(model_file, threads, args)
+        else:
+            raise pb_utils.TritonModelException(f"unknown runtime {self.runtime!r}")
+        self.network(warmup)
 
     def execute(self, requests):
         try:
             frames = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
             sizes = [f.shape[0] for f in frames]
-            batch = torch.from_numpy(np.ascontiguousarray(np.concatenate(frames))).to(self.device)
-            with torch.inference_mode():
-                probs = self.module(batch).float().cpu().numpy().astype(self.output_dtype, copy=False)
+            batch = frames[0] if len(frames) == 1 else np.concatenate(frames)
+            probs = self.network(batch).astype(self.output_dtype, copy=False)
         except Exception as exc:  # every request gets the error, the model keeps serving
             error = pb_utils.TritonError(f"{self.model_name}: {type(exc).__name__}: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
@@ -83,4 +84,28 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        self.module = None
+        self.network = None
+
+
+class _TorchScriptNetwork:
+    """A TorchScript network on the instance's device; torch is imported only for this runtime."""
+
+    def __init__(self, model_file, threads, args):
+        import torch
+
+        self.torch = torch
+        torch.set_num_threads(threads)
+        try:  # inter-op threads can only be set once per process
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass
+        if args.get("model_instance_kind") == "GPU":
+            self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
+        else:
+            self.device = torch.device("cpu")
+        self.module = torch.jit.load(str(model_file), map_location=self.device).eval()
+
+    def __call__(self, frames):
+        batch = self.torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        with self.torch.inference_mode():
+            return self.module(batch).float().cpu().numpy()

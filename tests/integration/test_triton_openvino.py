@@ -1,0 +1,100 @@
+"""The embedded Triton server serving the OpenVINO CPU repository (`--format openvino`, as triton_models/).
+
+The networks run in the python-backend model through steelcore.cpu_runtime; written at f32
+here, so that served results can be held to the in-process OpenVINO pair (training.cpu_runtime)
+exactly and to eager torch within float rounding. The shipped repository's "auto" precision
+(bf16 where the CPU has it) is measured against torch by `steel eval --runtime openvino`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from producers.synthetic_camera import SyntheticCamera
+from stack.service import free_port
+from stack.triton_server import TritonServer
+from steelcore.model_bundle import PostprocessParams, load_bundle, save_bundle
+from steelcore.networks import build_model, preset
+from steelcore.postprocess import apply_postprocess, class_areas
+from steelcore.rle import encode_stack
+from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+from training.inference import predict_probs
+from training.triton_export import ServingLayout, write_repository
+from workers.triton_client import TritonEnsembleClient
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("openvino")
+
+N_FRAMES = 4
+MODELS = ("steel_ensemble", "steel_cascade")
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    camera = SyntheticCamera(seed=12)
+    return np.stack([camera.frame(i).image for i in range(N_FRAMES)])
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory: pytest.TempPathFactory, frames: np.ndarray) -> Path:
+    torch.set_num_threads(1)
+    torch.manual_seed(6)
+    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
+    path = tmp_path_factory.mktemp("bundle") / "random-openvino"
+    fields = dict(
+        name="random-openvino",
+        description="random weights for the OpenVINO Triton test",
+        class_ids=CLASS_IDS,
+        class_names=CLASS_NAMES,
+        classifier_config=cls_config,
+        classifier_state=build_model("classifier", cls_config).state_dict(),
+        segmenter_config=seg_config,
+        segmenter_state=build_model("segmenter", seg_config).state_dict(),
+        provenance={"test": "random weights"},
+    )
+    save_bundle(path, postprocess=PostprocessParams.neutral(len(CLASS_IDS)), **fields)
+    _, seg = predict_probs(load_bundle(path), frames)
+    # Pixel thresholds keep the top 1% of each class's pixels: non-trivial masks; gates open.
+    pixel = [float(np.percentile(seg[:, c], 99.0)) for c in range(seg.shape[1])]
+    return save_bundle(path, postprocess=PostprocessParams([0.0] * 4, pixel, [16] * 4), **fields)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, bundle_path: Path) -> Iterator[TritonServer]:
+    repo = write_repository(
+        bundle_path, tmp_path_factory.mktemp("ov-repo"), "openvino", layout=ServingLayout(precision="f32")
+    )
+    triton = TritonServer(
+        tmp_path_factory.mktemp("ov-run"), repo, *[free_port() for _ in range(3)], wait_for=MODELS
+    )
+    triton.start(timeout_s=180)
+    try:
+        yield triton
+    finally:
+        triton.stop()
+
+
+def test_openvino_ensemble_equals_the_in_process_runtime(
+    server: TritonServer, frames: np.ndarray, bundle_path: Path
+) -> None:
+    from training.cpu_runtime import attach_runtime
+
+    bundle = attach_runtime(load_bundle(bundle_path), "openvino", threads=1, precision="f32")
+    cls, seg = predict_probs(bundle, frames)
+    masks = apply_postprocess(cls, seg, bundle.postprocess)
+    assert masks.any(), "test setup: the masks should not all be empty"
+    expected_rles = [[r for r in encode_stack(m)] for m in masks]
+    _, torch_seg = predict_probs(load_bundle(bundle_path), frames)
+    np.testing.assert_allclose(seg, torch_seg, rtol=0, atol=1e-5)  # the runtime itself, at f32
+
+    for model in MODELS:
+        with TritonEnsembleClient(server.grpc_url, "grpc", model, timeout_s=120) as client:
+            result = client.infer(frames)  # one request, the batch the reference used
+        np.testing.assert_allclose(result.probs, cls, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(result.pixel_counts, class_areas(masks))
+        assert result.rles == expected_rles, model
