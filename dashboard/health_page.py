@@ -45,6 +45,14 @@ def _health_view(engine: Engine, config: DashboardSettings) -> None:
     now = datetime.now(UTC)
     status, (versions, triton_error), backlog, scrapes = _probes(config, config.model_dump_json())
     st.caption(f"Updated {now:%H:%M:%S} UTC")
+    overloaded = service_health.overloaded_workers(scrapes)
+    if overloaded:
+        st.error(
+            f"OVERLOADED: {len(overloaded)} of {len(scrapes)} workers fall behind the "
+            f"{config.latency_target_s:g} s latency target and are not catching up: the load is more "
+            f"than this machine serves. Lower the camera rate, add workers or a faster Triton. "
+            f"({', '.join(overloaded)})"
+        )
 
     st.subheader("Services")
     st.dataframe(
@@ -75,7 +83,7 @@ def _health_view(engine: Engine, config: DashboardSettings) -> None:
     cols[0].metric(
         "Frames/s", f"{stats.frames_per_s:.2f}", help=f"over the last {config.dashboard_window_s:g} s"
     )
-    cols[1].metric("Consumer lag", "-" if lag is None else f"{lag:.1f} s")
+    ui.lag_metric(cols[1], lag, config.latency_target_s)
     cols[2].metric("Frames in window", stats.frames)
     st.dataframe(
         [

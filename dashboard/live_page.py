@@ -51,9 +51,7 @@ def _live_view(engine: Engine, config: DashboardSettings, line_id: str | None) -
     p95 = stats.latency_ms["capture to stored"][1]
     cols = st.columns(4)
     cols[0].metric("Frames/s", f"{stats.frames_per_s:.2f}", help=f"frames of the last {covered:.0f} s")
-    cols[1].metric(
-        "Consumer lag", "-" if lag is None else f"{lag:.1f} s", help="now - newest frame's capture"
-    )
+    ui.lag_metric(cols[1], lag, config.latency_target_s)
     cols[2].metric("Capture→stored p95", "-" if p95 is None else f"{p95:.0f} ms")
     cols[3].metric("Defects in window", sum(r.defects for r in rates))
 

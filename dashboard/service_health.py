@@ -24,6 +24,11 @@ WORKER_METRICS = (
     "steel_worker_alarms_published_total",
     "steel_worker_stage_seconds_sum",
     "steel_worker_stage_seconds_count",
+    "steel_worker_overloaded",
+    "steel_worker_overload_episodes_total",
+    "steel_worker_frame_latency_seconds",
+    "steel_worker_latency_target_seconds",
+    "steel_worker_batch_limit",
 )
 
 
@@ -39,6 +44,26 @@ class WorkerScrape:
     url: str
     samples: dict[str, float]  # "name{label=value,...}" -> value
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class LagVerdict:
+    value: str  # the consumer lag as shown
+    over: bool  # past the latency target: shown red
+    delta: str | None  # how far past (or under) the target
+
+
+def lag_verdict(lag_s: float | None, target_s: float) -> LagVerdict:
+    """The consumer lag (now minus the newest stored frame's capture) against the latency target."""
+    if lag_s is None:
+        return LagVerdict("-", False, None)
+    over = lag_s > target_s
+    return LagVerdict(f"{lag_s:.1f} s", over, f"{lag_s - target_s:+.1f} s vs {target_s:g} s target")
+
+
+def overloaded_workers(scrapes: list[WorkerScrape]) -> list[str]:
+    """The metrics URLs of the workers that say the load is more than they serve."""
+    return [s.url for s in scrapes if not s.error and s.samples.get("steel_worker_overloaded", 0.0) >= 1]
 
 
 def dashboard_redis_url(settings: Settings) -> str:

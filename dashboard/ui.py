@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import streamlit as st
 from sqlalchemy import Engine
+from streamlit.delta_generator import DeltaGenerator
 
 from dashboard.config import DashboardSettings, load_dashboard_settings
 from dashboard.data_access import DefectMark, FrameDetail
@@ -19,6 +20,24 @@ from workers.frame_images import load_frame_image
 
 OPERATOR_KEY = "operator"
 VERDICT_LABELS = {"confirmed": "Confirm", "false": "False alarm"}
+
+
+def lag_metric(column: DeltaGenerator, lag_s: float | None, target_s: float) -> None:
+    """The consumer lag as a metric, red (label and delta) past the latency target, with an error
+    line under it saying so."""
+    from dashboard.service_health import lag_verdict
+
+    verdict = lag_verdict(lag_s, target_s)
+    label = ":red[Consumer lag]" if verdict.over else "Consumer lag"
+    column.metric(
+        label,
+        verdict.value,
+        delta=verdict.delta,
+        delta_color="inverse",  # above the target (a positive delta) is red
+        help=f"now - newest stored frame's capture; target settings.latency_target_s = {target_s:g} s",
+    )
+    if verdict.over:
+        column.error(f"Lag past the {target_s:g} s target")
 
 
 def settings() -> DashboardSettings:

@@ -6,6 +6,7 @@ AppTest runs the real app script in-process (st.navigation, fragments, widgets);
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,6 +88,10 @@ def test_live_page_shows_rates_alarms_frames_and_the_coil(
     assert any(newest[1] in md.value for md in at.markdown), "newest alarm missing from the feed"
     assert len(at.get("image")) == 3  # the latest defective frames, masks drawn over them
     assert any(s.value == f"Current coil {RECENT_COIL}" for s in at.subheader)
+    # The seeded frames are minutes old: the lag is far past the 0.5 s target, shown red.
+    (lag,) = [m for m in at.metric if "Consumer lag" in m.label]
+    assert lag.label == ":red[Consumer lag]" and "vs 0.5 s target" in lag.delta
+    assert "Lag past the 0.5 s target" in [e.value for e in at.error]
 
 
 def test_an_operator_confirms_an_alarm_from_the_live_page(
@@ -139,10 +144,25 @@ def test_history_frame_viewer_takes_a_verdict_on_a_defect(dashboard_env: None, o
 
 
 def test_health_page_shows_services_model_and_throughput(
-    dashboard_env: None, records: list[FrameRecord]
+    dashboard_env: None, records: list[FrameRecord], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at = _app().run()
-    at.switch_page("health_page.py").run()
+    from stack.service import free_port
+    from workers.worker_metrics import WorkerMetrics
+
+    busy, calm = WorkerMetrics(), WorkerMetrics()
+    busy.overloaded.set(1)
+    urls = []
+    for metrics in (busy, calm):
+        port = free_port()
+        metrics.serve(port)
+        urls.append(f"http://127.0.0.1:{port}/metrics")
+    monkeypatch.setenv("STEEL_DASHBOARD_WORKER_METRICS_URLS", json.dumps(urls))
+    try:
+        at = _app().run()
+        at.switch_page("health_page.py").run()
+    finally:
+        busy.close()
+        calm.close()
     assert not at.exception, at.exception
     services = at.dataframe[0].value.set_index("service")["status"].to_dict()
     assert services["postgres"] == "up" and services["redis"] == "up"
@@ -151,6 +171,9 @@ def test_health_page_shows_services_model_and_throughput(
     assert _metric(at, "Frames in window") == str(sum(r.line_id == "L1" for r in records))
     stages = at.dataframe[1].value.set_index("stage")
     assert set(stages.index) == {"decode", "infer", "store", "capture to stored"}
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("OVERLOADED: 1 of 2 workers") and urls[0] in e for e in errors), errors
+    assert "Lag past the 0.5 s target" in errors
 
 
 def test_login_is_required_when_switched_on(
