@@ -7,7 +7,12 @@ a shared machine falls on every case alike. Reported per 256x1600 frame:
   (the layout load_bundle serves);
 - parameters and GFLOPs (torch.utils.flop_counter, 2 FLOPs per multiply-add);
 - the small classifier + segmenter pair at batch 8, as served, against the CPU target (TARGET_MS_PER_FRAME);
-- a reference ResUNet of ResNet-18 widths at full resolution, and how many times slower it is.
+- a reference ResUNet of ResNet-18 widths at full resolution, and how many times slower it is;
+- the runtimes (``--runtime-model``, by default the shipped ``default`` bundle with its trained
+  weights): its classifier + segmenter pair on uint8 frames as ``predict_probs`` runs it in eager
+  torch, against the OpenVINO CPU runtime that ``triton_models/`` serves (``training.cpu_runtime``)
+  at f32 and at its "auto" precision (bf16 where the CPU computes it natively), interleaved in the
+  same rounds, with the speed-up of each over eager torch against RUNTIME_TARGET_SPEEDUP.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ TARGET_BATCH = 8
 BATCH_SIZES = (1, TARGET_BATCH)
 DEFAULT_THREADS = 2
 REFERENCE_KEY = "reference/resnet18-resunet-full"
+# Issue 14: the CPU runtime's forward of the small pair at least this many times faster than eager torch.
+RUNTIME_TARGET_SPEEDUP = 2.5
+RUNTIME_PREFIX = "runtime/"
 PAIR_CASE = "small/pair"
 # The design the small preset is measured against: a textbook ResNet-18 ResUNet at full resolution.
 REFERENCE_CONFIG: dict[str, Any] = {
@@ -78,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch threads (default 2)")
     parser.add_argument(
         "--quick", action="store_true", help="small preset only: no large preset, no reference"
+    )
+    parser.add_argument(
+        "--runtime-model",
+        default=None,
+        help="bundle whose pair is timed in eager torch against OpenVINO (default: default, "
+        "none with --quick)",
     )
     parser.add_argument(
         "--target-ms",
@@ -159,6 +173,68 @@ def _cases(networks: dict[str, tuple[str, str, nn.Module]], frames: dict[int, to
     return cases
 
 
+def _bind(fn: Callable[[Any], object], frames: Any) -> Callable[[], object]:
+    return lambda: fn(frames)
+
+
+def _runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> tuple[list[Case], dict]:
+    """Eager torch vs OpenVINO (f32, auto) on one bundle's pair; and the precision each case ran at."""
+    from steelcore.model_bundle import load_bundle
+    from training.cpu_runtime import openvino_pair
+    from training.inference import predict_probs
+
+    bundle = load_bundle(bundle_name)
+    candidates: dict[str, Any] = {"torch": lambda f: predict_probs(bundle, f)}
+    precisions = {"torch": "f32"}
+    for precision in ("f32", "auto"):
+        pair = openvino_pair(bundle, threads, precision)
+        if precision == "auto" and pair.precision == precisions.get("openvino-f32"):
+            continue  # this CPU has no faster precision: "auto" is f32 again
+        candidates[f"openvino-{precision}"] = pair
+        precisions[f"openvino-{precision}"] = pair.precision
+    cases = [
+        Case(f"{RUNTIME_PREFIX}{name}@b{b}", b, _bind(fn, frames_u8[b]))
+        for name, fn in candidates.items()
+        for b in BATCH_SIZES
+    ]
+    return cases, {"bundle": bundle.name, "bundle_path": bundle.path, "precisions": precisions}
+
+
+def _runtime_rows(by_name: dict[str, Case], info: dict[str, Any], frame_u8: Any) -> list[dict[str, Any]]:
+    import numpy as np
+
+    from steelcore.model_bundle import load_bundle
+    from training.cpu_runtime import openvino_pair
+    from training.inference import predict_probs
+
+    # Output parity on one frame, next to the speed: the largest probability difference.
+    bundle = load_bundle(info["bundle_path"])
+    _, reference = predict_probs(bundle, frame_u8)
+    rows = []
+    torch_ms = {b: by_name[f"{RUNTIME_PREFIX}torch@b{b}"].median_ms for b in BATCH_SIZES}
+    for name, precision in info["precisions"].items():
+        row: dict[str, Any] = {
+            "name": f"{info['bundle']}/pair {name}",
+            "task": "runtime",
+            "runtime": name,
+            "precision": precision,
+        }
+        for b in BATCH_SIZES:
+            case = by_name[f"{RUNTIME_PREFIX}{name}@b{b}"]
+            row[f"ms_per_frame_b{b}"] = case.median_ms
+            row[f"min_ms_per_frame_b{b}"] = case.min_ms
+            row[f"samples_ms_b{b}"] = case.samples_ms
+            row[f"speedup_vs_torch_b{b}"] = ratio(torch_ms[b], case.median_ms)
+        if name != "torch":
+            _, seg = openvino_pair(bundle, 1, name.removeprefix("openvino-"))(frame_u8)
+            row["max_abs_diff_seg_probs"] = float(np.abs(seg - reference).max())
+            row["target_speedup"] = RUNTIME_TARGET_SPEEDUP
+            speedups = [row[f"speedup_vs_torch_b{b}"] for b in BATCH_SIZES]
+            row["target_met"] = min(speedups) >= RUNTIME_TARGET_SPEEDUP
+        rows.append(row)
+    return rows
+
+
 def _network_rows(
     networks: dict[str, tuple[str, str, nn.Module]], by_name: dict[str, Case], frame: torch.Tensor
 ) -> list[dict[str, Any]]:
@@ -187,6 +263,12 @@ def run(args: argparse.Namespace) -> int:
     frames = {b: torch.rand(b, 1, FRAME_HEIGHT, FRAME_WIDTH) for b in BATCH_SIZES}
     networks = _networks(args.quick)
     cases = _cases(networks, frames)
+    runtime_model = args.runtime_model or (None if args.quick else "default")
+    runtime_info: dict[str, Any] | None = None
+    if runtime_model:
+        frames_u8 = {b: (frames[b][:, 0] * 255).to(torch.uint8).numpy() for b in BATCH_SIZES}
+        runtime_cases, runtime_info = _runtime_cases(runtime_model, args.threads, frames_u8)
+        cases += runtime_cases
     load_before = os.getloadavg()[0]
     _time_rounds(cases, args.warmup, args.repeats)
     # Other processes on a shared box inflate medians; the load average tells a reader how much.
@@ -215,9 +297,12 @@ def run(args: argparse.Namespace) -> int:
             ref_ms, by_name[f"small/segmenter@b{TARGET_BATCH}"].median_ms
         )
     results.append(summary)
+    if runtime_info is not None:
+        results += _runtime_rows(by_name, runtime_info, frames_u8[1])
 
     _report(results, args, load)
     config = {"threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick}
+    config["runtime_model"] = runtime_model
     config |= {
         "frame": [FRAME_HEIGHT, FRAME_WIDTH],
         "batch_sizes": list(BATCH_SIZES),
@@ -281,6 +366,33 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace, load: dict[
             f"warning: load average {busiest:.1f} means other processes competed for the CPUs and inflated "
             f"the medians; the fastest round of the pair took {pair['min_ms_per_frame_b8']:.1f} ms/frame"
         )
+    runtimes = [r for r in results if r["task"] == "runtime"]
+    if runtimes:
+        print_table(
+            ["pair", "precision", "ms/fr b1", "ms/fr b8", "min b8", "x torch b1", "x torch b8", "max|dp|"],
+            [
+                [
+                    r["name"],
+                    r["precision"],
+                    r["ms_per_frame_b1"],
+                    r["ms_per_frame_b8"],
+                    r["min_ms_per_frame_b8"],
+                    r["speedup_vs_torch_b1"],
+                    r["speedup_vs_torch_b8"],
+                    r.get("max_abs_diff_seg_probs", "-"),
+                ]
+                for r in runtimes
+            ],
+            title=f"\nCPU runtime vs eager torch, same rounds (target {RUNTIME_TARGET_SPEEDUP:g}x)",
+        )
+        for r in runtimes:
+            if "target_met" in r:
+                verdict = "met" if r["target_met"] else "NOT met"
+                print(
+                    f"{r['name']}: {r['speedup_vs_torch_b1']:.2f}x at batch 1, "
+                    f"{r['speedup_vs_torch_b8']:.2f}x at batch 8 "
+                    f"(target {RUNTIME_TARGET_SPEEDUP:g}x): {verdict}"
+                )
     if "reference_slower_than_pair" in pair:
         print(
             f"ResNet-18 ResUNet at full resolution is {pair['reference_slower_than_pair']:.1f}x slower "

@@ -145,14 +145,21 @@ def batches_of(frames: np.ndarray, batch: int, total_frames: int) -> list[np.nda
 
 
 # --- the candidates --------------------------------------------------------------------------------
-def in_process_call(bundle_path: Path) -> Callable[[np.ndarray], object]:
-    """predict_probs + apply_postprocess + RLE, the work the ensemble does, in this process."""
+def in_process_call(
+    bundle_path: Path, runtime: str = "torch", threads: int | None = None
+) -> Callable[[np.ndarray], object]:
+    """predict_probs + apply_postprocess + RLE, the work the ensemble does, in this process.
+
+    ``runtime``: "torch" (eager) or "openvino" (training.cpu_runtime, as the openvino repository
+    serves the networks), so the ratio measures serving overhead, not a change of runtime.
+    """
     from steelcore.model_bundle import load_bundle
     from steelcore.postprocess import apply_postprocess, class_areas
     from steelcore.rle import encode_stack
+    from training.cpu_runtime import attach_runtime
     from training.inference import predict_probs
 
-    bundle = load_bundle(bundle_path)
+    bundle = attach_runtime(load_bundle(bundle_path), runtime, threads)
 
     def call(frames: np.ndarray) -> object:
         cls_probs, seg_probs = predict_probs(bundle, frames)
@@ -189,6 +196,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=None, help="a running Triton (host:port); default: start one")
     parser.add_argument("--metrics-url", default=None, help="its metrics endpoint (with --url)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument(
+        "--format",
+        choices=("openvino", "torchscript"),
+        default="openvino",
+        help="repository the started server serves (default openvino, as triton_models/); the "
+        "in-process baseline runs the same runtime: openvino, or eager torch for torchscript",
+    )
     parser.add_argument("--frames", type=int, default=16, help="distinct synthetic frames (default 16)")
     parser.add_argument("--frames-per-case", type=int, default=64, help="frames sent per case (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic camera seed")
@@ -208,12 +222,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", action="store_true", help="no PNG chart")
 
 
-def _start_server(bundle_path: Path, work: Path) -> Any:
+def _start_server(bundle_path: Path, work: Path, fmt: str = "openvino") -> Any:
     from stack.service import free_port
     from stack.triton_server import TritonServer
     from training.triton_export import write_repository
 
-    repo = write_repository(bundle_path, work / "repository")
+    repo = write_repository(bundle_path, work / "repository", fmt)  # type: ignore[arg-type]
     server = TritonServer(
         work / "run",
         repo,
@@ -248,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
     config: dict[str, Any] = {
         "bundle": str(bundle_path),
         "protocol": args.protocol,
+        "format": args.format,
         "frames": len(frames),
         "clean_frames": clean,
         "frames_per_case": args.frames_per_case,
@@ -263,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
                 url, metrics_url = args.url, args.metrics_url
             else:
                 print("starting the embedded Triton server ...", flush=True)
-                server = _start_server(bundle_path, Path(work))
+                server = _start_server(bundle_path, Path(work), args.format)
                 url = server.grpc_url if args.protocol == "grpc" else server.http_url
                 metrics_url = server.metrics_url
                 config["server_startup_s"] = server.startup_s
@@ -333,18 +348,35 @@ def _case(
 def _ensemble_vs_in_process(
     client: Any, bundle_path: Path, frames: np.ndarray, metrics_url: str | None, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    print("ensemble vs in-process torch", flush=True)
-    local = in_process_call(bundle_path)
+    runtime = "openvino" if args.format == "openvino" else "torch"
+    print(f"ensemble vs in-process ({runtime})", flush=True)
+    local = in_process_call(bundle_path, runtime, args.torch_threads)
+    # With OpenVINO serving, eager torch in-process is measured too: the gain of the whole change.
+    eager = in_process_call(bundle_path, "torch", args.torch_threads) if runtime != "torch" else None
     rows = []
     for batch in BATCH_SIZES:
         batches = batches_of(frames, batch, args.frames_per_case)
         baseline = _case("in-process", local, batches, 1, None)
         baseline["comparison"] = "ensemble_vs_in_process"
+        baseline["runtime"] = runtime
         rows.append(baseline)
+        torch_row = None
+        if eager is not None:
+            torch_row = _case("in-process-torch", eager, batches, 1, None)
+            torch_row.update(comparison="ensemble_vs_in_process_torch", runtime="torch")
+            torch_row["ratio_vs_in_process"] = report.ratio(
+                1 / baseline["frames_per_s"], 1 / torch_row["frames_per_s"]
+            )
+            rows.append(torch_row)
         for concurrency in CONCURRENCY:
             row = _case("triton-ensemble", client.infer, batches, concurrency, metrics_url)
             row["comparison"] = "ensemble_vs_in_process"
+            row["runtime"] = runtime
             row["ratio_vs_in_process"] = report.ratio(1 / baseline["frames_per_s"], 1 / row["frames_per_s"])
+            if torch_row is not None:
+                row["ratio_vs_in_process_torch"] = report.ratio(
+                    1 / torch_row["frames_per_s"], 1 / row["frames_per_s"]
+                )
             rows.append(row)
     return rows
 

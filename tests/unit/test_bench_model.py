@@ -51,3 +51,43 @@ def test_bench_model_reports_a_missed_target(tmp_path: Path, capsys: pytest.Capt
     pair = next(r for r in payload["results"] if r["task"] == "pair")
     assert pair["target_met"] is False
     assert "NOT met" in capsys.readouterr().out
+
+
+def test_bench_model_compares_the_cpu_runtime_with_eager_torch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("openvino")
+    import torch
+
+    from steelcore.model_bundle import PostprocessParams, save_bundle
+    from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+
+    torch.manual_seed(0)
+    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
+    bundle = save_bundle(
+        tmp_path / "random-bench",
+        name="random-bench",
+        description="random weights",
+        class_ids=CLASS_IDS,
+        class_names=CLASS_NAMES,
+        classifier_config=cls_config,
+        classifier_state=build_model("classifier", cls_config).state_dict(),
+        segmenter_config=seg_config,
+        segmenter_state=build_model("segmenter", seg_config).state_dict(),
+        postprocess=PostprocessParams.neutral(4),
+        provenance={},
+    )
+    out = tmp_path / "model.json"
+    args = ["bench", "model", "--quick", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-plot"]
+    assert main([*args, "--target-ms", "1e9", "--runtime-model", str(bundle), "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["config"]["runtime_model"] == str(bundle)
+    rows = {r["runtime"]: r for r in payload["results"] if r["task"] == "runtime"}
+    assert {"torch", "openvino-f32"} <= set(rows)
+    assert rows["torch"]["speedup_vs_torch_b8"] == pytest.approx(1.0)
+    f32 = rows["openvino-f32"]
+    assert f32["precision"] == "f32" and f32["target_speedup"] == 2.5
+    assert f32["max_abs_diff_seg_probs"] < 1e-5  # same outputs as eager torch
+    for b in (1, 8):
+        assert f32[f"ms_per_frame_b{b}"] > 0 and f32[f"speedup_vs_torch_b{b}"] > 0
+    assert "CPU runtime vs eager torch" in capsys.readouterr().out
