@@ -110,6 +110,8 @@ BROKER_CHECK_TIMEOUT_S = 2.0
 # refused may still have left a stale offset behind (seen once: the group resumed past frames it
 # never read), and the rejoin that follows a restart comes within seconds.
 BROKER_REWIND_S = 60.0
+# Longest one teardown step may take before it is left behind (see _close_within).
+TEARDOWN_STEP_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -194,11 +196,14 @@ class InferenceWorker:
         self._next_broker_check = 0.0
         self._unreset: set[tuple[str, int]] = set()
         self._rewind_until = 0.0
-        self._committed_in_log: set[tuple[str, int]] = set()
+        # What this worker committed in the broker's current log (offset per partition): just after a
+        # restart the broker's own committed offset can be one it refused from the old log.
+        self._committed_in_log: dict[tuple[str, int], int] = {}
         # Batch size by backlog and latency target, and overload detection (workers.batch_policy).
         self.batching = BatchPolicy(self.settings.latency_target_s, max_batch=self.config.batch_size)
         self.overload = OverloadDetector(self.settings.latency_target_s, self.settings.overload_hold_s)
         self._held = False  # the batch in hand met an outage
+        self.teardown_hung = False  # a close step was left running (steel work then exits at once)
         self._served: list[tuple[float, int]] = []  # (monotonic time, frames) of recent batches
         self.metrics.latency_target.set(self.settings.latency_target_s)
 
@@ -317,22 +322,45 @@ class InferenceWorker:
             ("metrics", self.metrics.close),
         ]
         for name, close in steps:
-            if close is None:
-                continue
+            if close is not None:
+                self._close_within(name, close, TEARDOWN_STEP_S)
+        log.info("worker %s stopped", self.worker_id)
+
+    def _close_within(self, name: str, close: Callable[[], object], timeout_s: float) -> None:
+        """Run one close step, but give up on it after timeout_s: librdkafka's consumer close has been
+        seen to hang for good after an embedded broker restart. Offsets are committed per batch, so
+        leaving a hung close loses nothing; `steel work` then exits without waiting for it."""
+        errors: list[BaseException] = []
+
+        def target() -> None:
             try:
                 close()
             except Exception as exc:  # teardown goes on: one failing close must not keep the others open
-                log.warning("closing %s failed: %s", name, exc)
-        log.info("worker %s stopped", self.worker_id)
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, name=f"close-{name}", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            self.teardown_hung = True
+            log.error(
+                "closing the %s did not finish in %.0f s; leaving it (offsets are already committed)",
+                name,
+                timeout_s,
+            )
+        elif errors:
+            log.warning("closing %s failed: %s", name, errors[0])
 
     # --- rebalance callbacks (run inside consume) -----------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
         if time.monotonic() < self._rewind_until:
             partitions = [
-                tp
-                if (tp.topic, tp.partition) in self._committed_in_log
-                else TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
+                TopicPartition(
+                    tp.topic,
+                    tp.partition,
+                    self._committed_in_log.get((tp.topic, tp.partition), OFFSET_BEGINNING),
+                )
                 for tp in partitions
             ]
         consumer.assign(partitions)
@@ -452,7 +480,7 @@ class InferenceWorker:
             self._log_epoch += 1
             self.metrics.broker_restarts.inc()
             self._rewind_until = time.monotonic() + BROKER_REWIND_S
-            self._committed_in_log = set()
+            self._committed_in_log = {}
             self._unreset = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
             log.error(
                 "the Kafka broker restarted with an empty log: reading %s again from the beginning of "

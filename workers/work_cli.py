@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -90,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         worker.run()
+        if worker.teardown_hung:
+            # A client left hanging in its close would hang the interpreter's exit too.
+            logging.shutdown()
+            os._exit(exit_codes.OK)
     except (ServiceUnavailableError, TritonClientError, OperationalError, RedisError, KafkaException) as exc:
         print(f"steel work: service unavailable: {exc}", file=sys.stderr)
         return exit_codes.UNAVAILABLE

@@ -143,6 +143,18 @@ class WorkerProcess:
     def send(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def freeze(self, timeout_s: float = 10.0) -> None:
+        """SIGSTOP and wait until the kernel reports the process stopped: the signal is delivered
+        asynchronously, and a consumer still running for a few milliseconds fetches what the test
+        publishes next."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+        def stopped() -> bool:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+        wait_until(stopped, f"{self.name} to stop", timeout_s)
+
     def kill9(self) -> None:
         self.proc.kill()
         self.proc.wait(30)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
@@ -614,3 +615,40 @@ def test_with_rotation_the_worker_follows_the_janitors_floor_between_batches() -
     assert not re.fullmatch(pattern[1:-1], f"{TOPIC}.42") and re.fullmatch(pattern[1:-1], f"{TOPIC}.43")
     worker.teardown()
     assert janitor.closed and consumer.closed
+
+
+def test_a_close_that_hangs_is_left_behind_and_the_rest_still_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import workers.inference_worker as inference_worker
+
+    monkeypatch.setattr(inference_worker, "TEARDOWN_STEP_S", 0.2)
+    worker, _journal, parts = make_worker(good_messages(1))
+    release = threading.Event()
+    parts["consumer"].close = lambda: release.wait(30)  # librdkafka's close hanging after a broker restart
+    closed: list[str] = []
+    parts["store"].close = lambda: closed.append("store")
+    started = time.monotonic()
+    worker.teardown()
+    assert time.monotonic() - started < 5
+    assert worker.teardown_hung
+    assert closed == ["store"]  # the steps after the hung one still ran
+    release.set()
+    healthy, _j, _p = make_worker(good_messages(1))
+    healthy.teardown()
+    assert not healthy.teardown_hung
+
+
+def test_after_a_broker_restart_a_reassigned_partition_resumes_where_this_worker_committed() -> None:
+    """Just after a restart the broker may report a committed offset it refused from the old log;
+    within the rewind window the worker trusts only what it committed in the new log itself."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    worker, _journal, parts = make_worker(good_messages(1))
+    worker._rewind_until = time.monotonic() + 60
+    worker._committed_in_log = {(TOPIC, 0): 4}
+    given: list[Any] = []
+    parts["consumer"].assign = lambda partitions: given.extend(partitions)
+    stale = 8  # what the broker would start partition 0 at
+    worker._on_assign(parts["consumer"], [TopicPartition(TOPIC, 0, stale), TopicPartition(TOPIC, 1, stale)])
+    assert [(tp.partition, tp.offset) for tp in given] == [(0, 4), (1, OFFSET_BEGINNING)]
