@@ -147,14 +147,12 @@ def train_all_cv(args: argparse.Namespace) -> Path:
         for name in PERTURBATIONS
     }
     final_params, choices = search(caches["base"])
+    report = _report(args, target, tasks, class_ids, class_names, scores, perturbed, final_params, assignment)
+    report["cross_validation"] |= {
+        "postprocess_per_fold": [p.to_json() for p in per_fold_params],
+        "curves": {task: fold_curves([r[task] for r in fold_runs]) for task in tasks},
+    }
     if getattr(args, "cv_only", False):
-        report = _report(
-            args, target, tasks, class_ids, class_names, scores, perturbed, final_params, assignment
-        )
-        report["cross_validation"] |= {
-            "postprocess_per_fold": [p.to_json() for p in per_fold_params],
-            "curves": {task: fold_curves([r[task] for r in fold_runs]) for task in tasks},
-        }
         _write_report(bundle_dir, report)
         _print_summary(report)
         return bundle_dir
@@ -200,12 +198,7 @@ def train_all_cv(args: argparse.Namespace) -> Path:
         postprocess=final_params,
         provenance=provenance,
     )
-    report = _report(args, target, tasks, class_ids, class_names, scores, perturbed, final_params, assignment)
     report["created"] = provenance["created"]
-    report["cross_validation"] |= {
-        "postprocess_per_fold": [p.to_json() for p in per_fold_params],
-        "curves": {task: fold_curves([r[task] for r in fold_runs]) for task in tasks},
-    }
     _write_report(bundle_dir, report)
     _print_summary(report)
     return bundle_dir

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_datasets import make_kaggle, make_pairs
+from tiny_datasets import TINY_CLS, TINY_NET, make_kaggle, make_pairs
 
 from steelcore import exit_codes
 from steelcore.cli import main
@@ -16,14 +16,6 @@ from training.cross_validation import assign_folds, nested_predictions
 from training.loader import TrainingSamples
 from training.mixed_data import DataSpec, open_mixed
 from training.robustness import PERTURBATIONS, robustness_summary
-
-TINY_NET = {
-    "widths": [4, 4, 8, 8, 8],
-    "blocks": [1, 1, 1, 1],
-    "decoder_widths": [8, 8, 4, 4],
-    "input_scale": 1.0,
-}
-TINY_CLS = {k: v for k, v in TINY_NET.items() if k != "decoder_widths"}
 
 
 @pytest.fixture(autouse=True)

@@ -7,22 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_datasets import make_kaggle, make_pairs
+from tiny_datasets import TINY_CLS, TINY_NET, make_kaggle, make_pairs
 
 from steelcore import exit_codes
 from steelcore.cli import main
 from training import run_config, train
 from training.datasets import in_val_split, open_dataset
 from training.train import TrainConfig, train_run
-
-# A network small enough for a 1-second epoch on one thread.
-TINY_NET = {
-    "widths": [4, 4, 8, 8, 8],
-    "blocks": [1, 1, 1, 1],
-    "decoder_widths": [8, 8, 4, 4],
-    "input_scale": 1.0,
-}
-TINY_CLS = {k: v for k, v in TINY_NET.items() if k != "decoder_widths"}
 
 
 @pytest.fixture(autouse=True)

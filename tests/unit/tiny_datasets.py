@@ -11,6 +11,14 @@ from steelcore.rle import encode
 
 BACKGROUND = 90
 DEFECT_GREY = 220
+# Networks small enough for a 1-second epoch on one thread.
+TINY_NET = {
+    "widths": [4, 4, 8, 8, 8],
+    "blocks": [1, 1, 1, 1],
+    "decoder_widths": [8, 8, 4, 4],
+    "input_scale": 1.0,
+}
+TINY_CLS = {k: v for k, v in TINY_NET.items() if k != "decoder_widths"}
 
 
 def _blob(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
