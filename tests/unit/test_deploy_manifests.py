@@ -11,7 +11,11 @@ against their schemas and against the code they configure (no container engine r
   workers scale on consumer lag;
 - the images: producer and dashboard extras never pull torch, the Triton image carries every
   steelcore module its python-backend models import, as Python 3.10;
-- the dashboard's metric names are the ones workers/worker_metrics.py exports.
+- the dashboard's metric names are the ones workers/worker_metrics.py exports;
+- Kafka in compose: every listener authenticates (SCRAM-SHA-512 for the services, none PLAINTEXT),
+  each client logs in as its own principal, and the ACLs kafka-init creates (its script run here
+  with stub Kafka tools) are exactly deploy/compose/kafka-acls.txt, which mirrors the Kubernetes
+  KafkaUsers.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import copy
 import json
 import os
 import re
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -41,6 +46,8 @@ from workers.worker_metrics import WorkerMetrics
 DEPLOY = REPO_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE_FILE = DEPLOY / "compose.yaml"
+COMPOSE_DIR = DEPLOY / "compose"
+KAFKA_ACLS_FILE = COMPOSE_DIR / "kafka-acls.txt"
 TRITON_PYTHON_MODELS = ("postprocess", "steel_cascade")  # python-backend models of the ONNX variant
 URL_VARS = {
     "kafka": "STEEL_KAFKA_URL",
@@ -116,6 +123,23 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 def _command(service: dict[str, Any]) -> list[str]:
     command = service.get("command") or []
     return [command] if isinstance(command, str) else [str(c) for c in command]
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> file in the repository, for the service's bind mounts of deploy/ files."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if source.startswith("./"):
+            found[target] = DEPLOY / source
+    return found
+
+
+def _mounted_script(service: dict[str, Any]) -> str:
+    """The text of the script a service's entrypoint runs from a mounted deploy/ file."""
+    entrypoint = [str(e) for e in service.get("entrypoint") or []]
+    assert entrypoint[:1] == ["/bin/sh"] and len(entrypoint) == 2, entrypoint
+    return _mounts(service)[entrypoint[1]].read_text()
 
 
 def _url_var(role: str, service: str) -> str:
@@ -443,8 +467,8 @@ def test_topics_group_and_partitions_agree_everywhere(
     # compose: kafka-init creates exactly those topics, with the partitions the clients expect.
     init = services["kafka-init"]
     init_env = _environment(init)
-    script = " ".join(_command(init))
-    created = {init_env[v.strip('"$')] for v in re.findall(r'create "(\$\$[A-Z_]+)"', script)}
+    script = _mounted_script(init)
+    created = {init_env[v] for v in re.findall(r'^create "\$([A-Z_]+)"', script, re.M)}
     worker_env = _environment(services["worker"])
     assert created == {worker_env[v] for v in TOPIC_VARS}
     assert init_env["STEEL_FRAMES_PARTITIONS"] == worker_env["STEEL_FRAMES_PARTITIONS"]
@@ -475,7 +499,7 @@ def test_kafka_keeps_three_replicas_with_two_in_sync(
         assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2
         assert int(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == 3
         assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    script = " ".join(_command(services["kafka-init"]))
+    script = _mounted_script(services["kafka-init"])
     assert re.findall(r"--replication-factor (\d+)", script) == ["3"]
     assert re.findall(r"min\.insync\.replicas=(\d+)", script) == ["2"]
     assert set(re.findall(r"kafka-(\d)", services["worker"]["environment"]["STEEL_KAFKA_URL"])) == {
@@ -788,3 +812,255 @@ def test_kafka_acls_per_principal_allow_each_role_only_what_it_does(k8s: list[di
     # KEDA reads the group's lag as the workers' principal.
     auth = _one(k8s, "TriggerAuthentication")["spec"]
     assert {r["name"] for r in auth["secretTargetRef"] if r["parameter"] == "password"} == {"steel-worker"}
+
+
+# --- Kafka in compose: authentication and ACLs per principal ----------------------------------------
+
+# The roles that talk to Kafka and their principals (the same names as the Kubernetes KafkaUsers).
+KAFKA_PRINCIPALS = {"work": "steel-worker", "produce": "steel-producer", "dashboard": "steel-dashboard"}
+IDEMPOTENT_WRITE = ("cluster", "kafka-cluster", "IdempotentWrite")
+
+
+def _compose_acl_list() -> set[tuple[str, str, str, str]]:
+    """(principal, resource type, name, operation) of every line of deploy/compose/kafka-acls.txt."""
+    found = set()
+    for line in KAFKA_ACLS_FILE.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        principal, kind, name, operations = line.split()
+        assert kind in ("topic", "group", "cluster") and "*" not in name, line
+        found |= {(principal, kind, name, op) for op in operations.split(",")}
+    return found
+
+
+def _by_principal(acls: set[tuple[str, str, str, str]]) -> dict[str, set[tuple[str, str, str]]]:
+    grouped: dict[str, set[tuple[str, str, str]]] = {}
+    for principal, *acl in acls:
+        grouped.setdefault(principal, set()).add((acl[0], acl[1], acl[2]))
+    return grouped
+
+
+def _brokers(services: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {
+        n: _environment(s)
+        for n, s in services.items()
+        if "broker" in _environment(s).get("KAFKA_PROCESS_ROLES", "")
+    }
+
+
+def _listeners(env: dict[str, str], key: str) -> dict[str, str]:
+    """listener name -> host:port (or security protocol, for the protocol map)."""
+    pairs = [item.split("://" if "://" in item else ":", 1) for item in env[key].split(",")]
+    return {name: value for name, value in pairs}
+
+
+def test_compose_brokers_authenticate_every_listener_and_authorize_by_acl(services: dict[str, Any]) -> None:
+    brokers = _brokers(services)
+    assert len(brokers) == 3
+    client_ports = set()
+    for name, env in brokers.items():
+        protocols = _listeners(env, "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP")
+        listeners = _listeners(env, "KAFKA_LISTENERS")
+        assert set(protocols) == set(listeners), name
+        # No PLAINTEXT (or TLS-only) listener anywhere: every connection authenticates.
+        assert set(protocols.values()) <= {"SASL_PLAINTEXT", "SASL_SSL"}, f"{name}: {protocols}"
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "BROKER"
+        assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
+        # The services' listener takes SCRAM users only; the broker/controller listeners PLAIN, whose
+        # only user is the broker principal (its JAAS config holds user_admin alone).
+        assert env["KAFKA_LISTENER_NAME_CLIENT_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+        assert "ScramLoginModule" in env["KAFKA_LISTENER_NAME_CLIENT_SCRAM___SHA___512_SASL_JAAS_CONFIG"]
+        assert env["KAFKA_LISTENER_NAME_BROKER_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+        assert env["KAFKA_LISTENER_NAME_CONTROLLER_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+        assert env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == "PLAIN"
+        assert env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"] == "PLAIN"
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+        assert env["KAFKA_SUPER_USERS"] == "User:admin"
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        advertised = _listeners(env, "KAFKA_ADVERTISED_LISTENERS")
+        assert set(advertised) == {"CLIENT", "BROKER"}
+        client_ports.add(advertised["CLIENT"])
+        # No password in the broker's configuration (docker inspect): the PLAIN JAAS configs are
+        # set by kafka-broker.sh from the secret file.
+        assert not [k for k, v in env.items() if "password" in v.lower()], name
+        assert not [k for k in env if k.endswith("PLAIN_SASL_JAAS_CONFIG")], name
+        assert "kafka_admin_password" in services[name]["secrets"]
+        assert "--command-config" in " ".join(services[name]["healthcheck"]["test"])
+    script = _mounted_script(services["kafka-1"])
+    assert set(re.findall(r"^export (KAFKA_\w+)=", script, re.M)) == {
+        "KAFKA_LISTENER_NAME_BROKER_PLAIN_SASL_JAAS_CONFIG",
+        "KAFKA_LISTENER_NAME_CONTROLLER_PLAIN_SASL_JAAS_CONFIG",
+    }
+    assert "$(cat /run/secrets/kafka_admin_password)" in script
+    assert script.rstrip().endswith("exec /etc/kafka/docker/run")
+    # Every compose client connects to the CLIENT listener, over SASL.
+    for role, env, where in _compose_roles(services):
+        if "kafka" in ROLE_NEEDS[role]:
+            assert set(env["STEEL_KAFKA_URL"].split(",")) == client_ports, where
+            assert env["STEEL_KAFKA_SECURITY_PROTOCOL"] in ("SASL_PLAINTEXT", "SASL_SSL"), where
+
+
+def test_compose_kafka_clients_log_in_as_their_own_principal(services: dict[str, Any]) -> None:
+    secrets = {name: s["environment"] for name, s in _compose_secrets(services).items()}
+    seen = set()
+    for name, service in services.items():
+        role = _compose_role(service)
+        env = _environment(service)
+        if role not in KAFKA_PRINCIPALS:
+            assert "STEEL_KAFKA_SASL_USERNAME" not in env and "STEEL_KAFKA_SASL_PASSWORD" not in env, name
+            continue
+        principal = KAFKA_PRINCIPALS[role]
+        assert env["STEEL_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", name
+        assert env["STEEL_KAFKA_SASL_USERNAME"] == principal, name
+        # The password variable is the one kafka-init sets as that principal's password.
+        (variable,) = re.findall(r"^\$\{([A-Z0-9_]+):\?", env["STEEL_KAFKA_SASL_PASSWORD"])
+        assert secrets[_principal_secret(principal)] == variable, name
+        # Its user and ACLs exist before it starts.
+        assert service["depends_on"]["kafka-init"] == {"condition": "service_completed_successfully"}, name
+        seen.add(role)
+    assert seen == set(KAFKA_PRINCIPALS)
+    # kafka-exporter: its own read-only principal, the password read from its secret file.
+    exporter = services["kafka-exporter"]
+    command = " ".join(_command(exporter))
+    assert "--sasl.enabled" in command and "--sasl.mechanism=scram-sha512" in command
+    assert "--sasl.username=steel-exporter" in command
+    assert '--sasl.password="$$(cat /run/secrets/kafka_exporter_password)"' in command
+    assert exporter["secrets"] == ["kafka_exporter_password"]
+
+
+def _compose_secrets(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())["secrets"]
+
+
+def _principal_secret(principal: str) -> str:
+    return f"kafka_{principal.removeprefix('steel-')}_password"
+
+
+def test_compose_kafka_acls_per_principal_allow_each_role_only_what_it_does(
+    services: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    from steelcore.kafka_clients import producer_config
+
+    env = _environment(services["worker"])
+    frames, truth, dead = (env[v] for v in TOPIC_VARS)
+    group = env["STEEL_CONSUMER_GROUP"]
+    acls = _by_principal(_compose_acl_list())
+    # The producers of cameras and workers (dead letters) are idempotent on a real Kafka, so those
+    # two principals may also InitProducerId (IdempotentWrite on the cluster).
+    assert producer_config(Settings(kafka_url="kafka-1:9092"))["enable.idempotence"] is True
+    assert acls == {
+        "steel-producer": {
+            ("topic", frames, "Write"),
+            ("topic", frames, "Describe"),
+            ("topic", truth, "Write"),
+            ("topic", truth, "Describe"),
+            IDEMPOTENT_WRITE,
+        },
+        "steel-worker": {
+            ("topic", frames, "Read"),
+            ("topic", frames, "Describe"),
+            ("group", group, "Read"),
+            ("group", group, "Describe"),
+            ("topic", dead, "Write"),
+            ("topic", dead, "Describe"),
+            IDEMPOTENT_WRITE,
+        },
+        "steel-dashboard": {("topic", t, "Describe") for t in (frames, truth, dead)},
+        "steel-exporter": {("topic", t, "Describe") for t in (frames, truth, dead)}
+        | {("group", group, "Describe")},
+    }
+    # The same principals and ACLs as the Kubernetes KafkaUsers (where Strimzi runs the exporter),
+    # apart from IdempotentWrite.
+    users = {d["metadata"]["name"]: _acls(d) for d in k8s if d["kind"] == "KafkaUser"}
+    assert {p: a - {IDEMPOTENT_WRITE} for p, a in acls.items() if p != "steel-exporter"} == users
+    # kafka-init gets every principal's password and the broker principal's, as secrets.
+    init = services["kafka-init"]
+    assert set(init["secrets"]) == {"kafka_admin_password"} | {_principal_secret(p) for p in acls}
+    assert _mounts(init)["/opt/steel/kafka-acls.txt"] == KAFKA_ACLS_FILE
+    assert not [k for k, v in _environment(init).items() if "PASSWORD" in k or "password" in v.lower()]
+
+
+def _kafka_init_env(tmp_path: Path, services: dict[str, Any]) -> dict[str, str]:
+    """The environment to run deploy/compose/kafka-init.sh here: stub kafka-*.sh tools that record
+    their arguments in tmp_path/calls, and secret files "pw-<secret name>" in tmp_path/secrets."""
+    bin_dir, secrets = tmp_path / "bin", tmp_path / "secrets"
+    bin_dir.mkdir()
+    secrets.mkdir()
+    for tool in ("kafka-topics.sh", "kafka-configs.sh", "kafka-acls.sh"):
+        stub = bin_dir / tool
+        stub.write_text(
+            f'#!/bin/sh\nprintf "%s\\0" {tool} "$@" >> "{tmp_path}/calls"\necho >> "{tmp_path}/calls"\n'
+        )
+        stub.chmod(0o755)
+    for secret in services["kafka-init"]["secrets"]:
+        (secrets / secret).write_text(f"pw-{secret}")
+    env = {k: v for k, v in _environment(services["kafka-init"]).items() if "${" not in v}
+    return {
+        **env,
+        "FRAMES_RETENTION_MS": "86400000",
+        "DEAD_LETTER_RETENTION_MS": "604800000",
+        "PATH": os.environ["PATH"],
+        "KAFKA_INIT_BIN": str(bin_dir),
+        "KAFKA_INIT_SECRETS_DIR": str(secrets),
+        "KAFKA_INIT_ACLS_FILE": str(KAFKA_ACLS_FILE),
+        "TMPDIR": str(tmp_path),
+    }
+
+
+def _run_kafka_init(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["/bin/sh", str(COMPOSE_DIR / "kafka-init.sh")], env=env, capture_output=True)
+
+
+def _option(args: list[str], name: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == name]
+
+
+def test_kafka_init_creates_exactly_the_listed_users_and_acls(
+    tmp_path: Path, services: dict[str, Any]
+) -> None:
+    assert _run_kafka_init(_kafka_init_env(tmp_path, services)).returncode == 0
+    calls = [line.split("\0")[:-1] for line in (tmp_path / "calls").read_text().splitlines()]
+    for args in calls:  # every call as the broker principal, on the BROKER listener
+        (bootstrap,) = _option(args, "--bootstrap-server")
+        assert bootstrap == _environment(services["kafka-init"])["KAFKA_ADMIN_BOOTSTRAP"]
+        assert all(h.endswith(":19092") for h in bootstrap.split(","))
+        (properties,) = _option(args, "--command-config")
+        assert 'username="admin" password="pw-kafka_admin_password"' in Path(properties).read_text()
+    created = {_option(a, "--topic")[0] for a in calls if a[0] == "kafka-topics.sh" and "--create" in a}
+    assert created == {_environment(services["worker"])[v] for v in TOPIC_VARS}
+
+    acls = _compose_acl_list()
+    users = {
+        _option(a, "--entity-name")[0]: _option(a, "--add-config")[0]
+        for a in calls
+        if a[0] == "kafka-configs.sh"
+    }
+    assert users == {
+        p: f"SCRAM-SHA-512=[iterations=8192,password=pw-{_principal_secret(p)}]" for p, *_ in acls
+    }
+    made = set()
+    for args in (a for a in calls if a[0] == "kafka-acls.sh" and "--add" in a):
+        (principal,) = _option(args, "--allow-principal")
+        assert _option(args, "--resource-pattern-type") == ["literal"] and _option(args, "--allow-host") == [
+            "*"
+        ]
+        if "--cluster" in args:
+            resource = ("cluster", "kafka-cluster")
+        else:
+            ((kind, name),) = [
+                (k.strip("-"), _option(args, k)[0]) for k in ("--topic", "--group") if k in args
+            ]
+            resource = (kind, name)
+        made |= {(principal.removeprefix("User:"), *resource, op) for op in _option(args, "--operation")}
+    assert made == acls
+    assert not [a for a in calls if "--remove" in a or "--deny-principal" in a]
+
+
+def test_kafka_init_refuses_a_password_that_is_not_url_safe(tmp_path: Path, services: dict[str, Any]) -> None:
+    env = _kafka_init_env(tmp_path, services)
+    (tmp_path / "secrets" / "kafka_worker_password").write_text("a]b,password=x")
+    result = _run_kafka_init(env)
+    assert result.returncode != 0
+    assert b"kafka_worker_password: empty or not URL-safe" in result.stderr
+    # It stopped at that user: no ACL was added.
+    assert not [line for line in (tmp_path / "calls").read_text().splitlines() if "kafka-acls.sh" in line]
