@@ -119,3 +119,32 @@ def stack_settings(stack_run_dir: Path) -> Settings:
     """Settings that resolve services through stack_run_dir/stack.json; request the URL fixtures
     you need alongside, so their services are started and recorded."""
     return Settings(run_dir=stack_run_dir, kafka_url=None, postgres_url=None, redis_url=None, triton_url=None)
+
+
+# --- leaving the test process ------------------------------------------------------------------
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without the interpreter's own teardown once pytest has reported everything.
+
+    A full `make test` once ended with SIGSEGV after its last test had passed and the summary was
+    printed: a native library loaded into this process (librdkafka, OpenVINO and torch all are)
+    crashed while Python finalised its modules, and the run counted as failed. Not reproduced in
+    any part of the suite run alone. The exit status pytest decided is kept exactly;
+    STEEL_TEST_SOFT_EXIT=1 restores the ordinary shutdown (to chase that crash)."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is None or os.environ.get("STEEL_TEST_SOFT_EXIT") == "1":
+        return
+    import logging
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
