@@ -27,7 +27,7 @@ from training.inference import predict_probs
 from training.triton_export import ServingLayout, write_repository
 from workers.triton_client import TritonEnsembleClient
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.openvino]
 pytest.importorskip("openvino")
 
 N_FRAMES = 4

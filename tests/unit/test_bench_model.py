@@ -53,6 +53,7 @@ def test_bench_model_reports_a_missed_target(tmp_path: Path, capsys: pytest.Capt
     assert "NOT met" in capsys.readouterr().out
 
 
+@pytest.mark.openvino
 def test_bench_model_compares_the_cpu_runtime_with_eager_torch(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

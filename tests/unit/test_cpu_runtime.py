@@ -24,6 +24,8 @@ pytest.importorskip("openvino")
 from steelcore.cpu_runtime import OpenVINONetwork
 from training import cpu_runtime
 
+pytestmark = pytest.mark.openvino
+
 
 def make_bundle(path: Path, *, classifier: bool = True) -> Path:
     torch.manual_seed(2)

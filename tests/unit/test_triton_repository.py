@@ -291,6 +291,7 @@ def test_openvino_repository_configs(openvino_repo: Path) -> None:
     assert manifest["format"] == "openvino" and manifest["kind"] == "cpu"
 
 
+@pytest.mark.openvino
 def test_openvino_repository_networks_equal_predict_probs(openvino_repo: Path, bundle_path: Path) -> None:
     """The files the python model compiles, at f32, give eager torch's probabilities."""
     pytest.importorskip("openvino")
