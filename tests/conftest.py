@@ -121,20 +121,6 @@ def stack_settings(stack_run_dir: Path) -> Settings:
     return Settings(run_dir=stack_run_dir, kafka_url=None, postgres_url=None, redis_url=None, triton_url=None)
 
 
-# --- order --------------------------------------------------------------------------------------
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that load OpenVINO into this process run last, the one starting a Triton server first.
-
-    After OpenVINO had been loaded here, a later test that forks (a DataLoader worker) crashed the
-    whole pytest process with SIGSEGV in a full `make test` (the same tests pass run apart). The
-    product never loads OpenVINO into a process that forks afterwards (`steel train` does not use
-    it; Triton's python models are separate processes)."""
-    late = [item for item in items if item.get_closest_marker("openvino")]
-    if late:
-        late.sort(key=lambda item: not item.get_closest_marker("integration"))
-        items[:] = [item for item in items if not item.get_closest_marker("openvino")] + late
-
-
 # --- leaving the test process ------------------------------------------------------------------
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config.stash[_EXIT_STATUS] = int(exitstatus)
