@@ -63,6 +63,17 @@ def fresh_run_dir() -> Iterator[Path]:
     yield from _make_run_dir()
 
 
+@pytest.fixture()
+def private_broker(fresh_run_dir: Path) -> Iterator[KafkaBroker]:
+    """A Kafka broker of the test's own (cases that kill and restart it)."""
+    broker = KafkaBroker(fresh_run_dir, free_port())
+    broker.start(timeout_s=60)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 def _serve(service: S) -> Iterator[S]:
     """Start ``service``, record it in its run_dir/stack.json, stop it at the end of the session."""
     try:

@@ -44,16 +44,6 @@ def private_redis(fresh_run_dir: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-@pytest.fixture()
-def private_broker(fresh_run_dir: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(fresh_run_dir, free_port())
-    broker.start(timeout_s=60)
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 def _outage(
     case: FaultCase, stop: Callable[[], object], start: Callable[[], object]
 ) -> dict[str, float | int]:

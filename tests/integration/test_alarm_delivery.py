@@ -215,16 +215,6 @@ def test_actuator_down_while_200_alarms_pass_a_small_stream_cap(
     stream.client.close()
 
 
-@pytest.fixture()
-def private_broker(fresh_run_dir: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(fresh_run_dir, free_port())
-    broker.start(timeout_s=60)
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 @pytest.mark.slow
 def test_alarm_stored_then_broker_restarted_before_the_commit_still_reaches_the_actuator(
     private_broker: KafkaBroker, redis_url: str, db_url: str, engine: Engine, tmp_path: Path
