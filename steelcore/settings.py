@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     worker_metrics_address: str = Field(
         "127.0.0.1", description="address /metrics listens on; 0.0.0.0 where Prometheus scrapes remotely"
     )
+    worker_liveness_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a worker's /livez answers 503 once its consume loop made no progress for this long "
+        "(the loop also counts as progressing while it holds a batch through an outage)",
+    )
     latency_target_s: float = Field(
         0.5,
         gt=0,

@@ -98,6 +98,7 @@ from workers.worker_parts import (
     is_refused_row,
     merge_store_results,
 )
+from workers.worker_probes import WorkerProbes
 
 log = logging.getLogger("steel.worker")
 
@@ -206,6 +207,19 @@ class InferenceWorker:
         self.teardown_hung = False  # a close step was left running (steel work then exits at once)
         self._served: list[tuple[float, int]] = []  # (monotonic time, frames) of recent batches
         self.metrics.latency_target.set(self.settings.latency_target_s)
+        # /livez and /readyz (workers.worker_probes): the loop beats the heartbeat; readiness asks
+        # the parts below. _assigned is written by the rebalance callbacks only (loop thread).
+        self._assigned = False
+        self._schema_head: str | None = None
+        self.probes = WorkerProbes(
+            self.settings.worker_liveness_timeout_s,
+            [
+                ("worker", self._check_running),
+                ("triton", self._check_triton),
+                ("database", self._check_database),
+                ("kafka", self._check_assignment),
+            ],
+        )
 
     # --- life -----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -221,7 +235,8 @@ class InferenceWorker:
         from steelcore import service_urls
 
         s = self.settings
-        self.metrics.serve(self.config.metrics_port, addr=s.worker_metrics_address)
+        self.probes.beat()  # the startup waits below are bounded (startup_timeout_s, connect timeouts)
+        self.metrics.serve(self.config.metrics_port, addr=s.worker_metrics_address, probes=self.probes)
         self._embedded_kafka = service_urls.is_embedded("kafka", s)
         if self.inference is None:
             from workers.triton_client import TritonEnsembleClient
@@ -259,6 +274,7 @@ class InferenceWorker:
             self.janitor.check()  # the floor, before the first subscription
             self._janitor_thread = JanitorThread(self.janitor, s.topic_janitor_interval_s)
             self._janitor_thread.start()
+        self.probes.beat()
         self._subscribe()
         if self._embedded_kafka:
             self._incarnation = BrokerIncarnation(timeout_s=BROKER_CHECK_TIMEOUT_S)
@@ -364,6 +380,7 @@ class InferenceWorker:
                 for tp in partitions
             ]
         consumer.assign(partitions)
+        self._assigned = True
         # A new assignment starts from the offsets committed in the broker's current log (or, just
         # after a restart was noticed, from its beginning).
         self._unreset -= {(tp.topic, tp.partition) for tp in partitions}
@@ -374,12 +391,49 @@ class InferenceWorker:
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
+        self._assigned = False
         log.info("revoked %s", _describe(partitions))
+
+    # --- readiness checks (workers.worker_probes; run on the metrics server's threads) ----------
+    def _check_running(self) -> str | None:
+        return "stopping" if self.stop_event.is_set() else None
+
+    def _check_triton(self) -> str | None:
+        inference = self.inference
+        if inference is None:
+            return "client not started"
+        ready = getattr(inference, "ready", None)  # injected test doubles may have no health call
+        if callable(ready) and not ready():
+            return f"model {self.settings.triton_model!r} not ready"
+        return None
+
+    def _check_database(self) -> str | None:
+        store = self.store
+        if store is None:
+            return "not connected"
+        if not isinstance(store, PostgresStore):
+            return None
+        from sqlalchemy import text
+
+        from workers.db_migrate import head_revision
+
+        if self._schema_head is None:
+            self._schema_head = head_revision()
+        with store.engine.connect() as conn:
+            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        if current != self._schema_head:
+            return f"schema at revision {current}, this worker needs {self._schema_head}"
+        return None
+
+    def _check_assignment(self) -> str | None:
+        # An empty assignment (more workers than partitions) still means a member of the group.
+        return None if self._assigned else "no partition assignment yet"
 
     # --- one batch ------------------------------------------------------------------------------
     def run_once(self) -> int:
         """Consume one batch and see it through; returns the number of messages handled."""
         assert self.consumer is not None
+        self.probes.beat()
         janitor = self.janitor if self.rotation_s > 0 else None
         if janitor is not None and janitor.floor != self._floor and not self._carry:
             self._subscribe()  # drained buckets leave the assignment (rebalance) before deletion
@@ -736,6 +790,7 @@ class InferenceWorker:
         assert self.consumer is not None
         deadline = time.monotonic() + seconds
         while (remaining := deadline - time.monotonic()) > 0:
+            self.probes.beat()  # held through an outage, the loop still polls: alive, not stuck
             fetched = self.consumer.consume(num_messages=self.config.batch_size, timeout=min(remaining, 1.0))
             usable = [m for m in fetched if not self._is_error(m)]
             if usable:

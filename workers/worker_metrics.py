@@ -1,4 +1,5 @@
-"""Prometheus metrics of an inference worker, served on ``/metrics`` when a port is given.
+"""Prometheus metrics of an inference worker, served on ``/metrics`` when a port is given, with the
+worker's probes ``/livez`` and ``/readyz`` on the same port (workers.worker_probes).
 
 Lag is exported two ways. Event-time lag (now minus ``captured_at`` of the newest frame
 processed) means the same on any broker. Offset lag (high watermark minus position) is exported
@@ -9,9 +10,15 @@ batch's base offset + 1, which would make it wrong (shared/notes/embedded-stack.
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from workers.worker_probes import WorkerProbes
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +122,19 @@ class WorkerMetrics:
         """A sample's current value (0 when absent); for logs and tests."""
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> int | None:
-        """Serve /metrics on ``port`` (0 = off); returns the port, or None when off."""
+    def serve(self, port: int, addr: str = "127.0.0.1", probes: WorkerProbes | None = None) -> int | None:
+        """Serve /metrics (and /livez, /readyz when ``probes`` is given) on ``port`` (0 = off) from a
+        thread; returns the port, or None when off."""
         if port == 0:
             return None
         if not 0 < port < 65536:
             raise ValueError(f"metrics port must be in 1..65535 (0 = off), got {port}")
-        self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        log.info("metrics on http://%s:%d/metrics", addr, port)
+        server_class = _IPv6Server if ":" in addr else ThreadingHTTPServer
+        self._server = server_class((addr, port), _handler(self.registry, probes))
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="worker-metrics", daemon=True).start()
+        also = " and probes /livez, /readyz" if probes else ""
+        log.info("metrics on http://%s:%d/metrics%s", addr, port, also)
         return port
 
     def close(self) -> None:
@@ -130,3 +142,32 @@ class WorkerMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _handler(registry: CollectorRegistry, probes: WorkerProbes | None) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if probes is not None and path in ("/livez", "/readyz"):
+                ok, reason = probes.live() if path == "/livez" else probes.ready()
+                self._reply(200 if ok else 503, "text/plain; charset=utf-8", f"{reason}\n".encode())
+                return
+            # Any other path is the metrics page, as prometheus_client's own server does.
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._reply(200, content_type, encoder(registry))
+
+        def _reply(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a scrape or probe every few seconds would flood the worker's log
+
+    return Handler
