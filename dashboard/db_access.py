@@ -3,7 +3,9 @@ INSERT into ``feedback`` (dashboard/feedback.py). Neither can change a frame, de
 
 - ``steel_dashboard``: LOGIN, member of workers.db_migrate's ``steel_reader`` group (SELECT only);
   its sessions are also read-only and time out after READ_STATEMENT_TIMEOUT_MS, so one heavy
-  history query cannot hold the database.
+  history query cannot hold the database. Both are set on the role itself (ALTER ROLE ... SET),
+  so every client of the login gets them, Grafana's datasource included, and again by
+  ``open_reader`` on each connection (which also covers a login a DBA created without them).
 - ``steel_feedback``: LOGIN, INSERT on ``feedback`` and nothing else (no SELECT, no UPDATE).
 
 URLs: STEEL_DASHBOARD_DB_URL / STEEL_DASHBOARD_FEEDBACK_DB_URL when set (production: with their
@@ -96,6 +98,9 @@ def ensure_dashboard_roles(
         _create_login_role_sql(DASHBOARD_ROLE),
         _create_login_role_sql(FEEDBACK_ROLE),
         f"GRANT {db_migrate.READER_ROLE} TO {DASHBOARD_ROLE}",
+        # Grafana reads as this login without open_reader's session settings: put them on the role.
+        f"ALTER ROLE {DASHBOARD_ROLE} SET statement_timeout = {READ_STATEMENT_TIMEOUT_MS}",
+        f"ALTER ROLE {DASHBOARD_ROLE} SET default_transaction_read_only = on",
         f"GRANT USAGE ON SCHEMA public TO {FEEDBACK_ROLE}",
         f"GRANT INSERT ON feedback TO {FEEDBACK_ROLE}",
     ]

@@ -104,6 +104,21 @@ def test_the_worker_role_writes_frames_and_the_dashboard_role_cannot(worker_logi
         reader.dispose()
 
 
+def test_the_read_only_login_carries_its_timeout_on_the_role(db_url: str) -> None:
+    """Grafana connects as steel_dashboard with no session settings of its own: a plain connection
+    (not open_reader) must already time out and be read-only."""
+    db_migrate.upgrade(db_url)
+    ensure_dashboard_roles(db_url)
+    plain = db_migrate.create_db_engine(role_url(db_url, DASHBOARD_ROLE))
+    try:
+        with plain.connect() as conn:
+            timeout = conn.execute(text("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"))
+            assert int(timeout.scalar_one()) == READ_STATEMENT_TIMEOUT_MS
+            assert conn.execute(text("SHOW default_transaction_read_only")).scalar_one() == "on"
+    finally:
+        plain.dispose()
+
+
 def _assert_history_cannot_be_rewritten(writer: Engine) -> None:
     """The writer may mark an alarm published and nothing else: every other UPDATE is refused."""
     rewrites = [
