@@ -124,11 +124,11 @@ def near_threshold(probs: Sequence[float], gates: Sequence[float], margin: float
 
 @dataclass(frozen=True)
 class DriftEvent:
+    """A camera's drift episode starting (raised) or ending (cleared)."""
+
     camera: str  # "line/camera"
-    statistic: str  # an input statistic, "defect_share_c<k>" or "near_share"
     state: Literal["raised", "cleared"]
-    value: float  # the window's mean or share
-    reference: float
+    statistics: tuple[str, ...]  # raised: what left the reference; cleared: what had
     message: str
 
 
@@ -179,9 +179,11 @@ class DriftMonitor:
         probs: Sequence[float],
         present: Sequence[bool],
         gates: Sequence[float],
-    ) -> list[DriftEvent]:
+    ) -> DriftEvent | None:
         """One judged frame of ``camera``: its input statistics, class probabilities, which classes
-        it holds a defect of, and the gates. Returns the episodes that start or end with it."""
+        it holds a defect of, and the gates. Returns the camera's episode starting or ending with
+        it: a darker lamp moves brightness, contrast and JPEG size together, and that is one
+        episode, so statistics that join a running episode raise nothing new."""
         window = self._cameras.setdefault(camera, _CameraWindow(self.window))
         for name, value in inputs.items():
             if name in self.reference.input_mean and math.isfinite(value):
@@ -189,33 +191,44 @@ class DriftMonitor:
         for k, has_defect in enumerate(present):
             window.push(f"defect_share_c{k + 1}", 1.0 if has_defect else 0.0)
         window.push("near_share", 1.0 if near_threshold(probs, gates, self.reference.near_margin) else 0.0)
-        events = [self._check_input(camera, window, name) for name in self.reference.input_mean]
-        events += [self._check_share(camera, window, name) for name in window.values if "share" in name]
-        return [event for event in events if event is not None]
+        before = set(window.drifting)
+        found = [self._check_input(window, name) for name in self.reference.input_mean]
+        found += [self._check_share(window, name) for name in window.values if "share" in name]
+        if not before and window.drifting:
+            texts = [text for text in found if text]
+            return DriftEvent(
+                camera,
+                "raised",
+                tuple(sorted(window.drifting)),
+                f"camera {camera}: " + "; ".join(texts) + "; results unreliable",
+            )
+        if before and not window.drifting:
+            return DriftEvent(
+                camera,
+                "cleared",
+                tuple(sorted(before)),
+                f"camera {camera}: frames back within what the model knows",
+            )
+        return None
 
-    def _check_input(self, camera: str, window: _CameraWindow, name: str) -> DriftEvent | None:
+    def _check_input(self, window: _CameraWindow, name: str) -> str | None:
+        """Updates the statistic's state; the words for it when it starts drifting now."""
         mean = window.mean(name)
         if mean is None:
             return None
         ref_mean = self.reference.input_mean[name]
         spread = max(self.reference.input_std[name], MIN_SPREAD.get(name, 1e-6))
-        z = (mean - ref_mean) / spread
-        state = self._transition(window, name, abs(z), self.raise_z, self.clear_z)
-        if state is None:
+        if not self._transition(window, name, abs(mean - ref_mean) / spread, self.raise_z, self.clear_z):
             return None
         shift = mean - ref_mean
         word = _WORDS[name][0 if shift > 0 else 1]
         unit = f" {_UNITS[name]}" if _UNITS[name] else ""
-        if state == "raised":
-            text = (
-                f"camera {camera}: frames {abs(shift):.0f}{unit} {word} than the model knows "
-                f"(window mean {mean:.1f}, reference {ref_mean:.1f} +- {spread:.1f}); results unreliable"
-            )
-        else:
-            text = f"camera {camera}: {name} back within what the model knows (window mean {mean:.1f})"
-        return DriftEvent(camera, name, state, mean, ref_mean, text)
+        return (
+            f"frames {abs(shift):.0f}{unit} {word} than the model knows "
+            f"({name} {mean:.1f}, reference {ref_mean:.1f} +- {spread:.1f})"
+        )
 
-    def _check_share(self, camera: str, window: _CameraWindow, name: str) -> DriftEvent | None:
+    def _check_share(self, window: _CameraWindow, name: str) -> str | None:
         share = window.mean(name)
         if share is None:
             return None
@@ -226,26 +239,16 @@ class DriftMonitor:
             ref = self.reference.defect_share[k - 1] if k <= len(self.reference.defect_share) else 0.0
             what = f"frames with class {k} defects"
         # One-sided: a cleaner line than the training set is no reason to distrust the model.
-        state = self._transition(window, name, share - ref, self.raise_share, self.clear_share)
-        if state is None:
+        if not self._transition(window, name, share - ref, self.raise_share, self.clear_share):
             return None
-        if state == "raised":
-            text = (
-                f"camera {camera}: {share:.0%} {what} against {ref:.0%} when the model was made; "
-                "results unreliable or the line has a real problem"
-            )
-        else:
-            text = f"camera {camera}: {what} back to {share:.0%}"
-        return DriftEvent(camera, name, state, share, ref, text)
+        return f"{share:.0%} {what} against {ref:.0%} when the model was made"
 
     @staticmethod
-    def _transition(
-        window: _CameraWindow, name: str, score: float, raise_at: float, clear_at: float
-    ) -> Literal["raised", "cleared"] | None:
+    def _transition(window: _CameraWindow, name: str, score: float, raise_at: float, clear_at: float) -> bool:
+        """Moves the statistic in or out of drift (hysteresis); True when it starts drifting now."""
         if name not in window.drifting and score >= raise_at:
             window.drifting.add(name)
-            return "raised"
+            return True
         if name in window.drifting and score <= clear_at:
             window.drifting.discard(name)
-            return "cleared"
-        return None
+        return False

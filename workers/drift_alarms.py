@@ -1,0 +1,88 @@
+"""Inspection alarms on Redis: a camera's drift episode, published once however many workers see it.
+
+Frames are keyed by frame id, so every worker judges a share of every camera and each may find
+the same drift. The episode's state lives in Redis (one key per camera); a Lua script sets it and
+appends the stream entry in one atomic step, so the first worker raises, the others find the key
+and add nothing, and a worker dying between the two steps cannot leave an episode unpublished.
+The stream is apart from the defect alarms: no reject actuator reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from workers.drift_monitor import DriftEvent
+
+# KEYS[1] episode key, KEYS[2] stream; ARGV[1] "raised"|"cleared", ARGV[2] episode JSON,
+# ARGV[3] stream maxlen, then field/value pairs for XADD. Returns the entry id or false.
+_PUBLISH = """
+if ARGV[1] == 'raised' then
+  if redis.call('SET', KEYS[1], ARGV[2], 'NX') == false then return false end
+else
+  if redis.call('DEL', KEYS[1]) == 0 then return false end
+end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+"""
+# Inspection alarms are rare (an episode lasts minutes); this keeps months of them.
+STREAM_MAXLEN = 10_000
+
+
+class InspectionAlarms:
+    def __init__(self, client: redis.Redis, stream: str, *, maxlen: int = STREAM_MAXLEN) -> None:
+        self.client = client
+        self.stream = stream
+        self.maxlen = maxlen
+        self._script = client.register_script(_PUBLISH)
+
+    def episode_key(self, camera: str) -> str:
+        return f"{self.stream}:active:{camera}"
+
+    def publish(self, event: DriftEvent, *, model: str = "") -> str | None:
+        """Appends the event unless another worker already did for this episode; the entry id or
+        None when there was nothing to add."""
+        now = time.time()
+        episode = json.dumps({"statistics": list(event.statistics), "message": event.message, "since": now})
+        fields: dict[str, Any] = {
+            "kind": "inspection",
+            "state": event.state,
+            "camera": event.camera,
+            "statistics": ",".join(event.statistics),
+            "message": event.message,
+            "model": model,
+            "raised_at": f"{now:.3f}",
+        }
+        flat = [str(x) for pair in fields.items() for x in pair]
+        entry = self._script(
+            keys=[self.episode_key(event.camera), self.stream],
+            args=[event.state, episode, self.maxlen, *flat],
+        )
+        return entry.decode() if isinstance(entry, bytes) else entry
+
+    def active(self) -> dict[str, dict[str, Any]]:
+        """The cameras in a drift episode now: camera -> {statistics, message, since}."""
+        prefix = self.episode_key("")
+        found: dict[str, dict[str, Any]] = {}
+        for key in self.client.scan_iter(match=f"{prefix}*", count=200):
+            name = key.decode() if isinstance(key, bytes) else key
+            value = self.client.get(name)
+            if value is not None:
+                found[name.removeprefix(prefix)] = json.loads(value)
+        return found
+
+    def recent(self, count: int = 50) -> list[dict[str, str]]:
+        """The newest entries of the stream, newest first."""
+        rows = []
+        for entry_id, data in self.client.xrevrange(self.stream, count=count):
+            row = {_text(k): _text(v) for k, v in data.items()}
+            rows.append({"id": _text(entry_id), **row})
+        return rows
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
