@@ -13,9 +13,11 @@ runs here), checked on the file itself.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -66,3 +68,108 @@ def test_secret_files_live_in_the_ignored_secrets_folder(compose: dict[str, Any]
         assert f"deploy/secrets/{path.name}" in readme, f"deploy/secrets/README.md: how to make {file}?"
     # The folder's own documentation is committed.
     assert not _git_ignored(DEPLOY / "secrets" / "README.md")
+
+
+# --- Triton and its model repository --------------------------------------------------------------
+
+
+def _healthcheck(service: dict[str, Any]) -> str:
+    return " ".join(str(t) for t in service["healthcheck"]["test"])
+
+
+def test_triton_is_healthy_only_when_the_ensemble_is_ready(services: dict[str, Any]) -> None:
+    from steelcore.settings import Settings
+
+    model = services["worker"]["environment"]["STEEL_TRITON_MODEL"]
+    assert model == Settings().triton_model == "steel_ensemble"
+    assert f"127.0.0.1:8000/v2/models/{model}/ready" in _healthcheck(services["triton"])
+    assert services["worker"]["depends_on"]["triton"] == {"condition": "service_healthy"}
+
+
+def test_triton_serves_the_repository_a_one_shot_export_wrote_first(services: dict[str, Any]) -> None:
+    triton, export = services["triton"], services["triton-models"]
+    assert triton["depends_on"]["triton-models"] == {"condition": "service_completed_successfully"}
+    assert export["restart"] == "no"
+    # The export writes <volume>/onnx; Triton mounts that folder, read-only, as its /models.
+    command = [str(c) for c in export["command"]]
+    assert command[:1] == ["export"] and command[command.index("--format") + 1] == "onnx"
+    repo = Path(command[command.index("--repo") + 1])
+    (export_mount,) = [v for v in export["volumes"] if str(v).endswith(f":{repo.parent}")]
+    volume = str(export_mount).split(":")[0]
+    (model_mount,) = [v for v in triton["volumes"] if isinstance(v, dict) and v["target"] == "/models"]
+    assert model_mount == {
+        "type": "volume",
+        "source": volume,
+        "target": "/models",
+        "read_only": True,
+        "volume": {"subpath": repo.name},
+    }
+    # The export's image carries the bundle and the templates it reads, owns the volume's mount
+    # point (Docker copies that ownership into the new volume) and runs as that user.
+    dockerfile = (DEPLOY / export["build"]["dockerfile"].removeprefix("deploy/")).read_text()
+    assert "COPY models/default ./models/default" in dockerfile and "COPY triton_models " in dockerfile
+    assert re.search(rf"mkdir -p {repo.parent}\b.*\n.*chown steel:steel {repo.parent}\b", dockerfile)
+    assert re.search(r"^USER 10001", dockerfile, re.M)
+    assert '-e ".[models]"' in dockerfile  # steel export finds models/ beside the package
+
+
+# --- database upkeep ------------------------------------------------------------------------------
+
+
+def _login(url: str) -> str | None:
+    return urlsplit(re.sub(r"\$\{[^}]*\}|\$\([A-Z0-9_]+\)", "secret", url)).username
+
+
+def test_maintenance_purges_and_partitions_daily_as_the_cronjobs_login(services: dict[str, Any]) -> None:
+    service = services["maintenance"]
+    command = [str(c) for c in service["command"]]
+    assert command[:2] == ["maintain", "--every"] and 0 < int(command[2]) <= 86400
+    assert service["restart"] == "unless-stopped"  # --every runs forever; a crash is restarted
+    assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert service["image"] == services["worker"]["image"]
+    cronjobs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "maintenance.yaml").read_text()) if d]
+    k8s_logins = set()
+    for cronjob in (d for d in cronjobs if d["kind"] == "CronJob"):
+        for container in cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+            k8s_logins.add(_login(env["STEEL_POSTGRES_URL"]))
+    assert k8s_logins == {_login(service["environment"]["STEEL_POSTGRES_URL"])}
+    assert k8s_logins != {_login(services["worker"]["environment"]["STEEL_POSTGRES_URL"])}
+
+
+# --- Redis and Kafka ------------------------------------------------------------------------------
+
+
+def test_redis_keeps_its_entrypoint_and_never_runs_as_root(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    assert "entrypoint" not in redis  # the image's docker-entrypoint.sh stays in front
+    user = str(redis["user"]).split(":")
+    assert user[0] not in ("", "0", "root") and user[-1] not in ("", "0", "root")
+    command = [str(c) for c in redis["command"]]
+    assert command[0] == "/bin/sh"  # not redis-server: the entrypoint runs it as given
+    assert re.search(r"^exec redis-server /tmp/redis.conf ", command[-1], re.M)
+    assert "/tmp" in redis["tmpfs"]  # the config file it writes as that user
+
+
+def _java_heap_mb(option: str) -> float:
+    number, unit = re.fullmatch(r"-Xmx(\d+)([kKmMgG])", option).groups()  # type: ignore[union-attr]
+    return int(number) * {"k": 1 / 1024, "m": 1, "g": 1024}[unit.lower()]
+
+
+def _seconds(duration: str) -> float:
+    return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"(\d+)([hms])", duration))
+
+
+def test_kafka_healthcheck_is_a_small_jvm_run_rarely(services: dict[str, Any]) -> None:
+    brokers = {n: s for n, s in services.items() if "KAFKA_NODE_ID" in s.get("environment", {})}
+    assert len(brokers) == 3
+    for name, broker in brokers.items():
+        check = broker["healthcheck"]
+        test = _healthcheck(broker)
+        # The broker's own heap (KAFKA_HEAP_OPTS) is what the tool would inherit.
+        (broker_heap,) = re.findall(r"-Xmx\d+[kmgKMG]", broker["environment"]["KAFKA_HEAP_OPTS"])
+        (heap,) = re.findall(r"KAFKA_HEAP_OPTS='[^']*(-Xmx\w+)[^']*'", test)
+        assert _java_heap_mb(heap) <= 128, name
+        assert _java_heap_mb(heap) < _java_heap_mb(broker_heap), name
+        assert _seconds(check["interval"]) >= 60, name
+        assert _seconds(check["start_interval"]) <= 10, name  # quick while starting
