@@ -232,6 +232,33 @@ class SyntheticSource:
         return SourceFrame(index, synth.image, tuple(rle.encode_stack(synth.masks)), synth.image_id)
 
 
+class GainChange:
+    """Another source whose camera changes from frame ``after`` on: pixels times ``gain`` plus
+    ``offset`` gray levels, as a dimming lamp or a new exposure setting would. The ground truth is
+    unchanged (the defects are still there); this is how the drift alarms are exercised."""
+
+    def __init__(
+        self, source: FrameSource, *, gain: float = 1.0, offset: float = 0.0, after: int = 0
+    ) -> None:
+        if not (math.isfinite(gain) and gain >= 0 and math.isfinite(offset)) or after < 0:
+            raise ValueError(
+                f"gain must be >= 0, offset finite and after >= 0; got {gain}, {offset}, {after}"
+            )
+        self.source, self.gain, self.offset, self.after = source, gain, offset, after
+        self.spec = source.spec
+
+    @property
+    def count(self) -> int | None:
+        return self.source.count
+
+    def frame(self, index: int) -> SourceFrame:
+        frame = self.source.frame(index)
+        if index < self.after:
+            return frame
+        pixels = np.clip(frame.pixels.astype(np.float32) * self.gain + self.offset, 0, 255).astype(np.uint8)
+        return SourceFrame(frame.index, pixels, frame.truth, frame.source_ref)
+
+
 @dataclass(frozen=True)
 class ReplayItem:
     path: Path

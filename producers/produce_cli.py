@@ -58,12 +58,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--burst", action="store_true", help="publish as fast as possible instead of on the fps schedule"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the delivery summary as JSON here")
+    parser.add_argument(
+        "--gain", type=float, default=1.0, help="multiply the pixels by this (a dimmer lamp: < 1; default 1)"
+    )
+    parser.add_argument("--offset", type=float, default=0.0, help="add this many gray levels (default 0)")
+    parser.add_argument(
+        "--change-after",
+        type=int,
+        default=0,
+        help="apply --gain/--offset from this frame index on (default 0)",
+    )
 
 
 def build_sources(args: argparse.Namespace, run_start: datetime) -> list:
     """One frame source per camera; ValueError for bad options or an unusable replay folder."""
     from producers.frame_sources import (
         CameraSpec,
+        GainChange,
         LineGeometry,
         ReplaySource,
         SyntheticSource,
@@ -81,8 +92,17 @@ def build_sources(args: argparse.Namespace, run_start: datetime) -> list:
     specs = [CameraSpec(args.line, camera, geometry, run_start) for camera in cameras]
     if args.replay is not None:
         items = discover_replay(args.replay)
-        return [ReplaySource(spec, items) for spec in specs]
-    return [SyntheticSource(spec, args.seed + k) for k, spec in enumerate(specs)]
+        sources = [ReplaySource(spec, items) for spec in specs]
+    else:
+        sources = [SyntheticSource(spec, args.seed + k) for k, spec in enumerate(specs)]
+    gain, offset, after = (
+        getattr(args, "gain", 1.0),
+        getattr(args, "offset", 0.0),
+        getattr(args, "change_after", 0),
+    )
+    if gain == 1.0 and offset == 0.0:
+        return sources
+    return [GainChange(source, gain=gain, offset=offset, after=after) for source in sources]
 
 
 def run(args: argparse.Namespace) -> int:

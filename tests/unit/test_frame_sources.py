@@ -13,6 +13,7 @@ import pytest
 from producers.frame_sources import (
     CameraSpec,
     FrameClock,
+    GainChange,
     LineGeometry,
     ReplaySource,
     SyntheticSource,
@@ -214,3 +215,16 @@ def test_the_run_start_is_read_back_from_a_frame_id() -> None:
     for bad in ("garbage", "L1-cam-x-00000001", "L1-cam-123-"):
         with pytest.raises(ValueError, match="not a camera frame id"):
             frame_run_start_ms(bad)
+
+
+def test_a_gain_change_dims_frames_from_its_index_on_and_keeps_the_truth() -> None:
+    source = SyntheticSource(spec(), seed=3)
+    dimmed = GainChange(source, gain=0.5, offset=-5.0, after=2)
+    before, after = dimmed.frame(1), dimmed.frame(2)
+    np.testing.assert_array_equal(before.pixels, source.frame(1).pixels)
+    original = source.frame(2)
+    expected = np.clip(original.pixels.astype(np.float32) * 0.5 - 5.0, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(after.pixels, expected)
+    assert after.truth == original.truth and dimmed.count is None and dimmed.spec is source.spec
+    with pytest.raises(ValueError, match="gain"):
+        GainChange(source, gain=-1.0)
