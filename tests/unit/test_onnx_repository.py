@@ -98,3 +98,13 @@ def test_onnxruntime_equals_torch(repo: Path, bundle_path: Path, batch: int) -> 
         (served,) = sess.run(None, {"FRAMES": frames})  # type: ignore[attr-defined]
         assert served.shape == reference.shape
         np.testing.assert_allclose(served, reference, rtol=0, atol=1e-5)
+
+
+def test_python_models_of_the_gpu_repository_take_bls_outputs_in_cpu_memory(repo: Path) -> None:
+    """Its networks run on the GPU: the cascade must ask for CPU outputs before as_numpy()."""
+    from fake_pb_utils import bls_requests_without_cpu_outputs, run_cascade_with_gpu_networks
+
+    for model_py in sorted(repo.glob("*/1/model.py")):
+        assert bls_requests_without_cpu_outputs(model_py) == [], model_py
+    out = run_cascade_with_gpu_networks(repo / "steel_cascade")
+    assert out["PIXEL_COUNTS"].shape == (2, len(CLASS_IDS))

@@ -11,6 +11,12 @@ segmentation: zero pixels, empty RLE strings.
 The gate thresholds come from ``postprocess.json`` beside this file (written by
 ``training/triton_export.py`` from the model bundle, the same file the postprocess model reads).
 This stub imports numpy only: the networks run in their own models, reached through BLS.
+
+Every BLS request asks for its outputs in CPU memory (``preferred_memory``): in the GPU
+repository (``steel export --format onnx``) the networks are onnxruntime models on the GPU, whose
+outputs would otherwise stay in GPU memory, where ``as_numpy()`` fails. Triton copies them to
+the CPU instead; this stub works on them with numpy. (Inputs need nothing: the python backend
+hands a model its inputs in CPU memory unless FORCE_CPU_ONLY_INPUT_TENSORS is "no".)
 """
 
 import json
@@ -43,10 +49,15 @@ class TritonPythonModel:
                 f"{params_file}: {len(gate)} gate thresholds for {self.num_classes} classes"
             )
         self.gate = np.asarray(gate, dtype=np.float32)
+        self.cpu_outputs = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
-    @staticmethod
-    def _call(model, inputs, outputs):
-        request = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs)
+    def _call(self, model, inputs, outputs):
+        request = pb_utils.InferenceRequest(
+            model_name=model,
+            inputs=inputs,
+            requested_output_names=outputs,
+            preferred_memory=self.cpu_outputs,
+        )
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{model}: {response.error().message()}")
