@@ -24,7 +24,7 @@ def _probes(_config: DashboardSettings, key: str) -> tuple:
         service_health.service_status(_config),
         service_health.triton_model_versions(_config),
         service_health.alarm_backlog(_config),
-        [service_health.scrape_worker(url) for url in _config.dashboard_worker_metrics_urls],
+        service_health.scrape_workers(_config.dashboard_worker_metrics_urls),
     )
 
 
@@ -110,10 +110,16 @@ def _health_view(engine: Engine, config: DashboardSettings) -> None:
 
     if scrapes:
         st.subheader("Worker metrics")
+        answered = [s for s in scrapes if not s.error]
+        st.caption(f"{len(answered)} of {len(scrapes)} worker replicas answered; counters summed over them")
+        totals = service_health.worker_totals(scrapes)
+        st.dataframe([{"metric": k, "all replicas": v} for k, v in sorted(totals.items())], hide_index=True)
         for scrape in scrapes:
+            where = f"{scrape.url} ({scrape.service})" if scrape.service else scrape.url
             if scrape.error:
-                st.warning(f"{scrape.url}: {scrape.error}")
+                st.warning(f"{where}: {scrape.error}")
             else:
+                st.caption(where)
                 st.dataframe(
                     [{"metric": k, "value": v} for k, v in sorted(scrape.samples.items())], hide_index=True
                 )

@@ -2,14 +2,26 @@
 stack.embedded_stack), Triton's model versions, the Redis alarm stream's backlog and the
 workers' own Prometheus metrics. Every probe is bounded by a timeout and reports a failure as
 data, never as an exception, so one dead service cannot blank the page.
+
+Worker metrics URLs (settings.dashboard_worker_metrics_urls) name services, not replicas: a compose
+service name (Docker's DNS answers every replica's address) or a Kubernetes headless Service
+(steel-worker-metrics, one address per ready pod). A plain HTTP request would reach one replica
+chosen by the resolver, so each host name is resolved and every address is scraped; counters are
+summed over the replicas (``worker_totals``) and each replica's values are kept as well.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
+import socket
 import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from stack.service import Health
 from steelcore.settings import Settings, reveal
@@ -41,9 +53,16 @@ class StreamBacklog:
 
 @dataclass(frozen=True)
 class WorkerScrape:
-    url: str
+    url: str  # the replica's own URL (the host name replaced by one of its addresses)
     samples: dict[str, float]  # "name{label=value,...}" -> value
     error: str | None = None
+    service: str | None = None  # the configured URL it was resolved from, when it differs
+
+
+# A resolver: socket.getaddrinfo's signature (the tests pass a fake).
+Resolver = Callable[..., list[Any]]
+# Most replicas scraped at once: each waits up to PROBE_TIMEOUT_S when one is down.
+SCRAPE_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -152,6 +171,62 @@ def alarm_backlog(settings: Settings) -> StreamBacklog:
         return StreamBacklog(None, None, f"{type(exc).__name__}: {exc}")
     finally:
         client.close()
+
+
+def replica_urls(url: str, resolver: Resolver = socket.getaddrinfo) -> list[str]:
+    """``url`` once per address its host name resolves to (sorted, without repeats); ``url`` itself
+    when the host is an address already or does not resolve (the scrape then reports why)."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return [url]
+    try:
+        ipaddress.ip_address(host)
+        return [url]
+    except ValueError:
+        pass
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = resolver(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return [url]
+    addresses = sorted({str(info[4][0]) for info in infos})
+    if not addresses:
+        return [url]
+    userinfo = parts.netloc.rpartition("@")[0]
+    urls = []
+    for address in addresses:
+        shown = f"[{address}]" if ":" in address else address
+        netloc = f"{userinfo}@{shown}:{port}" if userinfo else f"{shown}:{port}"
+        urls.append(urlunsplit(parts._replace(netloc=netloc)))
+    return urls
+
+
+def scrape_workers(urls: Sequence[str], resolver: Resolver = socket.getaddrinfo) -> list[WorkerScrape]:
+    """Every replica behind each of ``urls`` (see the module docstring), scraped in parallel."""
+    targets = [(u, r) for u in urls for r in replica_urls(u, resolver)]
+    if not targets:
+        return []
+    with ThreadPoolExecutor(max_workers=min(SCRAPE_THREADS, len(targets))) as pool:
+        scrapes = list(pool.map(lambda t: scrape_worker(t[1]), targets))
+    return [
+        WorkerScrape(s.url, s.samples, s.error, service=u if u != s.url else None)
+        for (u, _), s in zip(targets, scrapes, strict=True)
+    ]
+
+
+def worker_totals(scrapes: Sequence[WorkerScrape]) -> dict[str, float]:
+    """Counters (``*_total``, and histogram ``*_sum`` / ``*_count``) summed over the replicas that
+    answered; gauges (lag, paused, batch limit) mean nothing summed and stay per replica."""
+    totals: dict[str, float] = {}
+    for scrape in scrapes:
+        if scrape.error:
+            continue
+        for key, value in scrape.samples.items():
+            name = key.split("{", 1)[0]
+            if name.endswith(("_total", "_sum", "_count")):
+                totals[key] = totals.get(key, 0.0) + value
+    return totals
 
 
 def scrape_worker(url: str) -> WorkerScrape:
