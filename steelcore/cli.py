@@ -28,6 +28,9 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "synth": Command("producers.synth_dataset", "write a synthetic Kaggle-format dataset"),
     "train": Command("training.train", "train the classifier or the ResUNet segmenter on a dataset"),
+    "retrain": Command(
+        "training.retrain", "fine-tune production on operator-reviewed frames into a candidate"
+    ),
     "tune": Command("training.tune", "pick gating / pixel thresholds / minimum areas on a validation split"),
     "eval": Command("training.evaluate", "Kaggle mean Dice, IoU, precision, recall, F1, AUC of a model"),
     "predict": Command("training.predict", "write a Kaggle submission CSV for a folder of frames"),
