@@ -12,6 +12,7 @@ real frames. The result is written into the bundle as drift_reference.json.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from steelcore.model_bundle import load_bundle, resolve_bundle_path
 from steelcore.postprocess import apply_postprocess, class_areas
 from training.inference import IMAGE_SUFFIXES, predict_folder, read_frame
 from workers.drift_monitor import INPUT_STATS, DriftReference, frame_input_stats, near_threshold
+
+log = logging.getLogger("steel.drift_reference")
 
 # Probabilities this close to a class's gate count as "unsure" (the near-threshold share).
 NEAR_MARGIN = 0.1
@@ -47,6 +50,7 @@ def build_reference(
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
     batch_size: int = 8,
+    progress: bool = True,
 ) -> DriftReference:
     """Run the bundle over up to ``sample`` frames of each folder and summarise them."""
     bundle = load_bundle(bundle_name)
@@ -70,8 +74,10 @@ def build_reference(
             for name, value in frame_input_stats(read_frame(path), jpeg).items():
                 inputs[name].append(value)
             near.append(near_threshold(probs[i], gates, NEAR_MARGIN))
-        print(f"\rreference: {len(near)}/{len(paths)} frames", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        if progress:
+            print(f"\rreference: {len(near)}/{len(paths)} frames", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
     kept = {name: values for name, values in inputs.items() if values}
     shares = np.concatenate(present).mean(axis=0)
     return DriftReference(
@@ -83,6 +89,18 @@ def build_reference(
         frames=len(near),
         source=", ".join(f"{Path(f).name} (<= {sample})" for f in folders),
     )
+
+
+def record_for_bundle(bundle_dir: Path, data: Sequence[str], *, sample: int = DEFAULT_SAMPLE) -> Path:
+    """Record the reference of a freshly trained bundle on its training data (``DIR[:FACTOR]``
+    specs, as given to `steel train`), into the bundle."""
+    from training.mixed_data import parse_specs
+
+    folders = [Path(spec.path) for spec in parse_specs(list(data))]
+    reference = build_reference(str(bundle_dir), folders, sample=sample, progress=False)
+    path = reference.save(Path(bundle_dir))
+    log.info("drift reference of %s frames written to %s", reference.frames, path)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -597,6 +597,9 @@ def train_all(args: argparse.Namespace) -> Path:
         progress=progress,
         device=device,
     )
+    from training.drift_reference import record_for_bundle
+
+    record_for_bundle(bundle, data)
     return bundle
 
 

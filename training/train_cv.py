@@ -200,6 +200,9 @@ def train_all_cv(args: argparse.Namespace) -> Path:
     )
     report["created"] = provenance["created"]
     _write_report(bundle_dir, report)
+    from training.drift_reference import record_for_bundle
+
+    record_for_bundle(bundle_dir, [str(s) for s in specs])
     _print_summary(report)
     return bundle_dir
 

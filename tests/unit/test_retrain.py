@@ -83,6 +83,7 @@ def test_retrain_fine_tunes_production_and_registers_a_candidate(
         "--data", f"{base}:0.5", "--eval", str(base), "--holdout", "0.25", *common,
     ]  # fmt: skip
     assert main(argv) == exit_codes.OK
+    assert (production / "drift_reference.json").is_file() and (candidate / "drift_reference.json").is_file()
     lifecycle = json.loads((candidate / "lifecycle.json").read_text())
     assert lifecycle == {"status": "candidate", "parent": "production", "created": lifecycle["created"]}
     report = json.loads((candidate / "retrain.json").read_text())
