@@ -173,3 +173,95 @@ def test_kafka_healthcheck_is_a_small_jvm_run_rarely(services: dict[str, Any]) -
         assert _java_heap_mb(heap) < _java_heap_mb(broker_heap), name
         assert _seconds(check["interval"]) >= 60, name
         assert _seconds(check["start_interval"]) <= 10, name  # quick while starting
+
+
+# --- monitoring -----------------------------------------------------------------------------------
+
+
+def _bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> file of deploy/, for the service's bind mounts of repository files."""
+    found = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str) and volume.startswith("./"):
+            source, target = volume.split(":")[:2]
+            found[target] = DEPLOY / source
+    return found
+
+
+def _targets(config: dict[str, Any]) -> dict[str, list[str]]:
+    """job name -> host:port targets (static and DNS-discovered) of a Prometheus configuration."""
+    jobs: dict[str, list[str]] = {}
+    for job in config["scrape_configs"]:
+        targets = [t for c in job.get("static_configs", []) for t in c["targets"]]
+        targets += [f"{n}:{c['port']}" for c in job.get("dns_sd_configs", []) for n in c["names"]]
+        jobs[job["job_name"]] = targets
+    return jobs
+
+
+def test_prometheus_loads_the_alert_rules_and_scrapes_every_job_they_name(services: dict[str, Any]) -> None:
+    prometheus = services["prometheus"]
+    mounts = _bind_mounts(prometheus)
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    assert config["rule_files"]
+    rules_text = ""
+    for rule_file in config["rule_files"]:
+        assert mounts[rule_file] == DEPLOY / "prometheus" / "alerts.yml", rule_file
+        rules = yaml.safe_load(mounts[rule_file].read_text())
+        assert all(group["rules"] for group in rules["groups"])
+        rules_text += "\n".join(r["expr"] for g in rules["groups"] for r in g["rules"] if "alert" in r)
+    jobs = _targets(config)
+    assert set(re.findall(r'job="([^"]+)"', rules_text)) <= set(jobs)
+    # Every target is a compose service on the port it serves; each exporter is there for the
+    # metrics the rules read.
+    for job, targets in jobs.items():
+        for target in targets:
+            host = target.split(":")[0]
+            assert host == "localhost" or host in services, f"{job}: {target}"
+    for metric, job in (("pg_up", "postgres-exporter"), ("redis_up", "redis-exporter")):
+        assert metric in rules_text and job in jobs
+    assert "node_filesystem_avail_bytes" in rules_text and "node-exporter:9100" in jobs["node-exporter"]
+    # The alarm stream the rules watch is one the Redis exporter reports on.
+    streams = set(re.findall(r'redis_stream_\w+\{[^}]*stream="([^"]+)"', rules_text))
+    check = services["redis-exporter"]["environment"]["REDIS_EXPORTER_CHECK_STREAMS"]
+    assert streams and streams <= {s.split("=")[-1] for s in check.split(",")}
+    assert streams <= {services["worker"]["environment"]["STEEL_ALARM_STREAM"]}
+
+
+def test_exporters_and_alertmanager_are_pinned_images(services: dict[str, Any]) -> None:
+    for name, image in (
+        ("postgres-exporter", "prometheuscommunity/postgres-exporter"),
+        ("redis-exporter", "oliver006/redis_exporter"),
+        ("node-exporter", "prom/node-exporter"),
+        ("alertmanager", "prom/alertmanager"),
+    ):
+        repository, tag = services[name]["image"].rsplit(":", 1)
+        assert repository == image and re.fullmatch(r"v\d+\.\d+\.\d+", tag), services[name]["image"]
+    # The Postgres exporter logs in as the read-only login, never as the owner.
+    env = services["postgres-exporter"]["environment"]
+    assert env["DATA_SOURCE_USER"] == "steel_dashboard" and "DATA_SOURCE_PASS" not in env
+    secret = env["DATA_SOURCE_PASS_FILE"].removeprefix("/run/secrets/")
+    assert _secret_names(services["postgres-exporter"]) == [secret]
+
+
+def test_alerts_reach_alertmanager_and_its_receiver(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    config = yaml.safe_load(
+        _bind_mounts(services["prometheus"])["/etc/prometheus/prometheus.yml"].read_text()
+    )
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    (target,) = alertmanagers["static_configs"][0]["targets"]
+    assert target == "alertmanager:9093" and "alertmanager" in services["prometheus"]["depends_on"]
+    alertmanager = services["alertmanager"]
+    command = [str(c) for c in alertmanager["command"]]
+    (config_path,) = [c.split("=", 1)[1] for c in command if c.startswith("--config.file=")]
+    routing = yaml.safe_load(_bind_mounts(alertmanager)[config_path].read_text())
+    receivers = {r["name"]: r for r in routing["receivers"]}
+    used = [routing["route"]["receiver"], *(r["receiver"] for r in routing["route"].get("routes", []))]
+    assert set(used) <= set(receivers)
+    for receiver in receivers.values():
+        for webhook in receiver.get("webhook_configs", []):
+            # The URL (it may carry a token) is a file secret of the service, not in the file.
+            assert "url" not in webhook
+            secret = webhook["url_file"].removeprefix("/run/secrets/")
+            assert secret in _secret_names(alertmanager) and "file" in compose["secrets"][secret]
