@@ -265,3 +265,39 @@ def test_alerts_reach_alertmanager_and_its_receiver(
             assert "url" not in webhook
             secret = webhook["url_file"].removeprefix("/run/secrets/")
             assert secret in _secret_names(alertmanager) and "file" in compose["secrets"][secret]
+
+
+# --- the dashboard behind TLS ---------------------------------------------------------------------
+
+
+def _published(service: dict[str, Any]) -> list[str]:
+    """The service's published ports bound to every interface (no host address given)."""
+    ports = [str(p) for p in service.get("ports", [])]
+    return [p for p in ports if not re.match(r"\d+\.\d+\.\d+\.\d+:|\[", p)]
+
+
+def test_only_the_tls_proxy_is_published_and_it_fronts_the_dashboard(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    exposed = {name: _published(s) for name, s in services.items() if _published(s)}
+    assert set(exposed) == {"proxy"}, exposed
+    proxy, dashboard = services["proxy"], services["dashboard"]
+    assert "ports" not in dashboard
+    assert re.fullmatch(r"caddy:\d+\.\d+\.\d+", proxy["image"])
+    caddyfile = _bind_mounts(proxy)["/etc/caddy/Caddyfile"].read_text()
+    sites = dict(re.findall(r"^:(\d+) \{\n(.*?)^\}", caddyfile, re.M | re.S))
+    published = dict(p.split(":") for p in exposed["proxy"])  # host port -> container port
+    https = sites[published["443"]]
+    # TLS from the plant's certificate and key, both file secrets of the proxy.
+    (cert, key) = re.findall(r"^\s*tls (\S+) (\S+)", https, re.M)[0]
+    for path in (cert, key):
+        secret = path.removeprefix("/run/secrets/")
+        assert secret in _secret_names(proxy) and "file" in compose["secrets"][secret], path
+    env = dashboard["environment"]
+    assert re.findall(r"reverse_proxy (\S+)", https) == [f"dashboard:{env['STEEL_DASHBOARD_PORT']}"]
+    assert "redir https://" in sites[published["80"]]
+    # The dashboard trusts X-Forwarded-For from the network it shares with the proxy alone.
+    edge = set(proxy["networks"])
+    assert {n for n, s in services.items() if edge & set(s.get("networks", []))} == {"proxy", "dashboard"}
+    subnets = [c["subnet"] for n in edge for c in compose["networks"][n]["ipam"]["config"]]
+    assert yaml.safe_load(env["STEEL_DASHBOARD_TRUSTED_PROXIES"]) == subnets
