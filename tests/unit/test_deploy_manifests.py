@@ -219,64 +219,7 @@ def test_the_compose_schema_rejects_a_misspelt_key(compose: dict[str, Any]) -> N
     assert not jsonschema.Draft7Validator(schema).is_valid(broken)
 
 
-# The fields every Kubernetes object here must have, and what every container must declare.
-_CONTAINER_SCHEMA = {
-    "type": "object",
-    "required": ["name", "image", "resources", "securityContext"],
-    "properties": {
-        "resources": {
-            "type": "object",
-            "required": ["requests", "limits"],
-            "properties": {
-                "requests": {"type": "object", "required": ["cpu", "memory"]},
-                "limits": {"type": "object", "required": ["cpu", "memory"]},
-            },
-        },
-        "securityContext": {
-            "type": "object",
-            "required": ["allowPrivilegeEscalation", "capabilities"],
-            "properties": {"allowPrivilegeEscalation": {"const": False}},
-        },
-    },
-}
-_OBJECT_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata"],
-    "properties": {
-        "apiVersion": {"type": "string", "pattern": r"^([a-z0-9.-]+/)?v\d+((alpha|beta)\d+)?$"},
-        "kind": {"type": "string"},
-        "metadata": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
-    },
-    "if": {"properties": {"kind": {"enum": ["ConfigMap", "Namespace"]}}},
-    "else": {"required": ["spec"]},
-}
-_PROBED = {"steel-worker", "steel-dashboard", "steel-triton", "steel-postgres", "steel-redis"}
-
-
-def test_kubernetes_objects_and_containers_are_complete(k8s: list[dict[str, Any]]) -> None:
-    monitoring = _load_kustomization(K8S / "monitoring")
-    for doc in [*k8s, *monitoring]:
-        jsonschema.validate(doc, _OBJECT_SCHEMA)
-    for doc, pod in _workloads(k8s):
-        assert pod["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
-        for container in pod["containers"]:
-            jsonschema.validate(container, _CONTAINER_SCHEMA)
-    names = {doc["metadata"]["name"] for doc, _ in _workloads(k8s)}
-    assert _PROBED <= names
-
-
-def test_long_running_services_have_probes_on_real_ports(k8s: list[dict[str, Any]]) -> None:
-    for doc, pod in _workloads(k8s):
-        if doc["metadata"]["name"] not in _PROBED:
-            continue
-        (container,) = pod["containers"]
-        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-        for kind in ("readinessProbe", "livenessProbe"):
-            probe = container[kind]
-            if "httpGet" in probe:
-                assert probe["httpGet"]["port"] in ports, f"{doc['metadata']['name']} {kind}"
-            else:
-                assert probe["exec"]["command"], f"{doc['metadata']['name']} {kind}"
+# The Kubernetes objects' schemas and probes: tests/unit/test_deploy_k8s.py.
 
 
 def test_probe_paths_match_what_the_services_serve(
@@ -289,9 +232,8 @@ def test_probe_paths_match_what_the_services_serve(
     worker = container("steel-worker")
     metrics_port = int(worker["args"][worker["args"].index("--metrics-port") + 1])
     assert {p["containerPort"] for p in worker["ports"] if p["name"] == "metrics"} == {metrics_port}
-    assert worker["readinessProbe"]["httpGet"]["path"] == "/metrics"
+    # The worker's probes (/livez, /readyz) and Triton's: tests/unit/test_deploy_k8s.py.
     assert container("steel-dashboard")["readinessProbe"]["httpGet"]["path"] == "/_stcore/health"
-    assert container("steel-triton")["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     # compose: the healthcheck asks the port the command serves.
     command = _command(services["worker"])
     port = command[command.index("--metrics-port") + 1]
