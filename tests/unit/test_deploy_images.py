@@ -28,7 +28,8 @@ from steelcore.paths import REPO_ROOT
 DEPLOY = REPO_ROOT / "deploy"
 CONSTRAINTS = REPO_ROOT / "constraints.txt"
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "images.yml"
-DOCKERFILES = sorted(p for p in DEPLOY.glob("Dockerfile*") if not p.name.endswith(".dockerignore"))
+DOCKERFILES = sorted(p for p in DEPLOY.rglob("Dockerfile*") if not p.name.endswith(".dockerignore"))
+PYTHON_DOCKERFILES = [p for p in DOCKERFILES if "pip install" in p.read_text()]
 
 
 def _pins() -> dict[str, str]:
@@ -70,7 +71,7 @@ def test_make_venv_installs_with_the_constraints() -> None:
     assert all("-c constraints.txt" in line for line in installs), installs
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", PYTHON_DOCKERFILES, ids=lambda p: p.name)
 def test_every_image_installs_with_the_constraints(dockerfile: Path) -> None:
     instructions = _instructions(dockerfile)
     copied = [
@@ -85,7 +86,7 @@ def test_every_image_installs_with_the_constraints(dockerfile: Path) -> None:
             (path,) = re.findall(r"-c (\S+)", command) or [None]
             assert path in ("constraints.txt", target), f"{dockerfile.name}: {command}"
     # The build context's filter lets the file through.
-    ignore = (DEPLOY / f"{dockerfile.name}.dockerignore").read_text().splitlines()
+    ignore = (dockerfile.parent / f"{dockerfile.name}.dockerignore").read_text().splitlines()
     assert "!constraints.txt" in ignore
 
 
@@ -118,7 +119,7 @@ def test_the_workflow_tests_then_builds_and_pushes_every_image() -> None:
     for entry in images["strategy"]["matrix"]["include"]:
         args = tuple(sorted(a for a in entry["build-args"].splitlines() if a))
         built[(entry["dockerfile"], args)] = entry["image"]
-    assert {d for d, _ in built} == {f"deploy/{p.name}" for p in DOCKERFILES}
+    assert {d for d, _ in built} == {str(p.relative_to(REPO_ROOT)) for p in DOCKERFILES}
     # Compose's images are the ones CI builds, with the same arguments and names.
     for key, image in _compose_builds().items():
         assert built.get(key) == image, f"compose builds {image} from {key}, CI does not"
@@ -157,7 +158,7 @@ def _lint(*dockerfiles: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_hadolint_passes_every_dockerfile() -> None:
-    assert len(DOCKERFILES) >= 3
+    assert len(DOCKERFILES) >= 3 and len(PYTHON_DOCKERFILES) >= 3
     result = _lint(*DOCKERFILES)
     assert result.returncode == 0, result.stdout + result.stderr
 
