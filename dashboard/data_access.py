@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, and_, func, select
 
-from steelcore.db_schema import alarms, cameras, coils, defects, frames
+from steelcore.db_schema import alarms, cameras, coils, defect_frame, defects, frames
 from steelcore.severstal import CLASS_IDS
 
 # Enough rows to draw, few enough to move every refresh.
@@ -335,7 +335,7 @@ def coil_marks(engine: Engine, coil_id: str, limit: int = MAX_STRIP_MARKS) -> li
             defects.c.area_px,
             defects.c.severity,
         )
-        .join(frames, frames.c.frame_id == defects.c.frame_id)
+        .join(frames, defect_frame)
         .where(defects.c.coil_id == coil_id)
         .order_by(frames.c.position_m)
         .limit(limit)

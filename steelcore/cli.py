@@ -44,6 +44,9 @@ COMMANDS: dict[str, Command] = {
     "work": Command("workers.work_cli", "run an inference worker: Kafka -> Triton -> Postgres + Redis"),
     "actuator": Command("workers.actuator", "reference reject actuator reading the Redis alarm stream"),
     "query": Command("workers.query_cli", "query the defect history (table, CSV or Kaggle CSV)"),
+    "maintain": Command(
+        "workers.maintain", "database housekeeping: purge old images, create/drop weekly frames partitions"
+    ),
     "dashboard": Command("dashboard.launch", "start the Streamlit dashboard"),
     "demo": Command("stack.demo", "the main job: stack, cameras, workers, actuator and live summary"),
     "bench": Command("benchmarks.cli", "benchmarks (rle, model, triton, pipeline, queries) to JSON + table"),

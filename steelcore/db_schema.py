@@ -5,6 +5,11 @@ Alembic revisions in ``workers/migrations`` create exactly these tables; a test 
 Design choices a reader should know:
 - ``frames.frame_id`` is the natural key carried in the Kafka message, so a redelivered frame is
   recognised by the database itself (``INSERT ... ON CONFLICT DO NOTHING``), not by worker state.
+- ``frames`` is partitioned by RANGE (captured_at), one partition per UTC week plus a DEFAULT one
+  (revision 0004; ``steel maintain`` creates weeks ahead and drops those past retention,
+  workers.frame_partitions). Its key is therefore (frame_id, captured_at); a redelivered frame
+  carries its message's captured_at, so the conflict still catches it. ``defects`` references
+  frames by (frame_id, captured_at); ``frame_images`` by nothing (see revision 0004).
 - Frames, defects and alarms are insert-only facts. ``defects`` copies the frame's ``captured_at``,
   ``line_id``, ``camera_id`` and ``coil_id``: history queries filter defects by those, and the copy
   lets one composite index (class + time, line/camera + time) answer them without a join. The copy
@@ -35,6 +40,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -94,7 +100,7 @@ frames = Table(
     Column("position_m", REAL, nullable=False),
     Column("height", Integer, nullable=False),
     Column("width", Integer, nullable=False),
-    _tstz("captured_at"),
+    Column("captured_at", DateTime(timezone=True), primary_key=True),  # the partition key
     _tstz("received_at"),
     # Server clock at the start of the writing transaction: one value per batch.
     _tstz("stored_at", server_default=True),
@@ -114,13 +120,14 @@ frames = Table(
     Index(None, "captured_at"),
     Index(None, "coil_id", "position_m"),
     Index(None, "line_id", "camera_id", "captured_at"),
+    postgresql_partition_by="RANGE (captured_at)",
 )
 
 defects = Table(
     "defects",
     metadata,
     Column("defect_id", BigInteger, Identity(), primary_key=True),
-    Column("frame_id", Text, ForeignKey("frames.frame_id", ondelete="CASCADE"), nullable=False),
+    Column("frame_id", Text, nullable=False),
     Column("class_id", SmallInteger, nullable=False),
     # Copied from the frame (see module docstring).
     _tstz("captured_at"),
@@ -137,6 +144,9 @@ defects = Table(
     Column("probability", REAL, nullable=False),
     Column("severity", REAL, nullable=False),
     UniqueConstraint("frame_id", "class_id"),
+    ForeignKeyConstraint(
+        ["frame_id", "captured_at"], ["frames.frame_id", "frames.captured_at"], ondelete="CASCADE"
+    ),
     CheckConstraint("class_id >= 1", name="class_id_positive"),
     CheckConstraint("area_px > 0", name="area_positive"),
     CheckConstraint(
@@ -152,6 +162,10 @@ defects = Table(
     Index(None, "coil_id", "captured_at"),
     Index(None, "line_id", "camera_id", "captured_at"),
 )
+
+# How a defect meets its frame: the whole foreign key, so the planner prunes frames' partitions to
+# the defect's week instead of probing every partition's index for the frame_id.
+defect_frame = and_(frames.c.frame_id == defects.c.frame_id, frames.c.captured_at == defects.c.captured_at)
 
 alarms = Table(
     "alarms",
@@ -202,7 +216,8 @@ IMAGE_ENCODINGS = ("jpeg", "png", "raw")
 frame_images = Table(
     "frame_images",
     metadata,
-    Column("frame_id", Text, ForeignKey("frames.frame_id", ondelete="CASCADE"), primary_key=True),
+    # No foreign key to frames: partitioned, its key includes captured_at (see revision 0004).
+    Column("frame_id", Text, primary_key=True),
     Column("encoding", Text, nullable=False),
     Column("image", LargeBinary, nullable=False),
     _tstz("stored_at", server_default=True),

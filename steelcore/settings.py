@@ -198,6 +198,13 @@ class Settings(BaseSettings):
     frame_image_retention_days: float = Field(
         14.0, gt=0, description="images of defective frames are kept this long; rows stay"
     )
+    frame_retention_days: float = Field(
+        365.0,
+        ge=0,
+        description="`steel maintain` drops the weekly frames partitions (with their defects, alarms and "
+        "feedback) whose whole week is older than this; 0 = keep forever. A year covers a customer "
+        "claim on a coil and a year-on-year comparison; docs/capacity.md sizes the disk for it",
+    )
 
     # --- input limits ---------------------------------------------------------------------
     max_frame_bytes: int = 8 * 1024 * 1024

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, Select, func, select
 
-from steelcore.db_schema import defects, frames
+from steelcore.db_schema import defect_frame, defects, frames
 
 # Rows returned when a caller gives no limit; `steel query --limit 0` asks for all.
 DEFAULT_LIMIT = 1000
@@ -144,7 +144,7 @@ def defects_select(filters: DefectFilters) -> Select:
             frames.c.model_version,
             frames.c.image_ref,
         )
-        .join(frames, frames.c.frame_id == defects.c.frame_id)
+        .join(frames, defect_frame)
         .where(*_where(filters))
         # Newest first; frame and class break ties so pages never overlap.
         .order_by(defects.c.captured_at.desc(), defects.c.frame_id, defects.c.class_id)
@@ -216,7 +216,7 @@ def coil_summary(
     )
     counts = (
         select(defects.c.coil_id, defects.c.class_id, func.count().label("n"))
-        .join(frames, frames.c.frame_id == defects.c.frame_id)
+        .join(frames, defect_frame)
         .where(*frame_where)
         .group_by(defects.c.coil_id, defects.c.class_id)
     )

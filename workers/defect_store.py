@@ -3,7 +3,7 @@ defective frames (workers/frame_images.py), in one transaction.
 
 Idempotent on ``frame_id``, so a Kafka batch redelivered after a crash (offsets are committed only
 after this write) adds nothing:
-- frames go in with ``INSERT ... ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id``; the
+- frames go in with ``INSERT ... ON CONFLICT (frame_id, captured_at) DO NOTHING RETURNING frame_id``; the
   returned ids are the frames new in this transaction;
 - defects and alarms are written only for those new frames, so the first stored result of a frame
   wins and a re-inferred duplicate can never mix its defects into it;
@@ -242,7 +242,8 @@ class DefectStore:
             self._upsert_dimensions(conn, ordered)
             inserted = conn.execute(
                 insert(frames)
-                .on_conflict_do_nothing(index_elements=["frame_id"])
+                # The key of the partitioned table; a redelivery carries the same captured_at.
+                .on_conflict_do_nothing(index_elements=["frame_id", "captured_at"])
                 .returning(frames.c.frame_id),
                 [_frame_row(r) for r in ordered],
             )

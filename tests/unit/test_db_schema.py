@@ -52,7 +52,9 @@ def test_every_timestamp_is_timezone_aware() -> None:
 
 
 def test_frame_id_is_the_natural_key_and_defects_alarms_are_unique_per_class() -> None:
-    assert [c.name for c in db_schema.frames.primary_key.columns] == ["frame_id"]
+    # frames is partitioned by captured_at, which its key must include (revision 0004).
+    assert [c.name for c in db_schema.frames.primary_key.columns] == ["frame_id", "captured_at"]
+    assert db_schema.frames.dialect_options["postgresql"]["partition_by"] == "RANGE (captured_at)"
     assert ("frame_id", "class_id") in _unique_columns(db_schema.defects)
     assert ("frame_id", "class_id") in _unique_columns(db_schema.alarms)
 

@@ -32,6 +32,14 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("workers/defect_history.py", "explain_plan"): "EXPLAIN of a compiled Core statement; values stay bound",
     ("benchmarks/queries_bench.py", "_scratch_database"): "a generated database name (uuid), never input",
     ("benchmarks/queries_seed.py", "<module>"): "seed statements from the module's integer constants",
+    ("workers/frame_partitions.py", "create_ahead"): "partition names and bounds from the code's own "
+    "dates, the lock timeout a constant; DDL takes no parameters",
+    ("workers/frame_partitions.py", "drop_before"): "partition names read from the catalog; DDL takes "
+    "no parameters; values stay bound",
+    ("workers/migrations/versions/0004_frames_partitioned.py", "_create_week"): "partition names and "
+    "bounds from the migration's own dates; DDL takes no parameters",
+    ("workers/migrations/versions/0004_frames_partitioned.py", "upgrade"): "the column list is a constant",
+    ("workers/migrations/versions/0004_frames_partitioned.py", "downgrade"): "the column list is a constant",
 }
 
 
