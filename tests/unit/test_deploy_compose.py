@@ -14,6 +14,7 @@ runs here), checked on the file itself.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def test_read_only_services_take_file_secrets_only(compose: dict[str, Any]) -> N
     for name, service in read_only.items():
         for secret in _secret_names(service):
             assert set(secrets[secret]) == {"file"}, f"{name}: secret {secret} is {secrets[secret]}"
-    assert _secret_names(compose["services"]["dashboard"]) == ["dashboard_password"]
+    assert "dashboard_password" in _secret_names(compose["services"]["dashboard"])
 
 
 def test_secret_files_live_in_the_ignored_secrets_folder(compose: dict[str, Any]) -> None:
@@ -383,3 +384,97 @@ def test_backup_script_takes_a_full_backup_on_its_weekday_and_diffs_otherwise(tm
     (tmp_path / "calls").unlink()
     status, calls = _run_backup(tmp_path, today, fail="check")
     assert status != 0 and not [c for c in calls if "backup" in c]
+
+
+# --- Kafka TLS ------------------------------------------------------------------------------------
+
+
+def _client_listener_hosts(services: dict[str, Any]) -> set[str]:
+    hosts = set()
+    for service in services.values():
+        advertised = service.get("environment", {}).get("KAFKA_ADVERTISED_LISTENERS", "")
+        hosts |= set(re.findall(r"CLIENT://([^:,]+):", advertised))
+    return hosts
+
+
+def test_kafka_clients_reach_the_brokers_over_tls_only(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    brokers = {n: s for n, s in services.items() if "KAFKA_NODE_ID" in s.get("environment", {})}
+    for name, broker in brokers.items():
+        env = broker["environment"]
+        assert "CLIENT:SASL_SSL" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","), name
+        keystore = env["KAFKA_LISTENER_NAME_CLIENT_SSL_KEYSTORE_LOCATION"].removeprefix("/run/secrets/")
+        assert env["KAFKA_LISTENER_NAME_CLIENT_SSL_KEYSTORE_TYPE"] == "PKCS12"
+        assert {keystore, "kafka_broker_keystore_password"} <= set(_secret_names(broker)), name
+    script = (DEPLOY / "compose" / "kafka-broker.sh").read_text()
+    assert "$(cat /run/secrets/kafka_broker_keystore_password)" in script
+    clients = [n for n, s in services.items() if "STEEL_KAFKA_SASL_USERNAME" in s.get("environment", {})]
+    assert {"worker", "producer", "dashboard"} <= set(clients)
+    for name in clients:
+        env, secrets = services[name]["environment"], _secret_names(services[name])
+        assert env["STEEL_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+        ca = env["STEEL_KAFKA_SSL_CA_LOCATION"].removeprefix("/run/secrets/")
+        assert ca in secrets and set(compose["secrets"][ca]) == {"file"}, name
+    exporter = services["kafka-exporter"]
+    command = " ".join(str(c) for c in exporter["command"])
+    assert "--tls.enabled" in command and f"--tls.ca-file=/run/secrets/{ca}" in command
+    assert ca in _secret_names(exporter)
+
+
+def _openssl(*args: str) -> str:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_the_cert_script_makes_what_compose_mounts_and_clients_can_verify(
+    tmp_path: Path, compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    script = DEPLOY / "compose" / "make-kafka-certs.sh"
+    subprocess.run(["/bin/sh", str(script), str(tmp_path), "30"], check=True, capture_output=True)
+    # Every file the Kafka secrets name is written.
+    kafka_files = {
+        Path(s["file"]).name for n, s in compose["secrets"].items() if n.startswith("kafka_") and "file" in s
+    }
+    assert kafka_files and kafka_files <= {p.name for p in tmp_path.iterdir()}
+    secrets = {n: tmp_path / Path(s["file"]).name for n, s in compose["secrets"].items() if "file" in s}
+    ca, keystore, password = (
+        secrets["kafka_ca"],
+        secrets["kafka_broker_keystore"],
+        secrets["kafka_broker_keystore_password"],
+    )
+    assert re.fullmatch(r"[0-9a-f]{48}", password.read_text())
+    assert keystore.stat().st_mode & 0o077 == 0  # the key is not world-readable
+    # The broker certificate in the keystore opens with the password, chains to the CA and names
+    # every host the brokers advertise on the CLIENT listener (librdkafka verifies the name).
+    cert = tmp_path / "broker.crt"
+    cert.write_text(
+        _openssl("pkcs12", "-in", str(keystore), "-passin", f"file:{password}", "-nokeys", "-clcerts")
+    )
+    assert _openssl("verify", "-CAfile", str(ca), str(cert)).strip().endswith("OK")
+    names = set(
+        re.findall(r"DNS:([\w.-]+)", _openssl("x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"))
+    )
+    assert _client_listener_hosts(services) <= names and len(names) == 3
+    if shutil.which("keytool"):  # the JVM reads the store as Kafka will
+        listed = subprocess.run(
+            [
+                "keytool",
+                "-list",
+                "-storetype",
+                "PKCS12",
+                "-keystore",
+                str(keystore),
+                "-storepass",
+                password.read_text(),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert listed.returncode == 0 and "PrivateKeyEntry" in listed.stdout, listed.stdout + listed.stderr
+    # A second run keeps the CA (clients' trust) and the keystore.
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    subprocess.run(["/bin/sh", str(script), str(tmp_path), "30"], check=True, capture_output=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

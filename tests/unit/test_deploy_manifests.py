@@ -832,6 +832,9 @@ def test_compose_brokers_authenticate_every_listener_and_authorize_by_acl(servic
     assert set(re.findall(r"^export (KAFKA_\w+)=", script, re.M)) == {
         "KAFKA_LISTENER_NAME_BROKER_PLAIN_SASL_JAAS_CONFIG",
         "KAFKA_LISTENER_NAME_CONTROLLER_PLAIN_SASL_JAAS_CONFIG",
+        # the CLIENT listener's TLS keystore (compose Kafka TLS: tests/unit/test_deploy_compose.py)
+        "KAFKA_LISTENER_NAME_CLIENT_SSL_KEYSTORE_PASSWORD",
+        "KAFKA_LISTENER_NAME_CLIENT_SSL_KEY_PASSWORD",
     }
     assert "$(cat /run/secrets/kafka_admin_password)" in script
     assert script.rstrip().endswith("exec /etc/kafka/docker/run")
@@ -867,7 +870,7 @@ def test_compose_kafka_clients_log_in_as_their_own_principal(services: dict[str,
     assert "--sasl.enabled" in command and "--sasl.mechanism=scram-sha512" in command
     assert "--sasl.username=steel-exporter" in command
     assert '--sasl.password="$$(cat /run/secrets/kafka_exporter_password)"' in command
-    assert exporter["secrets"] == ["kafka_exporter_password"]
+    assert exporter["secrets"] == ["kafka_exporter_password", "kafka_ca"]
 
 
 def _compose_secrets(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
