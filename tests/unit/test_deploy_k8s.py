@@ -303,7 +303,9 @@ def test_triton_fetches_a_versioned_repository_from_object_storage_into_an_empty
     example = (K8S / "secrets.env.example").read_text()
     assert all(f"\n{ref['key']}=" in example for ref in secrets.values())
     # Ready = the ensemble the workers call is loaded, not merely the server up.
-    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/models/steel_ensemble/ready"
+    model = _one(k8s, "ConfigMap", "steel-config")["data"]["STEEL_TRITON_MODEL"]
+    assert triton["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{model}/ready"
+    assert f"{model}/config.pbtxt" in script
     text = (K8S / "triton.yaml").read_text() + (K8S / "kustomization.yaml").read_text()
     assert "kubectl cp" not in text and "ReadOnlyMany" not in text
 
