@@ -478,3 +478,21 @@ def test_the_cert_script_makes_what_compose_mounts_and_clients_can_verify(
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     subprocess.run(["/bin/sh", str(script), str(tmp_path), "30"], check=True, capture_output=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# --- the operator's guide -------------------------------------------------------------------------
+
+
+def test_the_readme_walks_through_every_service_backup_and_restore(services: dict[str, Any]) -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    missing = [
+        name for name in services if not re.search(rf"`{re.escape(name)}`|\b{re.escape(name)}\b", readme)
+    ]
+    assert not missing, f"deploy/README.md never mentions {missing}"
+    assert "(k8s/README.md)" in readme and (DEPLOY / "k8s" / "README.md").is_file()
+    assert "## What was and was not run here" in readme
+    # The restore drill uses the stanza and image that exist.
+    (stanza,) = [s for s in _pgbackrest_conf() if s != "global"]
+    drill = readme.split("### 6. Restore drill", 1)[1].split("\n## ", 1)[0]
+    assert f"--stanza={stanza}" in drill and " restore" in drill
+    assert services["postgres-backup"]["image"] in drill
