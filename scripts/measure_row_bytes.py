@@ -192,12 +192,16 @@ def table_sizes(engine: Any) -> dict[str, dict[str, int]]:
         for table in MEASURED_TABLES:
             # Table names are this module's constants, never input.
             rows = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+            # Summed over the table and its partitions: a partitioned table (frames) stores
+            # nothing itself, its partitions do (pg_partition_tree lists none for a plain table).
             total, heap, indexes = conn.execute(
                 text(
-                    f"SELECT pg_total_relation_size('{table}'), pg_relation_size('{table}'), "
-                    f"pg_indexes_size('{table}')"
+                    "SELECT sum(pg_total_relation_size(r)), sum(pg_relation_size(r)), "
+                    "sum(pg_indexes_size(r)) FROM (SELECT relid AS r FROM "
+                    f"pg_partition_tree('{table}') UNION SELECT '{table}'::regclass) t"
                 )
             ).one()
+            total, heap, indexes = int(total), int(heap), int(indexes)
             sizes[table] = {"rows": rows, "total": total, "heap": heap, "indexes": indexes}
     return sizes
 

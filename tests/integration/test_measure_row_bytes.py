@@ -46,6 +46,8 @@ def test_reported_sizes_match_what_was_stored(
     per_row = result["postgres"]["per_row"]
     # Every seeded frame is defective; the second half adds 32 frames and 32 images.
     assert per_row["frames"]["rows_added"] == 32
+    # frames is partitioned: its bytes live in the partitions, and a frame row is at least its tuple.
+    assert per_row["frames"]["total_bytes_per_row"] >= result["postgres"]["columns"]["frames_tuple"]
     assert per_row["frame_images"]["rows_added"] == 32
     # JPEG does not compress, so an image row costs at least its bytes.
     assert per_row["frame_images"]["total_bytes_per_row"] >= min(jpeg_sizes)
