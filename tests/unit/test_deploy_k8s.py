@@ -37,7 +37,7 @@ KUBERNETES_VERSION = "1.37"
 # Custom resources whose CRD is too large to carry into deploy/schemas/crds (deploy/schemas/README.md):
 # checked against Kubernetes' ObjectMeta and by the structural tests in this file and
 # test_deploy_manifests.py instead.
-NOT_VENDORED = {("kafka.strimzi.io/v1beta2", "Kafka"), ("kafka.strimzi.io/v1beta2", "KafkaNodePool")}
+NOT_VENDORED = {("kafka.strimzi.io/v1beta2", "Kafka")}
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -196,6 +196,7 @@ def test_every_custom_resource_kind_has_its_crd_vendored(
         ("ScaledObject", ["spec", "maxReplicaCountt"], 3),
         ("KafkaUser", ["spec", "authorization", "acls", 0, "operations"], ["Reed"]),
         ("KafkaTopic", ["metadata", "lables"], {"a": "b"}),
+        ("KafkaNodePool", ["spec", "storage", "volumes", 0, "kraftMetadata"], "separate"),
         ("PrometheusRule", ["spec", "groups", 0, "rules", 0, "fore"], "5m"),
     ],
 )
