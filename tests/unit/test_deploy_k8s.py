@@ -350,6 +350,8 @@ def test_dashboard_reaches_every_worker_through_the_headless_metrics_service(
 ) -> None:
     service = _one(k8s, "Service", "steel-worker-metrics")
     assert service["spec"]["clusterIP"] == "None"
+    # A paused (not ready) worker's metrics are the ones an operator needs to see.
+    assert service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics"}]
     worker = _one(k8s, "Deployment", "steel-worker")
     assert service["spec"]["selector"].items() <= _pod_labels(worker).items()
