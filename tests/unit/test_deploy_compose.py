@@ -124,9 +124,18 @@ def _login(url: str) -> str | None:
 
 
 def test_maintenance_purges_and_partitions_daily_as_the_cronjobs_login(services: dict[str, Any]) -> None:
+    import argparse
+
+    from steelcore.cli import COMMANDS
+    from workers.maintain import add_arguments
+
     service = services["maintenance"]
     command = [str(c) for c in service["command"]]
-    assert command[:2] == ["maintain", "--every"] and 0 < int(command[2]) <= 86400
+    assert command[0] == "maintain" and COMMANDS["maintain"].module == "workers.maintain"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(command[1:])  # the job's own parser accepts the arguments
+    assert args.every is not None and 0 < args.every <= 86400
     assert service["restart"] == "unless-stopped"  # --every runs forever; a crash is restarted
     assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     assert service["image"] == services["worker"]["image"]
@@ -386,6 +395,13 @@ def test_backup_script_takes_a_full_backup_on_its_weekday_and_diffs_otherwise(tm
     (tmp_path / "calls").unlink()
     status, calls = _run_backup(tmp_path, today, fail="check")
     assert status != 0 and not [c for c in calls if "backup" in c]
+    # A failed backup is reported (once mode); the loop retries it instead of restarting the
+    # container into an immediate second full backup.
+    (tmp_path / "calls").unlink()
+    status, calls = _run_backup(tmp_path, today, fail="backup")
+    assert status != 0 and calls[-1] == ["--stanza=steel", "--type=full", "backup"]
+    script = (DEPLOY / "postgres" / "pg-backup.sh").read_text()
+    assert re.search(r'sleep "\$wait"', script) and "BACKUP_RETRY_S" in script
 
 
 # --- Kafka TLS ------------------------------------------------------------------------------------
