@@ -199,11 +199,12 @@ class Settings(BaseSettings):
         14.0, gt=0, description="images of defective frames are kept this long; rows stay"
     )
     frame_retention_days: float = Field(
-        365.0,
+        90.0,
         ge=0,
         description="`steel maintain` drops the weekly frames partitions (with their defects, alarms and "
-        "feedback) whose whole week is older than this; 0 = keep forever. A year covers a customer "
-        "claim on a coil and a year-on-year comparison; docs/capacity.md sizes the disk for it",
+        "feedback) whose whole week is older than this; 0 = keep forever. A quarter: one reference "
+        "line at 2 % defective then fits the shipped 500 GiB Postgres volume (docs/capacity.md, "
+        "section 5); a year needs about 1 TB",
     )
 
     # --- input limits ---------------------------------------------------------------------
