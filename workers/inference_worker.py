@@ -336,6 +336,7 @@ class InferenceWorker:
             ("database", self.store.close if self.store is not None else None),
             ("redis", self._redis.close if self._redis is not None else None),
             ("metrics", self.metrics.close),
+            ("readiness checks", self.probes.close),
         ]
         for name, close in steps:
             if close is not None:

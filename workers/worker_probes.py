@@ -9,6 +9,9 @@ not a reason to restart the worker; a loop stuck inside one call is.
 reachable and at the newest schema revision, the consumer's partition assignment received), else
 503 with the first failing check's reason. The checks ask remote services, so their answer is kept
 for READINESS_CACHE_S: probes every few seconds from several sources cost one round of checks.
+They run on one long-lived thread of their own, not on the HTTP server's thread of the moment: a
+client kept per thread (Triton's HTTP client) is then made once, and a check that hangs is given
+up after CHECK_TIMEOUT_S instead of holding the probe.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 log = logging.getLogger(__name__)
 
 # How long one round of readiness checks is reused. Short against a probe period (Kubernetes:
 # 10 s by default), long enough that a burst of probes asks Triton and Postgres once.
 READINESS_CACHE_S = 2.0
+# Longest a round of readiness checks may take (a kubelet's probe timeout is 1 s by default; the
+# probe then fails on its own, but the answer still lands in the cache for the next one).
+CHECK_TIMEOUT_S = 5.0
 
 # A readiness check returns None when fine, else a short reason (shown in the 503 body).
 Check = Callable[[], "str | None"]
@@ -62,6 +70,7 @@ class WorkerProbes:
         self._clock = clock
         self._lock = threading.Lock()
         self._cached: tuple[float, bool, str] | None = None
+        self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readiness")
 
     def beat(self) -> None:
         self.heartbeat.beat()
@@ -79,9 +88,15 @@ class WorkerProbes:
             now = self._clock()
             if self._cached is not None and now - self._cached[0] < self.cache_s:
                 return self._cached[1], self._cached[2]
-            ok, reason = self._run_checks()
+            try:
+                ok, reason = self._checker.submit(self._run_checks).result(timeout=CHECK_TIMEOUT_S)
+            except FutureTimeout:
+                ok, reason = False, f"readiness checks did not answer within {CHECK_TIMEOUT_S:g} s"
             self._cached = (self._clock(), ok, reason)
             return ok, reason
+
+    def close(self) -> None:
+        self._checker.shutdown(wait=False, cancel_futures=True)
 
     def _run_checks(self) -> tuple[bool, str]:
         for name, check in self.checks:

@@ -144,3 +144,29 @@ def test_liveness_timeout_is_a_setting_with_a_default_of_60_s(monkeypatch: pytes
     monkeypatch.setenv("STEEL_WORKER_LIVENESS_TIMEOUT_S", "5")
     worker, _journal, _parts = make_worker([])
     assert worker.probes.liveness_timeout_s == 5.0
+
+
+def test_readiness_checks_run_on_one_thread_and_a_hanging_one_is_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import workers.worker_probes as probes_module
+
+    threads: set[int] = set()
+    hang = threading.Event()
+
+    def check() -> str | None:
+        threads.add(threading.get_ident())
+        if hang.is_set():
+            time.sleep(1.0)
+        return None
+
+    probes = WorkerProbes(60.0, [("triton", check)], cache_s=0)
+    for _ in range(3):  # asked from three threads, as the HTTP server does
+        runner = threading.Thread(target=probes.ready)
+        runner.start()
+        runner.join()
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    monkeypatch.setattr(probes_module, "CHECK_TIMEOUT_S", 0.2)
+    hang.set()
+    assert probes.ready() == (False, "readiness checks did not answer within 0.2 s")
+    probes.close()
