@@ -152,6 +152,28 @@ def test_the_worker_login_inserts_into_partitions_made_after_its_grants(engine: 
     assert partition_of(engine, "w1") == [frame_partitions.partition_name(later)]
 
 
+def test_the_worker_login_keeps_its_grants_through_the_upgrade(db_url: str) -> None:
+    """The migration replaces the frames table: its grants come along, so workers insert at once
+    (no need to wait for `db_migrate roles`)."""
+    from dashboard.db_access import role_url
+
+    db_migrate.upgrade(db_url, "0003")
+    db_migrate.ensure_roles(db_url)
+    db_migrate.upgrade(db_url)
+    worker = db_migrate.create_db_engine(role_url(db_url, db_migrate.WORKER_ROLE))
+    try:
+        assert DefectStore(worker).write_batch([frame("g1", NOW)]).new_frame_ids == ("g1",)
+    finally:
+        worker.dispose()
+    db_migrate.downgrade(db_url, "0003")
+    worker = db_migrate.create_db_engine(role_url(db_url, db_migrate.WORKER_ROLE))
+    try:
+        with worker.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM frames")).scalar_one() == 1
+    finally:
+        worker.dispose()
+
+
 def test_existing_rows_survive_the_upgrade_and_the_downgrade(db_url: str) -> None:
     db_migrate.upgrade(db_url, "0003")
     eng = db_migrate.create_db_engine(db_url)

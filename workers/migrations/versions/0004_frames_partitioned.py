@@ -116,6 +116,27 @@ def _drop_frames_keys_and_indexes(table: str) -> None:
     op.drop_constraint("pk_frames", table, type_="primary")
 
 
+def _copy_grants(source: str, target: str) -> None:
+    """Grant on ``target`` what was granted on ``source`` (the table it replaces): workers keep their
+    INSERT, readers their SELECT, without waiting for `db_migrate roles` to run again."""
+    if op.get_context().as_sql:
+        return  # offline DDL: the DBA runs `python -m workers.db_migrate roles` after it
+    statements = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT format('GRANT %s ON %I TO %s', a.privilege_type, CAST(:target AS text), "
+                "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END) "
+                "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(:source)"
+            ),
+            {"source": source, "target": target},
+        )
+        .scalars()
+    )
+    for statement in list(statements):
+        op.execute(statement)
+
+
 def _week_start(ts: datetime) -> datetime:
     day = ts.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return day - timedelta(days=day.weekday())
@@ -138,6 +159,7 @@ def upgrade() -> None:
 
     _frames_table("frames", partitioned=True)
     _indexes("frames")
+    _copy_grants("frames_unpartitioned", "frames")
     op.execute("CREATE TABLE frames_default PARTITION OF frames DEFAULT")
     now = _week_start(datetime.now(UTC))
     weeks = {now + timedelta(weeks=k) for k in range(WEEKS_AHEAD + 1)}
@@ -180,6 +202,7 @@ def downgrade() -> None:
     _drop_frames_keys_and_indexes("frames_partitioned")
     _frames_table("frames", partitioned=False)
     _indexes("frames")
+    _copy_grants("frames_partitioned", "frames")
     # The old key is frame_id alone: a frame stored twice under two capture times keeps the first.
     op.execute(
         f"INSERT INTO frames ({COLUMNS}) SELECT {COLUMNS} FROM frames_partitioned "
