@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from dashboard import charts, data_access, ui
 from dashboard.config import DashboardSettings
 from dashboard.feedback import defect_verdicts
+from dashboard.inspection_feed import read_feed
 from steelcore.severstal import CLASS_NAMES
 
 ALARM_FEED_ROWS = 6
@@ -47,6 +48,7 @@ def _live_view(engine: Engine, config: DashboardSettings, line_id: str | None) -
 
     covered = config.dashboard_window_s if stats.covered_s is None else stats.covered_s
     st.caption(f"Updated {now:%H:%M:%S} UTC · rates over the last {config.dashboard_window_s:g} s")
+    _inspection_banner(config, line_id)
     lag = stats.event_lag_s(now)
     p95 = stats.latency_ms["capture to stored"][1]
     cols = st.columns(4)
@@ -99,6 +101,15 @@ def _alarm_feed(engine: Engine, alarm_rows: list[data_access.AlarmRow]) -> None:
                 f"{alarm.line_id}/{alarm.camera_id} · coil {alarm.coil_id} · `{alarm.frame_id}`"
             )
             ui.feedback_buttons(key=f"alarm-{alarm.alarm_id}", alarm_id=alarm.alarm_id, columns=st.columns(2))
+
+
+def _inspection_banner(config: DashboardSettings, line_id: str | None) -> None:
+    """A camera whose frames left what the model knows: its results are not to be trusted."""
+    feed = read_feed(config, line_id)
+    if feed.error:
+        st.caption(f"Inspection alarms unavailable: {feed.error}")
+    for camera, entry in sorted(feed.active.items()):
+        st.error(f"Inspection alarm, {camera}: {entry.get('message', '')}", icon="📷")
 
 
 if __name__ == "__main__":

@@ -233,18 +233,27 @@ class SyntheticSource:
 
 
 class GainChange:
-    """Another source whose camera changes from frame ``after`` on: pixels times ``gain`` plus
-    ``offset`` gray levels, as a dimming lamp or a new exposure setting would. The ground truth is
-    unchanged (the defects are still there); this is how the drift alarms are exercised."""
+    """Another source whose camera changes for frames ``after`` <= index < ``until`` (None: for
+    good): pixels times ``gain`` plus ``offset`` gray levels, as a dimming lamp or a new exposure
+    setting would. The ground truth is unchanged (the defects are still there); this is how the
+    drift alarms are exercised."""
 
     def __init__(
-        self, source: FrameSource, *, gain: float = 1.0, offset: float = 0.0, after: int = 0
+        self,
+        source: FrameSource,
+        *,
+        gain: float = 1.0,
+        offset: float = 0.0,
+        after: int = 0,
+        until: int | None = None,
     ) -> None:
         if not (math.isfinite(gain) and gain >= 0 and math.isfinite(offset)) or after < 0:
             raise ValueError(
                 f"gain must be >= 0, offset finite and after >= 0; got {gain}, {offset}, {after}"
             )
-        self.source, self.gain, self.offset, self.after = source, gain, offset, after
+        if until is not None and until <= after:
+            raise ValueError(f"the change must end after it starts; got frames {after} to {until}")
+        self.source, self.gain, self.offset, self.after, self.until = source, gain, offset, after, until
         self.spec = source.spec
 
     @property
@@ -253,7 +262,7 @@ class GainChange:
 
     def frame(self, index: int) -> SourceFrame:
         frame = self.source.frame(index)
-        if index < self.after:
+        if index < self.after or (self.until is not None and index >= self.until):
             return frame
         pixels = np.clip(frame.pixels.astype(np.float32) * self.gain + self.offset, 0, 255).astype(np.uint8)
         return SourceFrame(frame.index, pixels, frame.truth, frame.source_ref)

@@ -286,7 +286,12 @@ class EmbeddedStack:
         if name == "postgres":
             return PostgresServer(self.run_dir, int(rec.get("port", s.postgres_port)))
         if name == "redis":
-            return RedisServer(self.run_dir, int(rec.get("port", s.redis_port)), alarm_stream=s.alarm_stream)
+            return RedisServer(
+                self.run_dir,
+                int(rec.get("port", s.redis_port)),
+                alarm_stream=s.alarm_stream,
+                inspection_stream=s.inspection_alarm_stream,
+            )
         return TritonService(
             self.run_dir,
             s.triton_repository,

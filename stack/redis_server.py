@@ -19,21 +19,25 @@ from pathlib import Path
 from urllib.parse import quote
 
 from stack.service import EmbeddedService
+from steelcore.settings import Settings
 
 PASSWORD_FILE_NAME = "password"
 DASHBOARD_PASSWORD_FILE_NAME = "dashboard_password"
 CONFIG_FILE_NAME = "redis.conf"
 DASHBOARD_REDIS_USER = "steel-dashboard"
-# What the dashboard calls: service_health.alarm_backlog (XLEN, XPENDING summary) and the status
-# probe (PING; INFO is not granted, the probe then shows no version).
-DASHBOARD_REDIS_COMMANDS = ("ping", "xlen", "xpending")
+# What the dashboard calls: service_health.alarm_backlog (XLEN, XPENDING summary), the status probe
+# (PING; INFO is not granted, the probe then shows no version) and the live page's inspection alarms
+# (XREVRANGE of their stream). Redis 6 grants commands for every key of the user, so XREVRANGE also
+# reads the defect alarm stream: read only, and the same alarms the page reads from the database.
+DASHBOARD_REDIS_COMMANDS = ("ping", "xlen", "xpending", "xrevrange")
 
 
-def dashboard_acl_rules(alarm_stream: str) -> str:
+def dashboard_acl_rules(alarm_stream: str, inspection_stream: str) -> str:
     """ACL rules (after the user name and password) of the dashboard's Redis user."""
-    key = re.sub(r"([*?\[\]\\])", r"\\\1", alarm_stream)  # the stream's name, not a pattern
+    # The streams' names, not patterns: glob characters in a name are escaped.
+    keys = " ".join("~" + re.sub(r"([*?\[\]\\])", r"\\\1", k) for k in (alarm_stream, inspection_stream))
     commands = " ".join(f"+{c}" for c in DASHBOARD_REDIS_COMMANDS)
-    return f"resetkeys ~{key} resetchannels -@all {commands}"
+    return f"resetkeys {keys} resetchannels -@all {commands}"
 
 
 def redis_server_binary() -> Path:
@@ -76,9 +80,18 @@ class RedisServer(EmbeddedService):
     name = "redis"
     stop_timeout_s = 10.0
 
-    def __init__(self, run_dir: Path, port: int, *, alarm_stream: str = "steel:alarms") -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        port: int,
+        *,
+        alarm_stream: str | None = None,
+        inspection_stream: str | None = None,
+    ) -> None:
         super().__init__(run_dir, port)
-        self.alarm_stream = alarm_stream
+        defaults = Settings.model_fields
+        self.alarm_stream = alarm_stream or defaults["alarm_stream"].default
+        self.inspection_stream = inspection_stream or defaults["inspection_alarm_stream"].default
 
     @property
     def password_file(self) -> Path:
@@ -126,7 +139,7 @@ class RedisServer(EmbeddedService):
             # Only the password's SHA-256 is in the file (#hash); rules: dashboard_acl_rules.
             f"user {DASHBOARD_REDIS_USER} reset on "
             f"#{hashlib.sha256(self.dashboard_password().encode()).hexdigest()} "
-            + dashboard_acl_rules(self.alarm_stream),
+            + dashboard_acl_rules(self.alarm_stream, self.inspection_stream),
             "protected-mode yes",
             "daemonize no",
             f'dir "{self.data_dir}"',

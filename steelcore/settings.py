@@ -121,6 +121,29 @@ class Settings(BaseSettings):
     alarm_min_probability: FourFloats = (0.5, 0.5, 0.5, 0.5)
     alarm_min_area_px: FourInts = (200, 200, 400, 2000)
 
+    # --- drift: is each camera still showing what the model was trained on (workers.drift_monitor) ---
+    drift_reference_path: Path | None = Field(
+        None,
+        description="the drift reference of the served model; unset = models_dir/model_name/"
+        "drift_reference.json; missing = no drift monitoring (the worker says so at start)",
+    )
+    drift_window_frames: int = Field(
+        300, ge=10, description="frames per camera (as one worker sees them) a drift statistic averages"
+    )
+    drift_raise_z: float = Field(
+        1.5,
+        gt=0,
+        description="an input statistic drifts when its window mean is this many reference spreads off",
+    )
+    drift_clear_z: float = Field(1.0, ge=0, description="... and is back when within this many")
+    drift_raise_share: float = Field(
+        0.25,
+        gt=0,
+        description="an output share (defects of a class, unsure frames) drifts this far above reference",
+    )
+    drift_clear_share: float = Field(0.15, ge=0, description="... and is back when within this")
+    inspection_alarm_stream: str = "steel:inspection-alarms"
+
     # --- synthetic cameras (`steel produce`, `steel demo`) -----------------------------
     # 0.256 m of strip per 256-px frame at ~1 mm/px: 4 frames/s covers a 1 m/s line without gaps.
     camera_fps: float = 4.0

@@ -88,6 +88,7 @@ def build_reference(
         near_margin=NEAR_MARGIN,
         frames=len(near),
         source=", ".join(f"{Path(f).name} (<= {sample})" for f in folders),
+        gates=tuple(float(g) for g in gates),
     )
 
 

@@ -1,7 +1,8 @@
 """Inspection alarms on Redis: a camera's drift episode, published once however many workers see it.
 
 Frames are keyed by frame id, so every worker judges a share of every camera and each may find
-the same drift. The episode's state lives in Redis (one key per camera); a Lua script sets it and
+the same drift. The episodes in progress live in Redis (one hash, a field per camera, which the
+dashboard reads with one HGETALL); a Lua script sets the camera's field and
 appends the stream entry in one atomic step, so the first worker raises, the others find the key
 and add nothing, and a worker dying between the two steps cannot leave an episode unpublished.
 The stream is apart from the defect alarms: no reject actuator reads it.
@@ -17,17 +18,17 @@ import redis
 
 from workers.drift_monitor import DriftEvent
 
-# KEYS[1] episode key, KEYS[2] stream; ARGV[1] "raised"|"cleared", ARGV[2] episode JSON,
-# ARGV[3] stream maxlen, then field/value pairs for XADD. Returns the entry id or false.
+# KEYS[1] episodes hash, KEYS[2] stream; ARGV[1] "raised"|"cleared", ARGV[2] camera, ARGV[3]
+# episode JSON, ARGV[4] stream maxlen, then field/value pairs for XADD. Returns the entry id or false.
 _PUBLISH = """
 if ARGV[1] == 'raised' then
-  if redis.call('SET', KEYS[1], ARGV[2], 'NX') == false then return false end
+  if redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3]) == 0 then return false end
 else
-  if redis.call('DEL', KEYS[1]) == 0 then return false end
+  if redis.call('HDEL', KEYS[1], ARGV[2]) == 0 then return false end
 end
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
 """
 # Inspection alarms are rare (an episode lasts minutes); this keeps months of them.
 STREAM_MAXLEN = 10_000
@@ -40,8 +41,9 @@ class InspectionAlarms:
         self.maxlen = maxlen
         self._script = client.register_script(_PUBLISH)
 
-    def episode_key(self, camera: str) -> str:
-        return f"{self.stream}:active:{camera}"
+    @property
+    def episodes_key(self) -> str:
+        return active_key(self.stream)
 
     def publish(self, event: DriftEvent, *, model: str = "") -> str | None:
         """Appends the event unless another worker already did for this episode; the entry id or
@@ -59,21 +61,14 @@ class InspectionAlarms:
         }
         flat = [str(x) for pair in fields.items() for x in pair]
         entry = self._script(
-            keys=[self.episode_key(event.camera), self.stream],
-            args=[event.state, episode, self.maxlen, *flat],
+            keys=[self.episodes_key, self.stream],
+            args=[event.state, event.camera, episode, self.maxlen, *flat],
         )
         return entry.decode() if isinstance(entry, bytes) else entry
 
     def active(self) -> dict[str, dict[str, Any]]:
         """The cameras in a drift episode now: camera -> {statistics, message, since}."""
-        prefix = self.episode_key("")
-        found: dict[str, dict[str, Any]] = {}
-        for key in self.client.scan_iter(match=f"{prefix}*", count=200):
-            name = key.decode() if isinstance(key, bytes) else key
-            value = self.client.get(name)
-            if value is not None:
-                found[name.removeprefix(prefix)] = json.loads(value)
-        return found
+        return {_text(k): json.loads(v) for k, v in self.client.hgetall(self.episodes_key).items()}
 
     def recent(self, count: int = 50) -> list[dict[str, str]]:
         """The newest entries of the stream, newest first."""
@@ -82,6 +77,11 @@ class InspectionAlarms:
             row = {_text(k): _text(v) for k, v in data.items()}
             rows.append({"id": _text(entry_id), **row})
         return rows
+
+
+def active_key(stream: str) -> str:
+    """The hash of the episodes in progress, beside the stream (the dashboard's ACL names both)."""
+    return f"{stream}:active"
 
 
 def _text(value: bytes | str) -> str:

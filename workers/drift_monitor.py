@@ -69,6 +69,7 @@ class DriftReference:
     near_margin: float
     frames: int
     source: str = ""
+    gates: tuple[float, ...] = ()  # the bundle's gate thresholds the near share was counted against
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +81,7 @@ class DriftReference:
                 "defect_share": list(self.defect_share),
                 "near_share": self.near_share,
                 "near_margin": self.near_margin,
+                "gates": list(self.gates),
             },
         }
 
@@ -100,12 +102,17 @@ class DriftReference:
             near_margin=float(output["near_margin"]),
             frames=int(data["frames"]),
             source=str(data.get("source", "")),
+            gates=tuple(float(g) for g in output.get("gates", ())),
         )
 
     @classmethod
     def load(cls, bundle_dir: Path) -> DriftReference | None:
         """The reference saved in a model bundle; None for a bundle trained before references."""
-        path = Path(bundle_dir) / REFERENCE_FILE
+        return cls.read(Path(bundle_dir) / REFERENCE_FILE)
+
+    @classmethod
+    def read(cls, path: Path) -> DriftReference | None:
+        """The reference in the file ``path``; None when there is no such file."""
         if not path.is_file():
             return None
         return cls.from_json(json.loads(path.read_text()))

@@ -78,6 +78,7 @@ from workers.alarm_rules import AlarmRule
 from workers.alarm_stream import AlarmStream
 from workers.batch_policy import BatchPolicy, OverloadDetector
 from workers.defect_store import StoreResult
+from workers.drift_watch import DriftWatch, client_of, observe_safely
 from workers.frame_batch import Batch, Rejected, ValidFrame, build_records, next_offsets, validate_message
 from workers.topic_janitor import BucketJanitor, JanitorThread, janitor_from_settings
 from workers.triton_client import EnsembleResult, TritonClientError
@@ -161,6 +162,7 @@ class InferenceWorker:
         metrics: WorkerMetrics | None = None,
         janitor: BucketJanitor | None = None,
         alarm_relay: AlarmRelay | None = None,
+        drift: DriftWatch | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.config = config or WorkerConfig()
@@ -174,6 +176,7 @@ class InferenceWorker:
         self.metrics = metrics or WorkerMetrics()
         self.janitor = janitor
         self.alarm_relay = alarm_relay
+        self.drift = drift
         self._relay_thread: AlarmRelayThread | None = None
         self.rotation_s = rotation_seconds(self.settings)
         self._janitor_thread: JanitorThread | None = None
@@ -259,6 +262,8 @@ class InferenceWorker:
             stream.client.ping()
             self._redis = stream.client
             self.alarm_publisher = stream
+        if self.drift is None and (client := client_of(self.alarm_publisher)) is not None:
+            self.drift = DriftWatch.from_settings(s, client, self.metrics)
         if isinstance(self.store, PostgresStore) and isinstance(self.alarm_publisher, AlarmStream):
             if self.alarm_relay is None:
                 relay = AlarmRelay.from_settings(self.store.engine, self.alarm_publisher, self.metrics, s)
@@ -800,6 +805,7 @@ class InferenceWorker:
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def _account(self, batch: Batch) -> None:
+        observe_safely(self.drift, batch.valid, batch.records or [])
         stored = batch.stored
         self.metrics.count("stored", len(stored.new_frame_ids) if stored else 0)
         self.metrics.count("duplicate", len(stored.duplicate_frame_ids) if stored else 0)

@@ -99,6 +99,18 @@ class WorkerMetrics:
         self.overload_episodes = Counter(
             "steel_worker_overload_episodes", "Times the worker became overloaded", registry=r
         )
+        self.drifting = Gauge(
+            "steel_worker_camera_drifting",
+            "1 while this worker sees the camera's frames outside what the model knows",
+            ["camera"],
+            registry=r,
+        )
+        self.inspection_alarms = Counter(
+            "steel_worker_inspection_alarms",
+            "Drift episodes this worker raised or cleared on the inspection stream",
+            ["camera", "state"],
+            registry=r,
+        )
         self.offset_lag = Gauge(
             "steel_worker_offset_lag",
             "High watermark minus position (real Kafka only)",

@@ -94,6 +94,31 @@ def test_live_page_shows_rates_alarms_frames_and_the_coil(
     assert "Lag past the 0.5 s target" in [e.value for e in at.error]
 
 
+def test_live_page_shows_a_camera_in_a_drift_episode(dashboard_env: None, redis_url: str) -> None:
+    import redis
+
+    from steelcore.settings import Settings
+    from workers.drift_alarms import InspectionAlarms
+    from workers.drift_monitor import DriftEvent
+
+    stream = Settings().inspection_alarm_stream  # the name the embedded server's ACL grants
+    client = redis.Redis.from_url(redis_url)
+    client.delete(stream, f"{stream}:active")
+    alarms = InspectionAlarms(client, stream)
+    text = "camera L1/cam2: frames 41 gray levels darker than the model knows; results unreliable"
+    try:
+        alarms.publish(DriftEvent("L1/cam2", "raised", ("brightness",), text))
+        at = _app().run()
+        assert not at.exception, at.exception
+        assert f"Inspection alarm, L1/cam2: {text}" in [e.value for e in at.error]
+        alarms.publish(DriftEvent("L1/cam2", "cleared", ("brightness",), "camera L1/cam2: back"))
+        at = _app().run()
+        assert not any("Inspection alarm" in e.value for e in at.error)
+    finally:
+        client.delete(stream, f"{stream}:active")
+        client.close()
+
+
 def test_an_operator_confirms_an_alarm_from_the_live_page(
     dashboard_env: None, owner: Engine, records: list[FrameRecord]
 ) -> None:

@@ -106,3 +106,33 @@ def test_the_config_file_holds_only_a_hash_of_the_dashboard_password(redis_serve
     assert f"user {DASHBOARD_REDIS_USER} " in text
     assert redis_server.dashboard_password() not in text
     assert (redis_server.service_dir / "dashboard_password").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_dashboard_user_reads_the_inspection_alarms_for_the_live_page(
+    admin: redis.Redis, redis_server: RedisServer, stack_settings: Settings
+) -> None:
+    from dashboard.inspection_feed import read_feed
+    from workers.drift_alarms import InspectionAlarms
+    from workers.drift_monitor import DriftEvent
+
+    stream = stack_settings.inspection_alarm_stream  # the embedded server's ACL names the default
+    admin.delete(stream, f"{stream}:active")
+    alarms = InspectionAlarms(admin, stream)
+    try:
+        alarms.publish(
+            DriftEvent("L1/cam1", "raised", ("brightness",), "camera L1/cam1: 40 gray levels darker")
+        )
+        alarms.publish(DriftEvent("L2/cam1", "raised", ("texture",), "camera L2/cam1: blurrier"))
+        alarms.publish(DriftEvent("L2/cam1", "cleared", ("texture",), "camera L2/cam1: back"))
+        feed = read_feed(stack_settings)
+        assert feed.error is None and list(feed.active) == ["L1/cam1"]
+        assert "darker" in feed.active["L1/cam1"]["message"] and len(feed.recent) == 3
+        assert list(read_feed(stack_settings, line_id="L2").active) == []
+        dashboard = redis.Redis.from_url(redis_server.dashboard_url)
+        with pytest.raises(redis.exceptions.NoPermissionError):  # read only, even on its own keys
+            dashboard.xadd(stream, {"camera": "forged"})
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            dashboard.hgetall(f"{stream}:active")
+        dashboard.close()
+    finally:
+        admin.delete(stream, f"{stream}:active")

@@ -436,3 +436,49 @@ def test_a_redis_outage_pauses_the_worker_holds_the_batch_and_resumes(
         assert set(stream_alarm_ids(settings)) == stored and unpublished == 0
     finally:
         private.stop()
+
+
+def test_a_camera_whose_lamp_dims_raises_one_inspection_alarm_and_clears(
+    settings: Settings, engine: Engine
+) -> None:
+    """Two cameras on one partition (so the worker sees each camera's frames in order); one dims to
+    35% from its 16th frame to its 45th: that camera, and only it, gets one raise and one clear."""
+    from confluent_kafka.admin import AdminClient
+
+    from producers.frame_sources import GainChange
+    from workers.drift_alarms import InspectionAlarms
+
+    tag = uuid.uuid4().hex[:8]
+    settings = settings.model_copy(
+        update={"drift_window_frames": 10, "inspection_alarm_stream": f"steel:inspection:{tag}"}
+    )
+    ensure_topics(AdminClient(admin_config(settings)), [settings.frames_topic, settings.truth_topic], 1)
+    geometry = LineGeometry(fps=5.0, speed_m_s=2.0, coil_length_m=3.0)
+    run_start = datetime.now(UTC)
+    steady = SyntheticSource(CameraSpec("L9", "cam1", geometry, run_start), seed=0)
+    dimmed = SyntheticSource(CameraSpec("L9", "cam2", geometry, run_start), seed=1)
+
+    sources = [steady, GainChange(dimmed, gain=0.35, after=15, until=45)]
+    frames = 75
+    result = publish_run(
+        CameraProducer(settings), sources, frames=frames, stop=threading.Event(), realtime=False
+    )
+    assert result.stats.ok, result.stats
+    with WorkerThread(settings, CONFIG, WORKER_STOP_S) as worker:
+        wait_until(
+            lambda: count(engine, "SELECT count(*) FROM frames") == 2 * frames, what="every frame stored"
+        )
+        alarms = InspectionAlarms(redis.Redis.from_url(redis_url(settings)), settings.inspection_alarm_stream)
+        wait_until(lambda: len(alarms.recent()) >= 2, timeout_s=30, what="the episode's raise and clear")
+        time.sleep(1.0)  # anything more would be a duplicate
+    assert worker.error is None
+    entries = list(reversed(alarms.recent()))
+    assert [(e["camera"], e["state"]) for e in entries] == [("L9/cam2", "raised"), ("L9/cam2", "cleared")]
+    assert "brightness" in entries[0]["statistics"].split(",") and "darker" in entries[0]["message"]
+    assert alarms.active() == {}
+    assert (
+        worker.worker.metrics.value(
+            "steel_worker_inspection_alarms_total", {"camera": "L9/cam2", "state": "raised"}
+        )
+        == 1
+    )

@@ -691,7 +691,7 @@ def test_the_dashboard_gets_its_own_redis_user_never_the_default_one(
         ("k8s", " ".join(redis_pod["args"])),
     ):
         defined = re.findall(rf"user {DASHBOARD_REDIS_USER} reset on #%s ([^\\\n']+)", script)
-        assert defined == [dashboard_acl_rules(stream)], where
+        assert defined == [dashboard_acl_rules(stream, Settings().inspection_alarm_stream)], where
         assert "sha256sum" in script, where  # only the password's hash is in the config file
     assert "redis_dashboard_password" in services["redis"]["secrets"]
     assert any(e["name"] == "REDIS_DASHBOARD_PASSWORD" for e in redis_pod["env"])

@@ -228,3 +228,8 @@ def test_a_gain_change_dims_frames_from_its_index_on_and_keeps_the_truth() -> No
     assert after.truth == original.truth and dimmed.count is None and dimmed.spec is source.spec
     with pytest.raises(ValueError, match="gain"):
         GainChange(source, gain=-1.0)
+    ends = GainChange(source, gain=0.5, after=1, until=3)
+    np.testing.assert_array_equal(ends.frame(3).pixels, source.frame(3).pixels)
+    assert ends.frame(2).pixels.mean() < 0.6 * source.frame(2).pixels.mean()
+    with pytest.raises(ValueError, match="end after"):
+        GainChange(source, after=3, until=3)

@@ -1,0 +1,125 @@
+"""The worker's side of drift monitoring: each stored frame's statistics into the monitor, each
+episode onto the inspection stream. Advisory: a failure here is logged and never holds a frame, and
+an episode Redis could not take is kept and sent again with the next batch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from steelcore.settings import Settings
+from workers.defect_store import FrameRecord
+from workers.drift_alarms import InspectionAlarms
+from workers.drift_monitor import REFERENCE_FILE, DriftEvent, DriftMonitor, DriftReference, frame_input_stats
+from workers.frame_batch import ValidFrame
+from workers.worker_metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+# Episodes waiting for Redis beyond this are dropped oldest first (each is logged when it happens).
+MAX_PENDING = 100
+
+
+def reference_path(settings: Settings) -> Path:
+    return settings.drift_reference_path or Path(settings.models_dir) / settings.model_name / REFERENCE_FILE
+
+
+class DriftWatch:
+    def __init__(
+        self, monitor: DriftMonitor, alarms: InspectionAlarms, metrics: WorkerMetrics, model: str = ""
+    ) -> None:
+        self.monitor = monitor
+        self.alarms = alarms
+        self.metrics = metrics
+        self.model = model
+        self.pending: list[DriftEvent] = []
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, client: redis.Redis, metrics: WorkerMetrics
+    ) -> DriftWatch | None:
+        """None, with a warning, when the served model has no drift reference."""
+        path = reference_path(settings)
+        try:
+            reference = DriftReference.read(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("drift monitoring off: the reference %s cannot be read (%s)", path, exc)
+            return None
+        if reference is None:
+            log.warning(
+                "drift monitoring off: no drift reference at %s (python -m training.drift_reference)", path
+            )
+            return None
+        monitor = DriftMonitor(
+            reference,
+            window=settings.drift_window_frames,
+            raise_z=settings.drift_raise_z,
+            clear_z=settings.drift_clear_z,
+            raise_share=settings.drift_raise_share,
+            clear_share=settings.drift_clear_share,
+        )
+        log.info("drift monitoring against %s (%s frames, window %s)", path, reference.frames, monitor.window)
+        return cls(
+            monitor, InspectionAlarms(client, settings.inspection_alarm_stream), metrics, settings.model_name
+        )
+
+    def observe(self, frames: Sequence[ValidFrame], records: Sequence[FrameRecord]) -> None:
+        """The frames of a finished batch and the records stored for them."""
+        by_id = {record.frame_id: record for record in records}
+        gates = self.monitor.reference.gates
+        for frame in frames:
+            record = by_id.get(frame.header.frame_id)
+            if record is None:  # dead-lettered
+                continue
+            jpeg = len(frame.image) if frame.header.encoding == "jpeg" and frame.image else None
+            classes = {d.class_id for d in record.defects}
+            present = [k + 1 in classes for k in range(len(self.monitor.reference.defect_share))]
+            probs = record.class_probs or ()
+            if len(probs) != len(gates):  # no classifier output, or a reference without gates
+                probs, use_gates = (), ()
+            else:
+                use_gates = gates
+            camera = f"{record.line_id}/{record.camera_id}"
+            event = self.monitor.observe(
+                camera, frame_input_stats(frame.pixels, jpeg), probs, present, use_gates
+            )
+            if event is not None:
+                self.metrics.drifting.labels(camera).set(1 if event.state == "raised" else 0)
+                log.warning("drift %s: %s", event.state, event.message)
+                self.pending.append(event)
+        self.flush()
+
+    def flush(self) -> None:
+        while self.pending:
+            event = self.pending[0]
+            try:
+                entry = self.alarms.publish(event, model=self.model)
+            except redis.RedisError as exc:
+                log.warning("inspection alarm not published yet (%s); %s waiting", exc, len(self.pending))
+                del self.pending[:-MAX_PENDING]
+                return
+            if entry is not None:
+                self.metrics.inspection_alarms.labels(event.camera, event.state).inc()
+            self.pending.pop(0)
+
+
+def observe_safely(
+    watch: DriftWatch | None, frames: Sequence[ValidFrame], records: Sequence[FrameRecord]
+) -> None:
+    """Drift is advisory: nothing in it may stop the worker."""
+    if watch is None or not records:
+        return
+    try:
+        watch.observe(frames, records)
+    except Exception as exc:  # the frames are stored and committed already: log and go on
+        log.exception("drift monitoring failed on a batch: %s", exc)
+
+
+def client_of(publisher: Any) -> redis.Redis | None:
+    """The Redis client of the worker's alarm publisher, when it has one."""
+    client = getattr(publisher, "client", None)
+    return client if isinstance(client, redis.Redis) else None
