@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="apply --gain/--offset from this frame index on (default 0)",
     )
+    parser.add_argument(
+        "--change-until", type=int, default=None, help="... and up to this frame index (default: for good)"
+    )
 
 
 def build_sources(args: argparse.Namespace, run_start: datetime) -> list:
@@ -95,14 +98,15 @@ def build_sources(args: argparse.Namespace, run_start: datetime) -> list:
         sources = [ReplaySource(spec, items) for spec in specs]
     else:
         sources = [SyntheticSource(spec, args.seed + k) for k, spec in enumerate(specs)]
-    gain, offset, after = (
-        getattr(args, "gain", 1.0),
-        getattr(args, "offset", 0.0),
-        getattr(args, "change_after", 0),
-    )
-    if gain == 1.0 and offset == 0.0:
+    if args.gain == 1.0 and args.offset == 0.0:
         return sources
-    return [GainChange(source, gain=gain, offset=offset, after=after) for source in sources]
+    change = {
+        "gain": args.gain,
+        "offset": args.offset,
+        "after": args.change_after,
+        "until": args.change_until,
+    }
+    return [GainChange(source, **change) for source in sources]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -233,3 +233,19 @@ def test_a_gain_change_dims_frames_from_its_index_on_and_keeps_the_truth() -> No
     assert ends.frame(2).pixels.mean() < 0.6 * source.frame(2).pixels.mean()
     with pytest.raises(ValueError, match="end after"):
         GainChange(source, after=3, until=3)
+
+
+def test_steel_produce_options_dim_the_cameras_for_a_span_of_frames() -> None:
+    import argparse
+
+    from producers.produce_cli import add_arguments, build_sources
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    plain = build_sources(parser.parse_args(["--camera", "a", "--camera", "b"]), T0)
+    assert all(isinstance(s, SyntheticSource) for s in plain)
+    args = parser.parse_args(["--camera", "a", "--gain", "0.5", "--change-after", "2", "--change-until", "4"])
+    (dimmed,) = build_sources(args, T0)
+    assert isinstance(dimmed, GainChange) and (dimmed.gain, dimmed.after, dimmed.until) == (0.5, 2, 4)
+    with pytest.raises(ValueError, match="end after"):
+        build_sources(parser.parse_args(["--gain", "0.5", "--change-after", "4", "--change-until", "4"]), T0)
