@@ -26,6 +26,7 @@ from __future__ import annotations
 from sqlalchemy import (
     REAL,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -43,7 +44,7 @@ from sqlalchemy import (
     and_,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 # Stable constraint names keep Alembic diffs and error messages readable.
 NAMING_CONVENTION = {
@@ -226,4 +227,89 @@ frame_images = Table(
     Index(None, "stored_at"),
 )
 
-TABLES = (lines, cameras, coils, frames, defects, alarms, feedback, frame_images)
+# --- model lifecycle (issue 16, revision 0005) -------------------------------------------------------
+# A model version is an integer V >= 1 naming one registered bundle; Triton serves it as version V of
+# the classifier/segmenter/postprocess/steel_cascade models (stack.model_lifecycle). The lifecycle CLI
+# writes these tables as the owner; workers only read versions and roles and insert shadow results.
+
+MODEL_ROLES = ("production", "shadow")
+MODEL_AUDIT_ACTIONS = ("register", "shadow", "stop_shadow", "promote", "rollback")
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("bundle", Text, nullable=False),
+    _tstz("registered_at"),
+    Column("registered_by", Text, nullable=False),
+    # "HxW" of the frames the bundle takes, e.g. "256x1600": a candidate must match production's.
+    Column("input_shape", Text, nullable=False),
+    Column("class_ids", ARRAY(SmallInteger), nullable=False),
+    CheckConstraint("version >= 1", name="version_positive"),
+)
+
+# At most one row per role, so "which version serves production" is one primary-key lookup.
+model_roles = Table(
+    "model_roles",
+    metadata,
+    Column("role", Text, primary_key=True),
+    Column("version", Integer, ForeignKey("model_versions.version"), nullable=False),
+    # Share of live frames the shadow also judges; production judges every frame, so NULL there.
+    Column("share", REAL),
+    _tstz("since"),
+    Column("set_by", Text, nullable=False),
+    CheckConstraint(f"role IN ({', '.join(repr(r) for r in MODEL_ROLES)})", name="role_known"),
+    CheckConstraint(
+        "(role = 'production' AND share IS NULL) OR (role = 'shadow' AND share > 0 AND share <= 1)",
+        name="share_fits_role",
+    ),
+)
+
+model_audit = Table(
+    "model_audit",
+    metadata,
+    Column("audit_id", BigInteger, Identity(), primary_key=True),
+    _tstz("at"),
+    Column("action", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("previous_version", Integer),
+    Column("actor", Text, nullable=False),
+    Column("forced", Boolean, nullable=False, server_default=text("false")),
+    # The shadow figures at the moment of a promotion (agreement, verdict precision/recall).
+    Column("figures", JSONB),
+    CheckConstraint(f"action IN ({', '.join(repr(a) for a in MODEL_AUDIT_ACTIONS)})", name="action_known"),
+    Index(None, "at"),
+)
+
+# The shadow version's answers, kept apart from frames/defects so they never raise alarms nor count as
+# production results. No foreign key to frames: written after the frame's batch, best effort, and
+# frames' partitions are dropped by retention independently.
+shadow_results = Table(
+    "shadow_results",
+    metadata,
+    Column("frame_id", Text, primary_key=True),
+    Column("captured_at", DateTime(timezone=True), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    _tstz("judged_at"),
+    # Index 0 = class 1, as frames.class_probs.
+    Column("class_probs", ARRAY(REAL), nullable=False),
+    Column("pixel_counts", ARRAY(Integer), nullable=False),
+    # Severstal RLE per class ("" = empty mask), index 0 = class 1.
+    Column("rles", ARRAY(Text), nullable=False),
+    Index(None, "captured_at"),
+)
+
+TABLES = (
+    lines,
+    cameras,
+    coils,
+    frames,
+    defects,
+    alarms,
+    feedback,
+    frame_images,
+    model_versions,
+    model_roles,
+    model_audit,
+    shadow_results,
+)

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
     model_name: str = Field("default", description="shipped model served and used by `steel predict`")
     models_dir: Path = MODELS_DIR
     triton_repository: Path = TRITON_REPOSITORY
+    triton_serving_repository: Path | None = Field(
+        None,
+        description="the mutable repository Triton serves and `steel models` rewrites; unset = a copy of "
+        "triton_repository in the embedded stack's run directory (deploy: the volume Triton serves)",
+    )
+
+    # --- model lifecycle: versions, shadow runs, promotion (stack.model_lifecycle) --------
+    shadow_share: float = Field(
+        0.1, gt=0, le=1, description="share of live frames a shadow version also judges by default"
+    )
+    promote_gate_min_verdicts: int = Field(
+        10, ge=0, description="operator verdicts on shadowed frames below which a promotion is refused"
+    )
 
     # --- alarm rule, per class 1..4: fires when probability and area both reach these ----
     alarm_min_probability: FourFloats = (0.5, 0.5, 0.5, 0.5)

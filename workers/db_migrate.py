@@ -44,7 +44,16 @@ WORKER_ROLE = "steel_worker"
 # What a worker writes (workers.defect_store): the facts of a frame, inserted once, and the outbox
 # mark of an alarm once it is on the Redis stream. Nothing else may change, so a compromised
 # worker can add records but never rewrite or erase the ones stored.
-WRITER_INSERT_TABLES = ("lines", "cameras", "coils", "frames", "defects", "alarms", "frame_images")
+WRITER_INSERT_TABLES = (
+    "lines",
+    "cameras",
+    "coils",
+    "frames",
+    "defects",
+    "alarms",
+    "frame_images",
+    "shadow_results",
+)
 WRITER_UPDATE_COLUMNS = {"alarms": ("stream_entry_id", "published_at")}
 
 
