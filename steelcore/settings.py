@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     promote_gate_min_verdicts: int = Field(
         10, ge=0, description="operator verdicts on shadowed frames below which a promotion is refused"
     )
+    model_roles_poll_s: float = Field(
+        5.0, gt=0, description="how often a worker reads which versions serve production and shadow"
+    )
+    shadow_queue_frames: int = Field(
+        64, ge=1, description="frames a worker holds for the shadow version; beyond, they are dropped"
+    )
 
     # --- alarm rule, per class 1..4: fires when probability and area both reach these ----
     alarm_min_probability: FourFloats = (0.5, 0.5, 0.5, 0.5)
