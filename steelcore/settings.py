@@ -213,6 +213,12 @@ class Settings(BaseSettings):
     dashboard_window_s: float = Field(
         300.0, ge=10.0, le=86400.0, description="rolling window of the live page's rates, seconds"
     )
+    dashboard_models_window_s: float = Field(
+        3600.0,
+        ge=60.0,
+        le=7 * 86400.0,
+        description="shadowed frames the health page's model agreement and verdict figures cover, seconds",
+    )
     dashboard_auth: Literal["auto", "on", "off"] = Field(
         "auto", description="password login: auto = on when listening beyond localhost"
     )
