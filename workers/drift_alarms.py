@@ -1,11 +1,12 @@
 """Inspection alarms on Redis: a camera's drift episode, published once however many workers see it.
 
-Frames are keyed by frame id, so every worker judges a share of every camera and each may find
-the same drift. The episodes in progress live in Redis (one hash, a field per camera, which the
-dashboard reads with one HGETALL); a Lua script sets the camera's field and
-appends the stream entry in one atomic step, so the first worker raises, the others find the key
-and add nothing, and a worker dying between the two steps cannot leave an episode unpublished.
-The stream is apart from the defect alarms: no reject actuator reads it.
+Frames are keyed by camera, so one worker judges a camera at a time; after a rebalance another
+worker takes it over with an empty window and may find the same drift again, or see the camera
+back to normal and end an episode it did not raise (workers/drift_watch.py reconciles). The
+episodes in progress live in one Redis hash, a field per camera; a Lua script sets the camera's
+field and appends the stream entry in one atomic step, so a second raise of a running episode adds
+nothing, and a worker dying between the two steps cannot leave an episode unpublished. The stream
+is apart from the defect alarms: no reject actuator reads it.
 """
 
 from __future__ import annotations

@@ -179,6 +179,15 @@ class DriftMonitor:
         window = self._cameras.get(camera)
         return set(window.drifting) if window else set()
 
+    def settled(self) -> list[str]:
+        """Cameras seen over a full window and within the reference: a worker that took a camera
+        over after a rebalance can end an episode another worker raised."""
+        return [
+            camera
+            for camera, window in self._cameras.items()
+            if not window.drifting and any(window.mean(name) is not None for name in window.values)
+        ]
+
     def observe(
         self,
         camera: str,

@@ -5,6 +5,7 @@ an episode Redis could not take is kept and sent again with the next batch."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Episodes waiting for Redis beyond this are dropped oldest first (each is logged when it happens).
 MAX_PENDING = 100
+# How often a worker compares the episodes on Redis with the cameras it sees settled.
+RECONCILE_S = 10.0
 
 
 def reference_path(settings: Settings) -> Path:
@@ -37,6 +40,7 @@ class DriftWatch:
         self.metrics = metrics
         self.model = model
         self.pending: list[DriftEvent] = []
+        self._next_reconcile = 0.0
 
     @classmethod
     def from_settings(
@@ -91,7 +95,28 @@ class DriftWatch:
                 self.metrics.drifting.labels(camera).set(1 if event.state == "raised" else 0)
                 log.warning("drift %s: %s", event.state, event.message)
                 self.pending.append(event)
+        self._reconcile()
         self.flush()
+
+    def _reconcile(self) -> None:
+        """End the episodes on Redis of cameras this worker sees back within the reference: the
+        worker that raised one may have lost the camera in a rebalance."""
+        now = time.monotonic()
+        if now < self._next_reconcile:
+            return
+        self._next_reconcile = now + RECONCILE_S
+        settled = self.monitor.settled()
+        if not settled:
+            return
+        try:
+            active = self.alarms.active()
+        except redis.RedisError:
+            return  # the next batch tries again
+        for camera in settled:
+            if camera in active and not any(e.camera == camera for e in self.pending):
+                statistics = tuple(active[camera].get("statistics", ()))
+                message = f"camera {camera}: frames back within what the model knows"
+                self.pending.append(DriftEvent(camera, "cleared", statistics, message))
 
     def flush(self) -> None:
         while self.pending:

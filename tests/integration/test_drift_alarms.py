@@ -64,3 +64,24 @@ def test_cameras_have_episodes_of_their_own(alarms: InspectionAlarms) -> None:
     active = alarms.active()
     assert sorted(active) == ["L1/cam1", "L2/cam1"]
     assert "darker" in active["L1/cam1"]["message"] and "brighter" in active["L2/cam1"]["message"]
+
+
+def test_a_worker_that_took_a_camera_over_ends_the_episode_another_raised(alarms: InspectionAlarms) -> None:
+    from workers.drift_watch import DriftWatch
+    from workers.worker_metrics import WorkerMetrics
+
+    first = DriftMonitor(_reference(), window=10)
+    for _ in range(10):
+        event = first.observe("L1/cam2", {"brightness": 40.0}, (0.1,) * 4, [False] * 4, GATES)
+        if event is not None:
+            alarms.publish(event)
+    assert list(alarms.active()) == ["L1/cam2"]
+    # The camera moves to another worker (a rebalance) and is back to normal there: that worker
+    # never raised, yet ends the episode once its own window is full.
+    watch = DriftWatch(DriftMonitor(_reference(), window=10), alarms, WorkerMetrics())
+    for _ in range(10):
+        watch.monitor.observe("L1/cam2", {"brightness": 90.0}, (0.1,) * 4, [False] * 4, GATES)
+    watch._reconcile()
+    watch.flush()
+    assert alarms.active() == {}
+    assert [e["state"] for e in alarms.recent()] == ["cleared", "raised"]
