@@ -13,7 +13,15 @@ Three variants share one interface (``steel_ensemble`` and ``steel_cascade``: FR
 
 In both, ``postprocess`` (gating, pixel thresholds, minimum areas, RLE) and the BLS
 ``steel_cascade`` are python models, and ``steel_ensemble`` chains classifier + segmenter ->
-postprocess. The networks are exported wrapped in :class:`FramesToProbs`, which does what
+postprocess.
+
+Model versions (issue 16): a repository may hold several bundles at once, bundle version V in the
+``V/`` folder of classifier, segmenter, postprocess and steel_cascade (stack.model_lifecycle copies
+them in and rewrites ``version_policy``). ``postprocess`` and ``steel_cascade`` answer
+``MODEL_VERSION`` (their own version), so every answer says which bundle judged the frame;
+``steel_ensemble`` (one version, ``1/``) pins its steps to the production version and passes
+``MODEL_VERSION`` through; steel_cascade version V calls the other models at version V. A fresh
+export holds version 1 only. The networks are exported wrapped in :class:`FramesToProbs`, which does what
 ``training.inference.predict_probs`` does around them (uint8 -> [0, 1] float, sigmoid), so
 served probabilities equal in-process ones. The bundle's ``postprocess.json`` is copied into the
 version folders of ``postprocess`` and ``steel_cascade``: thresholds live in the bundle only.
@@ -58,6 +66,10 @@ SEGMENTER = "segmenter"
 POSTPROCESS = "postprocess"
 MODELS: tuple[str, ...] = (CLASSIFIER, SEGMENTER, POSTPROCESS, ENSEMBLE, CASCADE)
 VERSION = "1"
+# The output naming the version that judged each frame: INT32 [B, 1].
+VERSION_OUTPUT = "MODEL_VERSION"
+# The models that hold one version per registered bundle (not the ensemble, which has one version).
+VERSIONED_MODELS: tuple[str, ...] = (CLASSIFIER, SEGMENTER, POSTPROCESS, CASCADE)
 POSTPROCESS_FILE = "postprocess.json"
 TORCHSCRIPT_FILES = {CLASSIFIER: "classifier.pt", SEGMENTER: "segmenter.pt"}
 ONNX_FILE = "model.onnx"  # the onnxruntime backend's default file name
@@ -163,6 +175,12 @@ def _parameters(values: dict[str, str]) -> str:
     )
 
 
+def version_policy(versions: Iterable[int]) -> str:
+    """The ``version_policy`` line serving exactly ``versions`` (stack.model_lifecycle rewrites it)."""
+    listed = ", ".join(str(v) for v in sorted(set(versions)))
+    return f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
+
+
 def _header(name: str, max_batch: int, backend: str | None = None, platform: str | None = None) -> str:
     lines = [f'name: "{name}"']
     if backend:
@@ -170,8 +188,8 @@ def _header(name: str, max_batch: int, backend: str | None = None, platform: str
     if platform:
         lines.append(f'platform: "{platform}"')
     lines.append(f"max_batch_size: {max_batch}")
-    # Version folders are numeric; serve the newest one only.
-    lines.append("version_policy: { latest: { num_versions: 1 } }")
+    # Explicit versions: a newer folder copied in (a shadow candidate) is not served until listed.
+    lines.append(version_policy([int(VERSION)]))
     return "\n".join(lines) + "\n"
 
 
@@ -195,6 +213,7 @@ def _result_outputs(num_classes: int) -> str:
             _tensor("PROBS", "TYPE_FP32", (num_classes,)),
             _tensor("PIXEL_COUNTS", "TYPE_INT64", (num_classes,)),
             _tensor("RLE", "TYPE_STRING", (num_classes,)),
+            _tensor(VERSION_OUTPUT, "TYPE_INT32", (1,)),
         ],
     )
 
@@ -249,30 +268,35 @@ def postprocess_config(num_classes: int, has_classifier: bool, layout: ServingLa
     return text
 
 
-def ensemble_config(num_classes: int, has_classifier: bool, layout: ServingLayout) -> str:
+def ensemble_config(
+    num_classes: int, has_classifier: bool, layout: ServingLayout, production: int = int(VERSION)
+) -> str:
+    """The ensemble with every step pinned to version ``production`` (never -1, "latest": with a
+    shadow loaded beside production, the newest version is the candidate)."""
     text = _header(ENSEMBLE, layout.max_batch_size, platform="ensemble")
     text += _frames_input()
     text += _result_outputs(num_classes)
     steps = []
     if has_classifier:
         steps.append(
-            f'    {{ model_name: "{CLASSIFIER}" model_version: -1\n'
+            f'    {{ model_name: "{CLASSIFIER}" model_version: {production}\n'
             '      input_map { key: "FRAMES" value: "FRAMES" }\n'
             '      output_map { key: "CLS_PROBS" value: "cls_probs" } }'
         )
     steps.append(
-        f'    {{ model_name: "{SEGMENTER}" model_version: -1\n'
+        f'    {{ model_name: "{SEGMENTER}" model_version: {production}\n'
         '      input_map { key: "FRAMES" value: "FRAMES" }\n'
         '      output_map { key: "SEG_PROBS" value: "seg_probs" } }'
     )
     cls_input = '      input_map { key: "CLS_PROBS" value: "cls_probs" }\n' if has_classifier else ""
     steps.append(
-        f'    {{ model_name: "{POSTPROCESS}" model_version: -1\n'
+        f'    {{ model_name: "{POSTPROCESS}" model_version: {production}\n'
         f"{cls_input}"
         '      input_map { key: "SEG_PROBS" value: "seg_probs" }\n'
         '      output_map { key: "PROBS" value: "PROBS" }\n'
         '      output_map { key: "PIXEL_COUNTS" value: "PIXEL_COUNTS" }\n'
-        '      output_map { key: "RLE" value: "RLE" } }'
+        '      output_map { key: "RLE" value: "RLE" }\n'
+        f'      output_map {{ key: "{VERSION_OUTPUT}" value: "{VERSION_OUTPUT}" }} }}'
     )
     text += "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
     return text

@@ -99,7 +99,8 @@ def test_every_config_parses_and_is_versioned(repo: Path, configs: dict[str, obj
     assert set(configs) == set(triton_export.MODELS)
     for name, config in configs.items():
         assert config.name == name  # type: ignore[attr-defined]
-        assert config.version_policy.HasField("latest")  # type: ignore[attr-defined]
+        # Explicit versions: a candidate copied in beside version 1 is not served until listed.
+        assert list(config.version_policy.specific.versions) == [1]  # type: ignore[attr-defined]
         assert (repo / name / "1").is_dir()
 
 
@@ -112,6 +113,9 @@ def test_ensemble_steps_agree_on_names_dims_dtypes(configs: dict[str, object]) -
         "postprocess",
     ]
     check_ensemble_wiring(configs, "steel_ensemble")
+    # Pinned, never -1 ("latest" would be a shadow candidate loaded beside production).
+    steps = configs["steel_ensemble"].ensemble_scheduling.step  # type: ignore[attr-defined]
+    assert [s.model_version for s in steps] == [1, 1, 1]
 
 
 def test_ensemble_interface(configs: dict[str, object]) -> None:
@@ -122,6 +126,7 @@ def test_ensemble_interface(configs: dict[str, object]) -> None:
         "PROBS": (types.TYPE_FP32, (4,)),
         "PIXEL_COUNTS": (types.TYPE_INT64, (4,)),
         "RLE": (types.TYPE_STRING, (4,)),
+        "MODEL_VERSION": (types.TYPE_INT32, (1,)),
     }
     cascade = configs["steel_cascade"]
     assert cascade.backend == "python"  # type: ignore[attr-defined]

@@ -1,7 +1,9 @@
 """Triton python-backend model: classifier gating, pixel thresholds, minimum areas, RLE per class.
 
 Inputs CLS_PROBS [B, C] (optional: a bundle without a classifier has no gate) and SEG_PROBS
-[B, C, H, W]; outputs PROBS [B, C] FP32, PIXEL_COUNTS [B, C] INT64 and RLE [B, C] strings.
+[B, C, H, W]; outputs PROBS [B, C] FP32, PIXEL_COUNTS [B, C] INT64, RLE [B, C] strings and
+MODEL_VERSION [B, 1] INT32: this model's own version, the number of the bundle whose thresholds
+judged the frame (issue 16). Read from the answer, it is exact even while production switches.
 The thresholds come from ``postprocess.json`` beside this file, copied from the model bundle by
 ``training/triton_export.py``; nothing here is tuned by hand.
 
@@ -28,6 +30,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.model_name = args["model_name"]
+        self.model_version = int(args["model_version"])
         # One core's worth of work per batch; cv2 threads would compete with the networks.
         cv2.setNumThreads(1)
         params_file = Path(args["model_repository"]) / args["model_version"] / "postprocess.json"
@@ -64,12 +67,14 @@ class TritonPythonModel:
                 cls_tensor = pb_utils.get_input_tensor_by_name(request, "CLS_PROBS")
                 cls = cls_tensor.as_numpy() if cls_tensor is not None else None
                 probs, counts, rles = self._run(cls, seg)
+                versions = np.full((probs.shape[0], 1), self.model_version, dtype=np.int32)
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[
                             pb_utils.Tensor("PROBS", probs),
                             pb_utils.Tensor("PIXEL_COUNTS", counts),
                             pb_utils.Tensor("RLE", rles),
+                            pb_utils.Tensor("MODEL_VERSION", versions),
                         ]
                     )
                 )

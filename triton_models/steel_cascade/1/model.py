@@ -1,6 +1,9 @@
 """Triton python-backend BLS model: the classifier first, the segmenter only where it is needed.
 
-Same interface as ``steel_ensemble`` (FRAMES [B, H, W] uint8 -> PROBS, PIXEL_COUNTS, RLE).
+Same interface as ``steel_ensemble`` (FRAMES [B, H, W] uint8 -> PROBS, PIXEL_COUNTS, RLE,
+MODEL_VERSION). Version V of this model calls classifier, segmenter and postprocess at version V
+(issue 16: each registered bundle is one version of all four), so a shadow version is reached
+through its own cascade while the ensemble serves production; MODEL_VERSION is V.
 Most frames of a steel line are clean; the ensemble runs the expensive segmenter on every one,
 this model runs it only on frames with at least one class the classifier's gate leaves open
 (probability >= gate_threshold, the rule of ``steelcore.postprocess.apply_postprocess``).
@@ -35,6 +38,8 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.model_name = args["model_name"]
+        # Every BLS call names this version: "latest" would pick whichever bundle is newest.
+        self.model_version = args["model_version"]
         self.classifier = _parameter(config, "classifier_model", "")
         self.segmenter = _parameter(config, "segmenter_model", "segmenter")
         self.postprocess = _parameter(config, "postprocess_model", "postprocess")
@@ -54,6 +59,7 @@ class TritonPythonModel:
     def _call(self, model, inputs, outputs):
         request = pb_utils.InferenceRequest(
             model_name=model,
+            model_version=int(self.model_version),
             inputs=inputs,
             requested_output_names=outputs,
             preferred_memory=self.cpu_outputs,
@@ -106,6 +112,9 @@ class TritonPythonModel:
                         pb_utils.Tensor("PROBS", probs[part]),
                         pb_utils.Tensor("PIXEL_COUNTS", counts[part]),
                         pb_utils.Tensor("RLE", rles[part]),
+                        pb_utils.Tensor(
+                            "MODEL_VERSION", np.full((size, 1), int(self.model_version), dtype=np.int32)
+                        ),
                     ]
                 )
             )
