@@ -113,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, help="frames per folder at most")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.sample < 1:
+        parser.error(f"--sample must be at least 1, got {args.sample}")
     try:
         reference = build_reference(args.model, args.data, sample=args.sample, seed=args.seed)
     except (FileNotFoundError, ValueError) as exc:

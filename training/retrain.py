@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -232,7 +233,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0 < args.holdout < 1 or args.epochs < 1 or not args.feedback_factor > 0:
+    if not 0 < args.holdout < 1 or args.epochs < 1 or not 0 < args.feedback_factor < math.inf:
         print(
             "steel retrain: need 0 < --holdout < 1, --epochs >= 1 and --feedback-factor > 0", file=sys.stderr
         )

@@ -58,14 +58,18 @@ class DriftWatch:
                 "drift monitoring off: no drift reference at %s (python -m training.drift_reference)", path
             )
             return None
-        monitor = DriftMonitor(
-            reference,
-            window=settings.drift_window_frames,
-            raise_z=settings.drift_raise_z,
-            clear_z=settings.drift_clear_z,
-            raise_share=settings.drift_raise_share,
-            clear_share=settings.drift_clear_share,
-        )
+        try:
+            monitor = DriftMonitor(
+                reference,
+                window=settings.drift_window_frames,
+                raise_z=settings.drift_raise_z,
+                clear_z=settings.drift_clear_z,
+                raise_share=settings.drift_raise_share,
+                clear_share=settings.drift_clear_share,
+            )
+        except ValueError as exc:  # e.g. clear thresholds above raise ones: say so, keep inspecting
+            log.error("drift monitoring off: STEEL_DRIFT_* settings are inconsistent: %s", exc)
+            return None
         log.info("drift monitoring against %s (%s frames, window %s)", path, reference.frames, monitor.window)
         return cls(
             monitor, InspectionAlarms(client, settings.inspection_alarm_stream), metrics, settings.model_name

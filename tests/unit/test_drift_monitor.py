@@ -131,3 +131,21 @@ def test_the_shipped_bundle_carries_a_reference_for_its_classes():
     assert ref is not None and ref.frames >= 100
     assert len(ref.defect_share) == 4 and set(ref.input_mean) >= {"brightness", "contrast", "texture"}
     assert all(ref.input_std[k] > 0 for k in ref.input_mean)
+
+
+def test_the_worker_watches_the_served_bundle_unless_settings_or_reference_forbid(tmp_path, caplog):
+    import redis
+
+    from steelcore.settings import Settings
+    from workers.drift_watch import DriftWatch
+    from workers.worker_metrics import WorkerMetrics
+
+    client = redis.Redis()  # never connected: nothing is published here
+    watch = DriftWatch.from_settings(Settings(), client, WorkerMetrics())
+    assert watch is not None and watch.monitor.reference.frames >= 100  # models/default's reference
+    inconsistent = Settings(drift_raise_z=1.0, drift_clear_z=2.0)
+    assert DriftWatch.from_settings(inconsistent, client, WorkerMetrics()) is None
+    assert "inconsistent" in caplog.text
+    missing = Settings(drift_reference_path=tmp_path / "none.json")
+    assert DriftWatch.from_settings(missing, client, WorkerMetrics()) is None
+    assert "no drift reference" in caplog.text

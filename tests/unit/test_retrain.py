@@ -60,6 +60,7 @@ def test_too_few_reviewed_frames_is_bad_input_and_leaves_no_candidate(tmp_path: 
     assert main(argv) == exit_codes.BAD_INPUT
     assert not out.exists()
     assert main([*argv[:-1], "--holdout", "1.5"]) == exit_codes.USAGE
+    assert main([*argv[:-1], "--feedback-factor", "inf"]) == exit_codes.USAGE
 
 
 def test_retrain_fine_tunes_production_and_registers_a_candidate(
