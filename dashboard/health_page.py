@@ -1,5 +1,6 @@
 """Health page: each service's status, the model Triton serves and the workers use, throughput and
-latency from the frames table, the alarm stream's backlog and the workers' own metrics."""
+latency from the frames table, the alarm stream's backlog, the models' versions, shadow figures,
+drift and audit trail (dashboard/models_section.py) and the workers' own metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import streamlit as st
 from sqlalchemy import Engine
 
-from dashboard import charts, data_access, service_health, ui
+from dashboard import charts, data_access, models_section, service_health, ui
 from dashboard.config import DashboardSettings
 from workers.frame_images import retention_days, stored_image_bytes
 
@@ -107,6 +108,8 @@ def _health_view(engine: Engine, config: DashboardSettings) -> None:
         f"{stored_image_bytes(engine) / 1e6:.1f} MB",
         help=f"kept {retention_days(config):g} days (workers/frame_images.py)",
     )
+
+    models_section.render(engine, config, now)
 
     if scrapes:
         st.subheader("Worker metrics")

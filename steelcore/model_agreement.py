@@ -252,16 +252,22 @@ def read_evidence(
     production_version: int | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    limit: int | None = None,
 ) -> Evidence:
     """The shadowed frames of ``shadow_version`` (optionally only those production_version judged,
-    captured in [since, until)) with production's masks, and the latest verdict on each of their
-    production defects. ``conn`` is a SQLAlchemy Connection or Engine."""
+    captured in [since, until); the newest ``limit`` of them) with production's masks, and the latest
+    verdict on each of their production defects. ``conn`` is a SQLAlchemy Connection or Engine."""
     from sqlalchemy import Engine, text
 
     if isinstance(conn, Engine):
         with conn.connect() as c:
             return read_evidence(
-                c, shadow_version, production_version=production_version, since=since, until=until
+                c,
+                shadow_version,
+                production_version=production_version,
+                since=since,
+                until=until,
+                limit=limit,
             )
     where = ["s.version = :shadow"]
     params: dict[str, Any] = {"shadow": int(shadow_version)}
@@ -274,12 +280,16 @@ def read_evidence(
     if until is not None:
         where.append("s.captured_at < :until")
         params["until"] = until
+    newest = ""
+    if limit is not None:
+        newest = "ORDER BY s.captured_at DESC LIMIT :limit"
+        params["limit"] = int(limit)
     # Fixed SQL text; only bound parameters vary.
     shadowed = f"""
         SELECT s.frame_id, s.captured_at, s.rles, s.pixel_counts
         FROM shadow_results s
         JOIN frames f ON f.frame_id = s.frame_id AND f.captured_at = s.captured_at
-        WHERE {" AND ".join(where)}
+        WHERE {" AND ".join(where)} {newest}
     """
     rows = conn.execute(text(shadowed), params).all()
     masks = conn.execute(

@@ -1,0 +1,275 @@
+"""The health page's "Models" section: registered versions and their roles, how the shadow version
+agrees with production, both models against operator verdicts (the same figures and gate as
+`steel models promote`, steelcore.model_agreement), the lifecycle audit trail and the cameras whose
+input has drifted from what the model knows (an inspection alarm episode)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import streamlit as st
+from sqlalchemy import Engine, select
+
+from dashboard.inspection_feed import read_feed
+from steelcore import model_agreement as ma
+from steelcore.db_schema import model_audit, model_roles, model_versions, shadow_results
+from steelcore.model_registry import Roles, read_roles
+from steelcore.settings import Settings
+from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+
+AUDIT_ROWS = 50
+# Newest shadowed frames the figures are computed over: a bound on the page's work per refresh
+# (about 1 s of mask comparisons on these cores) whatever the window holds.
+MAX_SHADOWED_FRAMES = 5000
+FIGURES_CACHE_S = 15.0  # shadow figures move slowly; every viewer's 5 s refresh need not recompute
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: int
+    bundle: str
+    role: str  # "production", "shadow (10 %)" or ""
+    registered_at: datetime
+    registered_by: str
+    input_shape: str
+
+
+@dataclass(frozen=True)
+class ShadowFigures:
+    shadow_version: int
+    production_version: int | None
+    frames: int
+    agreement: dict[int, ma.ClassAgreement]
+    comparison: ma.VerdictComparison
+    gate: ma.GateDecision
+
+
+def versions(engine: Engine) -> list[VersionRow]:
+    """Every registered version, newest first, with its role."""
+    stmt = (
+        select(model_versions, model_roles.c.role, model_roles.c.share)
+        .select_from(model_versions.outerjoin(model_roles, model_roles.c.version == model_versions.c.version))
+        .order_by(model_versions.c.version.desc())
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    out: dict[int, VersionRow] = {}
+    for r in rows:
+        role = r.role or ""
+        if r.role == "shadow" and r.share is not None:
+            role = f"shadow ({r.share:.0%})"
+        if r.version in out:  # a version holding both roles cannot happen; show both if it did
+            role = f"{out[r.version].role}, {role}"
+        out[r.version] = VersionRow(
+            r.version, r.bundle, role, r.registered_at, r.registered_by, r.input_shape
+        )
+    return list(out.values())
+
+
+def figured_shadow(engine: Engine, roles: Roles) -> int | None:
+    """The shadow version to show figures for: the running one, else the last one that judged frames
+    (so the figures a promotion was decided on stay visible after it)."""
+    if roles.shadow is not None:
+        return roles.shadow
+    stmt = select(shadow_results.c.version).order_by(shadow_results.c.captured_at.desc()).limit(1)
+    with engine.connect() as conn:
+        return conn.execute(stmt).scalar_one_or_none()
+
+
+def shadow_figures(
+    engine: Engine,
+    shadow_version: int,
+    production_version: int | None,
+    since: datetime,
+    min_verdicts: int,
+    limit: int = MAX_SHADOWED_FRAMES,
+) -> ShadowFigures:
+    evidence = ma.read_evidence(
+        engine, shadow_version, production_version=production_version, since=since, limit=limit
+    )
+    comparison = ma.compare_verdicts(evidence.frames, evidence.verdicts)
+    return ShadowFigures(
+        shadow_version=shadow_version,
+        production_version=production_version,
+        frames=len(evidence.frames),
+        agreement=ma.mask_agreement(evidence.frames, CLASS_IDS),
+        comparison=comparison,
+        gate=ma.promote_gate(comparison, min_verdicts),
+    )
+
+
+def audit_trail(engine: Engine, limit: int = AUDIT_ROWS) -> list[Any]:
+    stmt = select(model_audit).order_by(model_audit.c.at.desc(), model_audit.c.audit_id.desc()).limit(limit)
+    with engine.connect() as conn:
+        return conn.execute(stmt).all()
+
+
+def audit_summary(figures: dict[str, Any] | None) -> str:
+    """One line of an audit row's figures: both models' F1 on the verdicts and the shadowed frames."""
+    if not figures:
+        return ""
+    parts = []
+    verdicts = figures.get("verdicts") or {}
+    prod, shadow = verdicts.get("production") or {}, verdicts.get("shadow") or {}
+    if prod.get("pairs"):
+        parts.append(f"F1 candidate {_num(shadow.get('f1'))} vs production {_num(prod.get('f1'))}")
+        parts.append(f"{prod['pairs']} verdicts")
+    if figures.get("shadowed_frames") is not None:
+        parts.append(f"{figures['shadowed_frames']} shadowed frames")
+    dice = [a.get("mean_dice") for a in (figures.get("agreement") or {}).values()]
+    dice = [d for d in dice if d is not None]
+    if dice:
+        parts.append(f"mean Dice {sum(dice) / len(dice):.3f}")
+    return ", ".join(parts)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@st.cache_data(ttl=FIGURES_CACHE_S, show_spinner=False)
+def _cached_figures(
+    _engine: Engine, key: str, shadow: int, production: int | None, since: datetime, min_verdicts: int
+) -> ShadowFigures:
+    return shadow_figures(_engine, shadow, production, since, min_verdicts)
+
+
+def render(engine: Engine, config: Settings, now: datetime) -> None:
+    st.subheader("Models")
+    roles = read_roles(engine)
+    rows = versions(engine)
+    if not rows:
+        st.caption(
+            "No model version registered yet: the workers use the bundle Triton serves. "
+            "`steel models shadow NAME` registers it as version 1 and a candidate beside it."
+        )
+    else:
+        st.dataframe(
+            [
+                {
+                    "version": r.version,
+                    "bundle": r.bundle,
+                    "role": r.role,
+                    "registered": f"{r.registered_at:%Y-%m-%d %H:%M} UTC",
+                    "by": r.registered_by,
+                    "input": r.input_shape,
+                }
+                for r in rows
+            ],
+            hide_index=True,
+            key="models_versions",
+        )
+
+    shadow = figured_shadow(engine, roles)
+    if shadow is not None:
+        window = timedelta(seconds=config.dashboard_models_window_s)
+        # Rounded so the cache key holds still between refreshes.
+        since = (now - window).replace(second=0, microsecond=0)
+        figures = _cached_figures(
+            engine, str(engine.url), shadow, roles.production, since, config.promote_gate_min_verdicts
+        )
+        _shadow_view(figures, running=roles.shadow == shadow, window=window)
+
+    _drift_view(config)
+    _audit_view(engine)
+
+
+def _shadow_view(figures: ShadowFigures, *, running: bool, window: timedelta) -> None:
+    production = f"v{figures.production_version}" if figures.production_version else "production"
+    shadow = f"v{figures.shadow_version}"
+    state = "shadow" if running else "last shadow"
+    st.markdown(
+        f"**Shadow agreement**: {state} {shadow} against {production} on {figures.frames} shadowed frames "
+        f"of the last {_span(window)}"
+    )
+    if not figures.frames:
+        st.caption("No shadowed frame stored yet in this window.")
+        return
+    st.dataframe(
+        [
+            {
+                "class": f"{c} {CLASS_NAMES[c]}",
+                "mean Dice": _round(a.mean_dice),
+                "alarm agreement": _round(a.alarm_agreement),
+                f"{production} says": a.production_says,
+                f"{shadow} says": a.shadow_says,
+            }
+            for c, a in figures.agreement.items()
+        ],
+        hide_index=True,
+        key="models_agreement",
+    )
+    st.markdown(f"**Against operator verdicts** ({figures.comparison.pairs} verdicts on shadowed frames)")
+    st.dataframe(
+        [
+            {
+                "model": name,
+                "precision": _round(s.precision),
+                "recall": _round(s.recall),
+                "F1": _round(s.f1),
+                "TP": s.tp,
+                "FP": s.fp,
+                "FN": s.fn,
+                "TN": s.tn,
+            }
+            for name, s in (
+                (f"{production} (production)", figures.comparison.production),
+                (f"{shadow} ({state})", figures.comparison.shadow),
+            )
+        ],
+        hide_index=True,
+        key="models_verdicts",
+    )
+    if running:
+        if figures.gate.passed:
+            st.success(f"Promotion gate passes: {figures.gate.reason}")
+        else:
+            st.warning(f"Promotion gate refuses: {figures.gate.reason}")
+
+
+def _drift_view(config: Settings) -> None:
+    feed = read_feed(config)
+    if feed.error:
+        st.warning(f"Drift: the inspection alarm stream is unavailable ({feed.error})")
+    elif not feed.active:
+        st.caption("Drift: no camera in an inspection alarm episode.")
+    else:
+        for camera, entry in sorted(feed.active.items()):
+            st.error(f"Drift, {camera}: {entry.get('message', '')}", icon="📷")
+
+
+def _audit_view(engine: Engine) -> None:
+    trail = audit_trail(engine)
+    st.markdown("**Audit trail** (newest first)")
+    if not trail:
+        st.caption("No lifecycle change yet.")
+        return
+    st.dataframe(
+        [
+            {
+                "at": f"{r.at:%Y-%m-%d %H:%M:%S} UTC",
+                "action": r.action,
+                "version": r.version,
+                "previous": r.previous_version,
+                "by": r.actor,
+                "forced": r.forced,
+                "figures": audit_summary(r.figures),
+            }
+            for r in trail
+        ],
+        hide_index=True,
+        key="models_audit",
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _span(window: timedelta) -> str:
+    seconds = window.total_seconds()
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds / 60:g} min"

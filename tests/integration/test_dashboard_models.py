@@ -1,0 +1,287 @@
+"""The health page's "Models" section (dashboard/models_section.py) rendered by AppTest on seeded
+data: registered versions and roles, shadow agreement per class, both models against operator
+verdicts and the promotion gate, the audit trail and a camera in a drift episode.
+
+Expectations are counted here from the seeded records, by the definitions of the lifecycle design,
+never from steelcore.model_agreement."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from dashboard_seed import new_database, seed
+from sqlalchemy import Engine, insert, select, text
+from streamlit.testing.v1 import AppTest
+
+from dashboard.db_access import DASHBOARD_ROLE, FEEDBACK_ROLE, role_url
+from steelcore import db_schema
+from steelcore.model_agreement import audit_figures, compare_verdicts, mask_agreement, read_evidence
+from steelcore.settings import Settings
+from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+from workers import db_migrate
+from workers.defect_store import FrameRecord
+
+pytestmark = pytest.mark.integration
+
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+TIMEOUT_S = 60.0
+SHADOW_ONLY_RLE = "1 100"  # a class-3 mark only the shadow sees, on a frame production found clean
+
+
+@pytest.fixture(scope="module")
+def db_url(postgres_url: str) -> Iterator[str]:
+    with new_database(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def owner(db_url: str) -> Iterator[Engine]:
+    engine = db_migrate.create_db_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def records(owner: Engine) -> list[FrameRecord]:
+    return seed(owner, datetime.now(UTC))
+
+
+@pytest.fixture()
+def dashboard_env(
+    db_url: str,
+    records: list[FrameRecord],
+    stack_run_dir: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STEEL_DASHBOARD_DB_URL", role_url(db_url, DASHBOARD_ROLE))
+    monkeypatch.setenv("STEEL_DASHBOARD_FEEDBACK_DB_URL", role_url(db_url, FEEDBACK_ROLE))
+    monkeypatch.setenv("STEEL_DASHBOARD_AUTH", "off")
+    monkeypatch.setenv("STEEL_RUN_DIR", str(stack_run_dir))
+    for name in ("STEEL_POSTGRES_URL", "STEEL_REDIS_URL", "STEEL_KAFKA_URL", "STEEL_TRITON_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _health() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
+    at.switch_page("health_page.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _table(at: AppTest, column: str):
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def _shadow_answer(record: FrameRecord, copy: bool) -> dict[int, str]:
+    return {d.class_id: d.rle for d in record.defects} if copy else {}
+
+
+def _register(owner: Engine, records: list[FrameRecord], now: datetime) -> dict:
+    """Versions 1 (production) and 2 (shadow at 50 %), shadow answers and operator verdicts.
+
+    Shadowed: every recent L1 frame and a few two-day-old L2 ones (outside the page's 1 h window).
+    The shadow copies production's masks on even-numbered defective frames and finds nothing on odd
+    ones; it also marks class 3 on the first clean frame. Operators confirm the defects of even
+    frames and call those of odd frames false (one after first confirming it, one verdict given on
+    the alarm instead of the defect)."""
+    recent = [r for r in records if r.line_id == "L1"]
+    old = [r for r in records if r.line_id == "L2"][:4]
+    defective = [r for r in recent if r.defects]
+    copies = {r.frame_id: i % 2 == 0 for i, r in enumerate(defective)}
+    clean = next(r for r in recent if not r.defects)
+    shadow: dict[str, dict[int, str]] = {
+        r.frame_id: _shadow_answer(r, copies.get(r.frame_id, False)) for r in recent + old
+    }
+    shadow[clean.frame_id] = {3: SHADOW_ONLY_RLE}
+    for r in old:
+        shadow[r.frame_id] = _shadow_answer(r, True)
+    with owner.begin() as conn:
+        conn.execute(
+            insert(db_schema.model_versions),
+            [
+                {
+                    "version": v,
+                    "bundle": b,
+                    "registered_at": now,
+                    "registered_by": "lead",
+                    "input_shape": "256x1600",
+                }
+                | {"class_ids": list(CLASS_IDS)}
+                for v, b in ((1, "default"), (2, "synthetic"))
+            ],
+        )
+        conn.execute(
+            insert(db_schema.model_roles),
+            [
+                {"role": "production", "version": 1, "share": None, "since": now, "set_by": "lead"},
+                {"role": "shadow", "version": 2, "share": 0.5, "since": now, "set_by": "ana"},
+            ],
+        )
+        conn.execute(
+            insert(db_schema.shadow_results),
+            [
+                {
+                    "frame_id": r.frame_id,
+                    "captured_at": r.captured_at,
+                    "version": 2,
+                    "judged_at": now,
+                    "class_probs": [0.5] * 4,
+                    "pixel_counts": [_pixels(shadow[r.frame_id].get(c, "")) for c in CLASS_IDS],
+                    "rles": [shadow[r.frame_id].get(c, "") for c in CLASS_IDS],
+                }
+                for r in recent + old
+            ],
+        )
+        ids = {
+            (row.frame_id, row.class_id): (row.defect_id, row.alarm_id)
+            for row in conn.execute(
+                select(
+                    db_schema.defects.c.frame_id,
+                    db_schema.defects.c.class_id,
+                    db_schema.defects.c.defect_id,
+                    db_schema.alarms.c.alarm_id,
+                ).select_from(
+                    db_schema.defects.outerjoin(
+                        db_schema.alarms,
+                        (db_schema.alarms.c.frame_id == db_schema.defects.c.frame_id)
+                        & (db_schema.alarms.c.class_id == db_schema.defects.c.class_id),
+                    )
+                )
+            )
+        }
+        verdicts = []
+        via_alarm = superseded = False
+        for r in defective:
+            for d in r.defects:
+                defect_id, alarm_id = ids[(r.frame_id, d.class_id)]
+                verdict = "confirmed" if copies[r.frame_id] else "false"
+                row = {"defect_id": defect_id, "alarm_id": None, "verdict": verdict, "operator": "ana"}
+                if not via_alarm and alarm_id is not None:
+                    row |= {"defect_id": None, "alarm_id": alarm_id}
+                    via_alarm = True
+                if not superseded and verdict == "false":
+                    earlier = row | {"verdict": "confirmed", "created_at": now - timedelta(minutes=5)}
+                    verdicts.append(earlier)
+                    superseded = True
+                verdicts.append(row | {"created_at": now})
+        assert via_alarm and superseded
+        conn.execute(insert(db_schema.feedback), verdicts)
+        figures = {"verdicts": {"production": {"pairs": 12, "f1": 0.5}, "shadow": {"pairs": 12, "f1": 0.8}}}
+        audit = [
+            ("register", 1, None, "lead", False, None, timedelta(hours=2)),
+            ("shadow", 2, 1, "ana", False, None, timedelta(minutes=30)),
+            ("promote", 3, 2, "bo", True, figures, timedelta(minutes=1)),
+        ]
+        conn.execute(
+            insert(db_schema.model_audit),
+            [
+                {"action": a, "version": v, "previous_version": p, "actor": who, "forced": forced}
+                | {"figures": f, "at": now - ago}
+                for a, v, p, who, forced, f, ago in audit
+            ],
+        )
+    return {"recent": recent, "defective": defective, "copies": copies, "shadow": shadow}
+
+
+def _pixels(rle: str) -> int:
+    numbers = [int(x) for x in rle.split()]
+    return sum(numbers[1::2])
+
+
+def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
+    dashboard_env: None, owner: Engine, records: list[FrameRecord], redis_url: str
+) -> None:
+    import redis
+
+    from workers.drift_alarms import InspectionAlarms
+    from workers.drift_monitor import DriftEvent
+
+    at = _health()
+    assert any("No model version registered yet" in c.value for c in at.caption)
+    assert any("no camera in an inspection alarm episode" in c.value for c in at.caption)
+
+    seeded = _register(owner, records, datetime.now(UTC))
+    stream = Settings().inspection_alarm_stream
+    client = redis.Redis.from_url(redis_url)
+    client.delete(stream, f"{stream}:active")
+    drift = "camera L1/cam2: frames 41 gray levels darker than the model knows; results unreliable"
+    try:
+        InspectionAlarms(client, stream).publish(DriftEvent("L1/cam2", "raised", ("brightness",), drift))
+        at = _health()
+    finally:
+        client.delete(stream, f"{stream}:active")
+        client.close()
+
+    versions = _table(at, "bundle").set_index("version")
+    assert versions.loc[1, "bundle"] == "default" and versions.loc[1, "role"] == "production"
+    assert versions.loc[2, "bundle"] == "synthetic" and versions.loc[2, "role"] == "shadow (50%)"
+
+    recent = seeded["recent"]
+    assert any(f"shadow v2 against v1 on {len(recent)} shadowed frames" in m.value for m in at.markdown)
+    agreement = _table(at, "mean Dice").set_index("class")
+    for c in CLASS_IDS:
+        production_says = [any(d.class_id == c for d in r.defects) for r in recent]
+        shadow_says = [c in seeded["shadow"][r.frame_id] for r in recent]
+        # The shadow's masks are production's own or empty: Dice 1 where both agree, 0 elsewhere.
+        both_or_neither = sum(p == s for p, s in zip(production_says, shadow_says, strict=True)) / len(recent)
+        row = agreement.loc[f"{c} {CLASS_NAMES[c]}"]
+        assert row["mean Dice"] == pytest.approx(both_or_neither, abs=1e-3)
+        assert row["alarm agreement"] == pytest.approx(both_or_neither, abs=1e-3)
+        assert row["v1 says"] == sum(production_says) and row["v2 says"] == sum(shadow_says)
+    assert agreement.loc[f"3 {CLASS_NAMES[3]}", "v2 says"] >= 1  # the shadow-only mark counts
+
+    confirmed = sum(len(r.defects) for r in seeded["defective"] if seeded["copies"][r.frame_id])
+    false = sum(len(r.defects) for r in seeded["defective"] if not seeded["copies"][r.frame_id])
+    scores = _table(at, "precision").set_index("model")
+    production = scores.loc["v1 (production)"]
+    assert (production["TP"], production["FP"], production["FN"]) == (confirmed, false, 0)
+    assert production["F1"] == pytest.approx(2 * confirmed / (2 * confirmed + false), abs=1e-3)
+    shadow = scores.loc["v2 (shadow)"]
+    assert (shadow["TP"], shadow["FP"], shadow["FN"], shadow["TN"]) == (confirmed, 0, 0, false)
+    assert shadow["F1"] == 1.0
+    assert any(
+        "Promotion gate passes: candidate F1 1.000 >= production's" in s.value
+        and f"on {confirmed + false} verdicts" in s.value
+        for s in at.success
+    )
+
+    audit = _table(at, "action")
+    assert list(audit["action"]) == ["promote", "shadow", "register"]  # newest first
+    assert audit.iloc[0]["by"] == "bo" and bool(audit.iloc[0]["forced"])
+    assert audit.iloc[0]["figures"].startswith("F1 candidate 0.800 vs production 0.500, 12 verdicts")
+
+    assert f"Drift, L1/cam2: {drift}" in [e.value for e in at.error]
+
+
+def test_agreement_figures_read_back_as_the_page_computes_them(
+    owner: Engine, records: list[FrameRecord]
+) -> None:
+    # read_evidence on its own: the window leaves out the old L2 frames, the limit keeps the newest,
+    # and the figures survive a JSON round trip as an audit row stores them.
+    with owner.connect() as conn:
+        registered = conn.execute(text("SELECT count(*) FROM model_versions")).scalar()
+    if not registered:  # run on its own, without the page test before it
+        _register(owner, records, datetime.now(UTC))
+    now = datetime.now(UTC)
+    everything = read_evidence(owner, 2)
+    windowed = read_evidence(owner, 2, production_version=1, since=now - timedelta(hours=1))
+    newest = read_evidence(owner, 2, since=now - timedelta(hours=1), limit=5)
+    recent = [r for r in records if r.line_id == "L1"]
+    assert len(everything.frames) == len(recent) + 4
+    assert {f.frame_id for f in windowed.frames} == {r.frame_id for r in recent}
+    assert {f.frame_id for f in newest.frames} == {
+        r.frame_id for r in sorted(recent, key=lambda r: r.captured_at)[-5:]
+    }
+    assert read_evidence(owner, 2, production_version=7).frames == []  # no frame judged by v7
+    # One verdict per defect: the superseded 'confirmed' is not counted twice.
+    pairs = [(v.frame_id, v.class_id) for v in windowed.verdicts]
+    assert len(pairs) == len(set(pairs)) == sum(len(r.defects) for r in recent)
+    figures = audit_figures(
+        mask_agreement(windowed.frames, CLASS_IDS), compare_verdicts(windowed.frames, windowed.verdicts)
+    )
+    assert json.loads(json.dumps(figures))["shadowed_frames"] == len(recent)
