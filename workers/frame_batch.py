@@ -163,17 +163,27 @@ def build_records(
     infer_s: float,
     model_name: str,
     model_version: str,
+    labels: Sequence[tuple[str, str]] | None = None,
 ) -> tuple[list[FrameRecord], list[Alarm], list[Rejected]]:
     """Frame records (with defects and alarm rows) and the alarms to publish; a frame whose result
-    cannot be stored (e.g. a probability outside [0, 1]) is rejected instead."""
+    cannot be stored (e.g. a probability outside [0, 1]) is rejected instead.
+
+    ``labels``: (model_name, model_version) per frame, from the version that judged each one; without
+    them every frame carries ``model_name`` and ``model_version``."""
     if result.probs.shape != (len(frames), NUM_CLASSES) or len(result.rles) != len(frames):
         raise RuntimeError(
             f"ensemble answered {result.probs.shape} for {len(frames)} frames of {NUM_CLASSES} classes"
         )
+    if labels is None:
+        labels = [(model_name, model_version)] * len(frames)
+    elif len(labels) != len(frames):
+        raise RuntimeError(f"{len(labels)} model labels for {len(frames)} frames")
     records: list[FrameRecord] = []
     alarms: list[Alarm] = []
     rejects: list[Rejected] = []
-    for frame, probs, rles in zip(frames, result.probs.tolist(), result.rles, strict=True):
+    for frame, probs, rles, (name, version) in zip(
+        frames, result.probs.tolist(), result.rles, labels, strict=True
+    ):
         h = frame.header
         try:
             defects = defects_of(probs, rles)
@@ -192,8 +202,8 @@ def build_records(
                 position_m=h.position_m,
                 captured_at=h.captured_at,
                 received_at=received_at,
-                model_name=model_name,
-                model_version=model_version,
+                model_name=name,
+                model_version=version,
                 defects=tuple(defects),
                 alarms=tuple(AlarmRecord(a.class_id, a.probability, a.area_px, received_at) for a in fired),
                 class_probs=tuple(probs),

@@ -71,6 +71,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from steelcore.kafka_clients import BrokerIncarnation
+from steelcore.model_registry import shadow_pick
 from steelcore.settings import Settings, get_settings
 from steelcore.topic_rotation import SUBSCRIPTION_REFRESH_MS, rotation_seconds, subscription_pattern
 from workers.alarm_relay import AlarmRelay, AlarmRelayThread
@@ -80,6 +81,8 @@ from workers.batch_policy import BatchPolicy, OverloadDetector
 from workers.defect_store import StoreResult
 from workers.drift_watch import DriftWatch, client_of, observe_safely
 from workers.frame_batch import Batch, Rejected, ValidFrame, build_records, next_offsets, validate_message
+from workers.model_roles import RoleWatch
+from workers.shadow_runner import ShadowRunner
 from workers.topic_janitor import BucketJanitor, JanitorThread, janitor_from_settings
 from workers.triton_client import EnsembleResult, TritonClientError
 from workers.worker_metrics import WorkerMetrics
@@ -163,6 +166,8 @@ class InferenceWorker:
         janitor: BucketJanitor | None = None,
         alarm_relay: AlarmRelay | None = None,
         drift: DriftWatch | None = None,
+        roles: RoleWatch | None = None,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.config = config or WorkerConfig()
@@ -177,6 +182,9 @@ class InferenceWorker:
         self.janitor = janitor
         self.alarm_relay = alarm_relay
         self.drift = drift
+        # Model versions (issue 16): which bundle each version is, and the shadow run if one is set.
+        self.roles = roles
+        self.shadow = shadow
         self._relay_thread: AlarmRelayThread | None = None
         self.rotation_s = rotation_seconds(self.settings)
         self._janitor_thread: JanitorThread | None = None
@@ -262,6 +270,14 @@ class InferenceWorker:
             stream.client.ping()
             self._redis = stream.client
             self.alarm_publisher = stream
+        if self.roles is None and isinstance(self.store, PostgresStore):
+            self.roles = RoleWatch.from_engine(self.store.engine, s)
+        if self.roles is not None:
+            self.roles.refresh()
+        if self.shadow is None and self.roles is not None and isinstance(self.store, PostgresStore):
+            self.shadow = self._shadow_runner(self.store.engine)
+        if self.shadow is not None:
+            self.shadow.start()
         if self.drift is None and (client := client_of(self.alarm_publisher)) is not None:
             self.drift = DriftWatch.from_settings(s, client, self.metrics)
         if isinstance(self.store, PostgresStore) and isinstance(self.alarm_publisher, AlarmStream):
@@ -284,6 +300,27 @@ class InferenceWorker:
         if self._embedded_kafka:
             self._incarnation = BrokerIncarnation(timeout_s=BROKER_CHECK_TIMEOUT_S)
             self._check_broker(quiet=True)  # records the cluster id of the log being read
+
+    def _shadow_runner(self, engine: Any) -> ShadowRunner | None:
+        """A runner asking the cascade of the worker's own Triton; None with injected inference."""
+        from workers.shadow_runner import SHADOW_MODEL, write_shadow_results
+        from workers.triton_client import TritonEnsembleClient
+
+        if not isinstance(self.inference, TritonEnsembleClient):
+            return None
+        s = self.settings
+        # A client of its own: the shadow's requests never take the production client's slots.
+        client = TritonEnsembleClient(
+            self.inference.url, self.inference.protocol, SHADOW_MODEL, s.triton_timeout_s,
+            max_in_flight=1, retries=1,
+        )  # fmt: skip
+        return ShadowRunner(
+            client,
+            lambda rows: write_shadow_results(engine, rows),
+            self.metrics,
+            s.shadow_queue_frames,
+            timeout_s=3 * s.triton_timeout_s,
+        )
 
     def _subscribe(self) -> None:
         """Subscribe to the frames topic, or with rotation to its buckets from the janitor's floor up."""
@@ -332,6 +369,7 @@ class InferenceWorker:
     def teardown(self) -> None:
         """Close everything; the consumer leaves the group (no commit: offsets are committed per batch)."""
         steps: list[tuple[str, Callable[[], object] | None]] = [
+            ("shadow runner", self.shadow.stop if self.shadow is not None else None),
             ("bucket janitor", self._janitor_thread.stop if self._janitor_thread is not None else None),
             ("alarm relay", self._relay_thread.stop if self._relay_thread is not None else None),
             ("janitor clients", self.janitor.close if self.janitor is not None else None),
@@ -440,6 +478,8 @@ class InferenceWorker:
         """Consume one batch and see it through; returns the number of messages handled."""
         assert self.consumer is not None
         self.probes.beat()
+        if self.roles is not None:
+            self.roles.poll()
         janitor = self.janitor if self.rotation_s > 0 else None
         if janitor is not None and janitor.floor != self._floor and not self._carry:
             self._subscribe()  # drained buckets leave the assignment (rebalance) before deletion
@@ -584,6 +624,7 @@ class InferenceWorker:
         if self._paused:
             self._resume()
         self._account(batch)
+        self._offer_shadow(batch)
 
     def _decode(self, batch: Batch) -> None:
         started = time.perf_counter()
@@ -613,6 +654,7 @@ class InferenceWorker:
                 records, alarms, bad = build_records(
                     batch.valid, result, self.rule, received_at=batch.received_at, infer_s=infer_s,
                     model_name=self.settings.model_name, model_version=self.model_version,
+                    labels=self._labels(result),
                 )  # fmt: skip
                 batch.rejects.extend(bad)
                 refused = {id(r.message) for r in bad}
@@ -641,6 +683,33 @@ class InferenceWorker:
         if not batch.committed:
             self._step("commit", is_kafka_outage, self._commit, batch)
             batch.committed = True
+
+    def _labels(self, result: EnsembleResult) -> list[tuple[str, str]] | None:
+        """(model_name, model_version) per frame from the version each answer says judged it: exact
+        across a switch, where one batch's frames may straddle two versions. None for an answer
+        without versions (a repository exported before them): the labels of the settings then."""
+        if result.versions is None:
+            return None
+        versions = [int(v) for v in result.versions]
+        self.metrics.model_version.set(versions[-1])
+        if self.roles is None:
+            return [(self.settings.model_name, str(v)) for v in versions]
+        return [self.roles.label(v) for v in versions]
+
+    def _offer_shadow(self, batch: Batch) -> None:
+        """Hand the shadow's share of the batch's stored frames to the shadow runner (never waits)."""
+        if self.shadow is None or self.roles is None or not batch.records:
+            return
+        running = self.roles.shadow()
+        if running is None:
+            return
+        version, share = running
+        stored = {r.frame_id for r in batch.records}
+        picked = [
+            f for f in batch.valid if f.header.frame_id in stored and shadow_pick(f.header.frame_id, share)
+        ]
+        if picked:
+            self.shadow.offer(picked, version)
 
     def _dead_letter(self, batch: Batch) -> None:
         if not batch.dead_letters_pending:

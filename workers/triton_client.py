@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 Protocol = Literal["grpc", "http"]
 INPUT_NAME = "FRAMES"
 OUTPUT_NAMES = ("PROBS", "PIXEL_COUNTS", "RLE")
+# The version of the model bundle that judged each frame (issue 16): repositories exported before
+# model versions lack it, so it is requested only when the model's config declares it.
+VERSION_OUTPUT = "MODEL_VERSION"
 _DEFAULT_MAX_BATCH = 8
 
 
@@ -58,16 +61,22 @@ class EnsembleResult:
     probs: np.ndarray  # float32 [B, C]: per-class defect probability
     pixel_counts: np.ndarray  # int64 [B, C]: defect pixels per class after post-processing
     rles: list[list[str]]  # B lists of C Severstal RLE strings ('' = no defect of that class)
+    # int [B]: the model version that judged each frame; None from a model without MODEL_VERSION.
+    versions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rles)
 
     @staticmethod
     def concatenate(parts: Sequence[EnsembleResult]) -> EnsembleResult:
+        # Parts of one request are judged by versions answered separately: a part without the
+        # output makes the whole answer version-less rather than half-labelled.
+        versions = [p.versions for p in parts]
         return EnsembleResult(
             probs=np.concatenate([p.probs for p in parts]),
             pixel_counts=np.concatenate([p.pixel_counts for p in parts]),
             rles=[row for p in parts for row in p.rles],
+            versions=None if any(v is None for v in versions) else np.concatenate(versions),  # type: ignore[arg-type]
         )
 
 
@@ -102,7 +111,11 @@ def _classify(exc: BaseException) -> TritonClientError:
 
 
 class TritonEnsembleClient:
-    """Client of the ``steel_ensemble`` (or ``steel_cascade``) model of a Triton server."""
+    """Client of the ``steel_ensemble`` (or ``steel_cascade``) model of a Triton server.
+
+    ``model_version`` ('' = the server's choice by the model's version policy) is asked for every
+    request unless a call names another: the shadow run asks ``steel_cascade`` for a version the
+    ensemble does not serve."""
 
     def __init__(
         self,
@@ -114,6 +127,7 @@ class TritonEnsembleClient:
         max_in_flight: int = 4,
         retries: int = 3,
         backoff_s: float = 0.2,
+        model_version: str = "",
     ) -> None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
@@ -122,12 +136,14 @@ class TritonEnsembleClient:
         self.url = url.removeprefix("grpc://").removeprefix("http://")
         self.protocol = protocol
         self.model_name = model_name
+        self.model_version = model_version
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self.retries = retries
         self.backoff_s = backoff_s
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._max_batch: int | None = None
+        self._has_version: bool | None = None  # whether the model declares VERSION_OUTPUT
         self._local = threading.local()
         self._http_clients: list[Any] = []
         self._lock = threading.Lock()
@@ -163,7 +179,9 @@ class TritonEnsembleClient:
         """True when the server is live and the model is ready; never raises."""
         try:
             client = self._client()
-            return bool(client.is_server_live()) and bool(client.is_model_ready(self.model_name))
+            return bool(client.is_server_live()) and bool(
+                client.is_model_ready(self.model_name, self.model_version)
+            )
         except Exception as exc:  # any failure means "not ready"
             log.debug("triton readiness check failed: %s", exc)
             return False
@@ -181,28 +199,49 @@ class TritonEnsembleClient:
 
     def max_batch_size(self) -> int:
         """The model's max_batch_size, asked once (8 when the server does not say)."""
-        if self._max_batch is None:
-            try:
-                config = self._client().get_model_config(self.model_name)
-                value = config.config.max_batch_size if self.protocol == "grpc" else config["max_batch_size"]
-                self._max_batch = int(value) or _DEFAULT_MAX_BATCH
-            except Exception as exc:  # fall back, the request itself will report errors
-                log.debug("could not read %s's config: %s", self.model_name, exc)
-                return _DEFAULT_MAX_BATCH
-        return self._max_batch
+        self._read_config()
+        return self._max_batch or _DEFAULT_MAX_BATCH
+
+    def reports_version(self) -> bool:
+        """Whether the model answers MODEL_VERSION (asked once; False while the server does not say)."""
+        self._read_config()
+        return bool(self._has_version)
+
+    def _read_config(self) -> None:
+        """max_batch_size and the declared outputs, from the model's config (one call for both).
+
+        The config is the model's, not a version's: every version of a model shares config.pbtxt."""
+        if self._max_batch is not None:
+            return
+        try:
+            config = self._client().get_model_config(self.model_name)
+            if self.protocol == "grpc":
+                value = config.config.max_batch_size
+                outputs = [o.name for o in config.config.output]
+            else:
+                value = config["max_batch_size"]
+                outputs = [o["name"] for o in config.get("output", [])]
+        except Exception as exc:  # fall back, the request itself will report errors
+            log.debug("could not read %s's config: %s", self.model_name, exc)
+            return
+        self._has_version = VERSION_OUTPUT in outputs
+        self._max_batch = int(value) or _DEFAULT_MAX_BATCH
 
     # --- inference ---------------------------------------------------------------------------
-    def infer(self, frames: np.ndarray) -> EnsembleResult:
+    def infer(self, frames: np.ndarray, *, model_version: str | None = None) -> EnsembleResult:
         """Blocking inference of frames uint8 [B, H, W]."""
-        return self.infer_async(frames).result()
+        return self.infer_async(frames, model_version=model_version).result()
 
-    def infer_async(self, frames: np.ndarray) -> Future[EnsembleResult]:
-        """Start inference of frames uint8 [B, H, W]; the future raises a TritonClientError on failure."""
+    def infer_async(self, frames: np.ndarray, *, model_version: str | None = None) -> Future[EnsembleResult]:
+        """Start inference of frames uint8 [B, H, W]; the future raises a TritonClientError on failure.
+
+        ``model_version``: this request's version of the model (None = the client's own)."""
         if self._closed:
             raise TritonClientError("client is closed")
         frames = validate_frames(frames)
         step = self.max_batch_size()
-        parts = [self._submit(frames[i : i + step]) for i in range(0, frames.shape[0], step)]
+        version = self.model_version if model_version is None else model_version
+        parts = [self._submit(frames[i : i + step], version) for i in range(0, frames.shape[0], step)]
         if len(parts) == 1:
             return parts[0]
         return _gather(parts)
@@ -243,30 +282,33 @@ class TritonEnsembleClient:
         module = self._module
         tensor = module.InferInput(INPUT_NAME, list(frames.shape), "UINT8")
         tensor.set_data_from_numpy(frames)
+        names = (*OUTPUT_NAMES, VERSION_OUTPUT) if self._has_version else OUTPUT_NAMES
         if self.protocol == "grpc":
-            outputs = [module.InferRequestedOutput(name) for name in OUTPUT_NAMES]
+            outputs = [module.InferRequestedOutput(name) for name in names]
         else:
-            outputs = [module.InferRequestedOutput(name, binary_data=True) for name in OUTPUT_NAMES]
+            outputs = [module.InferRequestedOutput(name, binary_data=True) for name in names]
         return [tensor], outputs
 
     @staticmethod
     def _result(response: Any) -> EnsembleResult:
         rles = response.as_numpy("RLE")
+        versions = response.as_numpy(VERSION_OUTPUT)
         return EnsembleResult(
             probs=response.as_numpy("PROBS").astype(np.float32, copy=False),
             pixel_counts=response.as_numpy("PIXEL_COUNTS").astype(np.int64, copy=False),
             rles=[[r.decode() if isinstance(r, bytes) else str(r) for r in row] for row in rles],
+            versions=None if versions is None else versions.reshape(len(rles), -1)[:, 0].astype(np.int64),
         )
 
-    def _submit(self, frames: np.ndarray) -> Future[EnsembleResult]:
+    def _submit(self, frames: np.ndarray, version: str) -> Future[EnsembleResult]:
         self._slots.acquire()
         future: Future[EnsembleResult] = Future()
         future.add_done_callback(lambda _: self._slots.release())
         if self.protocol == "grpc":
-            self._grpc_attempt(frames, future, attempt=0)
+            self._grpc_attempt(frames, future, version, attempt=0)
         else:
             assert self._pool is not None
-            self._pool.submit(self._http_call, frames, future)
+            self._pool.submit(self._http_call, frames, future, version)
         return future
 
     def _retry_delay(self, error: TritonClientError, attempt: int) -> float | None:
@@ -283,7 +325,9 @@ class TritonEnsembleClient:
         )
         return delay
 
-    def _grpc_attempt(self, frames: np.ndarray, future: Future[EnsembleResult], attempt: int) -> None:
+    def _grpc_attempt(
+        self, frames: np.ndarray, future: Future[EnsembleResult], version: str, attempt: int
+    ) -> None:
         inputs, outputs = self._request(frames)
 
         def done(result: Any, error: Any) -> None:
@@ -298,14 +342,19 @@ class TritonEnsembleClient:
             if delay is None or self._closed:
                 future.set_exception(failure)
             else:
-                timer = threading.Timer(delay, self._grpc_attempt, (frames, future, attempt + 1))
+                timer = threading.Timer(delay, self._grpc_attempt, (frames, future, version, attempt + 1))
                 timer.daemon = True
                 timer.start()
 
         try:
             assert self._grpc is not None
             self._grpc.async_infer(
-                self.model_name, inputs, done, outputs=outputs, client_timeout=self.timeout_s
+                self.model_name,
+                inputs,
+                done,
+                model_version=version,
+                outputs=outputs,
+                client_timeout=self.timeout_s,
             )
         except Exception as exc:  # reported through the future like any failure
             done(None, exc)
@@ -319,12 +368,14 @@ class TritonEnsembleClient:
                     self._http_clients.remove(client)
             client.close()
 
-    def _http_call(self, frames: np.ndarray, future: Future[EnsembleResult]) -> None:
+    def _http_call(self, frames: np.ndarray, future: Future[EnsembleResult], version: str) -> None:
         attempt = 0
         while True:
             inputs, outputs = self._request(frames)
             try:
-                response = self._client().infer(self.model_name, inputs, outputs=outputs)
+                response = self._client().infer(
+                    self.model_name, inputs, model_version=version, outputs=outputs
+                )
                 future.set_result(self._result(response))
                 return
             except Exception as exc:  # classified, then retried or reported

@@ -23,6 +23,8 @@ from workers.worker_probes import WorkerProbes
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("stored", "duplicate", "dead_lettered")
+# What became of a frame offered to the shadow version (workers.shadow_runner).
+SHADOW_OUTCOMES = ("stored", "duplicate", "dropped", "failed")
 STAGES = ("decode", "infer", "dead_letter", "store", "alarm", "outbox", "commit", "relay", "trim")
 # Latency buckets from 1 ms to 30 s: decode is milliseconds, inference on CPU up to seconds.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -111,6 +113,15 @@ class WorkerMetrics:
             ["camera", "state"],
             registry=r,
         )
+        self.shadow_frames = Counter(
+            "steel_worker_shadow_frames",
+            "Frames offered to the shadow version, by outcome (dropped: its queue was full)",
+            ["outcome"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "steel_worker_model_version", "Model version that judged this worker's last batch", registry=r
+        )
         self.offset_lag = Gauge(
             "steel_worker_offset_lag",
             "High watermark minus position (real Kafka only)",
@@ -121,6 +132,8 @@ class WorkerMetrics:
             self.frames.labels(outcome)
         for stage in STAGES:
             self.errors.labels(stage)
+        for outcome in SHADOW_OUTCOMES:
+            self.shadow_frames.labels(outcome)
         self._server: Any = None
 
     def observe_stage(self, stage: str, seconds: float) -> None:
