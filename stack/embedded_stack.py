@@ -109,9 +109,12 @@ class TritonService(EmbeddedService):
         metrics_port: int,
         protocol: str = "grpc",
         host: str = LOCALHOST,
+        serving_repository: Path | None = None,
     ) -> None:
         super().__init__(run_dir, grpc_port, host)
         self.repository = Path(repository)
+        # None: TritonServer serves a copy under run_dir (stack.triton_server.default_serving_repository).
+        self.serving_repository = serving_repository
         self.model = model
         self.http_port = http_port
         self.grpc_port = grpc_port
@@ -176,6 +179,7 @@ class TritonService(EmbeddedService):
             self.metrics_port,
             wait_for=(self.model,),
             host=self.host,
+            serving_repository=self.serving_repository,
         )
         try:
             server.start(timeout_s)
@@ -300,6 +304,7 @@ class EmbeddedStack:
             grpc_port=int(rec.get("grpc_port", s.triton_grpc_port)),
             metrics_port=int(rec.get("metrics_port", s.triton_metrics_port)),
             protocol=s.triton_protocol,
+            serving_repository=s.triton_serving_repository,
         )
 
     # ---- up -----------------------------------------------------------------------------

@@ -8,6 +8,11 @@ server is assembled once in a work folder under the run directory (``bin``, ``ba
 ``bin`` so the stub's embedded interpreter imports the venv's packages (torch, numpy<2,
 steelcore).
 
+The server runs in explicit model-control mode (``--load-model=*`` loads everything at start) and
+serves a mutable copy of the given repository, ``<run_dir>/triton_repository`` unless told another
+one: ``steel models`` (stack.model_lifecycle) adds versions there and loads them with the model
+control API, and the git-tracked ``triton_models/`` is never written.
+
 A machine that cannot run the binary (no ``libpython3.11.so.1.0``, wheel missing) gets a
 :class:`TritonUnavailableError` that says how to point the workers at an external server
 with ``STEEL_TRITON_URL`` instead.
@@ -43,6 +48,43 @@ _POLL_S = 0.25
 _LOG_TAIL_CHARS = 3000
 # How long the server waits for open connections and in-flight requests after SIGTERM.
 _EXIT_TIMEOUT_S = 5
+SERVING_REPOSITORY = "triton_repository"
+MANIFEST = "repository.json"
+
+
+def default_serving_repository(run_dir: Path) -> Path:
+    """Where an embedded server keeps the repository it serves (and the lifecycle rewrites)."""
+    return Path(run_dir) / SERVING_REPOSITORY
+
+
+def _holds_only_version_one(repository: Path) -> bool:
+    versions = {p.name for p in repository.glob("*/*") if p.is_dir() and p.name.isdigit()}
+    return versions <= {"1"}
+
+
+def prepare_serving_repository(source: Path, serving: Path) -> Path:
+    """Copy ``source`` to ``serving`` when absent; returns ``serving``.
+
+    An existing copy is kept: it holds the versions the lifecycle registered. Only a copy still
+    holding version 1 alone (no lifecycle change yet) whose manifest differs from the source's is
+    replaced, so a re-export of the source (`steel export`) reaches the server.
+    """
+    source, serving = Path(source).resolve(), Path(serving).resolve()
+    if source == serving:
+        return serving
+    if serving.is_dir():
+        manifest, copied = source / MANIFEST, serving / MANIFEST
+        same = manifest.is_file() and copied.is_file() and manifest.read_bytes() == copied.read_bytes()
+        if same or not _holds_only_version_one(serving):
+            return serving
+        log.info("serving repository %s is an older copy of %s: copying again", serving, source)
+        shutil.rmtree(serving)
+    serving.parent.mkdir(parents=True, exist_ok=True)
+    staging = serving.with_name(f".{serving.name}-copying")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__"))
+    staging.rename(serving)
+    return serving
 
 
 class TritonError(RuntimeError):
@@ -156,9 +198,12 @@ class TritonServer:
         host: str = "127.0.0.1",
         extra_args: Sequence[str] = (),
         stop_timeout_s: float = 20.0,
+        serving_repository: Path | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.repository = Path(repository).resolve()
+        # ``repository`` is the source; the server serves ``self.repository``, a copy it may change.
+        self.source_repository = Path(repository).resolve()
+        self.repository = Path(serving_repository or default_serving_repository(self.run_dir)).resolve()
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.metrics_port = metrics_port
@@ -197,11 +242,19 @@ class TritonServer:
         """Start the server and wait until it and the ``wait_for`` models are ready."""
         if self._process is not None and self._process.poll() is None:
             raise TritonError(f"server already running (pid {self._process.pid})")
-        if not self.repository.is_dir():
-            raise ValueError(f"model repository {self.repository} does not exist")
-        missing = [name for name in self.wait_for if not (self.repository / name / "config.pbtxt").is_file()]
-        if missing:
-            raise ValueError(f"model repository {self.repository} has no model {', '.join(missing)}")
+        if not self.source_repository.is_dir() and not self.repository.is_dir():
+            raise ValueError(f"model repository {self.source_repository} does not exist")
+        if self.source_repository.is_dir():
+            missing = [
+                name
+                for name in self.wait_for
+                if not (self.source_repository / name / "config.pbtxt").is_file()
+            ]
+            if missing:
+                raise ValueError(
+                    f"model repository {self.source_repository} has no model {', '.join(missing)}"
+                )
+            prepare_serving_repository(self.source_repository, self.repository)
         server_dir = self._assemble()
         env = self._environment()
         self._preflight(server_dir, env)
@@ -348,6 +401,9 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--disable-auto-complete-config",
+            # Explicit control: `steel models` loads and unloads versions without a restart.
+            "--model-control-mode=explicit",
+            "--load-model=*",
             f"--exit-timeout-secs={_EXIT_TIMEOUT_S}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={_SHM_DEFAULT_BYTES}",
