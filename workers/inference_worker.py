@@ -704,7 +704,9 @@ class InferenceWorker:
         if running is None:
             return
         version, share = running
-        stored = {r.frame_id for r in batch.records}
+        # A frame the shadow version already judged as production (a promotion this worker's roles
+        # have not caught up with yet) would only be judged twice by the same version.
+        stored = {r.frame_id for r in batch.records if r.model_version != str(version)}
         picked = [
             f for f in batch.valid if f.header.frame_id in stored and shadow_pick(f.header.frame_id, share)
         ]

@@ -394,3 +394,13 @@ def test_no_shadow_role_offers_nothing() -> None:
     worker, journal, parts = versioned_worker(good_messages(4), Registry())
     worker.run_once()
     assert "shadow" not in journal and parts["shadow"].offered == []
+
+
+def test_frames_the_shadow_version_judged_as_production_are_not_judged_again() -> None:
+    """Promoted a moment ago: the ensemble answers version 2 before this worker's roles say so."""
+    registry = Registry()
+    registry.roles = Roles(production=1, shadow=2, shadow_share=1.0)
+    worker, _, parts = versioned_worker(good_messages(6), registry, switch_after=2)
+    worker.run_once()
+    ids = sorted(parts["store"].rows)
+    assert sorted(parts["shadow"].offered) == [(f, 2) for f in ids[:2]]
