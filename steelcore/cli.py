@@ -34,7 +34,9 @@ COMMANDS: dict[str, Command] = {
     "tune": Command("training.tune", "pick gating / pixel thresholds / minimum areas on a validation split"),
     "eval": Command("training.evaluate", "Kaggle mean Dice, IoU, precision, recall, F1, AUC of a model"),
     "predict": Command("training.predict", "write a Kaggle submission CSV for a folder of frames"),
-    "models": Command("training.zoo", "list the shipped models and their metrics"),
+    "models": Command(
+        "training.zoo", "model bundles and versions; shadow, promote, roll back on the running Triton"
+    ),
     "export": Command("training.export", "export a model to TorchScript / ONNX or a Triton repository"),
     "triton": Command("stack.triton_cli", "serve the model repository with the embedded Triton server"),
     "up": Command("stack.up_cli", "start the embedded stack (Kafka, Triton, Postgres, Redis)"),
