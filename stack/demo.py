@@ -2,6 +2,7 @@
 
     steel demo                 # until Ctrl-C: stack, 2 cameras, 2 workers, actuator, dashboard
     steel demo --frames 40     # stop once 40 frames are stored; print a JSON summary
+    steel demo --scene lifecycle  # drift, verdicts, candidate, shadow run, promotion (demo_scene.py)
 
 It starts the embedded stack (`steel up`, Triton serving settings.triton_repository), brings the
 database schema to head, creates the topics, then runs as child processes (logs in
@@ -93,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --frames: longest run before giving up (default 900 s)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the final summary here")
+    from stack import demo_scene
+
+    demo_scene.add_arguments(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -110,6 +114,9 @@ def check_arguments(args: argparse.Namespace) -> None:
             continue  # chosen from the machine's capacity
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    from stack import demo_scene
+
+    demo_scene.check_arguments(args)
 
 
 def frames_per_camera(total: int, cameras: int) -> list[int]:
@@ -123,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"steel demo: {exc}", file=sys.stderr)
         return exit_codes.BAD_INPUT
+    if getattr(args, "scene", None) == "lifecycle":
+        from stack.demo_scene import LifecycleScene
+
+        return LifecycleScene(get_settings(), args).run()
     return Demo(get_settings(), args).run()
 
 
@@ -316,6 +327,7 @@ class Demo:
             name = f"camera-{k + 1}"
             cli = ["produce", "--line", a.line, "--camera", f"cam{k + 1}", "--fps", f"{fps:g}"]
             cli += ["--seed", str(a.seed + k), "--json", str(self.log_dir / f"{name}.json")]
+            cli += self._camera_args(k)
             if count is not None:
                 cli += ["--frames", str(count)]
             child = Child(name, cli, self.log_dir)
@@ -327,6 +339,10 @@ class Demo:
             f"logs in {self.log_dir}"
         )
         return exit_codes.OK
+
+    def _camera_args(self, k: int) -> list[str]:
+        """Extra `steel produce` options of camera k (0-based): none here; a scene dims one."""
+        return []
 
     @staticmethod
     def _dashboard_available() -> bool:
