@@ -20,6 +20,12 @@ Nothing is committed before 3-5 succeeded, so a crash anywhere redelivers the ba
 idempotent write absorbs it (Kafka transactions are not relied on: the embedded broker's are not
 exactly-once).
 
+Model versions (issue 16): each frame is stored with the version Triton's answer says judged it
+(MODEL_VERSION) and that version's bundle (workers.model_roles, which polls the registry every
+settings.model_roles_poll_s and keeps its last roles on a database error), so labels stay exact while
+`steel models promote` switches the ensemble mid-batch. While a shadow version runs, the shadow's
+share of each committed batch is handed to workers.shadow_runner, which never makes the batch wait.
+
 Whatever bytes arrive, a message ends stored or dead-lettered with a reason, and its offset is
 committed: validation never raises (workers.frame_batch.validate_message), a refused row is
 isolated (step 4), and a dead letter refused as too large is sent again smaller
@@ -134,7 +140,9 @@ class WorkerConfig:
     startup_timeout_s: float = 60.0  # wait for the Triton model to be ready at start
     metrics_port: int = 0  # 0 = no /metrics endpoint; `steel work` takes settings.worker_metrics_port
     log_every_s: float = 30.0
-    model_version: str | None = None  # label stored with each frame; default: the Triton model name
+    # Label stored with each frame when the answer names no MODEL_VERSION (a repository exported
+    # before versions); default: the Triton model name. Answers that name one store theirs.
+    model_version: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -52,7 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.shutdown_grace_s,
         help="after SIGTERM, how long an outage may delay the exit (default %(default)s)",
     )
-    parser.add_argument("--model-version", default=None, help="model version label stored with each frame")
+    parser.add_argument(
+        "--model-version",
+        default=None,
+        help="model version label stored with each frame when Triton's answer names none (a repository "
+        "exported before MODEL_VERSION); otherwise the answer's version is stored",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
