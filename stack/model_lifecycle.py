@@ -394,7 +394,10 @@ class Lifecycle:
         )
 
     def bootstrap(self, conn: Connection, actor: str) -> Roles:
-        """With no production row, register what the repository serves as version 1 = production."""
+        """With no production row, register what the repository serves as version 1 = production.
+
+        Not committed here: it becomes permanent with the command's own change, so a refused
+        command leaves the registry as it found it."""
         roles = read_roles(conn)
         if roles.production is not None:
             return roles
@@ -411,7 +414,6 @@ class Lifecycle:
         if version not in version_bundles(conn):
             self._register(conn, version, sig, actor)
         self._set_role(conn, "production", version, actor, None)
-        conn.commit()
         self.say(f"registered version {version} = bundle {sig.name} as production (serving {loaded})")
         return read_roles(conn)
 
@@ -512,7 +514,6 @@ class Lifecycle:
             decision = model_agreement.promote_gate(comparison, self.settings.promote_gate_min_verdicts)
             if not decision.passed and not force:
                 raise Refused(f"promotion of {name} refused: {decision.reason} (--force overrides)")
-            conn.rollback()  # end the read's transaction: nothing below must wait on it
 
             if shadow is not None:
                 version, fresh = shadow, False
@@ -569,7 +570,6 @@ class Lifecycle:
                 )
             if not self._has_version(previous):
                 raise Refused(f"version {previous} is no longer in {self.repository}: cannot roll back to it")
-            conn.rollback()
             shadow = roles.shadow if roles.shadow not in (None, previous) else None
             keep = {production, previous} | ({shadow} if shadow else set())
             self._apply(keep, production)

@@ -1,0 +1,219 @@
+"""`steel models shadow|promote|rollback` against a real Triton and Postgres (issue 16).
+
+Each test starts its own Triton on a fresh copy of the committed repository (explicit model control)
+and a scratch database, then drives the CLI exactly as an operator would (``steel models ...``
+parsed by its own parser, services found through STEEL_* variables). What Triton serves is checked
+from its answers (MODEL_VERSION) and its model index, what the registry holds from the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as http
+from scratch_db import scratch_database
+from sqlalchemy import Engine, select
+
+from stack import model_lifecycle
+from stack.service import free_port
+from stack.triton_server import TritonServer
+from steelcore.db_schema import model_audit, model_versions
+from steelcore.model_registry import Roles, read_roles
+from steelcore.paths import REPO_ROOT, TRITON_REPOSITORY
+from steelcore.settings import get_settings
+from training import zoo
+from workers import db_migrate
+
+FRAMES = np.zeros((2, 256, 1600), np.uint8)
+
+
+@dataclass
+class Line:
+    triton: TritonServer
+    client: http.InferenceServerClient
+    engine: Engine
+    models_dir: Path
+
+    def answer_version(self, model: str = "steel_ensemble", version: str = "") -> list[int]:
+        inp = http.InferInput("FRAMES", list(FRAMES.shape), "UINT8")
+        inp.set_data_from_numpy(FRAMES)
+        out = [http.InferRequestedOutput("MODEL_VERSION"), http.InferRequestedOutput("PIXEL_COUNTS")]
+        result = self.client.infer(model, [inp], model_version=version, outputs=out)
+        return sorted(set(result.as_numpy("MODEL_VERSION").ravel().tolist()))
+
+    def ready_versions(self, model: str) -> list[int]:
+        index = self.client.get_model_repository_index()
+        return sorted(int(m["version"]) for m in index if m["name"] == model and m.get("state") == "READY")
+
+    def roles(self) -> Roles:
+        return read_roles(self.engine)
+
+    def audit(self) -> list[tuple[str, int, int | None, bool]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(model_audit).order_by(model_audit.c.audit_id)).all()
+        return [(r.action, r.version, r.previous_version, r.forced) for r in rows]
+
+    def audit_figures(self, action: str) -> dict:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(model_audit.c.figures).where(model_audit.c.action == action)
+            ).scalar_one()
+
+    def versions(self) -> dict[int, str]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(model_versions.c.version, model_versions.c.bundle)).all())
+
+
+def steel_models(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    zoo.add_arguments(parser)
+    return zoo.run(parser.parse_args(list(argv)))
+
+
+@pytest.fixture()
+def line(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Line]:
+    # Bundles: the shipped default and synthetic, and one that takes narrower frames (no weights
+    # needed: it is refused before anything is exported).
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("default", "synthetic"):
+        (models / name).symlink_to(REPO_ROOT / "models" / name)
+    (models / "narrow").mkdir()
+    meta = json.loads((REPO_ROOT / "models" / "synthetic" / "model.json").read_text())
+    (models / "narrow" / "model.json").write_text(json.dumps({**meta, "input_shape": [256, 800]}))
+
+    ports = (free_port(), free_port(), free_port())
+    triton = TritonServer(tmp_path / "run", TRITON_REPOSITORY, *ports, wait_for=("steel_ensemble",))
+    with scratch_database(postgres_url, "steel_life") as db_url:
+        db_migrate.upgrade(db_url)
+        engine = db_migrate.create_db_engine(db_url)
+        triton.start(timeout_s=240)
+        try:
+            for key, value in {
+                "STEEL_POSTGRES_URL": db_url,
+                "STEEL_TRITON_URL": triton.http_url,
+                "STEEL_TRITON_PROTOCOL": "http",
+                "STEEL_TRITON_SERVING_REPOSITORY": str(triton.repository),
+                "STEEL_MODELS_DIR": str(models),
+                "STEEL_PROMOTE_GATE_MIN_VERDICTS": "10",
+            }.items():
+                monkeypatch.setenv(key, value)
+            get_settings.cache_clear()  # the CLI reads the process-wide settings
+            yield Line(triton, http.InferenceServerClient(triton.http_url), engine, models)
+        finally:
+            monkeypatch.undo()
+            get_settings.cache_clear()
+            triton.stop()
+            engine.dispose()
+
+
+def test_shadow_promote_rollback_switch_what_answers(line: Line, capsys: pytest.CaptureFixture[str]) -> None:
+    assert line.triton.repository != TRITON_REPOSITORY.resolve()
+    assert line.answer_version() == [1]
+
+    assert steel_models("shadow", "synthetic", "--share", "0.5", "--by", "ana") == 0
+    assert line.roles() == Roles(production=1, shadow=2, shadow_share=0.5)
+    assert line.versions() == {1: "default", 2: "synthetic"}
+    for model in model_lifecycle.VERSIONED_MODELS:
+        assert line.ready_versions(model) == [1, 2], model
+    assert line.answer_version() == [1]  # production still answers
+    assert line.answer_version("steel_cascade", "2") == [2]  # the shadow, through its own cascade
+    assert line.answer_version("steel_cascade", "1") == [1]
+    # The committed repository is never written.
+    assert not (TRITON_REPOSITORY / "classifier" / "2").exists()
+
+    # No operator verdicts on shadowed frames: the gate refuses, nothing changes.
+    capsys.readouterr()
+    assert steel_models("promote", "--by", "ana") == 1
+    assert "not enough evidence" in capsys.readouterr().err
+    assert line.roles() == Roles(production=1, shadow=2, shadow_share=0.5)
+    assert line.answer_version() == [1]
+    assert [a[0] for a in line.audit()] == ["register", "register", "shadow"]
+
+    assert steel_models("promote", "--force", "--by", "bo") == 0
+    assert line.answer_version() == [2]
+    assert line.roles() == Roles(production=2, shadow=None, shadow_share=None)
+    assert line.audit()[-1] == ("promote", 2, 1, True)
+    figures = line.audit_figures("promote")
+    assert figures["gate"]["passed"] is False and figures["verdicts"]["shadow"]["pairs"] == 0
+    for model in model_lifecycle.VERSIONED_MODELS:
+        assert line.ready_versions(model) == [2], model  # the old production unloaded after
+
+    assert steel_models("rollback", "--by", "cy") == 0
+    assert line.answer_version() == [1]
+    assert line.roles() == Roles(production=1, shadow=None, shadow_share=None)
+    assert line.audit()[-1] == ("rollback", 1, 2, False)
+    assert line.ready_versions("segmenter") == [1]
+
+    capsys.readouterr()
+    assert steel_models("list", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)["registry"]["versions"]
+    assert [(v["version"], v["bundle"], v["role"]) for v in listed] == [
+        (1, "default", "production"),
+        (2, "synthetic", ""),
+    ]
+
+
+def test_a_shadow_that_fails_to_load_leaves_production_answering(
+    line: Line, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_export = model_lifecycle._export_bundle
+
+    def broken_export(name: str, out: Path, *args: object) -> None:
+        real_export(name, out, *args)  # type: ignore[arg-type]
+        (out / "segmenter" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+
+    monkeypatch.setattr(model_lifecycle, "_export_bundle", broken_export)
+    capsys.readouterr()
+    assert steel_models("shadow", "synthetic") == 1
+    err = capsys.readouterr().err
+    assert "Triton did not load segmenter" in err, err
+    assert line.answer_version() == [1]
+    assert line.ready_versions("segmenter") == [1]
+    assert line.roles().shadow is None
+    assert line.audit() == []  # not even the bootstrap: the command changed nothing
+    assert not (line.triton.repository / "segmenter" / "2").exists()
+    state = model_lifecycle.served_versions(
+        (line.triton.repository / "segmenter" / "config.pbtxt").read_text()
+    )
+    assert state == [1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("promote", "no-such-bundle"), "no model bundle 'no-such-bundle'"),
+        (("promote", "narrow", "--force"), "takes 256x800 frames"),
+        (("shadow", "narrow"), "takes 256x800 frames"),
+        (("promote",), "no shadow run to promote"),
+    ],
+)
+def test_bad_candidates_exit_3_and_change_nothing(
+    line: Line, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    configs = {p: p.read_text() for p in line.triton.repository.glob("*/config.pbtxt")}
+    capsys.readouterr()
+    assert steel_models(*argv) == 3
+    assert message in capsys.readouterr().err
+    assert {p: p.read_text() for p in configs} == configs
+    assert line.audit() == [] and line.versions() == {}
+    assert line.answer_version() == [1]
+    assert sorted(p.name for p in (line.triton.repository / "classifier").iterdir() if p.is_dir()) == ["1"]
+
+
+def test_rollback_without_a_switch_is_refused(line: Line, capsys: pytest.CaptureFixture[str]) -> None:
+    assert steel_models("rollback") == 1
+    assert "nothing to roll back to" in capsys.readouterr().err
+    assert line.answer_version() == [1]
+
+
+def test_unreachable_triton_exits_4(line: Line, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEEL_TRITON_URL", f"127.0.0.1:{free_port()}")
+    assert steel_models("shadow", "synthetic") == 4
+    assert line.versions() == {}
