@@ -401,15 +401,21 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--disable-auto-complete-config",
-            # Explicit control: `steel models` loads and unloads versions without a restart.
-            "--model-control-mode=explicit",
-            "--load-model=*",
+            *self._model_control(),
             f"--exit-timeout-secs={_EXIT_TIMEOUT_S}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={_SHM_DEFAULT_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={_SHM_GROWTH_BYTES}",
             *self.extra_args,
         ]
+
+    def _model_control(self) -> list[str]:
+        """Explicit control, everything loaded at start: `steel models` loads and unloads versions
+        without a restart. Left to ``extra_args`` when they choose (Triton refuses --load-model=*
+        beside another --load-model)."""
+        if any(a.startswith(("--model-control-mode", "--load-model")) for a in self.extra_args):
+            return []
+        return ["--model-control-mode=explicit", "--load-model=*"]
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -88,3 +88,32 @@ def test_cli_exits_unavailable_when_the_binary_cannot_run(
     (tmp_path / "repo" / "repository.json").write_text("{}")
     assert triton_cli.run(cli_args(tmp_path / "repo", tmp_path)) == exit_codes.UNAVAILABLE
     assert "STEEL_TRITON_URL" in capsys.readouterr().err
+
+
+def test_explicit_model_control_unless_the_caller_chooses(tmp_path: Path) -> None:
+    command = TritonServer(tmp_path / "run", tmp_path / "repo", 1, 2, 3)._command(tmp_path / "server")
+    assert {"--model-control-mode=explicit", "--load-model=*"} <= set(command)
+    chosen = ["--model-control-mode=explicit", "--load-model=steel_ensemble"]
+    server = TritonServer(tmp_path / "run", tmp_path / "repo", 1, 2, 3, extra_args=chosen)
+    command = server._command(tmp_path / "server")
+    assert "--load-model=*" not in command and command[-2:] == chosen
+    assert command.count("--model-control-mode=explicit") == 1
+
+
+def test_serving_repository_is_a_copy_kept_across_starts(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "segmenter" / "1").mkdir(parents=True)
+    (source / "segmenter" / "config.pbtxt").write_text("a")
+    (source / "repository.json").write_text('{"written_at": 1}')
+    serving = triton_server.prepare_serving_repository(source, tmp_path / "serving")
+    assert (serving / "segmenter" / "config.pbtxt").read_text() == "a"
+    # The lifecycle added version 2 and changed the config: a re-export of the source is not copied over it.
+    (serving / "segmenter" / "2").mkdir()
+    (serving / "segmenter" / "config.pbtxt").write_text("b")
+    (source / "repository.json").write_text('{"written_at": 2}')
+    triton_server.prepare_serving_repository(source, serving)
+    assert (serving / "segmenter" / "config.pbtxt").read_text() == "b"
+    # A copy still holding version 1 alone follows a re-export of its source.
+    (serving / "segmenter" / "2").rmdir()
+    triton_server.prepare_serving_repository(source, serving)
+    assert (serving / "segmenter" / "config.pbtxt").read_text() == "a"
