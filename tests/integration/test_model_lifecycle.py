@@ -12,13 +12,14 @@ import argparse
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as http
 from scratch_db import scratch_database
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from stack import model_lifecycle
 from stack.service import free_port
@@ -217,3 +218,73 @@ def test_unreachable_triton_exits_4(line: Line, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("STEEL_TRITON_URL", f"127.0.0.1:{free_port()}")
     assert steel_models("shadow", "synthetic") == 4
     assert line.versions() == {}
+
+
+def seed_shadowed_frames(engine: Engine, n: int, verdict: str, *, shadow_version: int = 2) -> None:
+    """``n`` frames production (version 1) judged with a class-3 defect, each with an operator
+    ``verdict`` on it, and the shadow's answer on each: nothing found."""
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO lines (line_id) VALUES ('L1')"))
+        conn.execute(text("INSERT INTO cameras (line_id, camera_id) VALUES ('L1', 'cam1')"))
+        conn.execute(text("INSERT INTO coils (coil_id, line_id) VALUES ('C1', 'L1')"))
+        for i in range(n):
+            row = {"f": f"L1/cam1/{i}", "t": now - timedelta(seconds=n - i)}
+            conn.execute(
+                text(
+                    "INSERT INTO frames (frame_id, line_id, camera_id, coil_id, position_m, height, width, "
+                    "captured_at, received_at, model_name, model_version) "
+                    "VALUES (:f, 'L1', 'cam1', 'C1', 0, 256, 1600, :t, :t, 'default', '1')"
+                ),
+                row,
+            )
+            defect_id = conn.execute(
+                text(
+                    "INSERT INTO defects (frame_id, class_id, captured_at, line_id, camera_id, coil_id, rle, "
+                    "area_px, bbox_x0, bbox_y0, bbox_x1, bbox_y1, probability, severity) "
+                    "VALUES (:f, 3, :t, 'L1', 'cam1', 'C1', '1 10', 10, 0, 0, 0, 9, 0.9, 0.5) "
+                    "RETURNING defect_id"
+                ),
+                row,
+            ).scalar_one()
+            conn.execute(
+                text("INSERT INTO feedback (defect_id, verdict, operator) VALUES (:d, :v, 'op')"),
+                {"d": defect_id, "v": verdict},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO shadow_results (frame_id, captured_at, version, judged_at, class_probs, "
+                    "pixel_counts, rles) VALUES (:f, :t, :v, :t, :probs, :counts, :rles)"
+                ),
+                {**row, "v": shadow_version, "probs": [0.0] * 4, "counts": [0] * 4, "rles": [""] * 4},
+            )
+
+
+@pytest.mark.parametrize(
+    ("verdict", "exit_code", "answers"),
+    [
+        # Production's class-3 defects were false alarms, the shadow found nothing: it is better.
+        ("false", 0, [2]),
+        # They were real, the shadow missed them all: refused, production stays.
+        ("confirmed", 1, [1]),
+    ],
+)
+def test_the_gate_compares_both_models_on_operator_verdicts(
+    line: Line, capsys: pytest.CaptureFixture[str], verdict: str, exit_code: int, answers: list[int]
+) -> None:
+    assert steel_models("shadow", "synthetic") == 0
+    seed_shadowed_frames(line.engine, 12, verdict)
+    capsys.readouterr()
+    assert steel_models("promote") == exit_code
+    out = capsys.readouterr()
+    assert line.answer_version() == answers
+    if exit_code == 0:
+        assert "candidate F1 1.000 >= production's 0.000 on 12 verdicts" in out.out
+        assert line.audit()[-1] == ("promote", 2, 1, False)
+        figures = line.audit_figures("promote")
+        assert figures["verdicts"]["production"]["fp"] == 12 and figures["verdicts"]["shadow"]["tn"] == 12
+        assert figures["agreement"]["3"]["alarm_agreement"] == 0.0
+    else:
+        assert "candidate F1 0.000 is below production's 1.000 on 12 verdicts" in out.err
+        assert line.roles() == Roles(production=1, shadow=2, shadow_share=0.1)
+        assert "promote" not in [a[0] for a in line.audit()]
