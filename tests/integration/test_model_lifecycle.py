@@ -288,3 +288,29 @@ def test_the_gate_compares_both_models_on_operator_verdicts(
         assert "candidate F1 0.000 is below production's 1.000 on 12 verdicts" in out.err
         assert line.roles() == Roles(production=1, shadow=2, shadow_share=0.1)
         assert "promote" not in [a[0] for a in line.audit()]
+
+
+def test_grants_workers_read_the_registry_and_write_only_shadow_results(postgres_url: str) -> None:
+    with scratch_database(postgres_url, "steel_life_grants") as db_url:
+        db_migrate.upgrade(db_url)
+        db_migrate.ensure_roles(db_url)
+        engine = db_migrate.create_db_engine(db_url)
+        try:
+            with engine.connect() as conn:
+
+                def can(role: str, table: str, privilege: str) -> bool:
+                    query = text("SELECT has_table_privilege(:r, :t, :p)")
+                    return conn.execute(query, {"r": role, "t": table, "p": privilege}).scalar_one()
+
+                tables = ("model_versions", "model_roles", "model_audit", "shadow_results")
+                writer, reader = db_migrate.WRITER_ROLE, db_migrate.READER_ROLE
+                assert all(can(reader, t, "SELECT") for t in tables)
+                assert not any(can(reader, t, "INSERT") for t in tables)
+                assert can(writer, "model_versions", "SELECT") and can(writer, "model_roles", "SELECT")
+                assert can(writer, "shadow_results", "INSERT")
+                # Only the lifecycle (owner) changes versions, roles and the audit trail.
+                for table in ("model_versions", "model_roles", "model_audit"):
+                    assert not any(can(writer, table, p) for p in ("INSERT", "UPDATE", "DELETE")), table
+                assert not can(writer, "shadow_results", "UPDATE")
+        finally:
+            engine.dispose()
