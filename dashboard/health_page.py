@@ -26,6 +26,7 @@ def _probes(_config: DashboardSettings, key: str) -> tuple:
         service_health.triton_model_versions(_config),
         service_health.alarm_backlog(_config),
         service_health.scrape_workers(_config.dashboard_worker_metrics_urls),
+        service_health.triton_repository_index(_config),
     )
 
 
@@ -44,7 +45,7 @@ def render() -> None:
 
 def _health_view(engine: Engine, config: DashboardSettings) -> None:
     now = datetime.now(UTC)
-    status, (versions, triton_error), backlog, scrapes = _probes(config, config.model_dump_json())
+    status, (versions, triton_error), backlog, scrapes, (index, _) = _probes(config, config.model_dump_json())
     st.caption(f"Updated {now:%H:%M:%S} UTC")
     overloaded = service_health.overloaded_workers(scrapes)
     if overloaded:
@@ -109,7 +110,7 @@ def _health_view(engine: Engine, config: DashboardSettings) -> None:
         help=f"kept {retention_days(config):g} days (workers/frame_images.py)",
     )
 
-    models_section.render(engine, config, now)
+    models_section.render(engine, config, now, index)
 
     if scrapes:
         st.subheader("Worker metrics")

@@ -13,6 +13,7 @@ import streamlit as st
 from sqlalchemy import Engine, select
 
 from dashboard.inspection_feed import read_feed
+from stack.model_lifecycle import VERSIONED_MODELS
 from steelcore import model_agreement as ma
 from steelcore.db_schema import model_audit, model_roles, model_versions, shadow_results
 from steelcore.model_registry import Roles, read_roles
@@ -78,6 +79,20 @@ def figured_shadow(engine: Engine, roles: Roles) -> int | None:
         return conn.execute(stmt).scalar_one_or_none()
 
 
+def production_beside(engine: Engine, shadow: int, roles: Roles) -> int | None:
+    """The production version a past shadow ran beside: the one its latest shadow run was started
+    against (audit), so a promoted shadow is still compared with what it replaced, not itself."""
+    stmt = (
+        select(model_audit.c.previous_version)
+        .where(model_audit.c.action == "shadow", model_audit.c.version == shadow)
+        .order_by(model_audit.c.at.desc(), model_audit.c.audit_id.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        previous = conn.execute(stmt).scalar_one_or_none()
+    return previous if previous is not None else roles.production
+
+
 def shadow_figures(
     engine: Engine,
     shadow_version: int,
@@ -116,6 +131,8 @@ def audit_summary(figures: dict[str, Any] | None) -> str:
     if prod.get("pairs"):
         parts.append(f"F1 candidate {_num(shadow.get('f1'))} vs production {_num(prod.get('f1'))}")
         parts.append(f"{prod['pairs']} verdicts")
+    if figures.get("share") is not None:
+        parts.append(f"share {float(figures['share']):.0%}")
     if figures.get("shadowed_frames") is not None:
         parts.append(f"{figures['shadowed_frames']} shadowed frames")
     dice = [a.get("mean_dice") for a in (figures.get("agreement") or {}).values()]
@@ -136,7 +153,27 @@ def _cached_figures(
     return shadow_figures(_engine, shadow, production, since, min_verdicts)
 
 
-def render(engine: Engine, config: Settings, now: datetime) -> None:
+def triton_states(index: list[dict[str, str]] | None, version: int) -> str:
+    """What Triton says of version V of the four versioned models: "loaded" when every one is READY,
+    "not loaded" when none is known, else each one's state (and reason)."""
+    if index is None:
+        return "?"
+    wanted = {m: "not loaded" for m in VERSIONED_MODELS}
+    for row in index:
+        if row["name"] in wanted and row["version"] == str(version):
+            wanted[row["name"]] = row["state"] + (f" ({row['reason']})" if row.get("reason") else "")
+    states = set(wanted.values())
+    if states == {"READY"}:
+        return "loaded"
+    if states == {"not loaded"}:
+        return "not loaded"
+    return ", ".join(f"{m} {state}" for m, state in wanted.items() if state != "READY")
+
+
+def render(
+    engine: Engine, config: Settings, now: datetime, triton_index: list[dict[str, str]] | None = None
+) -> None:
+    """The section; ``triton_index`` is Triton's repository index (None: Triton did not answer)."""
     st.subheader("Models")
     roles = read_roles(engine)
     rows = versions(engine)
@@ -155,6 +192,7 @@ def render(engine: Engine, config: Settings, now: datetime) -> None:
                     "registered": f"{r.registered_at:%Y-%m-%d %H:%M} UTC",
                     "by": r.registered_by,
                     "input": r.input_shape,
+                    "Triton": triton_states(triton_index, r.version),
                 }
                 for r in rows
             ],
@@ -167,10 +205,12 @@ def render(engine: Engine, config: Settings, now: datetime) -> None:
         window = timedelta(seconds=config.dashboard_models_window_s)
         # Rounded so the cache key holds still between refreshes.
         since = (now - window).replace(second=0, microsecond=0)
+        running = roles.shadow == shadow
+        production = roles.production if running else production_beside(engine, shadow, roles)
         figures = _cached_figures(
-            engine, str(engine.url), shadow, roles.production, since, config.promote_gate_min_verdicts
+            engine, str(engine.url), shadow, production, since, config.promote_gate_min_verdicts
         )
-        _shadow_view(figures, running=roles.shadow == shadow, window=window)
+        _shadow_view(figures, running=running, window=window)
 
     _drift_view(config)
     _audit_view(engine)
@@ -237,7 +277,7 @@ def _drift_view(config: Settings) -> None:
         st.caption("Drift: no camera in an inspection alarm episode.")
     else:
         for camera, entry in sorted(feed.active.items()):
-            st.error(f"Drift, {camera}: {entry.get('message', '')}", icon="📷")
+            st.error(f"Drift: {entry.get('message') or camera}", icon=":material/videocam_off:")
 
 
 def _audit_view(engine: Engine) -> None:

@@ -255,7 +255,18 @@ def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
     assert audit.iloc[0]["by"] == "bo" and bool(audit.iloc[0]["forced"])
     assert audit.iloc[0]["figures"].startswith("F1 candidate 0.800 vs production 0.500, 12 verdicts")
 
-    assert f"Drift, L1/cam2: {drift}" in [e.value for e in at.error]
+    assert f"Drift: {drift}" in [e.value for e in at.error]
+    assert set(versions["Triton"]) == {"?"}  # no Triton in this test: its state is unknown, not "loaded"
+
+    # Promoted: v2 is production and no shadow runs. Its figures stay, still against v1 (the version
+    # it shadowed, from the audit), not against itself; there is no gate to pass any more.
+    with owner.begin() as conn:
+        conn.execute(text("DELETE FROM model_roles WHERE role = 'shadow'"))
+        conn.execute(text("UPDATE model_roles SET version = 2 WHERE role = 'production'"))
+    at = _health()
+    assert any(f"last shadow v2 against v1 on {len(recent)} shadowed frames" in m.value for m in at.markdown)
+    assert not any("Promotion gate" in s.value for s in at.success)
+    assert _table(at, "bundle").set_index("version").loc[2, "role"] == "production"
 
 
 def test_agreement_figures_read_back_as_the_page_computes_them(

@@ -20,6 +20,7 @@ from dashboard.config import DashboardSettings, is_loopback
 from dashboard.data_access import CameraRate, StripMark
 from dashboard.db_access import DASHBOARD_ROLE, role_url
 from dashboard.overlays import MISSING_IMAGE_GREY, blank_frame, class_colour_hex, overlay_masks
+from stack.model_lifecycle import VERSIONED_MODELS as VERSIONED
 from stack.service import free_port
 from steelcore import exit_codes
 from steelcore.rle import encode
@@ -261,3 +262,29 @@ def test_each_page_reports_a_missing_database_instead_of_failing(
             at.switch_page(page).run()
         assert not at.exception, at.exception
         assert any(message in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_triton_states_of_a_version_name_what_is_not_ready() -> None:
+    from dashboard.models_section import triton_states
+
+    ready = [{"name": m, "version": "2", "state": "READY", "reason": ""} for m in VERSIONED]
+    assert triton_states(ready, 2) == "loaded"
+    assert triton_states(ready, 3) == "not loaded"
+    assert triton_states(None, 2) == "?"
+    broken = [*ready[:3], {"name": "steel_cascade", "version": "2", "state": "UNAVAILABLE", "reason": "bad"}]
+    assert triton_states(broken, 2) == "steel_cascade UNAVAILABLE (bad)"
+
+
+def test_audit_summary_reads_promotion_and_shadow_figures() -> None:
+    from dashboard.models_section import audit_summary
+
+    assert audit_summary(None) == ""
+    assert audit_summary({"share": 0.1}) == "share 10%"
+    promote = {
+        "shadowed_frames": 80,
+        "verdicts": {"production": {"pairs": 12, "f1": 0.5}, "shadow": {"pairs": 12, "f1": None}},
+        "agreement": {"1": {"mean_dice": 0.5}, "2": {"mean_dice": 1.0}, "3": {"mean_dice": None}},
+    }
+    assert audit_summary(promote) == (
+        "F1 candidate - vs production 0.500, 12 verdicts, 80 shadowed frames, mean Dice 0.750"
+    )
