@@ -314,3 +314,20 @@ def test_grants_workers_read_the_registry_and_write_only_shadow_results(postgres
                 assert not can(writer, "shadow_results", "UPDATE")
         finally:
             engine.dispose()
+
+
+def test_stop_shadow_over_grpc_unloads_the_shadow(line: Line, monkeypatch: pytest.MonkeyPatch) -> None:
+    # gRPC is the protocol `steel up` records by default.
+    monkeypatch.setenv("STEEL_TRITON_URL", line.triton.grpc_url)
+    monkeypatch.setenv("STEEL_TRITON_PROTOCOL", "grpc")
+    get_settings.cache_clear()
+    assert steel_models("shadow", "synthetic", "--share", "0.2") == 0
+    assert line.ready_versions("steel_cascade") == [1, 2]
+    assert steel_models("stop-shadow", "--by", "dee") == 0
+    assert line.ready_versions("steel_cascade") == [1]
+    assert line.roles() == Roles(production=1, shadow=None, shadow_share=None)
+    assert line.audit()[-1] == ("stop_shadow", 2, 1, False)
+    assert line.answer_version() == [1]
+    # A second shadow run of the same bundle reuses its version: the files are still there.
+    assert steel_models("shadow", "synthetic") == 0
+    assert line.roles().shadow == 2 and line.versions() == {1: "default", 2: "synthetic"}
