@@ -46,6 +46,7 @@ SCREENSHOT_HEIGHTS = {"live": 1900, "health": 3300}
 PAGE_WAIT_MS = 60_000
 SUMMARY_EVERY_S = 10.0
 DRIFT_CAMERA = 2  # cameras are cam1..camN; this one dims
+SETTLED_FRAMES = 20
 
 
 class SceneFailed(RuntimeError):
@@ -215,7 +216,9 @@ class LifecycleScene(Demo):
             self._done(f"candidate {name}")
 
         self._step(4, f"shadow run: steel models shadow {name} --share {a.shadow_share:g}")
-        self._run_cli("models-shadow", ["models", "shadow", name, "--share", f"{a.shadow_share:g}"])
+        self._run_cli(
+            "models-shadow", ["models", "shadow", name, "--share", f"{a.shadow_share:g}", "--by", OPERATOR]
+        )
         roles = self._roles()
         if roles.shadow is None:
             raise SceneFailed("steel models shadow succeeded but no shadow role is set")
@@ -247,7 +250,10 @@ class LifecycleScene(Demo):
         roles = self._roles()
         if roles.production != shadow:
             raise SceneFailed(f"production is v{roles.production} after the promotion, not v{shadow}")
-        self._wait(lambda: self._judged_by(shadow) > 0, f"a frame judged by v{shadow}")
+        # A few seconds of frames on the new version, so the pictures show it settled.
+        self._wait(
+            lambda: self._judged_by(shadow) >= SETTLED_FRAMES, f"{SETTLED_FRAMES} frames judged by v{shadow}"
+        )
         self._done(f"production is v{shadow} ({name}); frames are judged by it")
         self._shoot("05-promoted-health", "health", "Audit trail")
         self._shoot("06-promoted-live", "live", "Current coil")
@@ -315,7 +321,9 @@ class LifecycleScene(Demo):
             self._progress()
             time.sleep(1.0)
         log = child.log_text()
-        for line in log.splitlines()[1:][-6:]:
+        # The command's own words; the migration check's log lines say nothing about the step.
+        said = [line for line in log.splitlines()[1:] if " INFO alembic." not in line]
+        for line in said[-6:]:
             self._say(f"    | {line}")
         if check and child.returncode != 0:
             raise SceneFailed(
@@ -431,11 +439,19 @@ class LifecycleScene(Demo):
 
     @staticmethod
     def _retrain_note(out: Path) -> str:
+        """Where the candidate went and how it compares with production on each evaluated set."""
         try:
             report = json.loads((out / "retrain.json").read_text())
         except (OSError, ValueError):
             return f"written to {out}"
-        return f"written to {out}; " + json.dumps(report.get("comparison", report), default=str)[:300]
+        scores = []
+        for name, row in (report.get("comparison") or {}).items():
+            try:
+                before, after = row["production"]["mean_dice"], row["candidate"]["mean_dice"]
+                scores.append(f"{name} mean Dice {before:.4f} (production) -> {after:.4f}")
+            except (KeyError, TypeError):
+                continue
+        return f"written to {out}" + (f"; {'; '.join(scores)}" if scores else "")
 
     # --- report ---------------------------------------------------------------------------------
     def _report(self, final: dict[str, Any], code: int) -> int:
@@ -484,7 +500,14 @@ class Screenshots:
             page.wait_for_timeout(2500)  # fragments and charts settle at the new size
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{name}.png"
-            page.screenshot(path=str(path))
+            # The health page's worker metrics (long tables of counters) tell nothing about the step.
+            cut = page.get_by_text("Worker metrics", exact=True)
+            box = cut.first.bounding_box() if cut.count() else None
+            if box is not None and box["y"] > 0:
+                clip = {"x": 0, "y": 0, "width": SCREENSHOT_WIDTH, "height": box["y"] - 8}
+                page.screenshot(path=str(path), clip=clip)
+            else:
+                page.screenshot(path=str(path))
             return path
         finally:
             page.close()
