@@ -33,14 +33,46 @@ def reference_path(settings: Settings) -> Path:
 
 class DriftWatch:
     def __init__(
-        self, monitor: DriftMonitor, alarms: InspectionAlarms, metrics: WorkerMetrics, model: str = ""
+        self,
+        monitor: DriftMonitor,
+        alarms: InspectionAlarms,
+        metrics: WorkerMetrics,
+        model: str = "",
+        models_dir: Path | None = None,
     ) -> None:
         self.monitor = monitor
         self.alarms = alarms
         self.metrics = metrics
         self.model = model
+        # With models_dir, the reference follows the bundle that judges the frames (a promotion
+        # changes it); without, the one reference given is kept (STEEL_DRIFT_REFERENCE_PATH).
+        self.models_dir = models_dir
         self.pending: list[DriftEvent] = []
         self._next_reconcile = 0.0
+        self._missing: set[str] = set()  # bundles without a reference, warned about once
+
+    def follow(self, bundle: str) -> None:
+        """Judge against ``bundle``'s reference from now on, when it has one: the windows start
+        afresh, since the new model knows other frames; an episode on Redis is ended by the
+        reconciliation once the camera is seen settled against the new reference."""
+        if self.models_dir is None or not bundle or bundle == self.model or bundle in self._missing:
+            return
+        try:
+            reference = DriftReference.read(self.models_dir / bundle / REFERENCE_FILE)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            reference, reason = None, str(exc)
+        else:
+            reason = "no drift reference"
+        if reference is None:
+            self._missing.add(bundle)
+            log.warning("drift: %s has %s; still judging against %s's", bundle, reason, self.model)
+            return
+        old = self.monitor
+        self.monitor = DriftMonitor(
+            reference, old.window, old.raise_z, old.clear_z, old.raise_share, old.clear_share
+        )
+        log.info("drift: judging against the reference of %s (was %s)", bundle, self.model)
+        self.model = bundle
 
     @classmethod
     def from_settings(
@@ -71,9 +103,9 @@ class DriftWatch:
             log.error("drift monitoring off: STEEL_DRIFT_* settings are inconsistent: %s", exc)
             return None
         log.info("drift monitoring against %s (%s frames, window %s)", path, reference.frames, monitor.window)
-        return cls(
-            monitor, InspectionAlarms(client, settings.inspection_alarm_stream), metrics, settings.model_name
-        )
+        alarms = InspectionAlarms(client, settings.inspection_alarm_stream)
+        follows = None if settings.drift_reference_path else Path(settings.models_dir)
+        return cls(monitor, alarms, metrics, settings.model_name, follows)
 
     def observe(self, frames: Sequence[ValidFrame], records: Sequence[FrameRecord]) -> None:
         """The frames of a finished batch and the records stored for them."""
@@ -83,6 +115,7 @@ class DriftWatch:
             record = by_id.get(frame.header.frame_id)
             if record is None:  # dead-lettered
                 continue
+            self.follow(record.model_name)
             jpeg = len(frame.image) if frame.header.encoding == "jpeg" and frame.image else None
             classes = {d.class_id for d in record.defects}
             present = [k + 1 in classes for k in range(len(self.monitor.reference.defect_share))]

@@ -149,3 +149,30 @@ def test_the_worker_watches_the_served_bundle_unless_settings_or_reference_forbi
     missing = Settings(drift_reference_path=tmp_path / "none.json")
     assert DriftWatch.from_settings(missing, client, WorkerMetrics()) is None
     assert "no drift reference" in caplog.text
+
+
+def test_after_a_promotion_frames_are_judged_against_the_new_bundles_reference(tmp_path):
+    import redis
+
+    from workers.drift_alarms import InspectionAlarms
+    from workers.drift_watch import DriftWatch
+    from workers.worker_metrics import WorkerMetrics
+
+    dark = DriftReference(
+        input_mean={"brightness": 40.0}, input_std={"brightness": 10.0}, defect_share=(0.1,) * 4,
+        near_share=0.1, near_margin=0.1, frames=50,
+    )  # fmt: skip
+    (tmp_path / "night-camera").mkdir()
+    dark.save(tmp_path / "night-camera")
+    (tmp_path / "no-reference").mkdir()
+    alarms = InspectionAlarms(redis.Redis(), "test:inspection")  # never connected here
+    watch = DriftWatch(DriftMonitor(reference(), window=10), alarms, WorkerMetrics(), "default", tmp_path)
+    watch.follow("no-reference")  # kept: a bundle without a reference cannot be judged against
+    assert watch.model == "default" and watch.monitor.reference == reference()
+    watch.follow("night-camera")
+    assert watch.model == "night-camera" and watch.monitor.reference == dark
+    assert watch.monitor.window == 10
+    # A watch given one fixed reference (STEEL_DRIFT_REFERENCE_PATH) keeps it.
+    fixed = DriftWatch(DriftMonitor(reference()), alarms, WorkerMetrics(), "default", None)
+    fixed.follow("night-camera")
+    assert fixed.monitor.reference == reference()
