@@ -256,7 +256,18 @@ def run(args: argparse.Namespace) -> int:
     entries = list_models()
     registry = registry_summary()
     if args.json:
-        print(json.dumps({"bundles": entries, "registry": registry}, indent=2))
+        # Still one entry per bundle (scripts read it so); each gains its registered versions,
+        # None where the registry could not be read.
+        by_bundle: dict[str, list[dict[str, Any]]] = {}
+        for v in registry.get("versions", []):
+            by_bundle.setdefault(v["bundle"], []).append({k: x for k, x in v.items() if k != "bundle"})
+        for e in entries:
+            # Registered by folder name, which a bundle's model.json "name" need not repeat.
+            folder = Path(e["path"]).name
+            e["versions"] = by_bundle.get(folder, []) if "versions" in registry else None
+        if "error" in registry:
+            print(registry["error"], file=sys.stderr)
+        print(json.dumps(entries, indent=2))
     else:
         print(format_models(entries))
         print()

@@ -87,7 +87,8 @@ def line(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> 
         (models / name).symlink_to(REPO_ROOT / "models" / name)
     (models / "narrow").mkdir()
     meta = json.loads((REPO_ROOT / "models" / "synthetic" / "model.json").read_text())
-    (models / "narrow" / "model.json").write_text(json.dumps({**meta, "input_shape": [256, 800]}))
+    narrow = {**meta, "name": "narrow", "input_shape": [256, 800]}
+    (models / "narrow" / "model.json").write_text(json.dumps(narrow))
 
     ports = (free_port(), free_port(), free_port())
     triton = TritonServer(tmp_path / "run", TRITON_REPOSITORY, *ports, wait_for=("steel_ensemble",))
@@ -154,11 +155,10 @@ def test_shadow_promote_rollback_switch_what_answers(line: Line, capsys: pytest.
 
     capsys.readouterr()
     assert steel_models("list", "--json") == 0
-    listed = json.loads(capsys.readouterr().out)["registry"]["versions"]
-    assert [(v["version"], v["bundle"], v["role"]) for v in listed] == [
-        (1, "default", "production"),
-        (2, "synthetic", ""),
-    ]
+    listed = {e["name"]: e["versions"] for e in json.loads(capsys.readouterr().out)}
+    assert [(v["version"], v["role"]) for v in listed["default"]] == [(1, "production")]
+    assert [(v["version"], v["role"]) for v in listed["synthetic"]] == [(2, "")]
+    assert listed["narrow"] == []
 
 
 def test_a_shadow_that_fails_to_load_leaves_production_answering(
