@@ -165,8 +165,8 @@ def triton_states(index: list[dict[str, str]] | None, version: int) -> str:
     states = set(wanted.values())
     if states == {"READY"}:
         return "loaded"
-    if states == {"not loaded"}:
-        return "not loaded"
+    if len(states) == 1:  # all four alike, e.g. "UNAVAILABLE (unloaded)" after a promotion
+        return states.pop()
     return ", ".join(f"{m} {state}" for m, state in wanted.items() if state != "READY")
 
 

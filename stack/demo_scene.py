@@ -14,11 +14,13 @@ dashboard after each one (docs/lifecycle/ unless --screenshots says otherwise):
    as the dashboard's buttons write it);
 3. a candidate: `steel retrain --from-db --epochs 1` on the reviewed frames (or the bundle named
    by --candidate);
-4. a shadow run: `steel models shadow CANDIDATE --share S`; verdicts go on until the promotion gate
-   has promote_gate_min_verdicts verdicts on shadowed frames;
-5. a promotion: `steel models promote --by demo-operator`; when the gate refuses, the scene says
-   why and promotes with --force (audited as forced) unless --no-force;
-6. the new version judges the frames: the scene waits for a frame stored with it.
+4. a shadow run: `steel models shadow CANDIDATE --share S`;
+5. evidence: verdicts go on until the promotion gate has promote_gate_min_verdicts verdicts on
+   shadowed frames;
+6. a promotion: `steel models promote --by demo-operator`; the new version judges the frames. When
+   the gate refuses, the scene says why and promotes with --force (audited as forced) unless
+   --no-force, and then:
+7. a rollback: `steel models rollback --by demo-operator` puts the previous production back.
 
 Then the demo stops as usual (exit 0 only when every frame produced was stored and each step ran).
 """
@@ -239,12 +241,14 @@ class LifecycleScene(Demo):
 
         self._step(6, f"promotion: steel models promote --by {OPERATOR}")
         code, log = self._run_cli("models-promote", ["models", "promote", "--by", OPERATOR], check=False)
+        forced = False
         if code == 1:
             self._say(f"    the gate refused: {_last_line(log)}")
             if a.no_force:
                 raise SceneFailed("promotion refused by the gate (--no-force)")
             self._say(f"    promoting anyway for the demo: steel models promote --force --by {OPERATOR}")
             self._run_cli("models-promote-forced", ["models", "promote", "--force", "--by", OPERATOR])
+            forced = True
         elif code != 0:
             raise SceneFailed(f"steel models promote exited {code}: {_last_line(log)}")
         roles = self._roles()
@@ -257,12 +261,27 @@ class LifecycleScene(Demo):
         self._done(f"production is v{shadow} ({name}); frames are judged by it")
         self._shoot("05-promoted-health", "health", "Audit trail")
         self._shoot("06-promoted-live", "live", "Current coil")
+        if not forced:
+            return
+
+        self._step(7, f"rollback: the forced candidate goes; steel models rollback --by {OPERATOR}")
+        self._run_cli("models-rollback", ["models", "rollback", "--by", OPERATOR])
+        roles = self._roles()
+        if roles.production != production:
+            raise SceneFailed(f"production is v{roles.production} after the rollback, not v{production}")
+        before = self._judged_by(production)
+        self._wait(
+            lambda: self._judged_by(production) >= before + SETTLED_FRAMES,
+            f"{SETTLED_FRAMES} more frames judged by v{production}",
+        )
+        self._done(f"production is v{production} again; frames are judged by it")
+        self._shoot("07-rolled-back-health", "health", "Audit trail")
 
     # --- steps ----------------------------------------------------------------------------------
     def _step(self, number: int, text: str) -> None:
         self._step_started = time.monotonic()
         self.steps.append({"step": number, "what": text, "started_s": round(self._elapsed(), 1)})
-        self._say(f"\n[scene {number}/6] {text}")
+        self._say(f"\n[scene {number}] {text}")
 
     def _done(self, text: str) -> None:
         step = self.steps[-1]
@@ -494,7 +513,8 @@ class Screenshots:
     def take(self, name: str, page_name: str, wait_text: str) -> Path:
         page = self._page()
         try:
-            page.goto(f"{self.base_url}/{page_name}")
+            # The live page is the app's default page: it lives at the root, not at /live.
+            page.goto(f"{self.base_url}/{'' if page_name == 'live' else page_name}")
             page.get_by_text(wait_text).first.wait_for(timeout=PAGE_WAIT_MS)
             page.set_viewport_size({"width": SCREENSHOT_WIDTH, "height": SCREENSHOT_HEIGHTS[page_name]})
             page.wait_for_timeout(2500)  # fragments and charts settle at the new size

@@ -273,6 +273,8 @@ def test_triton_states_of_a_version_name_what_is_not_ready() -> None:
     assert triton_states(None, 2) == "?"
     broken = [*ready[:3], {"name": "steel_cascade", "version": "2", "state": "UNAVAILABLE", "reason": "bad"}]
     assert triton_states(broken, 2) == "steel_cascade UNAVAILABLE (bad)"
+    unloaded = [row | {"state": "UNAVAILABLE", "reason": "unloaded"} for row in ready]
+    assert triton_states(unloaded, 2) == "UNAVAILABLE (unloaded)"
 
 
 def test_audit_summary_reads_promotion_and_shadow_figures() -> None:
