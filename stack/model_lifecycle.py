@@ -520,10 +520,13 @@ class Lifecycle:
             else:
                 version, fresh = self._version_for(conn, name, actor)
             keep = {production, version}
+            loaded_before = self.serving_state()[0]
             try:
                 self._apply(keep, production)  # the candidate loaded beside production
                 self._apply(keep, version)  # the ensemble switched
             except LifecycleError:
+                # The switch restored itself; the candidate may still be loaded beside production.
+                self._unload_quietly(loaded_before or [production], production)
                 if fresh:
                     self._uninstall(version)
                 raise
@@ -572,8 +575,13 @@ class Lifecycle:
                 raise Refused(f"version {previous} is no longer in {self.repository}: cannot roll back to it")
             shadow = roles.shadow if roles.shadow not in (None, previous) else None
             keep = {production, previous} | ({shadow} if shadow else set())
-            self._apply(keep, production)
-            self._apply(keep, previous)
+            loaded_before = self.serving_state()[0]
+            try:
+                self._apply(keep, production)
+                self._apply(keep, previous)
+            except LifecycleError:
+                self._unload_quietly(loaded_before or [production], production)
+                raise
             self._set_role(conn, "production", previous, actor, None)
             if roles.shadow is not None and shadow is None:
                 conn.execute(delete(model_roles).where(model_roles.c.role == "shadow"))

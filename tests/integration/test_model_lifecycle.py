@@ -331,3 +331,41 @@ def test_stop_shadow_over_grpc_unloads_the_shadow(line: Line, monkeypatch: pytes
     # A second shadow run of the same bundle reuses its version: the files are still there.
     assert steel_models("shadow", "synthetic") == 0
     assert line.roles().shadow == 2 and line.versions() == {1: "default", 2: "synthetic"}
+
+
+@pytest.mark.parametrize("shadowed", [True, False], ids=["the-shadow", "a-bundle-never-shadowed"])
+def test_a_switch_triton_refuses_leaves_production_and_the_shadow_as_they_were(
+    line: Line, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], shadowed: bool
+) -> None:
+    if shadowed:
+        assert steel_models("shadow", "synthetic") == 0
+    real_control = model_lifecycle.triton_control
+    ensemble_config = line.triton.repository / "steel_ensemble" / "config.pbtxt"
+
+    class RefusesTheSwitch:
+        def __init__(self, url: str, protocol: str = "http") -> None:
+            self.client = real_control(url, protocol)
+
+        def load_model(self, name: str) -> None:
+            if name == "steel_ensemble" and "model_version: 2" in ensemble_config.read_text():
+                raise RuntimeError("load failed for model 'steel_ensemble': simulated")
+            self.client.load_model(name)
+
+        def unload_model(self, name: str) -> None:
+            self.client.unload_model(name)
+
+    monkeypatch.setattr(model_lifecycle, "triton_control", RefusesTheSwitch)
+    capsys.readouterr()
+    assert steel_models("promote", "synthetic", "--force") == 1
+    assert "simulated" in capsys.readouterr().err
+    assert line.answer_version() == [1]
+    assert model_lifecycle.pinned_version(ensemble_config.read_text()) == 1
+    assert "promote" not in [a[0] for a in line.audit()]
+    if shadowed:
+        assert line.ready_versions("steel_cascade") == [1, 2]  # the shadow still runs
+        assert line.roles() == Roles(production=1, shadow=2, shadow_share=0.1)
+    else:  # the candidate loaded for the switch is unloaded and its files removed
+        for model in model_lifecycle.VERSIONED_MODELS:
+            assert line.ready_versions(model) == [1], model
+            assert not (line.triton.repository / model / "2").exists()
+        assert line.versions() == {}
