@@ -273,7 +273,8 @@ class Lifecycle:
             self.say(f"exporting bundle {name} ({fmt}) as version {version} ...")
             try:
                 _export_bundle(name, staging, fmt, kind, self.settings)
-            except (OSError, ValueError, RuntimeError) as exc:
+            except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+                # Weights or configs that do not load: the bundle, not the line, is at fault.
                 raise BadCandidate(f"bundle {name!r} cannot be exported: {exc}") from exc
             for model in self._models():
                 source = staging / model / "1"
