@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from dashboard_seed import RECENT_COIL, new_database, seed
+from dashboard_seed import RECENT_COIL, new_database, seed, seed_models
 from sqlalchemy import Engine, select
 
 from dashboard.db_access import DASHBOARD_ROLE, FEEDBACK_ROLE, role_url
@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 START_TIMEOUT_S = 60.0
 WAIT_MS = 30_000
 VIEWPORT = {"width": 1400, "height": 1000}
-SCREENSHOT_HEIGHTS = {"live": 2250, "history": 1950, "health": 1300}
+SCREENSHOT_HEIGHTS = {"live": 2250, "history": 1950, "health": 2500}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,8 @@ def server(
     db_url: str, owner: Engine, stack_run_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The dashboard served as `steel dashboard` serves it, on a free port; yields its base URL."""
-    seed(owner, datetime.now(UTC))
+    now = datetime.now(UTC)
+    seed_models(owner, seed(owner, now), now)  # the health page's Models section: versions, shadow, audit
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEEL_")}
     env.update(
@@ -152,7 +153,9 @@ def _updated_caption(page) -> str:
     return page.get_by_text("Updated ").first.inner_text()
 
 
-def test_every_page_renders_in_a_real_browser(server: str, browser, owner: Engine, tmp_path: Path) -> None:
+def test_every_page_renders_in_a_real_browser(
+    server: str, browser, owner: Engine, redis_url: str, tmp_path: Path
+) -> None:
     page = browser.new_page(viewport=VIEWPORT)
 
     # Live: rates, alarms, overlays and the coil map; it refreshes without reloading the page.
@@ -197,12 +200,53 @@ def test_every_page_renders_in_a_real_browser(server: str, browser, owner: Engin
 
     # Health: the fixtures' Postgres and Redis are up; throughput from the frames table.
     page.set_viewport_size(VIEWPORT)
+    drift = _raise_drift(redis_url, "L1/C2")
     page.goto(f"{server}/health")
     page.get_by_text("Throughput and latency").wait_for(timeout=WAIT_MS)
     page.get_by_text("Workers use").wait_for(timeout=WAIT_MS)
     page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=WAIT_MS)
+    # Models: shadow v2 beside production v1, its figures against verdicts, the gate and the audit.
+    page.get_by_text("shadow v2 against v1 on").wait_for(timeout=WAIT_MS)
+    page.get_by_text("Against operator verdicts").wait_for(timeout=WAIT_MS)
+    page.get_by_text("Promotion gate passes").wait_for(timeout=WAIT_MS)
+    page.get_by_text("Audit trail").wait_for(timeout=WAIT_MS)
+    page.get_by_text(f"Drift: {drift}").wait_for(timeout=WAIT_MS)
     _screenshot(page, "health", tmp_path)
     page.close()
+    _clear_drift(redis_url)
+
+
+def _raise_drift(redis_url: str, camera: str) -> str:
+    """An inspection alarm episode for ``camera`` on the stream the embedded Redis grants the
+    dashboard; its message."""
+    import redis
+
+    from steelcore.settings import Settings
+    from workers.drift_alarms import InspectionAlarms
+    from workers.drift_monitor import DriftEvent
+
+    _clear_drift(redis_url)
+    message = f"camera {camera}: frames 41 gray levels darker than the model knows; results unreliable"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stream = Settings().inspection_alarm_stream
+        InspectionAlarms(client, stream).publish(DriftEvent(camera, "raised", ("brightness",), message))
+    finally:
+        client.close()
+    return message
+
+
+def _clear_drift(redis_url: str) -> None:
+    import redis
+
+    from steelcore.settings import Settings
+
+    stream = Settings().inspection_alarm_stream
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(stream, f"{stream}:active")
+    finally:
+        client.close()
 
 
 def _wait_for_feedback(owner: Engine, operator: str, timeout_s: float = 15.0) -> str | None:

@@ -13,12 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from dashboard_seed import new_database, seed
-from sqlalchemy import Engine, insert, select, text
+from dashboard_seed import new_database, seed, seed_models
+from sqlalchemy import Engine, text
 from streamlit.testing.v1 import AppTest
 
 from dashboard.db_access import DASHBOARD_ROLE, FEEDBACK_ROLE, role_url
-from steelcore import db_schema
 from steelcore.model_agreement import audit_figures, compare_verdicts, mask_agreement, read_evidence
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
@@ -29,7 +28,6 @@ pytestmark = pytest.mark.integration
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 TIMEOUT_S = 60.0
-SHADOW_ONLY_RLE = "1 100"  # a class-3 mark only the shadow sees, on a frame production found clean
 
 
 @pytest.fixture(scope="module")
@@ -77,122 +75,6 @@ def _table(at: AppTest, column: str):
     return next(d.value for d in at.dataframe if column in d.value.columns)
 
 
-def _shadow_answer(record: FrameRecord, copy: bool) -> dict[int, str]:
-    return {d.class_id: d.rle for d in record.defects} if copy else {}
-
-
-def _register(owner: Engine, records: list[FrameRecord], now: datetime) -> dict:
-    """Versions 1 (production) and 2 (shadow at 50 %), shadow answers and operator verdicts.
-
-    Shadowed: every recent L1 frame and a few two-day-old L2 ones (outside the page's 1 h window).
-    The shadow copies production's masks on even-numbered defective frames and finds nothing on odd
-    ones; it also marks class 3 on the first clean frame. Operators confirm the defects of even
-    frames and call those of odd frames false (one after first confirming it, one verdict given on
-    the alarm instead of the defect)."""
-    recent = [r for r in records if r.line_id == "L1"]
-    old = [r for r in records if r.line_id == "L2"][:4]
-    defective = [r for r in recent if r.defects]
-    copies = {r.frame_id: i % 2 == 0 for i, r in enumerate(defective)}
-    clean = next(r for r in recent if not r.defects)
-    shadow: dict[str, dict[int, str]] = {
-        r.frame_id: _shadow_answer(r, copies.get(r.frame_id, False)) for r in recent + old
-    }
-    shadow[clean.frame_id] = {3: SHADOW_ONLY_RLE}
-    for r in old:
-        shadow[r.frame_id] = _shadow_answer(r, True)
-    with owner.begin() as conn:
-        conn.execute(
-            insert(db_schema.model_versions),
-            [
-                {
-                    "version": v,
-                    "bundle": b,
-                    "registered_at": now,
-                    "registered_by": "lead",
-                    "input_shape": "256x1600",
-                }
-                | {"class_ids": list(CLASS_IDS)}
-                for v, b in ((1, "default"), (2, "synthetic"))
-            ],
-        )
-        conn.execute(
-            insert(db_schema.model_roles),
-            [
-                {"role": "production", "version": 1, "share": None, "since": now, "set_by": "lead"},
-                {"role": "shadow", "version": 2, "share": 0.5, "since": now, "set_by": "ana"},
-            ],
-        )
-        conn.execute(
-            insert(db_schema.shadow_results),
-            [
-                {
-                    "frame_id": r.frame_id,
-                    "captured_at": r.captured_at,
-                    "version": 2,
-                    "judged_at": now,
-                    "class_probs": [0.5] * 4,
-                    "pixel_counts": [_pixels(shadow[r.frame_id].get(c, "")) for c in CLASS_IDS],
-                    "rles": [shadow[r.frame_id].get(c, "") for c in CLASS_IDS],
-                }
-                for r in recent + old
-            ],
-        )
-        ids = {
-            (row.frame_id, row.class_id): (row.defect_id, row.alarm_id)
-            for row in conn.execute(
-                select(
-                    db_schema.defects.c.frame_id,
-                    db_schema.defects.c.class_id,
-                    db_schema.defects.c.defect_id,
-                    db_schema.alarms.c.alarm_id,
-                ).select_from(
-                    db_schema.defects.outerjoin(
-                        db_schema.alarms,
-                        (db_schema.alarms.c.frame_id == db_schema.defects.c.frame_id)
-                        & (db_schema.alarms.c.class_id == db_schema.defects.c.class_id),
-                    )
-                )
-            )
-        }
-        verdicts = []
-        via_alarm = superseded = False
-        for r in defective:
-            for d in r.defects:
-                defect_id, alarm_id = ids[(r.frame_id, d.class_id)]
-                verdict = "confirmed" if copies[r.frame_id] else "false"
-                row = {"defect_id": defect_id, "alarm_id": None, "verdict": verdict, "operator": "ana"}
-                if not via_alarm and alarm_id is not None:
-                    row |= {"defect_id": None, "alarm_id": alarm_id}
-                    via_alarm = True
-                if not superseded and verdict == "false":
-                    earlier = row | {"verdict": "confirmed", "created_at": now - timedelta(minutes=5)}
-                    verdicts.append(earlier)
-                    superseded = True
-                verdicts.append(row | {"created_at": now})
-        assert via_alarm and superseded
-        conn.execute(insert(db_schema.feedback), verdicts)
-        figures = {"verdicts": {"production": {"pairs": 12, "f1": 0.5}, "shadow": {"pairs": 12, "f1": 0.8}}}
-        audit = [
-            ("register", 1, None, "lead", False, None, timedelta(hours=2)),
-            ("shadow", 2, 1, "ana", False, None, timedelta(minutes=30)),
-            ("promote", 3, 2, "bo", True, figures, timedelta(minutes=1)),
-        ]
-        conn.execute(
-            insert(db_schema.model_audit),
-            [
-                {"action": a, "version": v, "previous_version": p, "actor": who, "forced": forced}
-                | {"figures": f, "at": now - ago}
-                for a, v, p, who, forced, f, ago in audit
-            ],
-        )
-    return {"recent": recent, "defective": defective, "copies": copies, "shadow": shadow}
-
-
-def _pixels(rle: str) -> int:
-    numbers = [int(x) for x in rle.split()]
-    return sum(numbers[1::2])
-
-
 def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
     dashboard_env: None, owner: Engine, records: list[FrameRecord], redis_url: str
 ) -> None:
@@ -205,7 +87,7 @@ def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
     assert any("No model version registered yet" in c.value for c in at.caption)
     assert any("no camera in an inspection alarm episode" in c.value for c in at.caption)
 
-    seeded = _register(owner, records, datetime.now(UTC))
+    seeded = seed_models(owner, records, datetime.now(UTC))
     stream = Settings().inspection_alarm_stream
     client = redis.Redis.from_url(redis_url)
     client.delete(stream, f"{stream}:active")
@@ -277,7 +159,7 @@ def test_agreement_figures_read_back_as_the_page_computes_them(
     with owner.connect() as conn:
         registered = conn.execute(text("SELECT count(*) FROM model_versions")).scalar()
     if not registered:  # run on its own, without the page test before it
-        _register(owner, records, datetime.now(UTC))
+        seed_models(owner, records, datetime.now(UTC))
     now = datetime.now(UTC)
     everything = read_evidence(owner, 2)
     windowed = read_evidence(owner, 2, production_version=1, since=now - timedelta(hours=1))
