@@ -257,7 +257,9 @@ def read_evidence(
     """The shadowed frames of ``shadow_version`` (optionally only those production_version judged,
     captured in [since, until); the newest ``limit`` of them) with production's masks, and the latest
     verdict on each of their production defects. ``conn`` is a SQLAlchemy Connection or Engine."""
-    from sqlalchemy import Engine, text
+    from sqlalchemy import Engine, and_, func, select, union_all
+
+    from steelcore.db_schema import alarms, defects, feedback, frames, shadow_results
 
     if isinstance(conn, Engine):
         with conn.connect() as c:
@@ -269,59 +271,66 @@ def read_evidence(
                 until=until,
                 limit=limit,
             )
-    where = ["s.version = :shadow"]
-    params: dict[str, Any] = {"shadow": int(shadow_version)}
+    s = shadow_results
+    chosen = (
+        select(s.c.frame_id, s.c.captured_at, s.c.rles, s.c.pixel_counts)
+        .select_from(
+            s.join(frames, and_(frames.c.frame_id == s.c.frame_id, frames.c.captured_at == s.c.captured_at))
+        )
+        .where(s.c.version == int(shadow_version))
+    )
     if production_version is not None:
-        where.append("f.model_version = :production")
-        params["production"] = str(int(production_version))
+        chosen = chosen.where(frames.c.model_version == str(int(production_version)))
     if since is not None:
-        where.append("s.captured_at >= :since")
-        params["since"] = since
+        chosen = chosen.where(s.c.captured_at >= since)
     if until is not None:
-        where.append("s.captured_at < :until")
-        params["until"] = until
-    newest = ""
+        chosen = chosen.where(s.c.captured_at < until)
     if limit is not None:
-        newest = "ORDER BY s.captured_at DESC LIMIT :limit"
-        params["limit"] = int(limit)
-    # Fixed SQL text; only bound parameters vary.
-    shadowed = f"""
-        SELECT s.frame_id, s.captured_at, s.rles, s.pixel_counts
-        FROM shadow_results s
-        JOIN frames f ON f.frame_id = s.frame_id AND f.captured_at = s.captured_at
-        WHERE {" AND ".join(where)} {newest}
-    """
-    rows = conn.execute(text(shadowed), params).all()
+        chosen = chosen.order_by(s.c.captured_at.desc()).limit(int(limit))
+    shadowed = chosen.cte("shadowed")
+    # A defect meets its shadowed frame by the whole key: frames' partitions are pruned by week.
+    on_shadowed = and_(
+        defects.c.frame_id == shadowed.c.frame_id, defects.c.captured_at == shadowed.c.captured_at
+    )
+    rows = conn.execute(select(shadowed)).all()
     masks = conn.execute(
-        text(f"""
-        WITH shadowed AS ({shadowed})
-        SELECT d.frame_id, d.class_id, d.rle
-        FROM defects d JOIN shadowed s ON d.frame_id = s.frame_id AND d.captured_at = s.captured_at
-        """),
-        params,
+        select(defects.c.frame_id, defects.c.class_id, defects.c.rle).select_from(
+            defects.join(shadowed, on_shadowed)
+        )
     ).all()
     # The latest verdict per defect, given on the defect itself or on its alarm (as in
     # dashboard.feedback.defect_verdicts, which steelcore cannot import).
-    verdicts = conn.execute(
-        text(f"""
-        WITH shadowed AS ({shadowed}),
-        given AS (
-            SELECT d.frame_id, d.class_id, fb.verdict, fb.created_at, fb.feedback_id, d.defect_id
-            FROM feedback fb
-            JOIN defects d ON d.defect_id = fb.defect_id
-            JOIN shadowed s ON d.frame_id = s.frame_id AND d.captured_at = s.captured_at
-            UNION ALL
-            SELECT d.frame_id, d.class_id, fb.verdict, fb.created_at, fb.feedback_id, d.defect_id
-            FROM feedback fb
-            JOIN alarms a ON a.alarm_id = fb.alarm_id
-            JOIN defects d ON d.frame_id = a.frame_id AND d.class_id = a.class_id
-            JOIN shadowed s ON d.frame_id = s.frame_id AND d.captured_at = s.captured_at
-        )
-        SELECT DISTINCT ON (defect_id) frame_id, class_id, verdict
-        FROM given ORDER BY defect_id, created_at DESC, feedback_id DESC
-        """),
-        params,
-    ).all()
+    given = select(
+        defects.c.defect_id,
+        defects.c.frame_id,
+        defects.c.class_id,
+        feedback.c.verdict,
+        feedback.c.created_at,
+        feedback.c.feedback_id,
+    ).select_from(
+        feedback.join(defects, defects.c.defect_id == feedback.c.defect_id).join(shadowed, on_shadowed)
+    )
+    via_alarm = select(
+        defects.c.defect_id,
+        defects.c.frame_id,
+        defects.c.class_id,
+        feedback.c.verdict,
+        feedback.c.created_at,
+        feedback.c.feedback_id,
+    ).select_from(
+        feedback.join(alarms, alarms.c.alarm_id == feedback.c.alarm_id)
+        .join(defects, and_(defects.c.frame_id == alarms.c.frame_id, defects.c.class_id == alarms.c.class_id))
+        .join(shadowed, on_shadowed)
+    )
+    both = union_all(given, via_alarm).subquery()
+    rank = (
+        func.row_number()
+        .over(partition_by=both.c.defect_id, order_by=(both.c.created_at.desc(), both.c.feedback_id.desc()))
+        .label("rank")
+    )
+    ranked = select(both, rank).subquery()
+    latest = select(ranked.c.frame_id, ranked.c.class_id, ranked.c.verdict).where(ranked.c.rank == 1)
+    verdicts = conn.execute(latest).all()
     production: dict[str, dict[int, str]] = {}
     for m in masks:
         production.setdefault(m.frame_id, {})[int(m.class_id)] = m.rle
