@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from dashboard import charts, data_access, models_section, service_health, ui
 from dashboard.config import DashboardSettings
+from steelcore.model_registry import read_roles, version_bundles
 from workers.frame_images import retention_days, stored_image_bytes
 
 REFRESH_S = 5.0
@@ -73,10 +74,21 @@ def _health_view(engine: Engine, config: DashboardSettings) -> None:
     )
 
     model = data_access.model_in_use(engine)
+    roles = read_roles(engine)
+    production = (
+        f"v{roles.production} {version_bundles(engine).get(roles.production, '?')}"
+        if roles.production
+        else None
+    )
     cols = st.columns(3)
-    cols[0].metric("Triton model", config.triton_model, help=triton_error)
-    cols[1].metric("Versions served", ", ".join(versions) if versions else "unavailable")
-    cols[2].metric("Workers use", f"{model[0]} v{model[1]}" if model else "no frame yet")
+    served = f"ensemble versions served: {', '.join(versions)}" if versions else "ensemble unavailable"
+    cols[0].metric("Triton model", config.triton_model, help=triton_error or served)
+    # The ensemble itself has one version; which model it runs is the registry's production role.
+    cols[1].metric(
+        "Production model", production or "none registered", help="steel models; the Models section below"
+    )
+    workers = f"{model[0]} v{model[1]}" if model else "no frame yet"
+    cols[2].metric("Workers use", workers, help=f"the model of the newest stored frame: {workers}")
 
     st.subheader("Throughput and latency")
     stats = data_access.throughput(engine, now - timedelta(seconds=config.dashboard_window_s), now)

@@ -109,7 +109,7 @@ def _inspection_banner(config: DashboardSettings, line_id: str | None) -> None:
     if feed.error:
         st.caption(f"Inspection alarms unavailable: {feed.error}")
     for camera, entry in sorted(feed.active.items()):
-        st.error(f"Inspection alarm, {camera}: {entry.get('message', '')}", icon=":material/videocam_off:")
+        st.error(f"Inspection alarm: {entry.get('message') or camera}", icon=":material/videocam_off:")
 
 
 if __name__ == "__main__":

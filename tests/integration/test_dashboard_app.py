@@ -110,7 +110,7 @@ def test_live_page_shows_a_camera_in_a_drift_episode(dashboard_env: None, redis_
         alarms.publish(DriftEvent("L1/cam2", "raised", ("brightness",), text))
         at = _app().run()
         assert not at.exception, at.exception
-        assert f"Inspection alarm, L1/cam2: {text}" in [e.value for e in at.error]
+        assert f"Inspection alarm: {text}" in [e.value for e in at.error]
         alarms.publish(DriftEvent("L1/cam2", "cleared", ("brightness",), "camera L1/cam2: back"))
         at = _app().run()
         assert not any("Inspection alarm" in e.value for e in at.error)

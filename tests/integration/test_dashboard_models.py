@@ -85,6 +85,7 @@ def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
 
     at = _health()
     assert any("No model version registered yet" in c.value for c in at.caption)
+    assert next(m.value for m in at.metric if m.label == "Production model") == "none registered"
     assert any("no camera in an inspection alarm episode" in c.value for c in at.caption)
 
     seeded = seed_models(owner, records, datetime.now(UTC))
@@ -149,6 +150,7 @@ def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
     assert any(f"last shadow v2 against v1 on {len(recent)} shadowed frames" in m.value for m in at.markdown)
     assert not any("Promotion gate" in s.value for s in at.success)
     assert _table(at, "bundle").set_index("version").loc[2, "role"] == "production"
+    assert next(m.value for m in at.metric if m.label == "Production model") == "v2 synthetic"
 
 
 def test_agreement_figures_read_back_as_the_page_computes_them(
