@@ -29,15 +29,11 @@ def episodes(entries: list[dict[str, str]]) -> dict[str, dict[str, str]]:
 def read_feed(settings: Settings, line_id: str | None = None, count: int = FEED_ENTRIES) -> InspectionFeed:
     import redis
 
-    from dashboard.service_health import PROBE_TIMEOUT_S, dashboard_redis_url
+    from dashboard.service_health import dashboard_redis
     from steelcore.service_urls import ServiceUnavailableError
 
     try:
-        client = redis.Redis.from_url(
-            dashboard_redis_url(settings),
-            socket_timeout=PROBE_TIMEOUT_S,
-            socket_connect_timeout=PROBE_TIMEOUT_S,
-        )
+        client = dashboard_redis(settings)
     except ServiceUnavailableError as exc:
         return InspectionFeed(error=str(exc))
     try:

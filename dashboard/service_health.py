@@ -180,6 +180,16 @@ def triton_repository_index(settings: Settings) -> tuple[list[dict[str, str]] | 
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def dashboard_redis(settings: Settings) -> Any:
+    """A client as the dashboard's Redis user, with the probes' short timeouts. Raises
+    ServiceUnavailableError when no Redis is known."""
+    import redis
+
+    return redis.Redis.from_url(
+        dashboard_redis_url(settings), socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S
+    )
+
+
 def alarm_backlog(settings: Settings) -> StreamBacklog:
     """Length of the Redis alarm stream and the actuators' unacknowledged entries."""
     import redis
@@ -187,11 +197,7 @@ def alarm_backlog(settings: Settings) -> StreamBacklog:
     from steelcore.service_urls import ServiceUnavailableError
 
     try:
-        client = redis.Redis.from_url(
-            dashboard_redis_url(settings),
-            socket_timeout=PROBE_TIMEOUT_S,
-            socket_connect_timeout=PROBE_TIMEOUT_S,
-        )
+        client = dashboard_redis(settings)
     except ServiceUnavailableError as exc:
         return StreamBacklog(None, None, str(exc))
     try:
