@@ -148,7 +148,19 @@ def ensure_roles(url: str, *, worker_password: SecretStr | None = None) -> None:
     leaves it as it is: fine with local trust authentication). Idempotent; run after ``upgrade``
     as the role that owns the tables.
     """
-    inserts = ", ".join(WRITER_INSERT_TABLES)
+    engine = create_db_engine(url)
+    try:
+        # A database not yet at head (roles run before `upgrade`, or by an older release's order)
+        # lacks the newer tables: grant on those present; a run after the upgrade grants the rest.
+        with engine.connect() as conn:
+            present = [
+                t
+                for t in WRITER_INSERT_TABLES
+                if conn.execute(text("SELECT to_regclass(:t)"), {"t": t}).scalar()
+            ]
+    finally:
+        engine.dispose()
+    inserts = ", ".join(present)
     statements = [
         _create_role_sql(READER_ROLE),
         _create_role_sql(WRITER_ROLE),
@@ -161,7 +173,7 @@ def ensure_roles(url: str, *, worker_password: SecretStr | None = None) -> None:
         f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {WRITER_ROLE}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM {WRITER_ROLE}",
         f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {WRITER_ROLE}",
-        f"GRANT INSERT ON {inserts} TO {WRITER_ROLE}",
+        *([f"GRANT INSERT ON {inserts} TO {WRITER_ROLE}"] if present else []),
         *(
             f"GRANT UPDATE ({', '.join(columns)}) ON {table} TO {WRITER_ROLE}"
             for table, columns in WRITER_UPDATE_COLUMNS.items()
