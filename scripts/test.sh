@@ -13,5 +13,5 @@ fi
 # one that has run the rest of the suite (torch, librdkafka, forked loaders), it crashed with
 # SIGSEGV in full runs (never in the same tests run apart). The product never mixes them in one
 # process: Triton's python models load OpenVINO without torch, `steel train` never loads it.
-.venv/bin/pytest -q -m "not openvino"
+.venv/bin/pytest -q -m "not openvino" --durations=15
 .venv/bin/pytest -q -m openvino
