@@ -33,6 +33,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from dashboard.config import DashboardSettings, is_loopback
+from steelcore.errors import SteelError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ THROTTLE_FORGET_S = 3600.0
 SESSION_KEY = "steel_authenticated"
 
 
-class AuthConfigError(ValueError):
+class AuthConfigError(SteelError, ValueError):
     """Login is required but no usable password is configured."""
 
 

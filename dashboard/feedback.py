@@ -17,13 +17,14 @@ from sqlalchemy import Engine, and_, func, insert, literal, select, union_all
 from sqlalchemy.exc import IntegrityError
 
 from steelcore.db_schema import VERDICTS, alarms, defects, feedback
+from steelcore.errors import SteelError
 
 Verdict = Literal["confirmed", "false"]
 MAX_OPERATOR_CHARS = 64
 MAX_NOTE_CHARS = 500
 
 
-class FeedbackError(ValueError):
+class FeedbackError(SteelError, ValueError):
     """The feedback names something that does not exist or is malformed."""
 
 

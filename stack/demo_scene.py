@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from stack.demo import Demo
+from steelcore.errors import SteelError
 from steelcore.paths import REPO_ROOT
 from steelcore.settings import Settings
 
@@ -51,11 +52,11 @@ DRIFT_CAMERA = 2  # cameras are cam1..camN; this one dims
 SETTLED_FRAMES = 20
 
 
-class SceneFailed(RuntimeError):
+class SceneFailed(SteelError, RuntimeError):
     """A step did not happen: the scene stops and the demo reports why."""
 
 
-class SceneInterrupted(RuntimeError):
+class SceneInterrupted(SteelError, RuntimeError):
     pass
 
 

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from steelcore import exit_codes, model_agreement
 from steelcore.db_schema import model_audit, model_roles, model_versions
+from steelcore.errors import SteelError
 from steelcore.model_registry import Roles, read_roles, version_bundles
 from steelcore.settings import Settings, get_settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
@@ -58,7 +59,7 @@ _SPECIFIC = re.compile(r"specific:\s*\{\s*versions:\s*\[([^\]]*)\]")
 _STEP_VERSION = re.compile(r"(model_version:\s*)(-?\d+)")
 
 
-class LifecycleError(RuntimeError):
+class LifecycleError(SteelError, RuntimeError):
     """A lifecycle command could not do what it was asked; ``exit_code`` says how."""
 
     exit_code = exit_codes.FAILURE

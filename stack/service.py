@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import psutil
 
+from steelcore.errors import SteelError
 from steelcore.settings import redact_url
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ BIND_RETRY_FIRST_DELAY_S = 0.25
 ADDRESS_IN_USE_PATTERN = re.compile(r"address (already )?in use", re.IGNORECASE)
 
 
-class ServiceError(RuntimeError):
+class ServiceError(SteelError, RuntimeError):
     """A service could not be started, reached or stopped; the message says which and where to look."""
 
 

@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stack.triton_server import TritonError, TritonServer, TritonUnavailableError
+    from stack.triton_server import EmbeddedTritonUnavailableError, TritonError, TritonServer
 
     problems = repository_problems(args.repository, [args.model])
     if problems:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             server.start(args.timeout)
-        except TritonUnavailableError as exc:
+        except EmbeddedTritonUnavailableError as exc:
             print(f"steel triton: {exc}", file=sys.stderr)
             return exit_codes.UNAVAILABLE
         except (TritonError, OSError) as exc:

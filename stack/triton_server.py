@@ -14,7 +14,7 @@ one: ``steel models`` (stack.model_lifecycle) adds versions there and loads them
 control API, and the git-tracked ``triton_models/`` is never written.
 
 A machine that cannot run the binary (no ``libpython3.11.so.1.0``, wheel missing) gets a
-:class:`TritonUnavailableError` that says how to point the workers at an external server
+:class:`EmbeddedTritonUnavailableError` that says how to point the workers at an external server
 with ``STEEL_TRITON_URL`` instead.
 """
 
@@ -34,6 +34,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+
+from steelcore.errors import SteelError
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +89,11 @@ def prepare_serving_repository(source: Path, serving: Path) -> Path:
     return serving
 
 
-class TritonError(RuntimeError):
+class TritonError(SteelError, RuntimeError):
     """The embedded Triton server failed to start or stopped unexpectedly."""
 
 
-class TritonUnavailableError(TritonError):
+class EmbeddedTritonUnavailableError(TritonError):
     """The embedded server cannot run on this machine (binary, libraries or stub missing)."""
 
 
@@ -108,13 +110,13 @@ def find_pytriton_root() -> Path:
     """The ``pytriton/tritonserver`` folder of the installed nvidia-pytriton wheel."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise TritonUnavailableError(
+        raise EmbeddedTritonUnavailableError(
             "the nvidia-pytriton wheel is not installed (pip install 'resunet-steel[embedded]'). "
             + _external_hint()
         )
     root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
     if not (root / "bin" / "tritonserver").is_file():
-        raise TritonUnavailableError(f"no tritonserver binary in {root}. " + _external_hint())
+        raise EmbeddedTritonUnavailableError(f"no tritonserver binary in {root}. " + _external_hint())
     return root
 
 
@@ -346,7 +348,7 @@ class TritonServer:
         source = find_pytriton_root()
         stub = source / "python_backend_stubs" / _STUB_PYTHON / "triton_python_backend_stub"
         if not stub.is_file():
-            raise TritonUnavailableError(
+            raise EmbeddedTritonUnavailableError(
                 f"no python backend stub for Python {_STUB_PYTHON} in {source}. " + _external_hint()
             )
         target = self.work_dir / "server"
@@ -381,7 +383,7 @@ class TritonServer:
         ):
             missing = _missing_libraries(binary, env)
             if missing:
-                raise TritonUnavailableError(
+                raise EmbeddedTritonUnavailableError(
                     f"the embedded tritonserver cannot run here: {binary.name} needs "
                     f"{', '.join(missing)} (for libpython3.11.so.1.0 install the system package "
                     "libpython3.11). " + _external_hint()

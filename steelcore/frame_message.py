@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 import cv2
 import numpy as np
 
+from steelcore.errors import SteelError
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 
 SCHEMA_VERSION = 1
@@ -38,7 +39,7 @@ Encoding = Literal["jpeg", "png", "raw"]
 ENCODINGS: tuple[str, ...] = get_args(Encoding)
 
 
-class FrameMessageError(ValueError):
+class FrameMessageError(SteelError, ValueError):
     """A frame message that cannot be used; ``reason`` goes to the dead-letter topic."""
 
     def __init__(self, reason: str) -> None:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from steelcore.errors import ExternalServiceError
 from steelcore.settings import Settings, get_settings, reveal
 
 Service = Literal["kafka", "postgres", "redis", "triton"]
@@ -23,7 +24,7 @@ STACK_FILE_NAME = "stack.json"
 _ENV_NAMES = {name: f"STEEL_{name.upper()}_URL" for name in SERVICES}
 
 
-class ServiceUnavailableError(LookupError):
+class ServiceUnavailableError(ExternalServiceError, LookupError):
     """No URL for a service: not configured in settings and not started by `steel up`."""
 
 

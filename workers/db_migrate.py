@@ -25,6 +25,7 @@ from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from steelcore import exit_codes
+from steelcore.errors import SteelError
 from steelcore.settings import redact_url
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ def set_role_password(conn: Any, role: str, password: SecretStr) -> None:
         cursor.execute(statement)
 
 
-class CommandLinePasswordError(ValueError):
+class CommandLinePasswordError(SteelError, ValueError):
     """A database URL with a password was given as a command-line argument."""
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from steelcore.errors import ExternalServiceError
 from steelcore.settings import Settings, get_settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 
@@ -38,7 +39,7 @@ VERSION_OUTPUT = "MODEL_VERSION"
 _DEFAULT_MAX_BATCH = 8
 
 
-class TritonClientError(RuntimeError):
+class TritonClientError(ExternalServiceError, RuntimeError):
     """A Triton request failed."""
 
 

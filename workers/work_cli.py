@@ -65,10 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from redis import RedisError
     from sqlalchemy.exc import OperationalError
 
-    from steelcore.service_urls import ServiceUnavailableError
+    from steelcore.errors import ExternalServiceError
     from steelcore.settings import get_settings
     from workers.inference_worker import InferenceWorker, WorkerConfig
-    from workers.triton_client import TritonClientError
     from workers.worker_parts import BatchAbandonedError
 
     try:
@@ -100,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
             # A client left hanging in its close would hang the interpreter's exit too.
             logging.shutdown()
             os._exit(exit_codes.OK)
-    except (ServiceUnavailableError, TritonClientError, OperationalError, RedisError, KafkaException) as exc:
+    # The libraries' own connection errors are not ours to re-root; they mean the same exit.
+    except (ExternalServiceError, OperationalError, RedisError, KafkaException) as exc:
         print(f"steel work: service unavailable: {exc}", file=sys.stderr)
         return exit_codes.UNAVAILABLE
     except BatchAbandonedError as exc:

@@ -14,6 +14,7 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
+from steelcore.errors import SteelError
 from steelcore.settings import Settings
 from workers.alarm_rules import Alarm
 from workers.defect_store import FrameRecord, StoreResult
@@ -83,7 +84,7 @@ def steel_headers(message: Any, reason: str, worker_id: str, now: datetime) -> l
     return [(DLQ_HEADER_PREFIX + k, v.encode("utf-8", "backslashreplace")) for k, v in ours.items()]
 
 
-class Outage(Exception):
+class Outage(SteelError):
     """A step failed because a service is unreachable; the batch is retried, never dropped."""
 
     def __init__(self, stage: str, cause: BaseException) -> None:
@@ -92,11 +93,11 @@ class Outage(Exception):
         self.cause = cause
 
 
-class DeadLetterError(RuntimeError):
+class DeadLetterError(SteelError, RuntimeError):
     """Dead-lettered messages were not all delivered."""
 
 
-class BatchAbandonedError(RuntimeError):
+class BatchAbandonedError(SteelError, RuntimeError):
     """A stop was requested and an outage outlasted the shutdown grace; the batch stays uncommitted."""
 
 

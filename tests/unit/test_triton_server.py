@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stack import triton_cli, triton_server
-from stack.triton_server import TritonServer, TritonUnavailableError, clean_stale_shm
+from stack.triton_server import EmbeddedTritonUnavailableError, TritonServer, clean_stale_shm
 from steelcore import exit_codes
 
 
@@ -35,7 +35,7 @@ def test_missing_library_gives_unavailable_with_external_server_hint(
     (tmp_path / "repo" / "steel_ensemble").mkdir(parents=True)
     (tmp_path / "repo" / "steel_ensemble" / "config.pbtxt").write_text('name: "steel_ensemble"\n')
     server = TritonServer(tmp_path / "run", tmp_path / "repo", 1, 2, 3)
-    with pytest.raises(TritonUnavailableError) as info:
+    with pytest.raises(EmbeddedTritonUnavailableError) as info:
         server.start(timeout_s=1)
     message = str(info.value)
     assert "libpython3.11.so.1.0" in message and "STEEL_TRITON_URL" in message

@@ -1,0 +1,70 @@
+"""Every exception class the project defines derives from the one root, SteelError."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboard.auth import AuthConfigError
+from dashboard.feedback import FeedbackError
+from stack.demo_scene import SceneFailed, SceneInterrupted
+from stack.model_lifecycle import BadCandidate, LifecycleError, LoadFailed, Refused, TritonUnreachable
+from stack.service import AddressInUseError, ServiceError, ServiceStartError
+from stack.triton_server import EmbeddedTritonUnavailableError, TritonError
+from steelcore.errors import ExternalServiceError, SteelError
+from steelcore.frame_message import FrameMessageError
+from steelcore.service_urls import ServiceUnavailableError
+from workers.db_migrate import CommandLinePasswordError
+from workers.triton_client import (
+    TritonClientError,
+    TritonInferenceError,
+    TritonTimeoutError,
+    TritonUnavailableError,
+)
+from workers.worker_parts import BatchAbandonedError, DeadLetterError, Outage
+
+PROJECT_ERRORS = [
+    AuthConfigError,
+    FeedbackError,
+    SceneFailed,
+    SceneInterrupted,
+    LifecycleError,
+    BadCandidate,
+    Refused,
+    LoadFailed,
+    TritonUnreachable,
+    ServiceError,
+    ServiceStartError,
+    AddressInUseError,
+    TritonError,
+    EmbeddedTritonUnavailableError,
+    FrameMessageError,
+    ServiceUnavailableError,
+    CommandLinePasswordError,
+    TritonClientError,
+    TritonInferenceError,
+    TritonTimeoutError,
+    TritonUnavailableError,
+    BatchAbandonedError,
+    DeadLetterError,
+    Outage,
+]
+
+
+@pytest.mark.parametrize("error", PROJECT_ERRORS, ids=lambda e: e.__name__)
+def test_every_project_error_has_the_root(error: type[Exception]) -> None:
+    assert issubclass(error, SteelError)
+
+
+def test_builtin_bases_are_kept_for_callers_that_catch_them() -> None:
+    assert issubclass(FrameMessageError, ValueError)
+    assert issubclass(ServiceUnavailableError, LookupError)
+    assert issubclass(TritonClientError, RuntimeError)
+
+
+def test_external_service_errors_are_the_ones_steel_work_reports_unavailable() -> None:
+    # steel work reports these as "service unavailable"; the batch abort prints its own message.
+    assert issubclass(ServiceUnavailableError, ExternalServiceError)
+    assert issubclass(TritonClientError, ExternalServiceError)
+    assert not issubclass(BatchAbandonedError, ExternalServiceError)
+    assert not issubclass(Outage, ExternalServiceError)
+    assert not issubclass(EmbeddedTritonUnavailableError, TritonUnavailableError)
