@@ -27,7 +27,7 @@ served probabilities equal in-process ones. The bundle's ``postprocess.json`` is
 version folders of ``postprocess`` and ``steel_cascade``: thresholds live in the bundle only.
 
 The ``model.py`` files are the committed ones in ``steelcore.paths.TRITON_REPOSITORY``; this
-module writes every ``config.pbtxt`` and the exported networks, so
+module writes every ``config.pbtxt`` (built by ``training.triton_config``) and the exported networks, so
 ``steel export --model default --format torchscript --repo triton_models`` regenerates the
 committed repository in place.
 """
@@ -39,76 +39,43 @@ import json
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
 from steelcore.paths import TRITON_REPOSITORY
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
+from training.triton_config import (
+    CASCADE,
+    CLASSIFIER,
+    CPU_LAYOUT,
+    ENSEMBLE,
+    FORMATS,
+    GPU_LAYOUT,
+    KINDS,
+    MODELS,
+    ONNX_FILE,
+    POSTPROCESS,
+    PYTHON_NETWORK_FORMATS,
+    SEGMENTER,
+    TORCHSCRIPT_FILES,
+    VERSION,
+    Format,
+    Kind,
+    ServingLayout,
+    cascade_config,
+    ensemble_config,
+    network_config,
+    postprocess_config,
+)
 
 if TYPE_CHECKING:
     from steelcore.model_bundle import ModelBundle
 
-Format = Literal["torchscript", "onnx", "openvino"]
-Kind = Literal["cpu", "gpu"]
-FORMATS: tuple[str, ...] = ("torchscript", "onnx", "openvino")
-# Formats whose networks run in the generic python-backend model.py (segmenter/1/model.py).
-PYTHON_NETWORK_FORMATS: tuple[str, ...] = ("torchscript", "openvino")
-KINDS: tuple[str, ...] = ("cpu", "gpu")
-
-ENSEMBLE = "steel_ensemble"
-CASCADE = "steel_cascade"
-CLASSIFIER = "classifier"
-SEGMENTER = "segmenter"
-POSTPROCESS = "postprocess"
-MODELS: tuple[str, ...] = (CLASSIFIER, SEGMENTER, POSTPROCESS, ENSEMBLE, CASCADE)
-VERSION = "1"
-# The output naming the version that judged each frame: INT32 [B, 1].
-VERSION_OUTPUT = "MODEL_VERSION"
-# The models that hold one version per registered bundle (not the ensemble, which has one version).
-VERSIONED_MODELS: tuple[str, ...] = (CLASSIFIER, SEGMENTER, POSTPROCESS, CASCADE)
 POSTPROCESS_FILE = "postprocess.json"
-TORCHSCRIPT_FILES = {CLASSIFIER: "classifier.pt", SEGMENTER: "segmenter.pt"}
-ONNX_FILE = "model.onnx"  # the onnxruntime backend's default file name
 MANIFEST = "repository.json"
 ONNX_OPSET = 17
-
-
-@dataclass(frozen=True)
-class ServingLayout:
-    """Batching and parallelism of a repository; the defaults of every ``config.pbtxt``.
-
-    On the 2-core CPU machine the classifier and segmenter get one instance with one torch thread
-    each: the ensemble runs them side by side, so that is two threads on two cores. Oversubscribing
-    (2 instances x 2 threads) cut a segmenter's throughput to a quarter.
-    """
-
-    max_batch_size: int = 8
-    preferred_batch_sizes: tuple[int, ...] = (4, 8)
-    # The networks wait up to 2 ms for concurrent requests to share a forward pass: a batch of 8
-    # costs far less than 8 single frames, and 2 ms is small beside one pass (25-60 ms per frame
-    # on CPU). Under load, requests queued behind a busy instance are batched without waiting.
-    network_queue_delay_us: int = 2000
-    # Post-processing works frame by frame and the cascade only routes, so waiting would add
-    # latency for nothing; they still take whatever has queued up as one batch.
-    postprocess_queue_delay_us: int = 0
-    cascade_queue_delay_us: int = 0
-    network_instances: int = 1
-    torch_threads: int = 1
-    postprocess_instances: int = 1
-    # Two cascade instances (numpy only, no torch) keep two batches in flight, so the classifier
-    # of one overlaps the segmenter of the other as in the ensemble's pipeline.
-    cascade_instances: int = 2
-    # OpenVINO's CPU inference precision (steelcore.cpu_runtime.PRECISIONS) for fmt="openvino".
-    precision: str = "auto"
-
-
-CPU_LAYOUT = ServingLayout()
-# GPU servers have many cores for post-processing (connected components and RLE per frame).
-GPU_LAYOUT = ServingLayout(postprocess_instances=4, cascade_instances=4)
 
 
 # --- exported networks ----------------------------------------------------------------------------
@@ -156,165 +123,6 @@ def export_onnx_network(network: torch.nn.Module, path: Path, input_name: str, o
             dynamo=False,
         )
     return path
-
-
-# --- config.pbtxt -----------------------------------------------------------------------------
-def _tensor(name: str, dtype: str, dims: Iterable[int], *, optional: bool = False) -> str:
-    dims_text = ", ".join(str(d) for d in dims)
-    extra = " optional: true" if optional else ""
-    return f'  {{ name: "{name}" data_type: {dtype} dims: [ {dims_text} ]{extra} }}'
-
-
-def _block(key: str, items: list[str]) -> str:
-    return f"{key} [\n" + ",\n".join(items) + "\n]\n"
-
-
-def _parameters(values: dict[str, str]) -> str:
-    return "".join(
-        f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in values.items()
-    )
-
-
-def version_policy(versions: Iterable[int]) -> str:
-    """The ``version_policy`` line serving exactly ``versions`` (stack.model_lifecycle rewrites it)."""
-    listed = ", ".join(str(v) for v in sorted(set(versions)))
-    return f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
-
-
-def _header(name: str, max_batch: int, backend: str | None = None, platform: str | None = None) -> str:
-    lines = [f'name: "{name}"']
-    if backend:
-        lines.append(f'backend: "{backend}"')
-    if platform:
-        lines.append(f'platform: "{platform}"')
-    lines.append(f"max_batch_size: {max_batch}")
-    # Explicit versions: a newer folder copied in (a shadow candidate) is not served until listed.
-    lines.append(version_policy([int(VERSION)]))
-    return "\n".join(lines) + "\n"
-
-
-def _scheduling(layout: ServingLayout, count: int, kind: str, queue_delay_us: int) -> str:
-    preferred = ", ".join(str(b) for b in layout.preferred_batch_sizes if b <= layout.max_batch_size)
-    return (
-        f"instance_group [ {{ count: {count} kind: {kind} }} ]\n"
-        f"dynamic_batching {{ preferred_batch_size: [ {preferred} ] "
-        f"max_queue_delay_microseconds: {queue_delay_us} }}\n"
-    )
-
-
-def _frames_input() -> str:
-    return _block("input", [_tensor("FRAMES", "TYPE_UINT8", (FRAME_HEIGHT, FRAME_WIDTH))])
-
-
-def _result_outputs(num_classes: int) -> str:
-    return _block(
-        "output",
-        [
-            _tensor("PROBS", "TYPE_FP32", (num_classes,)),
-            _tensor("PIXEL_COUNTS", "TYPE_INT64", (num_classes,)),
-            _tensor("RLE", "TYPE_STRING", (num_classes,)),
-            _tensor(VERSION_OUTPUT, "TYPE_INT32", (1,)),
-        ],
-    )
-
-
-def network_config(name: str, num_classes: int, fmt: Format, kind: Kind, layout: ServingLayout) -> str:
-    output_name, dims = (
-        ("CLS_PROBS", (num_classes,))
-        if name == CLASSIFIER
-        else ("SEG_PROBS", (num_classes, FRAME_HEIGHT, FRAME_WIDTH))
-    )
-    instance_kind = "KIND_GPU" if kind == "gpu" else "KIND_CPU"
-    if fmt in PYTHON_NETWORK_FORMATS:
-        text = _header(name, layout.max_batch_size, backend="python")
-    else:
-        text = _header(name, layout.max_batch_size, platform="onnxruntime_onnx")
-    text += _frames_input()
-    text += _block("output", [_tensor(output_name, "TYPE_FP32", dims)])
-    text += _scheduling(layout, layout.network_instances, instance_kind, layout.network_queue_delay_us)
-    if fmt == "torchscript":
-        text += _parameters(
-            {
-                "model_file": TORCHSCRIPT_FILES[name],
-                "input_name": "FRAMES",
-                "output_name": output_name,
-                "torch_threads": str(layout.torch_threads),
-            }
-        )
-    elif fmt == "openvino":
-        text += _parameters(
-            {
-                "runtime": "openvino",
-                "model_file": ONNX_FILE,
-                "input_name": "FRAMES",
-                "output_name": output_name,
-                "threads": str(layout.torch_threads),
-                "precision": layout.precision,
-            }
-        )
-    else:
-        text += _parameters({"intra_op_thread_count": str(layout.torch_threads)})
-    return text
-
-
-def postprocess_config(num_classes: int, has_classifier: bool, layout: ServingLayout) -> str:
-    text = _header(POSTPROCESS, layout.max_batch_size, backend="python")
-    inputs = [_tensor("SEG_PROBS", "TYPE_FP32", (num_classes, FRAME_HEIGHT, FRAME_WIDTH))]
-    # Optional so that a bundle without a classifier serves the same ensemble interface.
-    inputs.insert(0, _tensor("CLS_PROBS", "TYPE_FP32", (num_classes,), optional=not has_classifier))
-    text += _block("input", inputs)
-    text += _result_outputs(num_classes)
-    text += _scheduling(layout, layout.postprocess_instances, "KIND_CPU", layout.postprocess_queue_delay_us)
-    return text
-
-
-def ensemble_config(
-    num_classes: int, has_classifier: bool, layout: ServingLayout, production: int = int(VERSION)
-) -> str:
-    """The ensemble with every step pinned to version ``production`` (never -1, "latest": with a
-    shadow loaded beside production, the newest version is the candidate)."""
-    text = _header(ENSEMBLE, layout.max_batch_size, platform="ensemble")
-    text += _frames_input()
-    text += _result_outputs(num_classes)
-    steps = []
-    if has_classifier:
-        steps.append(
-            f'    {{ model_name: "{CLASSIFIER}" model_version: {production}\n'
-            '      input_map { key: "FRAMES" value: "FRAMES" }\n'
-            '      output_map { key: "CLS_PROBS" value: "cls_probs" } }'
-        )
-    steps.append(
-        f'    {{ model_name: "{SEGMENTER}" model_version: {production}\n'
-        '      input_map { key: "FRAMES" value: "FRAMES" }\n'
-        '      output_map { key: "SEG_PROBS" value: "seg_probs" } }'
-    )
-    cls_input = '      input_map { key: "CLS_PROBS" value: "cls_probs" }\n' if has_classifier else ""
-    steps.append(
-        f'    {{ model_name: "{POSTPROCESS}" model_version: {production}\n'
-        f"{cls_input}"
-        '      input_map { key: "SEG_PROBS" value: "seg_probs" }\n'
-        '      output_map { key: "PROBS" value: "PROBS" }\n'
-        '      output_map { key: "PIXEL_COUNTS" value: "PIXEL_COUNTS" }\n'
-        '      output_map { key: "RLE" value: "RLE" }\n'
-        f'      output_map {{ key: "{VERSION_OUTPUT}" value: "{VERSION_OUTPUT}" }} }}'
-    )
-    text += "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
-    return text
-
-
-def cascade_config(num_classes: int, has_classifier: bool, layout: ServingLayout) -> str:
-    text = _header(CASCADE, layout.max_batch_size, backend="python")
-    text += _frames_input()
-    text += _result_outputs(num_classes)
-    text += _scheduling(layout, layout.cascade_instances, "KIND_CPU", layout.cascade_queue_delay_us)
-    text += _parameters(
-        {
-            "classifier_model": CLASSIFIER if has_classifier else "",
-            "segmenter_model": SEGMENTER,
-            "postprocess_model": POSTPROCESS,
-        }
-    )
-    return text
 
 
 # --- the repository -------------------------------------------------------------------------------
