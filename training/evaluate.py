@@ -9,7 +9,6 @@ segmenter's largest pixel probability when the bundle has no classifier (``auc_s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steelcore import exit_codes
+from training.json_files import write_json
 
 if TYPE_CHECKING:
     from steelcore.model_bundle import ModelBundle
@@ -41,13 +41,6 @@ def check_classes(bundle: ModelBundle, dataset: SteelDataset) -> None:
             f"model {bundle.name} predicts classes [{model_classes}] but dataset {dataset.root} "
             f"has classes [{data_classes}]"
         )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
 
 
 def evaluate_bundle(
@@ -129,7 +122,7 @@ def evaluate_bundle(
         report["robustness"] = robustness_summary(results["postprocessed"]["mean_dice"], perturbed)
     print(format_report(report))
     if json_out is not None:
-        _write_json(Path(json_out), report)
+        write_json(Path(json_out), report)
         log.info("metrics written to %s", json_out)
     if plot is not None:
         from training.eval_plots import plot_report

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from steelcore import exit_codes
+from training.json_files import write_json
 from training.run_config import (
     AUGMENT_PRESETS,
     CHECKPOINT_FILE,
@@ -52,12 +53,6 @@ log = logging.getLogger(__name__)
 EVAL_PLOT_FILE = "metrics.png"  # `steel train all`: the bundle's per-class evaluation plot
 # Fraction of the peak learning rate the cosine schedule ends at.
 MIN_LR_FRACTION = 0.01
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _save_torch(obj: Any, path: Path) -> None:
@@ -259,7 +254,7 @@ def _write_config(
 ) -> None:
     import torch
 
-    _write_json(
+    write_json(
         out / CONFIG_FILE,
         {
             "task": cfg.task,
@@ -383,7 +378,7 @@ def train_run(
                 "best_score": session.best_score,
                 "epochs": session.history,
             }
-            _write_json(out / METRICS_FILE, metrics)
+            write_json(out / METRICS_FILE, metrics)
             plot_curves(metrics, out / CURVES_FILE)
             log.info("epoch %d/%d: %s", session.epoch, cfg.epochs, _summary(row))
             if on_epoch_end is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -291,10 +290,8 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
 def _write_report(bundle_dir: Path, report: dict[str, Any]) -> None:
     from steelcore.model_bundle import METRICS_JSON
     from training.eval_plots import plot_report
+    from training.json_files import write_json
     from training.train import EVAL_PLOT_FILE
 
-    path = bundle_dir / METRICS_JSON
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    write_json(bundle_dir / METRICS_JSON, report)
     plot_report(report, bundle_dir / EVAL_PLOT_FILE)
