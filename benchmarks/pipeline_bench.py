@@ -237,7 +237,7 @@ def steady_latencies(engine: Any, line: str, settings: Any, stream: str) -> dict
 
 
 def scrape_stages(urls: Sequence[str]) -> dict[str, dict[str, float]]:
-    from stack.demo_summary import parse_metrics
+    from workers.worker_metrics import parse_metrics
 
     out: dict[str, dict[str, float]] = {}
     for url in urls:

@@ -25,22 +25,23 @@ from urllib.parse import urlsplit, urlunsplit
 
 from stack.service import Health
 from steelcore.settings import Settings, reveal
+from workers import worker_metrics
 
 PROBE_TIMEOUT_S = 2.0
-# Worker metrics shown on the health page (workers/worker_metrics.py names them).
+# Worker metrics shown on the health page.
 WORKER_METRICS = (
-    "steel_worker_frames_total",
-    "steel_worker_errors_total",
-    "steel_worker_event_lag_seconds",
-    "steel_worker_paused",
-    "steel_worker_alarms_published_total",
-    "steel_worker_stage_seconds_sum",
-    "steel_worker_stage_seconds_count",
-    "steel_worker_overloaded",
-    "steel_worker_overload_episodes_total",
-    "steel_worker_frame_latency_seconds",
-    "steel_worker_latency_target_seconds",
-    "steel_worker_batch_limit",
+    worker_metrics.FRAMES_TOTAL,
+    worker_metrics.ERRORS_TOTAL,
+    worker_metrics.EVENT_LAG_SECONDS,
+    worker_metrics.PAUSED,
+    worker_metrics.ALARMS_PUBLISHED_TOTAL,
+    worker_metrics.STAGE_SECONDS_SUM,
+    worker_metrics.STAGE_SECONDS_COUNT,
+    worker_metrics.OVERLOADED,
+    worker_metrics.OVERLOAD_EPISODES_TOTAL,
+    worker_metrics.FRAME_LATENCY_SECONDS,
+    worker_metrics.LATENCY_TARGET_SECONDS,
+    worker_metrics.BATCH_LIMIT,
 )
 
 
@@ -82,7 +83,7 @@ def lag_verdict(lag_s: float | None, target_s: float) -> LagVerdict:
 
 def overloaded_workers(scrapes: list[WorkerScrape]) -> list[str]:
     """The metrics URLs of the workers that say the load is more than they serve."""
-    return [s.url for s in scrapes if not s.error and s.samples.get("steel_worker_overloaded", 0.0) >= 1]
+    return [s.url for s in scrapes if not s.error and s.samples.get(worker_metrics.OVERLOADED, 0.0) >= 1]
 
 
 def dashboard_redis_url(settings: Settings) -> str:
@@ -272,16 +273,13 @@ def worker_totals(scrapes: Sequence[WorkerScrape]) -> dict[str, float]:
 def scrape_worker(url: str) -> WorkerScrape:
     """The worker metrics (WORKER_METRICS) exposed at ``url`` (http://host:port/metrics)."""
     try:
-        from prometheus_client.parser import text_string_to_metric_families
-
         with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
             text = response.read().decode("utf-8", errors="replace")
-        samples: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name in WORKER_METRICS and not math.isnan(s.value):
-                    labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                    samples[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+        samples = {
+            worker_metrics.sample_key(s, quoted=False): float(s.value)
+            for s in worker_metrics.metric_samples(text)
+            if s.name in WORKER_METRICS and not math.isnan(s.value)
+        }
         return WorkerScrape(url, samples)
     except Exception as exc:  # unreachable or not Prometheus text
         return WorkerScrape(url, {}, f"{type(exc).__name__}: {exc}")

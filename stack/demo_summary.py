@@ -31,6 +31,7 @@ import numpy as np
 
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+from workers.worker_metrics import parse_metrics
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,6 @@ def frame_dice(predicted: Sequence[str], truth: Sequence[str]) -> np.ndarray:
     from training.metrics import dice_scores
 
     return dice_scores(rle.decode_stack(predicted)[None], rle.decode_stack(truth)[None])[0]
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> {'name{labels}': value} (samples only)."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                continue
-    return out
 
 
 class TruthReader:

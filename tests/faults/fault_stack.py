@@ -42,6 +42,7 @@ from steelcore.service_urls import write_stack
 from steelcore.settings import Settings, reveal
 from workers import db_migrate
 from workers.actuator import RejectActuator, alarm_stream_from_settings, log_reject
+from workers.worker_metrics import parse_metrics
 from workers.worker_parts import DLQ_HEADER_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,16 +70,6 @@ def wait_until(
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(poll_s)
     return time.monotonic() - started
-
-
-def parse_metrics(body: str) -> dict[str, float]:
-    """Prometheus text format -> {'name{labels}': value}."""
-    samples = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 class CycledSource:

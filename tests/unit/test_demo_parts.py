@@ -1,4 +1,4 @@
-"""`steel demo` pieces that need no services: options, the frame split, metrics parsing, Dice per
+"""`steel demo` pieces that need no services: options, the frame split, Dice per
 frame, the truth reader's filtering (fake consumer) and the actuator journal reading."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from stack.demo import add_arguments, check_arguments, frames_per_camera
-from stack.demo_summary import LiveSummary, TruthReader, frame_dice, parse_metrics, percentiles
+from stack.demo_summary import LiveSummary, TruthReader, frame_dice, percentiles
 from steelcore import rle
 from steelcore.settings import Settings
 
@@ -53,16 +53,6 @@ def test_defaults_follow_settings() -> None:
     # --fps unset: the demo offers a share of the machine's capacity (stack.demo_capacity).
     assert args.fps is None and args.cameras == 2 and args.workers == 2 and args.frames is None
     check_arguments(args)
-
-
-def test_prometheus_samples_are_parsed_with_their_labels() -> None:
-    text = (
-        '# HELP x\nsteel_worker_frames_total{outcome="stored"} 12.0\nsteel_worker_paused 0.0\nbroken line\n'
-    )
-    assert parse_metrics(text) == {
-        'steel_worker_frames_total{outcome="stored"}': 12.0,
-        "steel_worker_paused": 0.0,
-    }
 
 
 def test_percentiles_of_nothing_are_empty() -> None:
