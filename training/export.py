@@ -36,9 +36,48 @@ SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
 # Tensor names inside exported files (the Triton configs refer to them).
 INPUT_NAME = "frames"
 OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 17
+# The one opset of every ONNX export (the bundle's files and the Triton repository's networks).
+ONNX_OPSET = 17
 # Largest |exported - eager| accepted on logits; float32 reordering stays orders of magnitude below it.
 MAX_ABS_DIFF = 1e-3
+
+
+def script_module(module: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script(module)``, without the deprecation warning torch 2.13 gives it."""
+    import torch
+
+    with warnings.catch_warnings():
+        # torch 2.13 marks TorchScript deprecated; Triton's PyTorch (libtorch) backend and the python
+        # backend's torch.jit.load still load only it, without the training code.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(module)
+
+
+def write_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    target: str | io.BytesIO,
+    input_name: str,
+    output_name: str,
+    dynamic_axes: dict[str, dict[int, str]],
+) -> None:
+    """``torch.onnx.export`` at ONNX_OPSET with the TorchScript-based exporter (dynamo=False): the
+    torch.export-based one needs the onnxscript package, which the project does not install."""
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # The legacy exporter warns that it is legacy; that choice is made and explained above.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            target,
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes=dynamic_axes,
+        )
 
 
 @contextmanager
@@ -74,7 +113,7 @@ def export_torchscript(
         # torch 2.13 marks TorchScript deprecated; Triton's PyTorch (libtorch) backend still loads only it.
         warnings.simplefilter("ignore", DeprecationWarning)
         check = _check_input(model, example_shape)
-        scripted = torch.jit.script(model)
+        scripted = script_module(model)
         if freeze:
             scripted = torch.jit.freeze(scripted)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,14 +122,8 @@ def export_torchscript(
         return float((loaded(check) - model(check)).abs().max())
 
 
-def export_onnx(
-    model: nn.Module, path: str | Path, example_shape: tuple[int, int, int, int], opset: int = DEFAULT_OPSET
-) -> float:
-    """Export ``model`` to ONNX at ``path`` with dynamic batch, height and width; returns max |ORT - eager|.
-
-    Uses the TorchScript-based exporter: the torch.export-based one needs the onnxscript package, which
-    the project does not install.
-    """
+def export_onnx(model: nn.Module, path: str | Path, example_shape: tuple[int, int, int, int]) -> float:
+    """Export ``model`` to ONNX at ``path``, dynamic batch, height and width; returns max |ORT - eager|."""
     import numpy as np
     import onnx
     import onnxruntime
@@ -105,19 +138,9 @@ def export_onnx(
         # Segmenter logits keep the image axes; classifier logits are [batch, classes].
         output_axes = axes if reference.ndim == 4 else {0: "batch"}
         buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            # The legacy exporter warns that it is legacy; that choice is made and explained above.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model,
-                (example,),
-                buffer,
-                opset_version=opset,
-                dynamo=False,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: output_axes},
-            )
+        write_onnx(
+            model, example, buffer, INPUT_NAME, OUTPUT_NAME, {INPUT_NAME: axes, OUTPUT_NAME: output_axes}
+        )
         proto = onnx.load_from_string(buffer.getvalue())
         onnx.checker.check_model(proto)
         path.parent.mkdir(parents=True, exist_ok=True)

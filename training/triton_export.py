@@ -38,7 +38,6 @@ import datetime as dt
 import json
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +45,7 @@ import torch
 
 from steelcore.paths import TRITON_REPOSITORY
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
+from training.export import script_module, write_onnx
 from training.triton_config import (
     CASCADE,
     CLASSIFIER,
@@ -75,7 +75,6 @@ if TYPE_CHECKING:
 
 POSTPROCESS_FILE = "postprocess.json"
 MANIFEST = "repository.json"
-ONNX_OPSET = 17
 
 
 # --- exported networks ----------------------------------------------------------------------------
@@ -93,12 +92,7 @@ class FramesToProbs(torch.nn.Module):
 
 def export_torchscript_network(network: torch.nn.Module, path: Path) -> Path:
     """Script ``network`` wrapped in FramesToProbs and save it (CPU weights) to ``path``."""
-    module = FramesToProbs(network).cpu().eval()
-    with warnings.catch_warnings():
-        # torch 2.13 marks TorchScript deprecated; it is still what lets the python backend
-        # load a network with torch.jit.load, without the training code.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.script(module)
+    scripted = script_module(FramesToProbs(network).cpu().eval())
     path.parent.mkdir(parents=True, exist_ok=True)
     scripted.save(str(path))
     return path
@@ -109,19 +103,8 @@ def export_onnx_network(network: torch.nn.Module, path: Path, input_name: str, o
     module = FramesToProbs(network).cpu().eval()
     example = torch.zeros((1, FRAME_HEIGHT, FRAME_WIDTH), dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The TorchScript-based exporter (dynamo=False) needs no onnxscript; torch flags it deprecated.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            input_names=[input_name],
-            output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-        )
+    axes = {input_name: {0: "batch"}, output_name: {0: "batch"}}
+    write_onnx(module, example, str(path), input_name, output_name, axes)
     return path
 
 
