@@ -9,7 +9,8 @@ import threading
 from typing import Any
 
 from steelcore.settings import Settings
-from workers.inference_worker import InferenceWorker, WorkerConfig
+from workers.worker_config import WorkerConfig
+from workers.worker_loop import InferenceWorker
 
 
 class WorkerThread:

@@ -241,5 +241,5 @@ class Batch:
     dead_letters_pending: list[Rejected] | None = None
     stored: StoreResult | None = None
     alarm_entries: list[str] | None = None
-    marked: bool = False
+    alarms_marked_published: bool = False
     committed: bool = False

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     from steelcore.kafka_clients import consumer_config
     from steelcore.settings import get_settings
     from workers import work_cli
-    from workers.inference_worker import InferenceWorker, WorkerConfig
+    from workers.worker_config import WorkerConfig
+    from workers.worker_loop import InferenceWorker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="instrumented_worker")

@@ -37,8 +37,8 @@ from steelcore.settings import Settings
 from workers import db_migrate
 from workers.actuator import RejectActuator, alarm_stream_from_settings, log_reject
 from workers.alarm_stream import AlarmStream
-from workers.inference_worker import WorkerConfig
 from workers.triton_client import EnsembleResult
+from workers.worker_config import WorkerConfig
 from workers.worker_parts import BatchAbandonedError
 
 pytestmark = pytest.mark.integration

@@ -41,8 +41,9 @@ from steelcore.model_registry import read_roles, shadow_pick
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
 from workers import db_migrate
-from workers.inference_worker import InferenceWorker, WorkerConfig
 from workers.triton_client import TritonEnsembleClient
+from workers.worker_config import WorkerConfig
+from workers.worker_loop import InferenceWorker
 
 pytestmark = pytest.mark.integration
 

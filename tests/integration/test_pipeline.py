@@ -44,8 +44,8 @@ from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
 from workers import db_migrate
-from workers.inference_worker import WorkerConfig
 from workers.triton_client import TritonEnsembleClient
+from workers.worker_config import WorkerConfig
 from workers.worker_parts import DLQ_HEADER_PREFIX
 
 pytestmark = pytest.mark.integration

@@ -39,8 +39,8 @@ from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics
 from steelcore.settings import Settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from workers import db_migrate
-from workers.inference_worker import WorkerConfig
 from workers.triton_client import EnsembleResult
+from workers.worker_config import WorkerConfig
 from workers.worker_parts import DLQ_HEADER_PREFIX, FALLBACK_VALUE_BYTES, DeadLetterProducer
 
 pytestmark = pytest.mark.integration

@@ -27,9 +27,9 @@ from steelcore.kafka_clients import admin_config
 from steelcore.settings import Settings, reveal
 from steelcore.topic_rotation import bucket_number, is_closed
 from workers import db_migrate
-from workers.inference_worker import WorkerConfig
 from workers.topic_janitor import janitor_from_settings
 from workers.triton_client import EnsembleResult
+from workers.worker_config import WorkerConfig
 
 pytestmark = pytest.mark.integration
 

@@ -29,8 +29,9 @@ from workers.frame_batch import (
     next_offsets,
     validate_message,
 )
-from workers.inference_worker import InferenceWorker, WorkerConfig
 from workers.triton_client import EnsembleResult, TritonUnavailableError
+from workers.worker_config import WorkerConfig
+from workers.worker_loop import InferenceWorker
 from workers.worker_parts import DLQ_HEADER_PREFIX, Backoff, BatchAbandonedError, dead_letter_headers
 
 T0 = datetime(2025, 5, 1, 6, 0, tzinfo=UTC)
@@ -620,9 +621,9 @@ def test_with_rotation_the_worker_follows_the_janitors_floor_between_batches() -
 def test_a_close_that_hangs_is_left_behind_and_the_rest_still_close(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import workers.inference_worker as inference_worker
+    import workers.worker_loop as worker_loop
 
-    monkeypatch.setattr(inference_worker, "TEARDOWN_STEP_S", 0.2)
+    monkeypatch.setattr(worker_loop, "TEARDOWN_STEP_S", 0.2)
     worker, _journal, parts = make_worker(good_messages(1))
     release = threading.Event()
     parts["consumer"].close = lambda: release.wait(30)  # librdkafka's close hanging after a broker restart

@@ -31,10 +31,10 @@ from steelcore.model_registry import Roles, shadow_pick
 from steelcore.settings import Settings
 from workers.alarm_rules import AlarmRule
 from workers.frame_batch import ValidFrame, build_records
-from workers.inference_worker import InferenceWorker
 from workers.model_roles import RoleWatch
 from workers.shadow_runner import ShadowRunner, shadow_rows
 from workers.triton_client import EnsembleResult, TritonEnsembleClient, TritonInferenceError
+from workers.worker_loop import InferenceWorker
 from workers.worker_metrics import WorkerMetrics
 
 # --- Triton answers ----------------------------------------------------------------------------

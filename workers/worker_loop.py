@@ -1,0 +1,360 @@
+"""The inference worker: Kafka frames -> Triton ensemble -> Postgres (defects) + Redis (alarms).
+
+Life: ``setup`` (clients, schema migration, subscription), a loop of batches until
+``stop_event`` is set (SIGTERM/SIGINT in `steel work`), ``teardown`` in ``finally`` (the consumer
+leaves the group). Several workers in one consumer group share the partitions.
+
+The worker is one class put together from the modules that hold its parts:
+workers.consumer_session (subscription, rotation floor, rebalance callbacks, broker restarts, pause
+and resume), workers.batch_steps (decode, infer, dead-letter, store, alarm, outbox and commit of
+one batch), workers.worker_load (batch timing, overload, metrics of each batch) and
+workers.worker_readiness (/readyz checks). This module holds its life, its loop and outages.
+
+Outages (Triton, Postgres, Redis or Kafka unreachable): the batch stays in hand, the assignment is
+paused, and the failed step is retried with capped exponential backoff while the consumer keeps
+being served, so the group membership survives; consumption resumes once the batch is through.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from steelcore.kafka_clients import BrokerIncarnation
+from steelcore.settings import Settings, get_settings
+from steelcore.topic_rotation import rotation_seconds
+from workers.alarm_relay import AlarmRelay, AlarmRelayThread
+from workers.alarm_rules import AlarmRule
+from workers.alarm_stream import AlarmStream
+from workers.batch_policy import BatchPolicy, OverloadDetector
+from workers.batch_steps import BatchSteps
+from workers.consumer_session import BROKER_CHECK_TIMEOUT_S, ConsumerSession
+from workers.drift_watch import DriftWatch, client_of
+from workers.frame_batch import Batch
+from workers.model_roles import RoleWatch
+from workers.shadow_runner import ShadowRunner
+from workers.topic_janitor import BucketJanitor, JanitorThread, janitor_from_settings
+from workers.worker_config import WorkerConfig
+from workers.worker_load import WorkerLoad
+from workers.worker_metrics import WorkerMetrics
+from workers.worker_parts import (
+    AlarmPublisher,
+    Backoff,
+    BatchAbandonedError,
+    DeadLetterSink,
+    Inference,
+    Outage,
+    PostgresStore,
+    Store,
+)
+from workers.worker_probes import WorkerProbes
+from workers.worker_readiness import ReadinessChecks
+
+__all__ = ["TEARDOWN_STEP_S", "InferenceWorker", "WorkerConfig"]
+
+log = logging.getLogger("steel.worker")
+
+# Longest one teardown step may take before it is left behind (see _close_within).
+TEARDOWN_STEP_S = 10.0
+
+
+class InferenceWorker(ConsumerSession, BatchSteps, WorkerLoad, ReadinessChecks):
+    """One worker of the consumer group. Parts not passed in are built from settings in setup()."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        config: WorkerConfig | None = None,
+        *,
+        group_id: str | None = None,
+        consumer: Any | None = None,
+        dead_letters: DeadLetterSink | None = None,
+        inference: Inference | None = None,
+        store: Store | None = None,
+        alarm_publisher: AlarmPublisher | None = None,
+        metrics: WorkerMetrics | None = None,
+        janitor: BucketJanitor | None = None,
+        alarm_relay: AlarmRelay | None = None,
+        drift: DriftWatch | None = None,
+        roles: RoleWatch | None = None,
+        shadow: ShadowRunner | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.config = config or WorkerConfig()
+        self.group_id = group_id or self.settings.consumer_group
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{id(self) & 0xFFFF:04x}"
+        self.consumer = consumer
+        self.dead_letters = dead_letters
+        self.inference = inference
+        self.store = store
+        self.alarm_publisher = alarm_publisher
+        self.metrics = metrics or WorkerMetrics()
+        self.janitor = janitor
+        self.alarm_relay = alarm_relay
+        self.drift = drift
+        # Model versions (issue 16): which bundle each version is, and the shadow run if one is set.
+        self.roles = roles
+        self.shadow = shadow
+        self._relay_thread: AlarmRelayThread | None = None
+        self.rotation_s = rotation_seconds(self.settings)
+        self._janitor_thread: JanitorThread | None = None
+        self._floor: int | None = None  # bucket subscription floor, with topic rotation
+        self.rule = AlarmRule.from_settings(self.settings)
+        self.model_version = self.config.model_version or self.settings.triton_model
+        self.stop_event = threading.Event()
+        self._backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        self._paused = False
+        # Fetched while paused, with the log epoch they were read in; handled before consuming more.
+        self._carry: list[tuple[int, Any]] = []
+        self._rebalances = 0
+        self._stop_deadline: float | None = None
+        self._redis: Any = None
+        self._last_log = time.monotonic()
+        self._embedded_kafka = True
+        # The embedded broker's restarts (see the module docstring): the incarnation last seen, a
+        # counter of those seen, and the assigned partitions still to seek to the new log's start.
+        self._incarnation: BrokerIncarnation | None = None
+        self._log_epoch = 0
+        self._next_broker_check = 0.0
+        self._unreset: set[tuple[str, int]] = set()
+        self._rewind_until = 0.0
+        # What this worker committed in the broker's current log (offset per partition): just after a
+        # restart the broker's own committed offset can be one it refused from the old log.
+        self._committed_in_log: dict[tuple[str, int], int] = {}
+        # Batch size by backlog and latency target, and overload detection (workers.batch_policy).
+        self.batching = BatchPolicy(self.settings.latency_target_s, max_batch=self.config.batch_size)
+        self.overload = OverloadDetector(self.settings.latency_target_s, self.settings.overload_hold_s)
+        self._held = False  # the batch in hand met an outage
+        self.teardown_hung = False  # a close step was left running (steel work then exits at once)
+        self._served: list[tuple[float, int]] = []  # (monotonic time, frames) of recent batches
+        self.metrics.latency_target.set(self.settings.latency_target_s)
+        # /livez and /readyz (workers.worker_probes): the loop beats the heartbeat; readiness asks
+        # the parts below. _assigned is written by the rebalance callbacks only (loop thread).
+        self._assigned = False
+        self._schema_head: str | None = None
+        self.probes = WorkerProbes(
+            self.settings.worker_liveness_timeout_s,
+            [
+                ("worker", self._check_running),
+                ("triton", self._check_triton),
+                ("database", self._check_database),
+                ("kafka", self._check_assignment),
+            ],
+        )
+
+    # --- life -----------------------------------------------------------------------------------
+    def run(self) -> None:
+        """setup, batches until stop_event, teardown (also after an error)."""
+        try:
+            self.setup()
+            while not self.stop_event.is_set():
+                self.run_once()
+        finally:
+            self.teardown()
+
+    def setup(self) -> None:
+        from steelcore import service_urls
+
+        s = self.settings
+        self.probes.beat()  # the startup waits below are bounded (startup_timeout_s, connect timeouts)
+        self.metrics.serve(self.config.metrics_port, addr=s.worker_metrics_address, probes=self.probes)
+        self._embedded_kafka = service_urls.is_embedded("kafka", s)
+        if self.inference is None:
+            from workers.triton_client import TritonEnsembleClient
+
+            client = TritonEnsembleClient(
+                service_urls.triton_url(s), s.triton_protocol, s.triton_model, s.triton_timeout_s
+            )
+            self.inference = client
+            client.wait_ready(self.config.startup_timeout_s)
+        if self.store is None:
+            from workers.db_migrate import create_db_engine, upgrade
+
+            url = service_urls.postgres_url(s)
+            upgrade(url)
+            self.store = PostgresStore(create_db_engine(url), s)
+        if self.alarm_publisher is None:
+            from workers.actuator import alarm_stream_from_settings
+
+            stream = alarm_stream_from_settings(s)
+            stream.client.ping()
+            self._redis = stream.client
+            self.alarm_publisher = stream
+        if self.roles is None and isinstance(self.store, PostgresStore):
+            self.roles = RoleWatch.from_engine(self.store.engine, s)
+        if self.roles is not None:
+            self.roles.refresh()
+        if self.shadow is None and self.roles is not None and isinstance(self.store, PostgresStore):
+            self.shadow = self._shadow_runner(self.store.engine)
+        if self.shadow is not None:
+            self.shadow.start()
+        if self.drift is None and (client := client_of(self.alarm_publisher)) is not None:
+            self.drift = DriftWatch.from_settings(s, client, self.metrics)
+        if isinstance(self.store, PostgresStore) and isinstance(self.alarm_publisher, AlarmStream):
+            if self.alarm_relay is None:
+                relay = AlarmRelay.from_settings(self.store.engine, self.alarm_publisher, self.metrics, s)
+                self.alarm_relay = relay
+        if self.alarm_relay is not None:  # the outbox's stale rows, and the stream's trimming
+            self._relay_thread = AlarmRelayThread(self.alarm_relay, s.alarm_relay_interval_s)
+            self._relay_thread.start()
+        if self.dead_letters is None or self.consumer is None:
+            self._setup_kafka()
+        if self.rotation_s > 0:
+            if self.janitor is None:
+                self.janitor = janitor_from_settings(s, self.group_id, self.rotation_s, self.worker_id)
+            self.janitor.check()  # the floor, before the first subscription
+            self._janitor_thread = JanitorThread(self.janitor, s.topic_janitor_interval_s)
+            self._janitor_thread.start()
+        self.probes.beat()
+        self._subscribe()
+        if self._embedded_kafka:
+            self._incarnation = BrokerIncarnation(timeout_s=BROKER_CHECK_TIMEOUT_S)
+            self._check_broker(quiet=True)  # records the cluster id of the log being read
+
+    def teardown(self) -> None:
+        """Close everything; the consumer leaves the group (no commit: offsets are committed per batch)."""
+        steps: list[tuple[str, Callable[[], object] | None]] = [
+            ("shadow runner", self.shadow.stop if self.shadow is not None else None),
+            ("bucket janitor", self._janitor_thread.stop if self._janitor_thread is not None else None),
+            ("alarm relay", self._relay_thread.stop if self._relay_thread is not None else None),
+            ("janitor clients", self.janitor.close if self.janitor is not None else None),
+            ("consumer", self.consumer.close if self.consumer is not None else None),
+            ("dead-letter producer", self.dead_letters.close if self.dead_letters is not None else None),
+            ("triton client", self.inference.close if self.inference is not None else None),
+            ("database", self.store.close if self.store is not None else None),
+            ("redis", self._redis.close if self._redis is not None else None),
+            ("metrics", self.metrics.close),
+            ("readiness checks", self.probes.close),
+        ]
+        for name, close in steps:
+            if close is not None:
+                self._close_within(name, close, TEARDOWN_STEP_S)
+        log.info("worker %s stopped", self.worker_id)
+
+    def _close_within(self, name: str, close: Callable[[], object], timeout_s: float) -> None:
+        """Run one close step, but give up on it after timeout_s: librdkafka's consumer close has been
+        seen to hang for good after an embedded broker restart. Offsets are committed per batch, so
+        leaving a hung close loses nothing; `steel work` then exits without waiting for it."""
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                close()
+            except Exception as exc:  # teardown goes on: one failing close must not keep the others open
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, name=f"close-{name}", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            self.teardown_hung = True
+            log.error(
+                "closing the %s did not finish in %.0f s; leaving it (offsets are already committed)",
+                name,
+                timeout_s,
+            )
+        elif errors:
+            log.warning("closing %s failed: %s", name, errors[0])
+
+    # --- one batch ------------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Consume one batch and see it through; returns the number of messages handled."""
+        assert self.consumer is not None
+        self.probes.beat()
+        if self.roles is not None:
+            self.roles.poll()
+        janitor = self.janitor if self.rotation_s > 0 else None
+        if janitor is not None and janitor.floor != self._floor and not self._carry:
+            self._subscribe()  # drained buckets leave the assignment (rebalance) before deletion
+        if self._incarnation is not None and (self._unreset or time.monotonic() >= self._next_broker_check):
+            self._check_broker(quiet=True)
+        if self._carry:
+            epoch = self._carry[0][0]  # one batch never mixes messages of two logs
+            taken = list(itertools.takewhile(lambda c: c[0] == epoch, self._carry[: self.config.batch_size]))
+            self._carry = self._carry[len(taken) :]
+            usable = [message for _, message in taken]
+        else:
+            epoch = self._log_epoch
+            usable = self._fetch()
+        if usable:
+            batch = Batch(usable, datetime.now(UTC), self._rebalances, log_epoch=epoch)
+            self.metrics.batch_frames.observe(len(usable))
+            started, self._held = time.monotonic(), False
+            self._process(batch)
+            self._judge_load(batch, time.monotonic() - started)
+        self._maybe_log()
+        return len(usable)
+
+    def _fetch(self) -> list[Any]:
+        """Wait up to batch_wait_s for a frame, then take the frames already waiting, as many as the
+        batch policy allows for the first one's lag (workers.batch_policy)."""
+        assert self.consumer is not None
+        fetched = self.consumer.consume(num_messages=1, timeout=self.config.batch_wait_s)
+        usable = [m for m in fetched if not self._is_error(m)]
+        if not usable:
+            if not fetched and self.overload.idle(time.monotonic()):
+                self.metrics.overloaded.set(0)  # nothing waits: whatever the lag was, it is gone
+                log.warning("load back within what this worker serves: nothing waiting")
+            return usable
+        limit = self.batching.choose(self.config.batch_size, _age_s(usable[0]))
+        self.metrics.batch_limit.set(limit)
+        if limit > 1:
+            more = self.consumer.consume(num_messages=limit - 1, timeout=0)
+            usable += [m for m in more if not self._is_error(m)]
+        return usable
+
+    def _process(self, batch: Batch) -> None:
+        self._decode(batch)
+        self._backoff.reset()
+        while True:
+            try:
+                self._advance(batch)
+                break
+            except Outage as outage:
+                self._hold(batch, outage)
+        if self._paused:
+            self._resume()
+        self._record_outcome(batch)
+        self._offer_shadow(batch)
+
+    # --- outages --------------------------------------------------------------------------------
+    def _hold(self, batch: Batch, outage: Outage) -> None:
+        """Pause, wait (serving the consumer) and return for another try; give up only after a stop
+        request has waited out the shutdown grace."""
+        now = time.monotonic()
+        if self.stop_event.is_set():
+            if self._stop_deadline is None:
+                self._stop_deadline = now + self.config.shutdown_grace_s
+            if now >= self._stop_deadline:
+                raise BatchAbandonedError(
+                    f"stop requested and {outage.stage} still failing after "
+                    f"{self.config.shutdown_grace_s:.0f} s; "
+                    f"{len(batch.messages)} message(s) left uncommitted for redelivery"
+                ) from outage.cause
+        if not self._paused:
+            self._pause()
+        self._held = True
+        delay = self._backoff.next()
+        log.warning(
+            "%s unavailable (%s); holding %d message(s), retry %d in %.1f s",
+            outage.stage, outage.cause, len(batch.messages), self._backoff.attempt, delay,
+        )  # fmt: skip
+        self._poll_while_held(delay)
+
+
+def _age_s(message: Any) -> float:
+    """Seconds since the message's timestamp (the camera sets it to captured_at); 0 when unknown."""
+    try:
+        kind, ms = message.timestamp()
+    except (AttributeError, TypeError, ValueError):
+        return 0.0
+    if kind == 0 or ms <= 0:  # TIMESTAMP_NOT_AVAILABLE
+        return 0.0
+    return max(0.0, time.time() - ms / 1000.0)
