@@ -177,13 +177,15 @@ def run_case(
 
 
 def _sample(began: float, rss: int | None, producer: Any, worker: Any) -> dict[str, Any]:
+    from workers.worker_metrics import FRAMES_TOTAL
+
     stats = producer.stats
     return {
         "t_s": round(time.monotonic() - began, 1),
         "rss_mb": (rss or 0) / MB,
         "published_mb": stats.bytes_sent / MB,
         "frames_published": stats.frames_delivered,
-        "consumed": int(worker.metrics.value("steel_worker_frames_total", {"outcome": "stored"})),
+        "consumed": int(worker.metrics.value(FRAMES_TOTAL, {"outcome": "stored"})),
     }
 
 

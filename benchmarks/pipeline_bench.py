@@ -237,7 +237,7 @@ def steady_latencies(engine: Any, line: str, settings: Any, stream: str) -> dict
 
 
 def scrape_stages(urls: Sequence[str]) -> dict[str, dict[str, float]]:
-    from workers.worker_metrics import parse_metrics
+    from workers.worker_metrics import STAGE_SECONDS, parse_metrics
 
     out: dict[str, dict[str, float]] = {}
     for url in urls:
@@ -245,7 +245,7 @@ def scrape_stages(urls: Sequence[str]) -> dict[str, dict[str, float]]:
             values = parse_metrics(response.read().decode())
         for stage in STAGES:
             for kind in ("sum", "count"):
-                key = f'steel_worker_stage_seconds_{kind}{{stage="{stage}"}}'
+                key = f'{STAGE_SECONDS}_{kind}{{stage="{stage}"}}'
                 out.setdefault(stage, {"sum": 0.0, "count": 0.0})[kind] += values.get(key, 0.0)
     return out
 

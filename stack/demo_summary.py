@@ -31,6 +31,7 @@ import numpy as np
 
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+from workers import worker_metrics
 from workers.worker_metrics import parse_metrics
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ class LiveSummary:
             elapsed_s=round(now - self._began, 1),
             produced=self.truth.seen if produced is None else produced,
             stored=stored,
-            dead_lettered=int(self._metric_sum('steel_worker_frames_total{outcome="dead_lettered"}')),
+            dead_lettered=int(self._metric_sum(f'{worker_metrics.FRAMES_TOTAL}{{outcome="dead_lettered"}}')),
             frames_per_s=rate,
             defects=self._defects(),
             alarms=self._alarms(),
@@ -231,9 +232,9 @@ class LiveSummary:
             broker_rss_mb=rss / MB if rss is not None else None,
             workers_up=sum(1 for url in self.metrics_urls if url in self._scraped),
             workers_overloaded=sum(
-                1 for values in self._scraped.values() if values.get("steel_worker_overloaded", 0) >= 1
+                1 for values in self._scraped.values() if values.get(worker_metrics.OVERLOADED, 0) >= 1
             ),
-            overload_episodes=int(self._metric_sum("steel_worker_overload_episodes_total")),
+            overload_episodes=int(self._metric_sum(worker_metrics.OVERLOAD_EPISODES_TOTAL)),
         )
 
     def throughput(self) -> float:
@@ -382,7 +383,7 @@ class LiveSummary:
         for values in self._scraped.values():
             for name, value in values.items():
                 for kind in ("sum", "count"):
-                    prefix = f'steel_worker_stage_seconds_{kind}{{stage="'
+                    prefix = f'{worker_metrics.STAGE_SECONDS}_{kind}{{stage="'
                     if name.startswith(prefix):
                         stage = name[len(prefix) : -2]
                         out.setdefault(stage, {"sum": 0.0, "count": 0.0})[kind] += value

@@ -30,21 +30,25 @@ OUTCOMES = ("stored", "duplicate", "dead_lettered")
 SHADOW_OUTCOMES = ("stored", "duplicate", "dropped", "failed")
 STAGES = ("decode", "infer", "dead_letter", "store", "alarm", "outbox", "commit", "relay", "trim")
 
-# Sample names as a scrape shows them (a counter's family name plus "_total", a histogram's plus
-# "_sum"/"_count"/"_bucket"): the dashboard, the demo summary, the benches and the tests read these.
-FRAMES_TOTAL = "steel_worker_frames_total"
-ERRORS_TOTAL = "steel_worker_errors_total"
-ALARMS_PUBLISHED_TOTAL = "steel_worker_alarms_published_total"
+# The metrics other code reads (the dashboard, the demo summary, the benches, the tests). A scrape
+# shows a counter as its name plus "_total" and a histogram as its name plus "_sum"/"_count"/"_bucket".
+FRAMES = "steel_worker_frames"
+ERRORS = "steel_worker_errors"
+ALARMS_PUBLISHED = "steel_worker_alarms_published"
 STAGE_SECONDS = "steel_worker_stage_seconds"
-STAGE_SECONDS_SUM = STAGE_SECONDS + "_sum"
-STAGE_SECONDS_COUNT = STAGE_SECONDS + "_count"
+OVERLOAD_EPISODES = "steel_worker_overload_episodes"
 PAUSED = "steel_worker_paused"
 EVENT_LAG_SECONDS = "steel_worker_event_lag_seconds"
 BATCH_LIMIT = "steel_worker_batch_limit"
 FRAME_LATENCY_SECONDS = "steel_worker_frame_latency_seconds"
 LATENCY_TARGET_SECONDS = "steel_worker_latency_target_seconds"
 OVERLOADED = "steel_worker_overloaded"
-OVERLOAD_EPISODES_TOTAL = "steel_worker_overload_episodes_total"
+FRAMES_TOTAL = FRAMES + "_total"
+ERRORS_TOTAL = ERRORS + "_total"
+ALARMS_PUBLISHED_TOTAL = ALARMS_PUBLISHED + "_total"
+OVERLOAD_EPISODES_TOTAL = OVERLOAD_EPISODES + "_total"
+STAGE_SECONDS_SUM = STAGE_SECONDS + "_sum"
+STAGE_SECONDS_COUNT = STAGE_SECONDS + "_count"
 
 # Latency buckets from 1 ms to 30 s: decode is milliseconds, inference on CPU up to seconds.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -56,16 +60,16 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.frames = Counter("steel_worker_frames", "Frames finished, by outcome", ["outcome"], registry=r)
+        self.frames = Counter(FRAMES, "Frames finished, by outcome", ["outcome"], registry=r)
         self.stage_seconds = Histogram(
-            "steel_worker_stage_seconds",
+            STAGE_SECONDS,
             "Latency of each stage per batch",
             ["stage"],
             buckets=_BUCKETS,
             registry=r,
         )
-        self.errors = Counter("steel_worker_errors", "Failed attempts, by stage", ["stage"], registry=r)
-        self.alarms = Counter("steel_worker_alarms_published", "Alarms published to the stream", registry=r)
+        self.errors = Counter(ERRORS, "Failed attempts, by stage", ["stage"], registry=r)
+        self.alarms = Counter(ALARMS_PUBLISHED, "Alarms published to the stream", registry=r)
         # The alarm relay (workers.alarm_relay): the outbox rows it published, and the stream's trimming.
         self.alarms_relayed = Counter(
             "steel_worker_alarms_relayed", "Stored alarms published by the outbox relay", registry=r
@@ -94,33 +98,31 @@ class WorkerMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
-        self.paused = Gauge("steel_worker_paused", "1 while consumption is paused by an outage", registry=r)
+        self.paused = Gauge(PAUSED, "1 while consumption is paused by an outage", registry=r)
         self.event_lag = Gauge(
-            "steel_worker_event_lag_seconds",
+            EVENT_LAG_SECONDS,
             "Now minus captured_at of the newest frame processed",
             registry=r,
         )
         # Batch size and load (workers.batch_policy).
         self.batch_limit = Gauge(
-            "steel_worker_batch_limit", "Most frames the batch policy let the last batch take", registry=r
+            BATCH_LIMIT, "Most frames the batch policy let the last batch take", registry=r
         )
         self.frame_latency = Gauge(
-            "steel_worker_frame_latency_seconds",
+            FRAME_LATENCY_SECONDS,
             "Camera to done (stored, alarmed, committed) of the oldest frame of the last batch",
             registry=r,
         )
         self.latency_target = Gauge(
-            "steel_worker_latency_target_seconds", "Camera-to-alarm latency target (settings)", registry=r
+            LATENCY_TARGET_SECONDS, "Camera-to-alarm latency target (settings)", registry=r
         )
         self.overloaded = Gauge(
-            "steel_worker_overloaded",
+            OVERLOADED,
             "1 while the load is more than this worker serves: camera-to-done past the latency target "
             "and not shrinking for settings.overload_hold_s",
             registry=r,
         )
-        self.overload_episodes = Counter(
-            "steel_worker_overload_episodes", "Times the worker became overloaded", registry=r
-        )
+        self.overload_episodes = Counter(OVERLOAD_EPISODES, "Times the worker became overloaded", registry=r)
         self.drifting = Gauge(
             "steel_worker_camera_drifting",
             "1 while this worker sees the camera's frames outside what the model knows",

@@ -42,7 +42,7 @@ from steelcore.service_urls import write_stack
 from steelcore.settings import Settings, reveal
 from workers import db_migrate
 from workers.actuator import RejectActuator, alarm_stream_from_settings, log_reject
-from workers.worker_metrics import parse_metrics
+from workers.worker_metrics import ERRORS_TOTAL, FRAMES_TOTAL, parse_metrics
 from workers.worker_parts import DLQ_HEADER_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -334,9 +334,9 @@ class FaultCase:
         for w in alive:
             samples = w.metrics()
             for outcome in ("stored", "duplicate", "dead_lettered"):
-                totals[outcome] += int(samples.get(f'steel_worker_frames_total{{outcome="{outcome}"}}', 0))
+                totals[outcome] += int(samples.get(f'{FRAMES_TOTAL}{{outcome="{outcome}"}}', 0))
             for key, value in samples.items():
-                if key.startswith("steel_worker_errors_total{") and value:
+                if key.startswith(ERRORS_TOTAL + "{") and value:
                     totals["errors:" + re.sub(r'.*stage="([^"]+)".*', r"\1", key)] += int(value)
         codes = {w.name: w.stop() for w in alive}
         assert all(code == 0 for code in codes.values()), f"exit codes {codes}"

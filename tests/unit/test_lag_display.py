@@ -4,6 +4,7 @@ health pages show them (dashboard.service_health, no Streamlit)."""
 from __future__ import annotations
 
 from dashboard.service_health import WorkerScrape, lag_verdict, overloaded_workers
+from workers.worker_metrics import OVERLOADED
 
 
 def test_the_lag_turns_red_past_the_target() -> None:
@@ -17,8 +18,8 @@ def test_the_lag_turns_red_past_the_target() -> None:
 
 def test_overloaded_workers_are_named_by_their_metrics_url() -> None:
     scrapes = [
-        WorkerScrape("http://a/metrics", {"steel_worker_overloaded": 1.0}),
-        WorkerScrape("http://b/metrics", {"steel_worker_overloaded": 0.0}),
+        WorkerScrape("http://a/metrics", {OVERLOADED: 1.0}),
+        WorkerScrape("http://b/metrics", {OVERLOADED: 0.0}),
         WorkerScrape("http://c/metrics", {}, error="URLError: refused"),
         WorkerScrape("http://d/metrics", {}),  # an older worker without the metric
     ]

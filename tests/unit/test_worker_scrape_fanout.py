@@ -11,7 +11,7 @@ import pytest
 
 from dashboard.service_health import replica_urls, scrape_workers, worker_totals
 from stack.service import free_port
-from workers.worker_metrics import WorkerMetrics
+from workers.worker_metrics import EVENT_LAG_SECONDS, FRAMES_TOTAL, WorkerMetrics
 
 REPLICAS = ("127.0.0.1", "127.0.0.2")  # two loopback addresses: two servers on one port
 
@@ -52,9 +52,9 @@ def test_every_replica_behind_a_service_name_is_scraped_and_counters_are_summed(
     assert [s.url for s in scrapes] == [f"http://{a}:{port}/metrics" for a in REPLICAS]
     assert all(s.error is None and s.service == url for s in scrapes)
     totals = worker_totals(scrapes)
-    assert totals["steel_worker_frames_total{outcome=stored}"] == 12
-    assert "steel_worker_event_lag_seconds" not in totals  # a gauge is not summed...
-    lags = [s.samples["steel_worker_event_lag_seconds"] for s in scrapes]
+    assert totals[f"{FRAMES_TOTAL}{{outcome=stored}}"] == 12
+    assert EVENT_LAG_SECONDS not in totals  # a gauge is not summed...
+    lags = [s.samples[EVENT_LAG_SECONDS] for s in scrapes]
     assert lags == [0.25, 0.5]  # ...it stays per replica
 
 
@@ -68,7 +68,7 @@ def test_a_replica_that_does_not_answer_is_reported_and_left_out_of_the_sum(
         [f"http://steel-worker:{port}/metrics"], fake_resolver({"steel-worker": list(REPLICAS)})
     )
     assert [s.error is None for s in scrapes] == [True, False]
-    assert worker_totals(scrapes)["steel_worker_frames_total{outcome=stored}"] == 5
+    assert worker_totals(scrapes)[f"{FRAMES_TOTAL}{{outcome=stored}}"] == 5
 
 
 def test_addresses_and_unknown_names_are_scraped_as_given() -> None:
