@@ -32,6 +32,7 @@ import numpy as np
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 from workers import worker_metrics
+from workers.alarm_stream import AlarmStream
 from workers.worker_metrics import parse_metrics
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,15 @@ class LiveSummary:
         journal: Path,
     ) -> None:
         self.settings, self.line_id, self.started = settings, line_id, started
-        self.engine, self.redis, self.truth = engine, redis_client, truth
+        self.engine, self.truth = engine, truth
+        # Read only, outside any group: the channel and the trim bounds are never used here.
+        self.alarm_stream = AlarmStream(
+            redis_client,
+            settings.alarm_stream,
+            settings.alarm_channel,
+            settings.alarm_stream_maxlen,
+            settings.alarm_stream_max_age_s,
+        )
         self.metrics_urls, self.journal = list(metrics_urls), journal
         self._began = time.monotonic()
         self._alarm_latencies: list[float] = []
@@ -320,14 +329,11 @@ class LiveSummary:
     # --- Redis stream, actuator journal, worker metrics --------------------------------------------
     def _read_alarm_stream(self) -> None:
         while True:
-            entries = self.redis.xrange(
-                self.settings.alarm_stream, min=f"({self._last_entry}", max="+", count=1000
-            )
+            entries = self.alarm_stream.fields_after(self._last_entry, count=1000)
             if not entries:
                 return
-            for entry_id, fields in entries:
-                self._last_entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                decoded = {_text(k): _text(v) for k, v in fields.items()}
+            for entry_id, decoded in entries:
+                self._last_entry = entry_id
                 if decoded.get("line_id") != self.line_id:
                     continue
                 try:
@@ -388,10 +394,6 @@ class LiveSummary:
                         stage = name[len(prefix) : -2]
                         out.setdefault(stage, {"sum": 0.0, "count": 0.0})[kind] += value
         return out
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def render(snapshot: Snapshot, *, title: str) -> str:

@@ -187,13 +187,20 @@ class AlarmStream:
         except redis.ResponseError:
             return 0
 
+    # --- onlookers (the demo summary) ---------------------------------------------------
+    def fields_after(self, entry_id: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        """Up to ``count`` entries after ``entry_id`` as (id, fields), outside any consumer group:
+        nothing is delivered or acknowledged, and a malformed entry is the caller's to judge."""
+        raw = self.client.xrange(self.stream, min=f"({entry_id}", max="+", count=count)
+        return [(_text(i), _fields(fields)) for i, fields in raw]
+
 
 def _entries(raw: Sequence) -> list[StreamEntry]:
     out = []
     for entry_id, fields in raw:
         if not fields:  # a deleted entry: the caller reports it (see AlarmStream.reclaim)
             continue
-        decoded = {_text(k): _text(v) for k, v in fields.items()}
+        decoded = _fields(fields)
         try:
             alarm: Alarm | None = Alarm.from_fields(decoded)
         except (KeyError, ValueError) as exc:
@@ -201,6 +208,10 @@ def _entries(raw: Sequence) -> list[StreamEntry]:
             alarm = None
         out.append(StreamEntry(_text(entry_id), alarm, decoded))
     return out
+
+
+def _fields(fields: dict) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in fields.items()}
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

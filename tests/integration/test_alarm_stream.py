@@ -211,3 +211,32 @@ def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> Non
     while not predicate():
         assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
         time.sleep(0.05)
+
+
+def test_an_onlooker_reads_entries_after_an_id_without_a_group(stream: AlarmStream) -> None:
+    first = stream.publish(_alarms("F1"))
+    second = stream.publish(_alarms("F2"))
+    entries = stream.fields_after(first[0], count=10)
+    assert [entry_id for entry_id, _ in entries] == [first[1], *second]
+    assert [fields["alarm_id"] for _, fields in entries] == ["F1:3", "F2:1", "F2:3"]
+    assert stream.fields_after(second[-1], count=10) == []
+    assert len(stream.fields_after("0-0", count=2)) == 2
+    assert stream.pending_count("actuators") == 0
+
+
+def test_the_demo_summary_times_each_alarm_of_its_line_once(stream: AlarmStream, tmp_path: Path) -> None:
+    from stack.demo_summary import LiveSummary
+    from steelcore.settings import Settings
+
+    started = datetime.now(UTC)
+    summary = LiveSummary(
+        Settings(alarm_stream=stream.stream), line_id="L1", started=started, engine=None,
+        redis_client=stream.client, truth=None, metrics_urls=[], journal=tmp_path / "none.jsonl",  # type: ignore[arg-type]
+    )  # fmt: skip
+    stream.publish(_alarms("F1"))
+    stream.publish(_alarms("F1"))  # a redelivered batch publishes its alarms again
+    other = [Alarm.from_fields({**a.to_fields(), "line_id": "L9"}) for a in _alarms("F9")]
+    stream.publish(other)
+    summary._read_alarm_stream()
+    assert sorted(summary._alarms_seen) == ["F1:1", "F1:3"]
+    assert len(summary._alarm_latencies) == 2 and all(ms >= -5 for ms in summary._alarm_latencies)
