@@ -241,7 +241,8 @@ class Demo:
     def _prepare_services(self) -> None:
         import redis
 
-        from stack.demo_summary import LiveSummary, TruthReader
+        from stack.demo_summary import LiveSummary
+        from stack.demo_truth import TruthReader
         from stack.service import free_port
         from steelcore.service_urls import postgres_url, redis_url
         from workers.db_migrate import create_db_engine, upgrade

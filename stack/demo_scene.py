@@ -153,7 +153,7 @@ class LifecycleScene(Demo):
 
     # --- the script -----------------------------------------------------------------------------
     def _loop(self) -> None:
-        from stack.demo_summary import TruthReader
+        from stack.demo_truth import TruthReader
 
         a = self.args
         # A truth reader of the scene's own: the live summary's reader hands each truth out once.

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from stack.demo import add_arguments, check_arguments, frames_per_camera
-from stack.demo_summary import LiveSummary, TruthReader, frame_dice, percentiles
+from stack.demo_summary import LiveSummary, frame_dice, percentiles
+from stack.demo_truth import TruthReader
 from steelcore import rle
 from steelcore.settings import Settings
 
