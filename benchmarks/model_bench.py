@@ -116,7 +116,7 @@ def _forward(model: nn.Module, batch: torch.Tensor) -> Callable[[], object]:
 
 
 def _as_served(model: nn.Module) -> nn.Module:
-    """A copy laid out as steelcore.model_bundle.load_bundle serves it (channels-last weights)."""
+    """A copy laid out as training.model_bundle.load_bundle serves it (channels-last weights)."""
     import torch
 
     return copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -144,7 +144,7 @@ def _time_rounds(cases: list[Case], warmup: int, repeats: int) -> None:
 
 def _networks(quick: bool) -> dict[str, tuple[str, str, nn.Module]]:
     """name -> (preset, task, model in eval mode) for every network the run measures."""
-    from steelcore.networks import PRESETS, build_model, preset
+    from training.networks import PRESETS, build_model, preset
 
     networks: dict[str, tuple[str, str, nn.Module]] = {}
     for preset_name in ["small"] if quick else list(PRESETS):
@@ -179,9 +179,9 @@ def _bind(fn: Callable[[Any], object], frames: Any) -> Callable[[], object]:
 
 def _runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> tuple[list[Case], dict]:
     """Eager torch vs OpenVINO (f32, auto) on one bundle's pair; and the precision each case ran at."""
-    from steelcore.model_bundle import load_bundle
     from training.cpu_runtime import openvino_pair
     from training.inference import predict_probs
+    from training.model_bundle import load_bundle
 
     bundle = load_bundle(bundle_name)
     candidates: dict[str, Any] = {"torch": lambda f: predict_probs(bundle, f)}
@@ -203,9 +203,9 @@ def _runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) ->
 def _runtime_rows(by_name: dict[str, Case], info: dict[str, Any], frame_u8: Any) -> list[dict[str, Any]]:
     import numpy as np
 
-    from steelcore.model_bundle import load_bundle
     from training.cpu_runtime import openvino_pair
     from training.inference import predict_probs
+    from training.model_bundle import load_bundle
 
     # Output parity on one frame, next to the speed: the largest probability difference.
     bundle = load_bundle(info["bundle_path"])

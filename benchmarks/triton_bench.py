@@ -153,11 +153,11 @@ def in_process_call(
     ``runtime``: "torch" (eager) or "openvino" (training.cpu_runtime, as the openvino repository
     serves the networks), so the ratio measures serving overhead, not a change of runtime.
     """
-    from steelcore.model_bundle import load_bundle
     from steelcore.postprocess import apply_postprocess, class_areas
     from steelcore.rle import encode_stack
     from training.cpu_runtime import attach_runtime
     from training.inference import predict_probs
+    from training.model_bundle import load_bundle
 
     bundle = attach_runtime(load_bundle(bundle_path), runtime, threads)
 
@@ -245,8 +245,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from steelcore.model_bundle import resolve_bundle_path
     from steelcore.settings import get_settings
+    from training.model_bundle import resolve_bundle_path
     from workers.triton_client import TritonClientError, TritonEnsembleClient
 
     if args.frames < 1 or args.frames_per_case < 1:

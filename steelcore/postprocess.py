@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:  # model_bundle imports torch; Triton's postprocess model must not.
-    from steelcore.model_bundle import PostprocessParams
+    from training.model_bundle import PostprocessParams
 
 
 def _validate(cls_probs: np.ndarray | None, seg_probs: np.ndarray, params: PostprocessParams) -> None:

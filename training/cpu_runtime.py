@@ -21,7 +21,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from steelcore.cpu_runtime import OpenVINONetwork
-    from steelcore.model_bundle import ModelBundle
+    from training.model_bundle import ModelBundle
 
 RUNTIMES: tuple[str, ...] = ("torch", "openvino")
 

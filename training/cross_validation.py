@@ -114,9 +114,9 @@ def score_cache(
     cache: ProbabilityCache, params_of: Callable[[int], Any], class_ids: list[int]
 ) -> dict[str, dict[str, Any]]:
     """Raw and post-processed metrics of cached probabilities (params chosen per frame)."""
-    from steelcore.model_bundle import PostprocessParams
     from steelcore.postprocess import apply_postprocess
     from training.metrics import SegmentationAccumulator
+    from training.model_bundle import PostprocessParams
 
     if cache.factor != 1:
         raise ValueError("cross-validated scores need full-resolution probabilities (cache factor 1)")

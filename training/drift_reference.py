@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from steelcore import exit_codes
-from steelcore.model_bundle import load_bundle, resolve_bundle_path
 from steelcore.postprocess import apply_postprocess, class_areas
 from training.inference import IMAGE_SUFFIXES, predict_folder, read_frame
+from training.model_bundle import load_bundle, resolve_bundle_path
 from workers.drift_monitor import INPUT_STATS, DriftReference, frame_input_stats, near_threshold
 
 log = logging.getLogger("steel.drift_reference")

@@ -22,8 +22,8 @@ from steelcore import exit_codes
 from training.json_files import write_json
 
 if TYPE_CHECKING:
-    from steelcore.model_bundle import ModelBundle
     from training.datasets import SteelDataset
+    from training.model_bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def evaluate_bundle(
     quality 70 (training.robustness), reported as the loss in post-processed mean Dice.
     runtime: "torch" (eager) or "openvino" (the CPU runtime Triton serves, at ``precision``).
     """
-    from steelcore.model_bundle import load_bundle
     from training.mixed_data import open_mixed
+    from training.model_bundle import load_bundle
 
     bundle = load_bundle(model, device=device)
     if runtime != "torch":

@@ -152,7 +152,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_shape: tuple[int, in
 
 def export_bundle(bundle_name: str | Path, fmt: str, out_dir: Path) -> dict[str, float]:
     """Export the bundle's classifier (if any) and segmenter into ``out_dir``; returns max |diff| per net."""
-    from steelcore.model_bundle import load_bundle
+    from training.model_bundle import load_bundle
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_repository(model_name: str, out_dir: Path, fmt: str, kind: str | None) -> int:
-    from steelcore.model_bundle import load_bundle
+    from training.model_bundle import load_bundle
 
     try:
         from training.triton_export import write_repository

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from steelcore.model_bundle import ModelBundle
+    from training.model_bundle import ModelBundle
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 T = TypeVar("T")

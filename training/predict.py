@@ -32,10 +32,10 @@ def predict_submission(
     from tqdm import tqdm
 
     from steelcore.kaggle_csv import write_submission
-    from steelcore.model_bundle import load_bundle
     from steelcore.postprocess import apply_postprocess
     from steelcore.rle import encode
     from training.inference import list_images, predict_folder
+    from training.model_bundle import load_bundle
 
     paths = list_images(Path(images))
     bundle = load_bundle(model or get_settings().model_name, device=device)

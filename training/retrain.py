@@ -148,7 +148,7 @@ def compare(production: Path, candidate: Path, sets: dict[str, Path], progress: 
 
 
 def retrain(args: argparse.Namespace) -> dict[str, Any]:
-    from steelcore.model_bundle import resolve_bundle_path
+    from training.model_bundle import resolve_bundle_path
 
     production = resolve_bundle_path(args.model)
     out = Path(args.out)

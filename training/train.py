@@ -92,7 +92,7 @@ def init_weights(source: str, task: str) -> tuple[dict[str, Any], dict[str, Any]
     """(network config, state dict) of ``task`` from a run folder or a model bundle (name or folder)."""
     import torch
 
-    from steelcore.model_bundle import resolve_bundle_path
+    from training.model_bundle import resolve_bundle_path
 
     path = Path(source)
     if (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file():
@@ -112,7 +112,7 @@ def init_weights(source: str, task: str) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def _net_config(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
-    from steelcore.networks import preset, resolve_config
+    from training.networks import preset, resolve_config
 
     net = preset(cfg.preset, cfg.task)
     net.update(cfg.net)
@@ -198,7 +198,7 @@ def _new_session(
 ) -> _Session:
     import torch
 
-    from steelcore.networks import build_model
+    from training.networks import build_model
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.task, net_config)

@@ -43,7 +43,7 @@ def _cv_part(specs: list[Any], cv: str) -> int:
 def _bundle_of(
     run_dirs: dict[str, Path], class_ids: list[int], class_names: dict[int, str], device: str
 ) -> Any:
-    from steelcore.model_bundle import ModelBundle, PostprocessParams
+    from training.model_bundle import ModelBundle, PostprocessParams
     from training.tune import _build, load_run
 
     seg = _build(load_run(run_dirs["segmenter"], "segmenter")).to(device)
@@ -93,9 +93,9 @@ def _ordered(pieces: list[tuple[list[int], Any]], total: int) -> Any:
 
 
 def train_all_cv(args: argparse.Namespace) -> Path:
-    from steelcore.model_bundle import save_bundle
     from training.data_checks import check_dataset
     from training.mixed_data import MixedDataset, open_mixed, parse_specs
+    from training.model_bundle import save_bundle
     from training.run_config import resolved_specs
     from training.train import init_weights
     from training.tune import GATE_THRESHOLDS, collect_probabilities, search
@@ -288,9 +288,9 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write_report(bundle_dir: Path, report: dict[str, Any]) -> None:
-    from steelcore.model_bundle import METRICS_JSON
     from training.eval_plots import plot_report
     from training.json_files import write_json
+    from training.model_bundle import METRICS_JSON
     from training.train import EVAL_PLOT_FILE
 
     write_json(bundle_dir / METRICS_JSON, report)

@@ -71,7 +71,7 @@ from training.triton_config import (
 )
 
 if TYPE_CHECKING:
-    from steelcore.model_bundle import ModelBundle
+    from training.model_bundle import ModelBundle
 
 POSTPROCESS_FILE = "postprocess.json"
 MANIFEST = "repository.json"
@@ -182,7 +182,7 @@ def write_repository(
     if not isinstance(bundle, str | Path):
         loaded = bundle
     else:
-        from steelcore.model_bundle import load_bundle
+        from training.model_bundle import load_bundle
 
         loaded = load_bundle(bundle)
     layout = layout or (GPU_LAYOUT if kind == "gpu" else CPU_LAYOUT)

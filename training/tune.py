@@ -31,8 +31,8 @@ import numpy as np
 from steelcore import exit_codes
 
 if TYPE_CHECKING:
-    from steelcore.model_bundle import ModelBundle, PostprocessParams
     from training.datasets import SteelDataset
+    from training.model_bundle import ModelBundle, PostprocessParams
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def load_run(run_dir: str | Path, task: str) -> TrainingRun:
 
 
 def _build(run: TrainingRun) -> Any:
-    from steelcore.networks import build_model
+    from training.networks import build_model
 
     model = build_model(run.task, run.net)  # type: ignore[arg-type]
     try:
@@ -250,9 +250,9 @@ def search_class(
 
 def cached_mean_dice(cache: ProbabilityCache, params: PostprocessParams, overlaps: bool = True) -> float:
     """Mean Dice on the cache after the complete post-processing (overlaps resolved unless told not to)."""
-    from steelcore.model_bundle import PostprocessParams
     from steelcore.postprocess import apply_postprocess
     from training.metrics import dice_scores
+    from training.model_bundle import PostprocessParams
 
     cache_areas = [math.ceil(a / cache.factor**2) for a in params.min_area]
     scaled = PostprocessParams(params.gate_threshold, params.pixel_threshold, cache_areas)
@@ -266,7 +266,7 @@ def cached_mean_dice(cache: ProbabilityCache, params: PostprocessParams, overlap
 
 
 def search(cache: ProbabilityCache) -> tuple[PostprocessParams, list[ClassChoice]]:
-    from steelcore.model_bundle import PostprocessParams
+    from training.model_bundle import PostprocessParams
 
     if not cache.seg:
         raise ValueError("no validation images to tune on")
@@ -314,8 +314,8 @@ def tune_and_save(
     device: str = "cpu",
 ) -> Path:
     """Tune post-processing on data's val split, write the bundle to out and return its path."""
-    from steelcore.model_bundle import ModelBundle, PostprocessParams, save_bundle
     from training.mixed_data import open_mixed
+    from training.model_bundle import ModelBundle, PostprocessParams, save_bundle
     from training.run_config import resolved_specs
 
     dataset = open_mixed(data if isinstance(data, list) else [str(data)], split="val")

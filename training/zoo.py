@@ -29,7 +29,7 @@ def _read(path: Path) -> Any:
 
 def describe_bundle(path: Path) -> dict[str, Any]:
     """Name, description, classes and metrics summary of one bundle folder."""
-    from steelcore.model_bundle import METRICS_JSON, MODEL_JSON
+    from training.model_bundle import METRICS_JSON, MODEL_JSON
 
     entry: dict[str, Any] = {"name": path.name, "path": str(path)}
     try:
@@ -58,7 +58,7 @@ def describe_bundle(path: Path) -> dict[str, Any]:
 
 
 def list_models() -> list[dict[str, Any]]:
-    from steelcore.model_bundle import list_bundles
+    from training.model_bundle import list_bundles
 
     return [describe_bundle(p) for p in list_bundles()]
 
@@ -69,7 +69,7 @@ def _num(value: float | None) -> str:
 
 def format_models(entries: list[dict[str, Any]]) -> str:
     if not entries:
-        from steelcore.model_bundle import models_dir
+        from training.model_bundle import models_dir
 
         return f"no model bundles in {models_dir()}"
     lines = [f"{'name':<16} {'mean Dice':>9} {'mIoU':>7} {'eval data':<28} classes / description"]

@@ -21,9 +21,9 @@ import numpy as np
 from benchmarks.report import time_callable, write_results
 from steelcore import rle
 from steelcore.kaggle_csv import read_labels
-from steelcore.model_bundle import PostprocessParams
 from steelcore.paths import MODELS_DIR, SEVERSTAL_SAMPLE_DIR
 from steelcore.postprocess import apply_postprocess, class_areas
+from training.model_bundle import PostprocessParams
 
 BATCH = 8
 OUT = Path(__file__).resolve().parent / "postprocess.json"

@@ -44,10 +44,10 @@ def write_tiny_repository(root: Path, frames: np.ndarray, seed: int = 7) -> Path
     """Save the random bundle under ``root/bundle`` and its Triton repository under ``root/repo``."""
     import torch
 
-    from steelcore.model_bundle import PostprocessParams, load_bundle, save_bundle
-    from steelcore.networks import build_model
     from steelcore.severstal import CLASS_IDS, CLASS_NAMES
     from training.inference import predict_probs
+    from training.model_bundle import PostprocessParams, load_bundle, save_bundle
+    from training.networks import build_model
     from training.triton_export import write_repository
 
     torch.set_num_threads(1)

@@ -18,12 +18,12 @@ import torch
 from producers.synthetic_camera import SyntheticCamera
 from stack.service import free_port
 from stack.triton_server import TritonServer
-from steelcore.model_bundle import PostprocessParams, load_bundle, save_bundle
-from steelcore.networks import build_model, preset
 from steelcore.postprocess import apply_postprocess, class_areas
 from steelcore.rle import encode_stack
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 from training.inference import predict_probs
+from training.model_bundle import PostprocessParams, load_bundle, save_bundle
+from training.networks import build_model, preset
 from training.triton_export import ServingLayout, write_repository
 from workers.triton_client import TritonEnsembleClient
 

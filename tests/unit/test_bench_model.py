@@ -9,7 +9,7 @@ import pytest
 
 from steelcore import exit_codes
 from steelcore.cli import main
-from steelcore.networks import build_model, preset
+from training.networks import build_model, preset
 
 
 def _run(tmp_path: Path, target_ms: str) -> tuple[int, dict]:
@@ -60,8 +60,8 @@ def test_bench_model_compares_the_cpu_runtime_with_eager_torch(
     pytest.importorskip("openvino")
     import torch
 
-    from steelcore.model_bundle import PostprocessParams, save_bundle
     from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+    from training.model_bundle import PostprocessParams, save_bundle
 
     torch.manual_seed(0)
     cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")

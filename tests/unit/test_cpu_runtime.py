@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from steelcore.model_bundle import PostprocessParams, load_bundle, save_bundle
-from steelcore.networks import build_model, preset
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES, FRAME_HEIGHT, FRAME_WIDTH
 from training.inference import predict_probs
+from training.model_bundle import PostprocessParams, load_bundle, save_bundle
+from training.networks import build_model, preset
 
 pytest.importorskip("openvino")
 

@@ -126,8 +126,8 @@ def test_robustness_perturbations_and_summary() -> None:
 def test_train_all_cross_validated_writes_a_bundle_and_an_honest_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from steelcore.model_bundle import load_bundle
-    from steelcore.networks import presets
+    from training.model_bundle import load_bundle
+    from training.networks import presets
 
     monkeypatch.setitem(presets.PRESETS, "tiny", {"segmenter": TINY_NET, "classifier": TINY_CLS})
     real = _kaggle(tmp_path / "real", 10, 0, "r")
@@ -182,7 +182,7 @@ def test_bad_dataset_stops_training_before_it_starts(
 ) -> None:
     import cv2
 
-    from steelcore.networks import presets
+    from training.networks import presets
 
     monkeypatch.setitem(presets.PRESETS, "tiny", {"segmenter": TINY_NET, "classifier": TINY_CLS})
     data = _kaggle(tmp_path / "real", 6, 0, "r")
@@ -215,7 +215,7 @@ def test_bad_dataset_stops_training_before_it_starts(
 
 
 def test_eval_robustness_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from steelcore.networks import presets
+    from training.networks import presets
 
     monkeypatch.setitem(presets.PRESETS, "tiny", {"segmenter": TINY_NET, "classifier": TINY_CLS})
     data = _kaggle(tmp_path / "real", 6, 0, "r")

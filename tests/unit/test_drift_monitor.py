@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from steelcore.model_bundle import resolve_bundle_path
+from training.model_bundle import resolve_bundle_path
 from workers.drift_monitor import DriftMonitor, DriftReference, frame_input_stats, near_threshold
 
 GATES = (0.5, 0.5, 0.5, 0.5)

@@ -14,9 +14,9 @@ import torch
 
 from steelcore import exit_codes
 from steelcore.cli import main
-from steelcore.model_bundle import PostprocessParams, load_bundle, save_bundle
-from steelcore.networks import build_model, preset
 from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript
+from training.model_bundle import PostprocessParams, load_bundle, save_bundle
+from training.networks import build_model, preset
 
 TOLERANCE = 1e-4
 

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from steelcore import model_bundle
-from steelcore.model_bundle import (
+from steelcore.paths import MODELS_DIR
+from steelcore.settings import get_settings
+from training import model_bundle
+from training.model_bundle import (
     ModelBundle,
     PostprocessParams,
     list_bundles,
@@ -19,9 +21,7 @@ from steelcore.model_bundle import (
     resolve_bundle_path,
     save_bundle,
 )
-from steelcore.networks import build_model, preset
-from steelcore.paths import MODELS_DIR
-from steelcore.settings import get_settings
+from training.networks import build_model, preset
 
 CLASS_IDS = [1, 2, 3, 4]
 CLASS_NAMES = {1: "pitting", 2: "inclusion", 3: "scratches", 4: "patches"}

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steelcore.networks import PRESETS, TASKS, build_model, preset, resolve_config
-from steelcore.networks.resunet import SubPixelHead
 from training.export import export_onnx, export_torchscript
+from training.networks import PRESETS, TASKS, build_model, preset, resolve_config
+from training.networks.resunet import SubPixelHead
 
 # Exported outputs must match eager ones to float32 rounding (logits are O(1..10)).
 EXPORT_TOLERANCE = 1e-4

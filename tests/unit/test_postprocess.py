@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from steelcore.model_bundle import PostprocessParams
 from steelcore.postprocess import apply_postprocess, class_areas, remove_small_components
+from training.model_bundle import PostprocessParams
 
 
 def _params(gate: list[float], pixel: list[float], area: list[int]) -> PostprocessParams:

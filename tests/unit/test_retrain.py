@@ -66,8 +66,8 @@ def test_too_few_reviewed_frames_is_bad_input_and_leaves_no_candidate(tmp_path: 
 def test_retrain_fine_tunes_production_and_registers_a_candidate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from steelcore.model_bundle import load_bundle
-    from steelcore.networks import presets
+    from training.model_bundle import load_bundle
+    from training.networks import presets
 
     monkeypatch.setitem(presets.PRESETS, "tiny", {"segmenter": TINY_NET, "classifier": TINY_CLS})
     base = _kaggle(tmp_path / "base", 10, 0, "b")

@@ -80,7 +80,7 @@ def test_one_epoch_writes_every_run_file(kaggle_root: Path, tmp_path: Path) -> N
     for key in ("train_loss", "val_loss", "seconds", "train_samples_per_s"):
         assert row[key] > 0, key
     # The best epoch's weights load into the network described by config.json.
-    from steelcore.networks import build_model
+    from training.networks import build_model
 
     build_model("segmenter", config["net"]).load_state_dict(torch.load(run / "model.pt", weights_only=True))
 
@@ -138,7 +138,7 @@ def test_cli_trains_and_refuses_to_overwrite(
     kaggle_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The CLI takes the preset's network; shrink it so the test stays fast.
-    from steelcore.networks import presets
+    from training.networks import presets
 
     monkeypatch.setitem(presets.PRESETS, "tiny", {"segmenter": {"num_classes": 4, **TINY_NET}})
     run = tmp_path / "cli"
@@ -180,8 +180,8 @@ def test_cli_trains_and_refuses_to_overwrite(
 
 
 def test_train_all_segmenter_only_writes_a_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from steelcore.model_bundle import load_bundle
-    from steelcore.networks import presets
+    from training.model_bundle import load_bundle
+    from training.networks import presets
 
     monkeypatch.setitem(presets.PRESETS, "tiny", {"segmenter": {"num_classes": 3, **TINY_NET}})
     data = tmp_path / "neu"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from steelcore.model_bundle import PostprocessParams, load_bundle, save_bundle
-from steelcore.networks import build_model, preset
 from steelcore.paths import TRITON_REPOSITORY
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES, FRAME_HEIGHT, FRAME_WIDTH
 from training import triton_export
 from training.inference import predict_probs
+from training.model_bundle import PostprocessParams, load_bundle, save_bundle
+from training.networks import build_model, preset
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")

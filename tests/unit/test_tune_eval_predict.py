@@ -13,13 +13,13 @@ import torch
 
 from steelcore import exit_codes
 from steelcore.cli import main
-from steelcore.model_bundle import PostprocessParams, load_bundle, save_bundle
-from steelcore.networks import build_model
 from steelcore.paths import SEVERSTAL_SAMPLE_DIR
 from steelcore.rle import decode, encode
 from training import tune, zoo
 from training.datasets import in_val_split
 from training.evaluate import evaluate_bundle
+from training.model_bundle import PostprocessParams, load_bundle, save_bundle
+from training.networks import build_model
 from training.predict import predict_submission
 from training.tune import ProbabilityCache, search, tune_and_save
 
@@ -274,7 +274,7 @@ def test_models_lists_bundle_with_metrics(
     tuned_bundle: Path, kaggle_data: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     evaluate_bundle(tuned_bundle, kaggle_data["root"], "val", tuned_bundle / "metrics.json", progress=False)
-    monkeypatch.setattr("steelcore.model_bundle.models_dir", lambda: tuned_bundle.parent)
+    monkeypatch.setattr("training.model_bundle.models_dir", lambda: tuned_bundle.parent)
     (tuned_bundle.parent / "broken").mkdir()
     (tuned_bundle.parent / "broken" / "model.json").write_text("{not json")
     entries = {e["name"]: e for e in zoo.list_models()}

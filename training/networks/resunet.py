@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steelcore.networks.blocks import InputAdapter, ResNetEncoder, UNetDecoder
+from training.networks.blocks import InputAdapter, ResNetEncoder, UNetDecoder
 
 # Initial probability of "defect" per pixel: defects cover a few percent of a frame, and starting there
 # keeps the first batches from flooding the loss with confident false positives.

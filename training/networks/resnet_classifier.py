@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from steelcore.networks.blocks import InputAdapter, ResNetEncoder
+from training.networks.blocks import InputAdapter, ResNetEncoder
 
 
 class ResNetClassifier(nn.Module):

@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from torch import nn
 
-from steelcore.networks.presets import CONFIG_KEYS, OPTIONAL_DEFAULTS, PRESETS, allowed_keys, preset
-from steelcore.networks.resnet_classifier import ResNetClassifier
-from steelcore.networks.resunet import ResUNet
+from training.networks.presets import CONFIG_KEYS, OPTIONAL_DEFAULTS, PRESETS, allowed_keys, preset
+from training.networks.resnet_classifier import ResNetClassifier
+from training.networks.resunet import ResUNet
 
 Task = Literal["classifier", "segmenter"]
 TASKS: tuple[str, ...] = ("classifier", "segmenter")

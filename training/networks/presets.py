@@ -1,7 +1,7 @@
 """Named network configurations and the defaults of optional config keys.
 
 A config is a plain JSON-able dict (stored in run directories and model bundles) accepted by
-``steelcore.networks.build_model``. Every key is documented in ``CONFIG_KEYS``. Presets spell out every
+``training.networks.build_model``. Every key is documented in ``CONFIG_KEYS``. Presets spell out every
 key, so a stored config does not change meaning when a default changes here.
 """
 

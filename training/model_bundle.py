@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from steelcore.networks import build_model
 from steelcore.settings import get_settings
+from training.networks import build_model
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
