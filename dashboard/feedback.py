@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Engine, and_, func, insert, literal, select, union_all
+from sqlalchemy import Engine, insert
 from sqlalchemy.exc import IntegrityError
 
-from steelcore.db_schema import VERDICTS, alarms, defects, feedback
+from steelcore.db_schema import VERDICTS, defects, feedback
 from steelcore.errors import SteelError
+from steelcore.verdict_query import latest_verdicts
 
 Verdict = Literal["confirmed", "false"]
 MAX_OPERATOR_CHARS = 64
@@ -75,44 +76,14 @@ def record_feedback(
 def defect_verdicts(reader: Engine, defect_ids: Sequence[int] | None = None) -> dict[int, DefectVerdict]:
     """The latest verdict of each defect, whether given on the defect or on its alarm.
     Only defects with feedback appear; ``defect_ids`` restricts the lookup (None = all)."""
-    on_defect = select(
-        feedback.c.defect_id.label("defect_id"),
-        feedback.c.verdict,
-        feedback.c.operator,
-        feedback.c.created_at,
-        feedback.c.feedback_id,
-        literal("defect").label("via"),
-    ).where(feedback.c.defect_id.is_not(None))
-    on_alarm = (
-        select(
-            defects.c.defect_id,
-            feedback.c.verdict,
-            feedback.c.operator,
-            feedback.c.created_at,
-            feedback.c.feedback_id,
-            literal("alarm").label("via"),
-        )
-        .select_from(feedback)
-        .join(alarms, alarms.c.alarm_id == feedback.c.alarm_id)
-        .join(defects, and_(defects.c.frame_id == alarms.c.frame_id, defects.c.class_id == alarms.c.class_id))
-    )
+    conditions = []
     if defect_ids is not None:
         if not defect_ids:
             return {}
-        ids = sorted(set(defect_ids))
-        on_defect = on_defect.where(feedback.c.defect_id.in_(ids))
-        on_alarm = on_alarm.where(defects.c.defect_id.in_(ids))
-    given = union_all(on_defect, on_alarm).subquery()
-    rank = (
-        func.row_number()
-        .over(
-            partition_by=given.c.defect_id, order_by=(given.c.created_at.desc(), given.c.feedback_id.desc())
-        )
-        .label("rank")
-    )
-    ranked = select(given, rank).subquery()
-    latest = select(
-        ranked.c.defect_id, ranked.c.verdict, ranked.c.operator, ranked.c.created_at, ranked.c.via
-    ).where(ranked.c.rank == 1)
+        conditions.append(defects.c.defect_id.in_(sorted(set(defect_ids))))
+    latest = latest_verdicts(*conditions)
     with reader.connect() as conn:
-        return {int(r.defect_id): DefectVerdict(**r._mapping) for r in conn.execute(latest)}
+        return {
+            int(r.defect_id): DefectVerdict(r.defect_id, r.verdict, r.operator, r.created_at, r.via)
+            for r in conn.execute(latest)
+        }

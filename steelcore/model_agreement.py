@@ -257,9 +257,10 @@ def read_evidence(
     """The shadowed frames of ``shadow_version`` (optionally only those production_version judged,
     captured in [since, until); the newest ``limit`` of them) with production's masks, and the latest
     verdict on each of their production defects. ``conn`` is a SQLAlchemy Connection or Engine."""
-    from sqlalchemy import Engine, and_, func, select, union_all
+    from sqlalchemy import Engine, and_, select, tuple_
 
-    from steelcore.db_schema import alarms, defects, feedback, frames, shadow_results
+    from steelcore.db_schema import defects, frames, shadow_results
+    from steelcore.verdict_query import latest_verdicts
 
     if isinstance(conn, Engine):
         with conn.connect() as c:
@@ -298,38 +299,10 @@ def read_evidence(
             defects.join(shadowed, on_shadowed)
         )
     ).all()
-    # The latest verdict per defect, given on the defect itself or on its alarm (as in
-    # dashboard.feedback.defect_verdicts, which steelcore cannot import).
-    given = select(
-        defects.c.defect_id,
-        defects.c.frame_id,
-        defects.c.class_id,
-        feedback.c.verdict,
-        feedback.c.created_at,
-        feedback.c.feedback_id,
-    ).select_from(
-        feedback.join(defects, defects.c.defect_id == feedback.c.defect_id).join(shadowed, on_shadowed)
+    of_shadowed = tuple_(defects.c.frame_id, defects.c.captured_at).in_(
+        select(shadowed.c.frame_id, shadowed.c.captured_at)
     )
-    via_alarm = select(
-        defects.c.defect_id,
-        defects.c.frame_id,
-        defects.c.class_id,
-        feedback.c.verdict,
-        feedback.c.created_at,
-        feedback.c.feedback_id,
-    ).select_from(
-        feedback.join(alarms, alarms.c.alarm_id == feedback.c.alarm_id)
-        .join(defects, and_(defects.c.frame_id == alarms.c.frame_id, defects.c.class_id == alarms.c.class_id))
-        .join(shadowed, on_shadowed)
-    )
-    both = union_all(given, via_alarm).subquery()
-    rank = (
-        func.row_number()
-        .over(partition_by=both.c.defect_id, order_by=(both.c.created_at.desc(), both.c.feedback_id.desc()))
-        .label("rank")
-    )
-    ranked = select(both, rank).subquery()
-    latest = select(ranked.c.frame_id, ranked.c.class_id, ranked.c.verdict).where(ranked.c.rank == 1)
+    latest = latest_verdicts(of_shadowed)
     verdicts = conn.execute(latest).all()
     production: dict[str, dict[int, str]] = {}
     for m in masks:
