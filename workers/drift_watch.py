@@ -4,6 +4,7 @@ an episode Redis could not take is kept and sent again with the next batch."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -29,6 +30,18 @@ RECONCILE_S = 10.0
 
 def reference_path(settings: Settings) -> Path:
     return settings.drift_reference_path or Path(settings.models_dir) / settings.model_name / REFERENCE_FILE
+
+
+def read_reference(path: Path) -> tuple[DriftReference | None, str]:
+    """The reference at ``path``, or None and why not."""
+    try:
+        reference = DriftReference.read(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"an unreadable drift reference {path} ({exc})"
+    return (
+        reference,
+        "" if reference else f"no drift reference at {path} (python -m training.drift_reference)",
+    )
 
 
 class DriftWatch:
@@ -57,20 +70,13 @@ class DriftWatch:
         reconciliation once the camera is seen settled against the new reference."""
         if self.models_dir is None or not bundle or bundle == self.model or bundle in self._missing:
             return
-        try:
-            reference = DriftReference.read(self.models_dir / bundle / REFERENCE_FILE)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            reference, reason = None, str(exc)
-        else:
-            reason = "no drift reference"
+        reference, reason = read_reference(self.models_dir / bundle / REFERENCE_FILE)
         if reference is None:
             self._missing.add(bundle)
             log.warning("drift: %s has %s; still judging against %s's", bundle, reason, self.model)
             return
-        old = self.monitor
-        self.monitor = DriftMonitor(
-            reference, old.window, old.raise_z, old.clear_z, old.raise_share, old.clear_share
-        )
+        # The same thresholds, fresh windows (the monitor's camera windows are not init fields).
+        self.monitor = dataclasses.replace(self.monitor, reference=reference)
         log.info("drift: judging against the reference of %s (was %s)", bundle, self.model)
         self.model = bundle
 
@@ -80,15 +86,9 @@ class DriftWatch:
     ) -> DriftWatch | None:
         """None, with a warning, when the served model has no drift reference."""
         path = reference_path(settings)
-        try:
-            reference = DriftReference.read(path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("drift monitoring off: the reference %s cannot be read (%s)", path, exc)
-            return None
+        reference, reason = read_reference(path)
         if reference is None:
-            log.warning(
-                "drift monitoring off: no drift reference at %s (python -m training.drift_reference)", path
-            )
+            log.warning("drift monitoring off: %s", reason)
             return None
         try:
             monitor = DriftMonitor(
