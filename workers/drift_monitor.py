@@ -166,6 +166,9 @@ class DriftMonitor:
     clear_z: float = 1.0
     raise_share: float = 0.25
     clear_share: float = 0.15
+    # False while the judging model is not the one the reference was recorded with: its output
+    # shares (defects per class, unsure frames) are its own, the camera's inputs are not.
+    outputs: bool = True
     _cameras: dict[str, _CameraWindow] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -204,9 +207,11 @@ class DriftMonitor:
         for name, value in inputs.items():
             if name in self.reference.input_mean and math.isfinite(value):
                 window.push(name, value)
-        for k, has_defect in enumerate(present):
-            window.push(f"defect_share_c{k + 1}", 1.0 if has_defect else 0.0)
-        window.push("near_share", 1.0 if near_threshold(probs, gates, self.reference.near_margin) else 0.0)
+        if self.outputs:
+            for k, has_defect in enumerate(present):
+                window.push(f"defect_share_c{k + 1}", 1.0 if has_defect else 0.0)
+            near = near_threshold(probs, gates, self.reference.near_margin)
+            window.push("near_share", 1.0 if near else 0.0)
         before = set(window.drifting)
         found = [self._check_input(window, name) for name in self.reference.input_mean]
         found += [self._check_share(window, name) for name in window.values if "share" in name]

@@ -62,22 +62,28 @@ class DriftWatch:
         self.models_dir = models_dir
         self.pending: list[DriftEvent] = []
         self._next_reconcile = 0.0
-        self._missing: set[str] = set()  # bundles without a reference, warned about once
+        self._judging = model  # the bundle of the frames last seen
 
     def follow(self, bundle: str) -> None:
         """Judge against ``bundle``'s reference from now on, when it has one: the windows start
         afresh, since the new model knows other frames; an episode on Redis is ended by the
         reconciliation once the camera is seen settled against the new reference."""
-        if self.models_dir is None or not bundle or bundle == self.model or bundle in self._missing:
+        if self.models_dir is None or not bundle or bundle == self._judging:
             return
-        reference, reason = read_reference(self.models_dir / bundle / REFERENCE_FILE)
-        if reference is None:
-            self._missing.add(bundle)
-            log.warning("drift: %s has %s; still judging against %s's", bundle, reason, self.model)
-            return
+        self._judging = bundle
+        if bundle == self.model:  # back to the model the reference belongs to (a rollback)
+            reference, reason = self.monitor.reference, ""
+        else:
+            reference, reason = read_reference(self.models_dir / bundle / REFERENCE_FILE)
         # The same thresholds, fresh windows (the monitor's camera windows are not init fields).
-        self.monitor = dataclasses.replace(self.monitor, reference=reference)
-        log.info("drift: judging against the reference of %s (was %s)", bundle, self.model)
+        if reference is None:
+            # The camera's inputs are still judged against the old reference; the new model's
+            # outputs cannot be (another model marks other shares, which is no drift).
+            log.warning("drift: %s has %s; judging inputs only, against %s's", bundle, reason, self.model)
+            self.monitor = dataclasses.replace(self.monitor, outputs=False)
+            return
+        log.info("drift: judging %s against its reference (was %s)", bundle, self.model)
+        self.monitor = dataclasses.replace(self.monitor, reference=reference, outputs=True)
         self.model = bundle
 
     @classmethod

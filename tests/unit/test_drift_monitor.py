@@ -167,10 +167,18 @@ def test_after_a_promotion_frames_are_judged_against_the_new_bundles_reference(t
     (tmp_path / "no-reference").mkdir()
     alarms = InspectionAlarms(redis.Redis(), "test:inspection")  # never connected here
     watch = DriftWatch(DriftMonitor(reference(), window=10), alarms, WorkerMetrics(), "default", tmp_path)
-    watch.follow("no-reference")  # kept: a bundle without a reference cannot be judged against
+    watch.follow("no-reference")  # inputs against the old reference; its outputs are its own
     assert watch.model == "default" and watch.monitor.reference == reference()
+    assert watch.monitor.outputs is False
+    for _ in range(20):  # a model marking class 3 on every frame raises nothing under it
+        assert (
+            watch.monitor.observe("c", {"brightness": 90.0}, CLEAN, [False, False, True, False], GATES)
+            is None
+        )
+    watch.follow("default")  # rolled back: outputs are judged again
+    assert watch.model == "default" and watch.monitor.outputs is True
     watch.follow("night-camera")
-    assert watch.model == "night-camera" and watch.monitor.reference == dark
+    assert watch.model == "night-camera" and watch.monitor.reference == dark and watch.monitor.outputs
     assert watch.monitor.window == 10
     # A watch given one fixed reference (STEEL_DRIFT_REFERENCE_PATH) keeps it.
     fixed = DriftWatch(DriftMonitor(reference()), alarms, WorkerMetrics(), "default", None)
