@@ -260,7 +260,10 @@ class DriftMonitor:
             ref = self.reference.defect_share[k - 1] if k <= len(self.reference.defect_share) else 0.0
             what = f"frames with class {k} defects"
         # One-sided: a cleaner line than the training set is no reason to distrust the model.
-        if not self._transition(window, name, share - ref, self.raise_share, self.clear_share):
+        # A short window's share is noisy: a rise must also be three standard errors of a binomial
+        # share at the reference rate, or 6 scratched frames out of 10 would alarm by chance.
+        noise = 3.0 * math.sqrt(ref * (1.0 - ref) / self.window)
+        if not self._transition(window, name, share - ref, max(self.raise_share, noise), self.clear_share):
             return None
         return f"{share:.0%} {what} against {ref:.0%} when the model was made"
 

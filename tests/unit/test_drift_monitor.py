@@ -184,3 +184,19 @@ def test_after_a_promotion_frames_are_judged_against_the_new_bundles_reference(t
     fixed = DriftWatch(DriftMonitor(reference()), alarms, WorkerMetrics(), "default", None)
     fixed.follow("night-camera")
     assert fixed.monitor.reference == reference()
+
+
+def test_a_short_window_does_not_alarm_on_the_chance_spread_of_a_common_class():
+    ref = reference()  # class 3 on 30% of the reference frames
+    monitor = DriftMonitor(ref, window=10)
+    six_of_ten = [i % 10 < 6 for i in range(10)]  # 60%: +0.30 over the reference, 2 standard errors
+    events = [
+        monitor.observe("c", {"brightness": 90.0}, CLEAN, [False, False, hit, False], GATES)
+        for hit in six_of_ten
+    ]
+    assert [e for e in events if e] == []
+    all_ten = [
+        monitor.observe("c", {"brightness": 90.0}, CLEAN, [False, False, True, False], GATES)
+        for _ in range(10)
+    ]
+    assert [e.statistics for e in all_ten if e] == [("defect_share_c3",)]
