@@ -48,13 +48,21 @@ class FrameMessageError(SteelError, ValueError):
 
 
 @dataclass(frozen=True)
-class FrameHeader:
+class FrameIdentity:
+    """Where and when a frame was taken: the fields every record about a frame carries."""
+
     frame_id: str
     line_id: str
     camera_id: str
     coil_id: str
     position_m: float
     captured_at: datetime
+
+
+@dataclass(frozen=True)
+class FrameHeader(FrameIdentity):
+    """The identity plus how the image is encoded; the JSON header of a frame message."""
+
     encoding: Encoding = "jpeg"
     width: int = FRAME_WIDTH
     height: int = FRAME_HEIGHT
