@@ -67,7 +67,8 @@ def _bundle_of(
 def _train_pair(
     args: argparse.Namespace, tasks: list[str], out: Path, datasets: tuple[Any, Any]
 ) -> dict[str, Path]:
-    from training.train import config_from_args, run_is_complete, train_run
+    from training.train import config_from_args
+    from training.trainer import run_is_complete, train_run
 
     run_dirs = {}
     for task in tasks:
@@ -97,7 +98,7 @@ def train_all_cv(args: argparse.Namespace) -> Path:
     from training.mixed_data import MixedDataset, open_mixed, parse_specs
     from training.model_bundle import save_bundle
     from training.run_config import resolved_specs
-    from training.train import init_weights
+    from training.trainer import init_weights
     from training.tune import GATE_THRESHOLDS, collect_probabilities, search
 
     specs = parse_specs([str(d) for d in args.data])

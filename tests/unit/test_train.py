@@ -1,4 +1,4 @@
-"""training.train: run files, exact --resume, seeded determinism, the CLI, on tiny datasets."""
+"""training.train, trainer, train_session: run files, exact --resume, seeded determinism, the CLI."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from tiny_datasets import TINY_CLS, TINY_NET, make_kaggle, make_pairs
 
 from steelcore import exit_codes
 from steelcore.cli import main
-from training import run_config, train
+from training import run_config, train_session
 from training.datasets import in_val_split, open_dataset
-from training.train import TrainConfig, train_run
+from training.run_config import TrainConfig
+from training.trainer import train_run
 
 
 @pytest.fixture(autouse=True)
@@ -229,10 +230,10 @@ def test_crop_defaults_and_parsing() -> None:
 
 
 def test_learning_rate_schedule_warms_up_then_decays() -> None:
-    factors = [train.lr_factor(s, 100, 10) for s in range(100)]
+    factors = [train_session.lr_factor(s, 100, 10) for s in range(100)]
     assert factors[:10] == sorted(factors[:10]) and factors[9] == pytest.approx(1.0)
     assert factors[10:] == sorted(factors[10:], reverse=True)
-    assert train.lr_factor(100, 100, 10) == pytest.approx(train.MIN_LR_FRACTION)
+    assert train_session.lr_factor(100, 100, 10) == pytest.approx(train_session.MIN_LR_FRACTION)
 
 
 def test_validation_scores_an_all_empty_prediction_as_kaggle_does(tmp_path: Path) -> None:
