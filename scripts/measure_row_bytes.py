@@ -271,7 +271,7 @@ def measure_postgres(url: str, records: list[Any]) -> dict[str, Any]:
 def measure_redis(url: str, entries: int, records: Sequence[Any]) -> dict[str, Any]:
     import redis
 
-    from workers.alarm_rules import Alarm
+    from steelcore.alarm_message import Alarm
     from workers.alarm_stream import AlarmStream
 
     settings = Settings()

@@ -28,8 +28,8 @@ from pathlib import Path
 import redis
 
 from steelcore import exit_codes
+from steelcore.alarm_message import Alarm
 from steelcore.settings import Settings, get_settings
-from workers.alarm_rules import Alarm
 from workers.alarm_stream import AlarmStream, StreamEntry
 
 log = logging.getLogger("steel.actuator")

@@ -23,9 +23,10 @@ from typing import Any
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
+from steelcore.alarm_message import Alarm
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_NAMES
-from workers.alarm_rules import Alarm, alarm_id_for
+from workers.alarm_rules import alarm_id_for
 from workers.alarm_stream import AlarmStream, TrimResult
 from workers.defect_store import PendingAlarm, relay_unpublished_alarms
 from workers.worker_metrics import WorkerMetrics

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 
+from steelcore.alarm_message import Alarm
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 
@@ -26,43 +27,6 @@ class AlarmRule:
             area_px > 0
             and probability >= self.min_probability[class_index]
             and area_px >= self.min_area_px[class_index]
-        )
-
-
-@dataclass(frozen=True)
-class Alarm:
-    """One alarm per (frame, class). alarm_id is stable, so a re-published alarm is recognisable."""
-
-    alarm_id: str
-    frame_id: str
-    class_id: int
-    class_name: str
-    probability: float
-    area_px: int
-    line_id: str
-    camera_id: str
-    coil_id: str
-    position_m: float
-    captured_at: str
-
-    def to_fields(self) -> dict[str, str]:
-        """Flat string fields for a Redis stream entry."""
-        return {k: str(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_fields(cls, fields: dict[str, str]) -> Alarm:
-        return cls(
-            alarm_id=fields["alarm_id"],
-            frame_id=fields["frame_id"],
-            class_id=int(fields["class_id"]),
-            class_name=fields["class_name"],
-            probability=float(fields["probability"]),
-            area_px=int(fields["area_px"]),
-            line_id=fields["line_id"],
-            camera_id=fields["camera_id"],
-            coil_id=fields["coil_id"],
-            position_m=float(fields["position_m"]),
-            captured_at=fields["captured_at"],
         )
 
 

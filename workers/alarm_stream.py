@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import redis
 
-from workers.alarm_rules import Alarm
+from steelcore.alarm_message import Alarm
 
 log = logging.getLogger(__name__)
 

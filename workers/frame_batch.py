@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from steelcore import rle
+from steelcore.alarm_message import Alarm
 from steelcore.frame_message import FrameHeader, FrameMessageError, decode_frame, decode_image
 from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH, NUM_CLASSES
-from workers.alarm_rules import Alarm, AlarmRule, alarms_for_frame
+from workers.alarm_rules import AlarmRule, alarms_for_frame
 from workers.defect_store import AlarmRecord, DefectRecord, FrameRecord, StoreResult
 from workers.triton_client import EnsembleResult
 

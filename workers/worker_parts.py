@@ -14,9 +14,9 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
+from steelcore.alarm_message import Alarm
 from steelcore.errors import SteelError
 from steelcore.settings import Settings
-from workers.alarm_rules import Alarm
 from workers.defect_store import FrameRecord, StoreResult
 from workers.frame_batch import Rejected
 from workers.triton_client import EnsembleResult

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from steelcore.alarm_message import Alarm
 from workers.actuator import RejectActuator, log_reject
-from workers.alarm_rules import Alarm, AlarmRule, alarms_for_frame
+from workers.alarm_rules import AlarmRule, alarms_for_frame
 from workers.alarm_stream import AlarmStream, TrimResult
 
 pytestmark = pytest.mark.integration

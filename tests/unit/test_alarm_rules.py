@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from steelcore.alarm_message import Alarm
 from steelcore.settings import Settings
-from workers.alarm_rules import Alarm, AlarmRule, alarm_id_for, alarms_for_frame
+from workers.alarm_rules import AlarmRule, alarm_id_for, alarms_for_frame
 
 RULE = AlarmRule(min_probability=(0.5, 0.6, 0.7, 0.8), min_area_px=(10, 20, 30, 40))
 
