@@ -29,7 +29,7 @@ import numpy as np
 
 from training.datasets import SteelDataset
 from training.mixed_data import MixedDataset
-from training.tune import ProbabilityCache
+from training.probability_cache import ProbabilityCache
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def nested_predictions(
     cache: ProbabilityCache, assignment: np.ndarray, search: Callable[[ProbabilityCache], Any]
 ) -> tuple[list[Any], dict[int, Any]]:
     """Post-processing per fold tuned on the other folds only: (params per fold, frame index -> params)."""
-    from training.tune import subset_cache
+    from training.probability_cache import subset_cache
 
     per_fold, per_frame = [], {}
     for k in sorted(set(assignment.tolist())):

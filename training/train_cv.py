@@ -44,11 +44,11 @@ def _bundle_of(
     run_dirs: dict[str, Path], class_ids: list[int], class_names: dict[int, str], device: str
 ) -> Any:
     from training.model_bundle import ModelBundle, PostprocessParams
-    from training.tune import _build, load_run
+    from training.tune import build_run_model, load_run
 
-    seg = _build(load_run(run_dirs["segmenter"], "segmenter")).to(device)
+    seg = build_run_model(load_run(run_dirs["segmenter"], "segmenter")).to(device)
     cls = (
-        _build(load_run(run_dirs["classifier"], "classifier")).to(device)
+        build_run_model(load_run(run_dirs["classifier"], "classifier")).to(device)
         if "classifier" in run_dirs
         else None
     )
@@ -83,7 +83,7 @@ def _train_pair(
 
 def _ordered(pieces: list[tuple[list[int], Any]], total: int) -> Any:
     """One cache in the cross-validated dataset's frame order from per-fold caches."""
-    from training.tune import merge_caches, subset_cache
+    from training.probability_cache import merge_caches, subset_cache
 
     merged = merge_caches([cache for _indices, cache in pieces])
     position = [i for indices, _cache in pieces for i in indices]
@@ -97,9 +97,10 @@ def train_all_cv(args: argparse.Namespace) -> Path:
     from training.data_checks import check_dataset
     from training.mixed_data import MixedDataset, open_mixed, parse_specs
     from training.model_bundle import save_bundle
+    from training.postprocess_search import GATE_THRESHOLDS, search
+    from training.probability_cache import collect_probabilities
     from training.run_config import resolved_specs
     from training.trainer import init_weights
-    from training.tune import GATE_THRESHOLDS, collect_probabilities, search
 
     specs = parse_specs([str(d) for d in args.data])
     cv_index = _cv_part(specs, str(args.cv))

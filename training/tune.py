@@ -1,16 +1,7 @@
 """`steel tune`: pick per-class post-processing on the validation split and write a model bundle.
 
-For each class the search is exhaustive over a small grid of (pixel threshold, minimum component
-area, classifier gate), maximising that class's mean Dice over the validation images; because
-Kaggle's score is the mean over (image, class) pairs, maximising each class separately maximises
-the total. Each pixel threshold costs one connected-component pass per image; every (area, gate)
-pair after that is arithmetic on per-component counts, so the whole grid is cheap.
-
-Memory: probabilities are cached as uint8 (p * 255) at a resolution reduced by an integer factor
-chosen so that the cache fits ``cache_mb`` (factor 1 for a few hundred NEU frames, 2-4 for
-Severstal). Minimum areas are expressed in full-resolution pixels throughout. The per-class search
-ignores overlap resolution (it couples classes); the reported "tuned" Dice applies the complete
-post-processing, overlaps included, to the cache.
+The search is training.postprocess_search over the cache of training.probability_cache; the bundle's
+provenance records the grid and the raw and tuned validation Dice.
 """
 
 from __future__ import annotations
@@ -18,34 +9,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import cv2
-import numpy as np
+from typing import Any
 
 from steelcore import exit_codes
-
-if TYPE_CHECKING:
-    from training.datasets import SteelDataset
-    from training.model_bundle import ModelBundle, PostprocessParams
+from training.postprocess_search import (
+    GATE_THRESHOLDS,
+    MIN_AREA_FRACTIONS,
+    PIXEL_THRESHOLDS,
+    ClassChoice,
+    cached_mean_dice,
+    search,
+)
+from training.probability_cache import BATCH_SIZE, CACHE_MB, collect_probabilities
 
 log = logging.getLogger(__name__)
 
-PIXEL_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-GATE_THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-# Minimum component areas as fractions of the frame (0.001 of 256x1600 is 410 px; of 200x200, 40 px).
-MIN_AREA_FRACTIONS = (0.0, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.03)
-CACHE_MB = 512
-CACHE_FACTORS = (1, 2, 4, 8)
-BATCH_SIZE = 8
 
-
-# ----------------------------------------------------------------------------- run directories
 @dataclass
 class TrainingRun:
     path: Path
@@ -79,7 +62,7 @@ def load_run(run_dir: str | Path, task: str) -> TrainingRun:
     return TrainingRun(path, task, config["net"], [int(c) for c in config["class_ids"]], seed, state)
 
 
-def _build(run: TrainingRun) -> Any:
+def build_run_model(run: TrainingRun) -> Any:
     from training.networks import build_model
 
     model = build_model(run.task, run.net)  # type: ignore[arg-type]
@@ -88,198 +71,6 @@ def _build(run: TrainingRun) -> Any:
     except RuntimeError as exc:
         raise ValueError(f"{run.path / 'model.pt'} does not match {run.path / 'config.json'}: {exc}") from exc
     return model.eval()
-
-
-# ----------------------------------------------------------------------------- probability cache
-@dataclass
-class ProbabilityCache:
-    """Validation outputs at reduced resolution: uint8 probabilities (p * 255) and bool truth."""
-
-    factor: int
-    frame_area: int  # full-resolution pixels of the first frame, for the min-area grid
-    seg: list[np.ndarray]  # per image (C, h, w) uint8
-    truth: list[np.ndarray]  # per image (C, h, w) bool
-    cls: np.ndarray | None  # (N, C) float32
-
-
-def choose_cache_factor(images: int, classes: int, frame_shape: tuple[int, int], cache_mb: float) -> int:
-    """Smallest downscale factor at which uint8 probabilities + bool truth fit cache_mb."""
-    per_image = 2 * classes * frame_shape[0] * frame_shape[1]
-    for factor in CACHE_FACTORS:
-        if images * per_image / factor**2 <= cache_mb * 2**20:
-            return factor
-    return CACHE_FACTORS[-1]
-
-
-def _shrink(stack: np.ndarray, factor: int) -> np.ndarray:
-    """(C, H, W) float -> (C, H/f, W/f) by area averaging (cv2 resizes channels-last)."""
-    if factor == 1:
-        return stack
-    c, h, w = stack.shape
-    size = (max(1, w // factor), max(1, h // factor))
-    out = cv2.resize(np.ascontiguousarray(stack.transpose(1, 2, 0)), size, interpolation=cv2.INTER_AREA)
-    return out.reshape(size[1], size[0], c).transpose(2, 0, 1)
-
-
-def collect_probabilities(
-    bundle: ModelBundle,
-    dataset: SteelDataset,
-    cache_mb: float = CACHE_MB,
-    batch_size: int = BATCH_SIZE,
-    progress: bool = True,
-    factor: int | None = None,
-) -> ProbabilityCache:
-    """Run the networks over the dataset once and keep what the search needs (at a downscale factor
-    chosen to fit cache_mb unless given)."""
-    from tqdm import tqdm
-
-    from training.inference import batches_by_shape, predict_probs
-
-    first_shape = dataset[0][0].shape
-    if factor is None:
-        factor = choose_cache_factor(len(dataset), len(bundle.class_ids), first_shape, cache_mb)
-    seg_cache: list[np.ndarray] = []
-    truth_cache: list[np.ndarray] = []
-    cls_rows: list[np.ndarray] = []
-    samples = ((masks, image) for image, masks, _ in (dataset[i] for i in range(len(dataset))))
-    with tqdm(total=len(dataset), desc="tune: inference", unit="frame", disable=not progress) as bar:
-        for truths, frames in batches_by_shape(samples, batch_size):
-            cls, seg = predict_probs(bundle, frames)
-            for k in range(len(frames)):
-                seg_cache.append(np.round(_shrink(seg[k], factor) * 255).astype(np.uint8))
-                truth_cache.append(_shrink(truths[k].astype(np.float32), factor) >= 0.5)
-            if cls is not None:
-                cls_rows.append(cls)
-            bar.update(len(frames))
-    cls_all = np.concatenate(cls_rows).astype(np.float32) if cls_rows else None
-    return ProbabilityCache(factor, first_shape[0] * first_shape[1], seg_cache, truth_cache, cls_all)
-
-
-def merge_caches(caches: list[ProbabilityCache]) -> ProbabilityCache:
-    """One cache of all frames of several (same factor, same classes, all with or all without gates)."""
-    if not caches or len({c.factor for c in caches}) != 1:
-        raise ValueError("merge_caches needs caches of one downscale factor")
-    with_cls = [c.cls is not None for c in caches]
-    if any(with_cls) and not all(with_cls):
-        raise ValueError("merge_caches: some caches have classifier outputs and some do not")
-    cls = np.concatenate([c.cls for c in caches if c.cls is not None]) if all(with_cls) else None
-    return ProbabilityCache(
-        caches[0].factor,
-        caches[0].frame_area,
-        [s for c in caches for s in c.seg],
-        [t for c in caches for t in c.truth],
-        cls,
-    )
-
-
-def subset_cache(cache: ProbabilityCache, indices: list[int]) -> ProbabilityCache:
-    cls = None if cache.cls is None else cache.cls[indices]
-    return ProbabilityCache(
-        cache.factor,
-        cache.frame_area,
-        [cache.seg[i] for i in indices],
-        [cache.truth[i] for i in indices],
-        cls,
-    )
-
-
-# ----------------------------------------------------------------------------- grid search
-@dataclass
-class ClassChoice:
-    pixel_threshold: float
-    min_area: int
-    gate_threshold: float
-    dice: float
-    raw_dice: float
-
-
-def _components(cache: ProbabilityCache, c: int, threshold: float) -> tuple[np.ndarray, ...]:
-    """For one class and pixel threshold: (image index, area, overlap with truth) of every component."""
-    level = math.ceil(threshold * 255 - 1e-6)  # p >= t  <=>  round(p * 255) >= ceil(t * 255), to 1/255
-    img_idx, areas, overlaps = [], [], []
-    for i, (seg, truth) in enumerate(zip(cache.seg, cache.truth, strict=True)):
-        mask = (seg[c] >= level).astype(np.uint8)
-        if not mask.any():
-            continue
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        hit = np.bincount(labels[truth[c]], minlength=count)
-        img_idx.append(np.full(count - 1, i))
-        areas.append(stats[1:, cv2.CC_STAT_AREA])
-        overlaps.append(hit[1:])
-    if not areas:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, int)
-    return np.concatenate(img_idx), np.concatenate(areas), np.concatenate(overlaps)
-
-
-def search_class(
-    cache: ProbabilityCache, c: int, gates: tuple[float, ...], min_areas: list[int]
-) -> tuple[ClassChoice, np.ndarray]:
-    """Best (pixel threshold, min area, gate) for class index c and the whole score grid [T, A, G]."""
-    n = len(cache.seg)
-    truth_sum = np.array([t[c].sum() for t in cache.truth], dtype=np.float64)
-    scale = cache.factor**2  # cache pixels -> full-resolution pixels
-    if cache.cls is not None:
-        gate_open = cache.cls[:, c][None, :] >= np.asarray(gates, dtype=np.float32)[:, None]  # [G, N]
-    else:
-        gate_open = np.ones((1, n), dtype=bool)
-    scores = np.zeros((len(PIXEL_THRESHOLDS), len(min_areas), len(gate_open)))
-    for ti, threshold in enumerate(PIXEL_THRESHOLDS):
-        img, area, hit = _components(cache, c, threshold)
-        for ai, min_area in enumerate(min_areas):
-            keep = area * scale >= min_area
-            pred = np.bincount(img[keep], weights=area[keep], minlength=n)
-            inter = np.bincount(img[keep], weights=hit[keep], minlength=n)
-            pred_g, inter_g = pred * gate_open, inter * gate_open  # [G, N]
-            total = pred_g + truth_sum
-            dice = np.where(total == 0, 1.0, 2 * inter_g / np.maximum(total, 1e-9))
-            scores[ti, ai] = dice.mean(axis=1)
-    # Among ties (common on small or easy splits) keep the setting nearest the untuned one.
-    ties = np.argwhere(scores >= scores.max() - 1e-12)
-    ti, ai, gi = min(ties.tolist(), key=lambda idx: (abs(PIXEL_THRESHOLDS[idx[0]] - 0.5), idx[1], idx[2]))
-    # A gate that changes nothing on these frames (the segmenter never finds the class here) is set as
-    # high as the grid goes: the class then costs the cascade no segmentation unless the classifier is
-    # sure, instead of holding every frame open for a class the model has not learned to find.
-    if np.ptp(scores[ti, ai]) <= 1e-12:
-        gi = len(gates) - 1
-    raw = scores[PIXEL_THRESHOLDS.index(0.5), 0, 0]  # gates[0] and min_areas[0] are 0: no gate, no area
-    gate = gates[gi] if cache.cls is not None else 0.0
-    best = float(scores[ti, ai, gi])
-    choice = ClassChoice(PIXEL_THRESHOLDS[ti], int(min_areas[ai]), float(gate), best, float(raw))
-    return choice, scores
-
-
-def cached_mean_dice(cache: ProbabilityCache, params: PostprocessParams, overlaps: bool = True) -> float:
-    """Mean Dice on the cache after the complete post-processing (overlaps resolved unless told not to)."""
-    from steelcore.postprocess import apply_postprocess
-    from training.metrics import dice_scores
-    from training.model_bundle import PostprocessParams
-
-    cache_areas = [math.ceil(a / cache.factor**2) for a in params.min_area]
-    scaled = PostprocessParams(params.gate_threshold, params.pixel_threshold, cache_areas)
-    total = 0.0
-    for i, (seg, truth) in enumerate(zip(cache.seg, cache.truth, strict=True)):
-        cls = None if cache.cls is None else cache.cls[i : i + 1]
-        probs = seg[None].astype(np.float32) / 255
-        masks = apply_postprocess(cls, probs, scaled, overlaps=overlaps)
-        total += float(dice_scores(masks, truth[None]).sum())
-    return total / (len(cache.seg) * len(cache.truth[0]))
-
-
-def search(cache: ProbabilityCache) -> tuple[PostprocessParams, list[ClassChoice]]:
-    from training.model_bundle import PostprocessParams
-
-    if not cache.seg:
-        raise ValueError("no validation images to tune on")
-    num_classes = cache.seg[0].shape[0]
-    min_areas = sorted({round(f * cache.frame_area) for f in MIN_AREA_FRACTIONS})
-    gates = GATE_THRESHOLDS if cache.cls is not None else (0.0,)
-    choices = [search_class(cache, c, gates, min_areas)[0] for c in range(num_classes)]
-    params = PostprocessParams(
-        gate_threshold=[ch.gate_threshold for ch in choices],
-        pixel_threshold=[ch.pixel_threshold for ch in choices],
-        min_area=[ch.min_area for ch in choices],
-    )
-    return params, choices
 
 
 # ----------------------------------------------------------------------------- the job
@@ -335,8 +126,8 @@ def tune_and_save(
         meta={},
         class_ids=dataset.class_ids,
         class_names=dataset.class_names,
-        classifier=_build(cls_run).to(device) if cls_run else None,
-        segmenter=_build(seg_run).to(device),
+        classifier=build_run_model(cls_run).to(device) if cls_run else None,
+        segmenter=build_run_model(seg_run).to(device),
         postprocess=PostprocessParams.neutral(dataset.num_classes),
     )
     cache = collect_probabilities(bundle, dataset, cache_mb, batch_size, progress)

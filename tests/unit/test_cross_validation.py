@@ -97,16 +97,16 @@ def test_nested_tuning_never_sees_the_fold_it_scores() -> None:
             self.truth = idx
             self.cls = None
 
-    import training.tune as tune
+    import training.probability_cache as probability_cache
 
-    original = tune.subset_cache
-    tune.subset_cache = lambda cache, indices: Cache(indices)  # type: ignore[assignment]
+    original = probability_cache.subset_cache
+    probability_cache.subset_cache = lambda cache, indices: Cache(indices)  # type: ignore[assignment]
     try:
         _, per_frame = nested_predictions(
             Cache(list(range(6))), assignment, lambda c: (seen.append(c.idx) or tuple(c.idx), None)
         )
     finally:
-        tune.subset_cache = original
+        probability_cache.subset_cache = original
     for frame, params in per_frame.items():
         assert frame not in params  # the params of a frame were tuned without it
     assert [sorted(s) for s in seen] == [[2, 3, 4, 5], [0, 1, 4, 5], [0, 1, 2, 3]]
@@ -237,7 +237,8 @@ def test_eval_robustness_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_gate_that_changes_nothing_is_set_high_so_the_cascade_skips_the_class() -> None:
-    from training.tune import GATE_THRESHOLDS, PIXEL_THRESHOLDS, ProbabilityCache, search
+    from training.postprocess_search import GATE_THRESHOLDS, PIXEL_THRESHOLDS, search
+    from training.probability_cache import ProbabilityCache
 
     rng = np.random.default_rng(0)
     n, h, w = 12, 16, 32

@@ -15,13 +15,15 @@ from steelcore import exit_codes
 from steelcore.cli import main
 from steelcore.paths import SEVERSTAL_SAMPLE_DIR
 from steelcore.rle import decode, encode
-from training import tune, zoo
+from training import postprocess_search, probability_cache, zoo
 from training.datasets import in_val_split
 from training.evaluate import evaluate_bundle
 from training.model_bundle import PostprocessParams, load_bundle, save_bundle
 from training.networks import build_model
+from training.postprocess_search import search
 from training.predict import predict_submission
-from training.tune import ProbabilityCache, search, tune_and_save
+from training.probability_cache import ProbabilityCache
+from training.tune import tune_and_save
 
 H, W = 32, 64
 TINY = {"widths": [4, 4, 8, 8, 8], "blocks": [1, 1, 1, 1], "input_scale": 1.0}
@@ -93,9 +95,9 @@ def test_tune_writes_loadable_bundle_with_grid_params_and_provenance(
     bundle = load_bundle(tuned_bundle)
     assert bundle.name == "tiny" and bundle.classifier is not None
     params = bundle.postprocess
-    assert all(t in tune.PIXEL_THRESHOLDS for t in params.pixel_threshold)
-    assert all(g in tune.GATE_THRESHOLDS for g in params.gate_threshold)
-    allowed_areas = {round(f * H * W) for f in tune.MIN_AREA_FRACTIONS}
+    assert all(t in postprocess_search.PIXEL_THRESHOLDS for t in params.pixel_threshold)
+    assert all(g in postprocess_search.GATE_THRESHOLDS for g in params.gate_threshold)
+    allowed_areas = {round(f * H * W) for f in postprocess_search.MIN_AREA_FRACTIONS}
     assert set(params.min_area) <= allowed_areas
     prov = bundle.meta["provenance"]
     assert prov["data"] == [str(kaggle_data["root"].resolve())]
@@ -120,14 +122,14 @@ def test_tune_without_classifier_and_with_a_tiny_cache(kaggle_data: dict, tmp_pa
     bundle = load_bundle(out)
     assert bundle.classifier is None
     assert bundle.postprocess.gate_threshold == [0.0] * 4
-    assert bundle.meta["provenance"]["tuning"]["cache_downscale"] == tune.CACHE_FACTORS[-1]
+    assert bundle.meta["provenance"]["tuning"]["cache_downscale"] == probability_cache.CACHE_FACTORS[-1]
 
 
 def test_cache_factor_fits_the_budget() -> None:
     # 2 bytes (uint8 probability + bool truth) x 4 classes x 256 x 1600 = 3,276,800 bytes per frame.
-    assert tune.choose_cache_factor(300, 4, (256, 1600), 512) == 2  # 983 MB / 4 = 246 MB
-    assert tune.choose_cache_factor(1257, 4, (256, 1600), 512) == 4  # 4.1 GB / 16 = 257 MB
-    assert tune.choose_cache_factor(894, 3, (200, 200), 512) == 1  # 215 MB
+    assert probability_cache.choose_cache_factor(300, 4, (256, 1600), 512) == 2  # 983 MB / 4 = 246 MB
+    assert probability_cache.choose_cache_factor(1257, 4, (256, 1600), 512) == 4  # 4.1 GB / 16 = 257 MB
+    assert probability_cache.choose_cache_factor(894, 3, (200, 200), 512) == 1  # 215 MB
 
 
 def test_search_finds_the_settings_that_remove_known_false_positives() -> None:
