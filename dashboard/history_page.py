@@ -1,17 +1,14 @@
 """History page for engineers: filter, page through and export stored defects, view a frame.
 
-Queries go through workers.defect_history (the same bound-parameter, index-backed statements as
-`steel query`); exports are built only when their download button is clicked.
+Queries go through steelcore.postgres.defect_history and exports through steelcore.defect_export,
+as `steel query` does; exports are built only when their download button is clicked.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import tempfile
 from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
-from pathlib import Path
 
 import streamlit as st
 from sqlalchemy import Engine
@@ -19,10 +16,8 @@ from sqlalchemy import Engine
 from dashboard import data_access, ui
 from dashboard.feedback import defect_verdicts
 from dashboard.retraining_export import retraining_zip_file
-from steelcore.csv_safety import safe_row
-from steelcore.kaggle_csv import write_submission
-from steelcore.severstal import CLASS_IDS, CLASS_NAMES
-from workers.defect_history import (
+from steelcore.defect_export import kaggle_text, write_csv
+from steelcore.postgres.defect_history import (
     DENSITY_PER_M,
     DefectFilters,
     DefectRow,
@@ -30,6 +25,7 @@ from workers.defect_history import (
     count_defects,
     query_defects,
 )
+from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 
 PERIODS = {
     "Last hour": timedelta(hours=1),
@@ -44,23 +40,6 @@ EXPORT_MAX_ROWS = 100_000
 RETRAINING_MAX_FRAMES = 2000
 MAX_SUMMARY_COILS = 500
 ANY = "any"
-CSV_COLUMNS = (
-    "defect_id",
-    "frame_id",
-    "class_id",
-    "captured_at",
-    "line_id",
-    "camera_id",
-    "coil_id",
-    "position_m",
-    "area_px",
-    "bbox",
-    "probability",
-    "severity",
-    "model_name",
-    "model_version",
-    "rle",
-)
 
 
 def render() -> None:
@@ -154,27 +133,16 @@ def _table_row(r: DefectRow) -> dict[str, object]:
 
 
 def defects_csv(engine: Engine, filters: DefectFilters) -> bytes:
-    """Every matching defect (at most EXPORT_MAX_ROWS) as CSV."""
+    """Every matching defect (at most EXPORT_MAX_ROWS) as CSV, the columns of `steel query --format csv`."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in query_defects(engine, _replace(filters, limit=EXPORT_MAX_ROWS, offset=0)):
-        values = {
-            **vars(r),
-            "captured_at": r.captured_at.astimezone(UTC).isoformat(),
-            "bbox": " ".join(map(str, r.bbox)),
-        }
-        writer.writerow(safe_row(values[c] for c in CSV_COLUMNS))
+    write_csv(buffer, query_defects(engine, _replace(filters, limit=EXPORT_MAX_ROWS, offset=0)))
     return buffer.getvalue().encode("utf-8")
 
 
 def defects_kaggle_csv(engine: Engine, filters: DefectFilters) -> bytes:
     """Matching defects as ImageId,ClassId,EncodedPixels (ImageId = frame id, as `steel query`)."""
     rows = query_defects(engine, _replace(filters, limit=EXPORT_MAX_ROWS, offset=0))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "defects.csv"
-        write_submission(path, ((r.frame_id, r.class_id, r.rle) for r in rows))
-        return path.read_bytes()
+    return kaggle_text(rows).encode("utf-8")
 
 
 def _exports(engine: Engine, filters: DefectFilters) -> None:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,31 +25,9 @@ from steelcore import exit_codes
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from workers.defect_history import DefectFilters, DefectRow
+    from steelcore.postgres.defect_history import DefectFilters, DefectRow
 
 FORMATS = ("table", "csv", "kaggle")
-CSV_COLUMNS = (
-    "frame_id",
-    "class_id",
-    "captured_at",
-    "line_id",
-    "camera_id",
-    "coil_id",
-    "position_m",
-    "area_px",
-    "bbox_x0",
-    "bbox_y0",
-    "bbox_x1",
-    "bbox_y1",
-    "probability",
-    "severity",
-    "height",
-    "width",
-    "model_name",
-    "model_version",
-    "image_ref",
-    "rle",
-)
 
 
 def iso_time(text: str) -> datetime:
@@ -66,7 +42,7 @@ def iso_time(text: str) -> datetime:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from workers.defect_history import DEFAULT_LIMIT
+    from steelcore.postgres.defect_history import DEFAULT_LIMIT
 
     parser.add_argument(
         "--from", dest="time_from", type=iso_time, metavar="ISO", help="captured at or after (ISO-8601)"
@@ -105,8 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import DBAPIError, ProgrammingError
 
+    from steelcore.postgres.defect_history import DefectFilters
     from steelcore.settings import redact_url
-    from workers.defect_history import DefectFilters
 
     if args.limit < 0:
         print(f"steel query: --limit must be >= 0, got {args.limit}", file=sys.stderr)
@@ -131,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     url = _database_url(args.db_url)
     if url is None:
         return exit_codes.UNAVAILABLE
-    from workers.db_migrate import create_db_engine
+    from steelcore.postgres.engine import create_db_engine
 
     try:
         engine = create_db_engine(url)
@@ -147,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table: never migrated
             print(
                 f"steel query: {redact_url(url)} has no defect tables; run `steel up` or "
-                "`python -m workers.db_migrate upgrade URL`",
+                "`python -m steelcore.postgres.migrate upgrade URL`",
                 file=sys.stderr,
             )
             return exit_codes.UNAVAILABLE
@@ -188,7 +164,7 @@ def _database_url(explicit: str | None) -> str | None:
 
 
 def _write_defects(engine: Engine, filters: DefectFilters, fmt: str, out: Path | None) -> None:
-    from workers.defect_history import count_defects, query_defects
+    from steelcore.postgres.defect_history import count_defects, query_defects
 
     rows = query_defects(engine, filters)
     if fmt == "kaggle":
@@ -196,35 +172,20 @@ def _write_defects(engine: Engine, filters: DefectFilters, fmt: str, out: Path |
         return
     with _open_out(out) as stream:
         if fmt == "csv":
-            from steelcore.csv_safety import safe_row
+            from steelcore.defect_export import write_csv
 
-            writer = csv.writer(stream, lineterminator="\n")
-            writer.writerow(CSV_COLUMNS)
-            for r in rows:
-                writer.writerow(safe_row(_csv_values(r)))
+            write_csv(stream, rows)
         else:
             _write_table(stream, rows, count_defects(engine, filters))
 
 
-def _csv_values(r: DefectRow) -> list[object]:
-    values: dict[str, object] = dict(vars(r))
-    values["bbox_x0"], values["bbox_y0"], values["bbox_x1"], values["bbox_y1"] = r.bbox
-    values["captured_at"] = r.captured_at.astimezone(UTC).isoformat()
-    return [values[c] for c in CSV_COLUMNS]
-
-
 def _write_kaggle(rows: Sequence[DefectRow], out: Path | None) -> None:
-    from steelcore.kaggle_csv import write_submission
+    from steelcore.defect_export import kaggle_text, write_kaggle
 
-    triples = [(r.frame_id, r.class_id, r.rle) for r in rows]
     if out is not None:
-        write_submission(out, triples)
-        return
-    # write_submission replaces a file atomically; for standard output go through a temporary one.
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "submission.csv"
-        write_submission(path, triples)
-        sys.stdout.write(path.read_text(encoding="utf-8"))
+        write_kaggle(out, rows)
+    else:
+        sys.stdout.write(kaggle_text(rows))
 
 
 def _write_table(stream: TextIO, rows: Sequence[DefectRow], total: int) -> None:
@@ -258,8 +219,8 @@ def _print_columns(stream: TextIO, header: Sequence[str], table: Sequence[Sequen
 
 
 def _write_summary(engine: Engine, f: DefectFilters, out: Path | None) -> None:
+    from steelcore.postgres.defect_history import DENSITY_PER_M, coil_summary
     from steelcore.severstal import CLASS_IDS
-    from workers.defect_history import DENSITY_PER_M, coil_summary
 
     summaries = coil_summary(
         engine,

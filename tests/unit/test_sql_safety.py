@@ -29,7 +29,8 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("dashboard/db_access.py", "ensure_dashboard_roles"): "role names are the module's constants",
     ("dashboard/db_access.py", "_create_login_role_sql"): "role names are the module's constants",
     ("dashboard/db_access.py", "_read_only"): "SET takes no parameters; the timeout is a constant int",
-    ("workers/defect_history.py", "explain_plan"): "EXPLAIN of a compiled Core statement; values stay bound",
+    ("steelcore/postgres/defect_history.py", "explain_plan"): "EXPLAIN of a compiled Core statement; "
+    "values stay bound",
     ("benchmarks/queries_bench.py", "_scratch_database"): "a generated database name (uuid), never input",
     ("benchmarks/queries_seed.py", "<module>"): "seed statements from the module's integer constants",
     ("workers/frame_partitions.py", "create_ahead"): "partition names and bounds from the code's own "

@@ -1,7 +1,7 @@
-"""Read-only history queries over stored defects, shared by `steel query` and the dashboard.
+"""The defect history, one read model for `steel query` and the dashboard's history page.
 
 Every filter is a bound parameter of a SQLAlchemy expression; no SQL is built from strings. The
-filters map onto the indexes of steelcore.db_schema: time range -> ix_defects_captured_at,
+filters map onto the indexes of the schema: time range -> ix_defects_captured_at,
 class + time -> ix_defects_class_id_captured_at, line/camera + time ->
 ix_defects_line_id_camera_id_captured_at, coil -> ix_defects_coil_id_class_id.
 """
@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import Engine, Select, func, select
 
 from steelcore.db_schema import defect_frame, defects, frames
+from steelcore.frame_message import FrameIdentity
 
 # Rows returned when a caller gives no limit; `steel query --limit 0` asks for all.
 DEFAULT_LIMIT = 1000
@@ -59,15 +60,11 @@ class DefectFilters:
 
 
 @dataclass(frozen=True)
-class DefectRow:
+class DefectRow(FrameIdentity):
+    """A stored defect with its frame's identity; build it by keyword (the identity fields come first)."""
+
     defect_id: int
-    frame_id: str
     class_id: int
-    captured_at: datetime
-    line_id: str
-    camera_id: str
-    coil_id: str
-    position_m: float
     area_px: int
     bbox: tuple[int, int, int, int]
     probability: float
