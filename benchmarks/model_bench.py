@@ -1,7 +1,6 @@
 """`steel bench model`: forward time, parameters and FLOPs of the classifier and segmenter presets.
 
-All cases are timed in interleaved rounds (case A, B, C, then again), so that load from other processes on
-a shared machine falls on every case alike. Reported per 256x1600 frame:
+All cases are timed in interleaved rounds (benchmarks.model_timing). Reported per 256x1600 frame:
 
 - ms/frame at batch 1 and batch 8 (eager, inference mode), and at batch 8 with channels-last weights
   (the layout load_bundle serves);
@@ -9,10 +8,7 @@ a shared machine falls on every case alike. Reported per 256x1600 frame:
 - the small classifier + segmenter pair at batch 8, as served, against the CPU target (TARGET_MS_PER_FRAME);
 - a reference ResUNet of ResNet-18 widths at full resolution, and how many times slower it is;
 - the runtimes (``--runtime-model``, by default the shipped ``default`` bundle with its trained
-  weights): its classifier + segmenter pair on uint8 frames as ``predict_probs`` runs it in eager
-  torch, against the OpenVINO CPU runtime that ``triton_models/`` serves (``training.cpu_runtime``)
-  at f32 and at its "auto" precision (bf16 where the CPU computes it natively), interleaved in the
-  same rounds, with the speed-up of each over eager torch against RUNTIME_TARGET_SPEEDUP.
+  weights): eager torch against OpenVINO at f32 and "auto" precision (benchmarks.model_runtimes).
 """
 
 from __future__ import annotations
@@ -20,12 +16,11 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from benchmarks import model_runtimes
+from benchmarks.model_timing import BATCH_SIZES, TARGET_BATCH, Case, time_rounds
 from benchmarks.report import (
     add_common_arguments,
     print_table,
@@ -44,13 +39,8 @@ if TYPE_CHECKING:
 NAME = "model"
 # Product target on the 2-core CPU box: classifier + segmenter, batch 8, per 256x1600 frame.
 TARGET_MS_PER_FRAME = 50.0
-TARGET_BATCH = 8
-BATCH_SIZES = (1, TARGET_BATCH)
 DEFAULT_THREADS = 2
 REFERENCE_KEY = "reference/resnet18-resunet-full"
-# Issue 14: the CPU runtime's forward of the small pair at least this many times faster than eager torch.
-RUNTIME_TARGET_SPEEDUP = 2.5
-RUNTIME_PREFIX = "runtime/"
 PAIR_CASE = "small/pair"
 # The design the small preset is measured against: a textbook ResNet-18 ResUNet at full resolution.
 REFERENCE_CONFIG: dict[str, Any] = {
@@ -61,24 +51,6 @@ REFERENCE_CONFIG: dict[str, Any] = {
     "space_to_depth": 1,
     "stem_convs": 1,
 }
-
-
-@dataclass
-class Case:
-    """One timed callable and the samples (ms per frame) it collected."""
-
-    name: str
-    batch: int
-    fn: Callable[[], object]
-    samples_ms: list[float] = field(default_factory=list)
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(self.samples_ms)
-
-    @property
-    def min_ms(self) -> float:
-        return min(self.samples_ms)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,21 +99,6 @@ def _channels_last(model: nn.Module, batch: torch.Tensor) -> Callable[[], object
     return lambda: served(batch)
 
 
-def _time_rounds(cases: list[Case], warmup: int, repeats: int) -> None:
-    import torch
-    from tqdm import tqdm
-
-    with torch.inference_mode():
-        for case in cases:
-            for _ in range(warmup):
-                case.fn()
-        for _ in tqdm(range(repeats), desc="rounds", unit="round"):
-            for case in cases:
-                start = time.perf_counter()
-                case.fn()
-                case.samples_ms.append((time.perf_counter() - start) * 1000 / case.batch)
-
-
 def _networks(quick: bool) -> dict[str, tuple[str, str, nn.Module]]:
     """name -> (preset, task, model in eval mode) for every network the run measures."""
     from training.networks import PRESETS, build_model, preset
@@ -171,68 +128,6 @@ def _cases(networks: dict[str, tuple[str, str, nn.Module]], frames: dict[int, to
     batch = frames[TARGET_BATCH]
     cases.append(Case(PAIR_CASE, TARGET_BATCH, lambda: (small_cls(batch), small_seg(batch))))
     return cases
-
-
-def _bind(fn: Callable[[Any], object], frames: Any) -> Callable[[], object]:
-    return lambda: fn(frames)
-
-
-def _runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> tuple[list[Case], dict]:
-    """Eager torch vs OpenVINO (f32, auto) on one bundle's pair; and the precision each case ran at."""
-    from training.cpu_runtime import openvino_pair
-    from training.inference import predict_probs
-    from training.model_bundle import load_bundle
-
-    bundle = load_bundle(bundle_name)
-    candidates: dict[str, Any] = {"torch": lambda f: predict_probs(bundle, f)}
-    precisions = {"torch": "f32"}
-    for precision in ("f32", "auto"):
-        pair = openvino_pair(bundle, threads, precision)
-        if precision == "auto" and pair.precision == precisions.get("openvino-f32"):
-            continue  # this CPU has no faster precision: "auto" is f32 again
-        candidates[f"openvino-{precision}"] = pair
-        precisions[f"openvino-{precision}"] = pair.precision
-    cases = [
-        Case(f"{RUNTIME_PREFIX}{name}@b{b}", b, _bind(fn, frames_u8[b]))
-        for name, fn in candidates.items()
-        for b in BATCH_SIZES
-    ]
-    return cases, {"bundle": bundle.name, "bundle_path": bundle.path, "precisions": precisions}
-
-
-def _runtime_rows(by_name: dict[str, Case], info: dict[str, Any], frame_u8: Any) -> list[dict[str, Any]]:
-    import numpy as np
-
-    from training.cpu_runtime import openvino_pair
-    from training.inference import predict_probs
-    from training.model_bundle import load_bundle
-
-    # Output parity on one frame, next to the speed: the largest probability difference.
-    bundle = load_bundle(info["bundle_path"])
-    _, reference = predict_probs(bundle, frame_u8)
-    rows = []
-    torch_ms = {b: by_name[f"{RUNTIME_PREFIX}torch@b{b}"].median_ms for b in BATCH_SIZES}
-    for name, precision in info["precisions"].items():
-        row: dict[str, Any] = {
-            "name": f"{info['bundle']}/pair {name}",
-            "task": "runtime",
-            "runtime": name,
-            "precision": precision,
-        }
-        for b in BATCH_SIZES:
-            case = by_name[f"{RUNTIME_PREFIX}{name}@b{b}"]
-            row[f"ms_per_frame_b{b}"] = case.median_ms
-            row[f"min_ms_per_frame_b{b}"] = case.min_ms
-            row[f"samples_ms_b{b}"] = case.samples_ms
-            row[f"speedup_vs_torch_b{b}"] = ratio(torch_ms[b], case.median_ms)
-        if name != "torch":
-            _, seg = openvino_pair(bundle, 1, name.removeprefix("openvino-"))(frame_u8)
-            row["max_abs_diff_seg_probs"] = float(np.abs(seg - reference).max())
-            row["target_speedup"] = RUNTIME_TARGET_SPEEDUP
-            speedups = [row[f"speedup_vs_torch_b{b}"] for b in BATCH_SIZES]
-            row["target_met"] = min(speedups) >= RUNTIME_TARGET_SPEEDUP
-        rows.append(row)
-    return rows
 
 
 def _network_rows(
@@ -267,10 +162,10 @@ def run(args: argparse.Namespace) -> int:
     runtime_info: dict[str, Any] | None = None
     if runtime_model:
         frames_u8 = {b: (frames[b][:, 0] * 255).to(torch.uint8).numpy() for b in BATCH_SIZES}
-        runtime_cases, runtime_info = _runtime_cases(runtime_model, args.threads, frames_u8)
+        runtime_cases, runtime_info = model_runtimes.runtime_cases(runtime_model, args.threads, frames_u8)
         cases += runtime_cases
     load_before = os.getloadavg()[0]
-    _time_rounds(cases, args.warmup, args.repeats)
+    time_rounds(cases, args.warmup, args.repeats)
     # Other processes on a shared box inflate medians; the load average tells a reader how much.
     load = {"loadavg_1min_before": load_before, "loadavg_1min_after": os.getloadavg()[0]}
 
@@ -298,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         )
     results.append(summary)
     if runtime_info is not None:
-        results += _runtime_rows(by_name, runtime_info, frames_u8[1])
+        results += model_runtimes.runtime_rows(by_name, runtime_info, frames_u8[1])
 
     _report(results, args, load)
     config = {"threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick}
@@ -366,33 +261,7 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace, load: dict[
             f"warning: load average {busiest:.1f} means other processes competed for the CPUs and inflated "
             f"the medians; the fastest round of the pair took {pair['min_ms_per_frame_b8']:.1f} ms/frame"
         )
-    runtimes = [r for r in results if r["task"] == "runtime"]
-    if runtimes:
-        print_table(
-            ["pair", "precision", "ms/fr b1", "ms/fr b8", "min b8", "x torch b1", "x torch b8", "max|dp|"],
-            [
-                [
-                    r["name"],
-                    r["precision"],
-                    r["ms_per_frame_b1"],
-                    r["ms_per_frame_b8"],
-                    r["min_ms_per_frame_b8"],
-                    r["speedup_vs_torch_b1"],
-                    r["speedup_vs_torch_b8"],
-                    r.get("max_abs_diff_seg_probs", "-"),
-                ]
-                for r in runtimes
-            ],
-            title=f"\nCPU runtime vs eager torch, same rounds (target {RUNTIME_TARGET_SPEEDUP:g}x)",
-        )
-        for r in runtimes:
-            if "target_met" in r:
-                verdict = "met" if r["target_met"] else "NOT met"
-                print(
-                    f"{r['name']}: {r['speedup_vs_torch_b1']:.2f}x at batch 1, "
-                    f"{r['speedup_vs_torch_b8']:.2f}x at batch 8 "
-                    f"(target {RUNTIME_TARGET_SPEEDUP:g}x): {verdict}"
-                )
+    model_runtimes.print_runtime_rows(results)
     if "reference_slower_than_pair" in pair:
         print(
             f"ResNet-18 ResUNet at full resolution is {pair['reference_slower_than_pair']:.1f}x slower "
