@@ -21,130 +21,24 @@ names a running one. Results go to bench-results/triton.json (+ .png) and a tabl
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
-import threading
-import time
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import report
+from benchmarks.closed_loop import batches_of, closed_loop, real_frames, synthetic_frames
+from benchmarks.triton_metrics import scrape, split_time
+from benchmarks.triton_report import plot_results, print_results
 from steelcore import exit_codes
 
 NAME = "triton"
 CONCURRENCY = (1, 2, 4)
 BATCH_SIZES = (1, 8)
-MODELS = ("classifier", "segmenter", "postprocess", "steel_ensemble", "steel_cascade")
-METRICS = {
-    "requests": "nv_inference_request_success",
-    "inferences": "nv_inference_count",
-    "executions": "nv_inference_exec_count",
-    "queue_us": "nv_inference_queue_duration_us",
-    "compute_us": "nv_inference_compute_infer_duration_us",
-    "compute_input_us": "nv_inference_compute_input_duration_us",
-    "compute_output_us": "nv_inference_compute_output_duration_us",
-}
 
 
-# --- measuring -------------------------------------------------------------------------------------
-def closed_loop(
-    call: Callable[[np.ndarray], object], batches: Sequence[np.ndarray], concurrency: int
-) -> dict[str, Any]:
-    """Send ``batches`` with ``concurrency`` callers back to back; frames/s and latency percentiles."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    cursor = iter(range(len(batches)))
-    errors: list[Exception] = []
-
-    def caller() -> None:
-        while True:
-            with lock:
-                index = next(cursor, None)
-            if index is None or errors:
-                return
-            start = time.perf_counter()
-            try:
-                call(batches[index])
-            except Exception as exc:  # reported after the threads have stopped
-                errors.append(exc)
-                return
-            with lock:
-                latencies.append(time.perf_counter() - start)
-
-    threads = [threading.Thread(target=caller, daemon=True) for _ in range(concurrency)]
-    began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - began
-    if errors:
-        raise errors[0]
-    frames = sum(len(b) for b in batches)
-    ms = np.asarray(latencies) * 1000
-    return {
-        "frames": frames,
-        "requests": len(batches),
-        "wall_s": wall,
-        "frames_per_s": frames / wall,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-    }
-
-
-def scrape(metrics_url: str | None) -> dict[str, dict[str, float]]:
-    """Per model: the counters of METRICS summed over versions; empty without a metrics URL."""
-    if not metrics_url:
-        return {}
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    wanted = {metric: key for key, metric in METRICS.items()}
-    values: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or "{" not in line:
-            continue
-        metric, rest = line.split("{", 1)
-        if metric not in wanted or 'model="' not in rest:
-            continue
-        model = rest.split('model="', 1)[1].split('"', 1)[0]
-        value = float(line.rsplit(" ", 1)[1])
-        per_model = values.setdefault(model, {})
-        per_model[wanted[metric]] = per_model.get(wanted[metric], 0.0) + value
-    return values
-
-
-def split_time(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """Per model during one case: requests, mean batch, mean queue and compute ms per request."""
-    split: dict[str, Any] = {}
-    for model in MODELS:
-        if model not in after:
-            continue
-        delta = {k: after[model].get(k, 0.0) - before.get(model, {}).get(k, 0.0) for k in METRICS}
-        requests = delta["requests"]
-        if requests <= 0:
-            continue
-        compute = delta["compute_us"] + delta["compute_input_us"] + delta["compute_output_us"]
-        split[model] = {
-            "requests": int(requests),
-            "frames": int(delta["inferences"]),
-            "mean_batch": delta["inferences"] / delta["executions"] if delta["executions"] else float("nan"),
-            "queue_ms_per_request": delta["queue_us"] / requests / 1000,
-            "compute_ms_per_request": compute / requests / 1000,
-        }
-    return split
-
-
-def batches_of(frames: np.ndarray, batch: int, total_frames: int) -> list[np.ndarray]:
-    """``ceil(total_frames / batch)`` batches cycling through ``frames``."""
-    count = max(1, math.ceil(total_frames / batch))
-    return [np.take(frames, range(i * batch, (i + 1) * batch), axis=0, mode="wrap") for i in range(count)]
-
-
-# --- the candidates --------------------------------------------------------------------------------
 def in_process_call(
     bundle_path: Path, runtime: str = "torch", threads: int | None = None
 ) -> Callable[[np.ndarray], object]:
@@ -169,28 +63,6 @@ def in_process_call(
     return call
 
 
-def real_frames(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(every frame, the defect-free frames) of a Kaggle-layout folder of 1600x256 frames."""
-    from training.datasets import open_dataset
-
-    dataset = open_dataset(folder, "all")
-    clean = ~dataset.class_presence().any(axis=1)
-    frames = np.stack([dataset.read_image(i) for i in dataset.image_ids])
-    if not clean.any():
-        raise ValueError(f"{folder} holds no defect-free frame to show the cascade skipping work")
-    return frames, frames[clean]
-
-
-def synthetic_frames(seed: int, count: int) -> tuple[np.ndarray, int]:
-    """``count`` frames of the synthetic camera (Severstal class mix) and how many are clean."""
-    from producers.synthetic_camera import SyntheticCamera
-
-    camera = SyntheticCamera(seed=seed)
-    shots = [camera.frame(i) for i in range(count)]
-    return np.stack([s.image for s in shots]), sum(1 for s in shots if not s.classes)
-
-
-# --- the run -----------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="bundle name or path (default: settings model_name)")
     parser.add_argument("--url", default=None, help="a running Triton (host:port); default: start one")
@@ -316,10 +188,10 @@ def run(args: argparse.Namespace) -> int:
                 server.stop()
 
     config["load_average_after"] = os.getloadavg()
-    _print(results)
+    print_results(results)
     path = report.write_results(NAME, results, config, args.json)
     if not args.no_plot:
-        _plot(results, path.with_suffix(".png"))
+        plot_results(results, path.with_suffix(".png"))
     print(f"results: {path}")
     return exit_codes.OK
 
@@ -410,70 +282,3 @@ def _cascade_vs_ensemble(
             cascade["segmented_share"] = segmenter["frames"] / cascade["frames"]
         rows += [plain, cascade]
     return rows
-
-
-def _note(row: dict[str, Any]) -> str:
-    parts = []
-    if "segmented_share" in row:
-        parts.append(f"segmented {row['segmented_share']:.0%}")
-    if "identical_rle_share" in row:
-        parts.append(f"RLE identical {row['identical_rle_share']:.0%}")
-    return ", ".join(parts)
-
-
-def _print(results: list[dict[str, Any]]) -> None:
-    headers = [
-        "comparison", "candidate", "batch", "conc", "frames/s", "p50 ms", "p99 ms", "ratio",
-        "seg queue ms", "seg compute ms", "note",
-    ]  # fmt: skip
-    rows = []
-    for r in results:
-        segmenter = r.get("triton_split", {}).get("segmenter", {})
-        rows.append(
-            [
-                r["comparison"],
-                r["candidate"],
-                r["batch"],
-                r["concurrency"],
-                r["frames_per_s"],
-                r["p50_ms"],
-                r["p99_ms"],
-                r.get("ratio_vs_in_process", r.get("gain_vs_ensemble", "")),
-                segmenter.get("queue_ms_per_request", ""),
-                segmenter.get("compute_ms_per_request", ""),
-                _note(r),
-            ]
-        )
-    report.print_table(
-        headers, rows, title="Triton ensemble / cascade vs in-process torch (ratio: Triton / baseline)"
-    )
-    split_rows = [
-        [
-            f"{r['candidate']} b{r['batch']} x{r['concurrency']}",
-            model,
-            s["requests"],
-            s["mean_batch"],
-            s["queue_ms_per_request"],
-            s["compute_ms_per_request"],
-        ]
-        for r in results
-        for model, s in r.get("triton_split", {}).items()
-    ]
-    if split_rows:
-        report.print_table(
-            ["case", "model", "requests", "mean batch", "queue ms/req", "compute ms/req"],
-            split_rows,
-            title="\nQueue vs compute per model (Triton metrics; an ensemble's compute is its pipeline)",
-        )
-
-
-def _plot(results: list[dict[str, Any]], path: Path) -> None:
-    cases = [r for r in results if r["comparison"] == "ensemble_vs_in_process"]
-    categories = sorted({f"batch {r['batch']}" for r in cases})
-    series: dict[str, list[float]] = {}
-    for r in cases:
-        label = "in-process" if r["candidate"] == "in-process" else f"triton x{r['concurrency']}"
-        series.setdefault(label, [0.0] * len(categories))[categories.index(f"batch {r['batch']}")] = r[
-            "frames_per_s"
-        ]
-    report.save_bar_chart(path, "Ensemble vs in-process torch", categories, series, "frames/s")

@@ -1,4 +1,4 @@
-"""Helpers of `steel bench triton` that need no server: batching, the closed loop, the metrics split."""
+"""`steel bench triton` helpers that need no server: batching, the closed loop, the metrics split."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from benchmarks import triton_bench
+from benchmarks.closed_loop import batches_of, closed_loop
+from benchmarks.triton_metrics import scrape, split_time
 
 METRICS_BEFORE = """# HELP nv_inference_count Number of inferences performed
 nv_inference_request_success{model="segmenter",version="1"} 10
@@ -56,7 +57,7 @@ def metrics_server() -> Iterator[tuple[str, list[str]]]:
 
 def test_queue_and_compute_are_split_per_request(metrics_server: tuple[str, list[str]]) -> None:
     url, _ = metrics_server
-    split = triton_bench.split_time(triton_bench.scrape(url), triton_bench.scrape(url))
+    split = split_time(scrape(url), scrape(url))
     assert set(split) == {"segmenter"}, "a model without new requests is left out"
     seg = split["segmenter"]
     assert seg["requests"] == 4 and seg["frames"] == 16
@@ -67,7 +68,7 @@ def test_queue_and_compute_are_split_per_request(metrics_server: tuple[str, list
 
 def test_batches_cycle_through_the_frames() -> None:
     frames = np.arange(3)[:, None, None] * np.ones((3, 2, 2), np.uint8)
-    batches = triton_bench.batches_of(frames, 2, total_frames=5)
+    batches = batches_of(frames, 2, total_frames=5)
     assert [b[:, 0, 0].tolist() for b in batches] == [[0, 1], [2, 0], [1, 2]]
 
 
@@ -84,7 +85,7 @@ def test_closed_loop_keeps_the_callers_busy() -> None:
             in_flight[0] -= 1
 
     batches = [np.zeros((2, 1, 1), np.uint8)] * 8
-    result = triton_bench.closed_loop(call, batches, concurrency=4)
+    result = closed_loop(call, batches, concurrency=4)
     assert result["frames"] == 16 and result["requests"] == 8
     assert peak[0] == 4
     assert result["p50_ms"] >= 20 and result["frames_per_s"] > 0
@@ -95,4 +96,4 @@ def test_closed_loop_reports_a_failing_call() -> None:
         raise ConnectionError("server gone")
 
     with pytest.raises(ConnectionError, match="server gone"):
-        triton_bench.closed_loop(call, [np.zeros((1, 1, 1), np.uint8)] * 3, concurrency=2)
+        closed_loop(call, [np.zeros((1, 1, 1), np.uint8)] * 3, concurrency=2)
