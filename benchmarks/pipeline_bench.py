@@ -60,9 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from stack.embedded_stack import EmbeddedStack
     from stack.service import free_port
+    from steelcore.postgres.engine import create_db_engine
+    from steelcore.postgres.migrate import upgrade
     from steelcore.service_urls import postgres_url
     from steelcore.settings import Settings
-    from workers.db_migrate import create_db_engine, upgrade
 
     counts = sorted({int(w) for w in str(args.workers).split(",") if w.strip()})
     if not counts or counts[0] < 1:

@@ -2,7 +2,7 @@
 
 Seeds a fresh database with --rows defect rows (1,000,000 by default; benchmarks/queries_seed.py),
 then times each query the History and Live pages run, exactly as they run it
-(workers.defect_history and dashboard.data_access), and reports p50 / p95. Side by side, each
+(steelcore.postgres.defect_history and dashboard.data_access), and reports p50 / p95. Side by side, each
 history query also runs with index scans disabled (the plan Postgres would be left with without
 the schema's indexes); the ratio says what the index buys.
 
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cases(now: datetime) -> list[Case]:
     from dashboard import data_access
-    from workers.defect_history import DefectFilters, coil_summary, count_defects, query_defects
+    from steelcore.postgres.defect_history import DefectFilters, coil_summary, count_defects, query_defects
 
     day = DefectFilters(time_from=now - timedelta(days=1), time_to=now, limit=PAGE)
     week = DefectFilters(time_from=now - timedelta(days=7), time_to=now, limit=PAGE)
@@ -115,15 +115,16 @@ def _measure(url: str, shape: Any, args: argparse.Namespace) -> list[dict[str, A
     from tqdm import tqdm
 
     from benchmarks.queries_seed import seed_history
-    from workers import db_migrate
-    from workers.defect_history import explain_plan
+    from steelcore.postgres import migrate
+    from steelcore.postgres.defect_history import explain_plan
+    from steelcore.postgres.engine import create_db_engine
 
-    db_migrate.upgrade(url)
-    engine = db_migrate.create_db_engine(url)
+    migrate.upgrade(url)
+    engine = create_db_engine(url)
     try:
         with tqdm(total=shape.frames, desc="seeding frames", unit="frame", disable=None) as bar:
             seed_history(engine, shape, bar.update)
-        baseline = db_migrate.create_db_engine(url)
+        baseline = create_db_engine(url)
 
         @event.listens_for(baseline, "connect")
         def _no_index_scans(dbapi_connection: Any, _record: Any) -> None:
@@ -233,14 +234,14 @@ def _scratch_database(server_url: str) -> Iterator[str]:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    from workers import db_migrate
+    from steelcore.postgres.engine import create_db_engine, sqlalchemy_url
 
     name = f"steel_bench_{uuid.uuid4().hex[:10]}"
-    admin = db_migrate.create_db_engine(server_url, isolation_level="AUTOCOMMIT")
+    admin = create_db_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))  # a generated name, never input
-        url = make_url(db_migrate.sqlalchemy_url(server_url)).set(database=name)
+        url = make_url(sqlalchemy_url(server_url)).set(database=name)
         try:
             yield url.render_as_string(hide_password=False)
         finally:

@@ -83,7 +83,7 @@ WHERE i % 10 = 0
 
 
 def seed_history(engine: Engine, shape: SeedShape, progress: Callable[[int], None] | None = None) -> None:
-    """Fill an empty, migrated database (workers.db_migrate.upgrade) with ``shape``, then ANALYZE."""
+    """Fill an empty, migrated database (steelcore.postgres.migrate.upgrade) with ``shape``, then ANALYZE."""
     n_coils_per_line = shape.frames // LINES // (CAMERAS * POSITIONS_PER_COIL) + 1
     with engine.begin() as conn:
         conn.execute(text("SET LOCAL synchronous_commit = off"))

@@ -4,7 +4,7 @@
     steel dashboard --address 0.0.0.0 --password-file /run/secrets/dashboard   # login required
 
 Before serving, on the embedded stack it brings the schema to head and creates the dashboard's
-read-only and feedback logins (dashboard/db_access.py). Listening beyond localhost turns the
+read-only and feedback logins (dashboard/prepare_database.py). Listening beyond localhost turns the
 password login on (dashboard/auth.py); the dashboard refuses to start open there. The password
 reaches the server through the environment, never the command line.
 """
@@ -135,14 +135,14 @@ def _stop(server: subprocess.Popen) -> None:
 def _prepare_database(settings: DashboardSettings) -> int:
     from sqlalchemy.exc import OperationalError
 
-    from dashboard.db_access import prepare_embedded_database
+    from dashboard.prepare_database import prepare_embedded_database
     from steelcore.service_urls import ServiceUnavailableError, is_embedded
 
     if not is_embedded("postgres", settings):
         if not (settings.dashboard_db_url and settings.dashboard_feedback_db_url):
             log.warning(
                 "external database: the dashboard logs in as steel_dashboard / steel_feedback; create them "
-                "with `python -m dashboard.db_access roles` (as the owner) or set STEEL_DASHBOARD_DB_URL and "
+                "with `python -m dashboard.prepare_database roles` (as the owner) or set STEEL_DASHBOARD_DB_URL and "
                 "STEEL_DASHBOARD_FEEDBACK_DB_URL"
             )
         return exit_codes.OK

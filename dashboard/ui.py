@@ -12,9 +12,9 @@ from streamlit.delta_generator import DeltaGenerator
 
 from dashboard.config import DashboardSettings, load_dashboard_settings
 from dashboard.data_access import DefectMark, FrameDetail
-from dashboard.db_access import feedback_url, open_feedback_writer, open_reader, reader_url
 from dashboard.feedback import DefectVerdict, FeedbackError, record_feedback
 from dashboard.overlays import blank_frame, class_colour_hex, overlay_masks
+from steelcore.postgres.engine import feedback_url, open_feedback_writer, open_reader, reader_url
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 from workers.frame_images import load_frame_image
 

@@ -237,11 +237,12 @@ def marginal(
 
 
 def measure_postgres(url: str, records: list[Any]) -> dict[str, Any]:
-    from workers import db_migrate
+    from steelcore.postgres import migrate
+    from steelcore.postgres.engine import create_db_engine
     from workers.defect_store import DefectStore
 
-    db_migrate.upgrade(url)
-    engine = db_migrate.create_db_engine(url)
+    migrate.upgrade(url)
+    engine = create_db_engine(url)
     try:
         store = DefectStore(engine, Settings())
         half = len(records) // 2
@@ -324,10 +325,10 @@ def _fresh_database(admin_url: str, stack: ExitStack) -> str:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    from workers import db_migrate
+    from steelcore.postgres.engine import create_db_engine, sqlalchemy_url
 
     name = f"steel_measure_{uuid.uuid4().hex[:8]}"
-    admin = db_migrate.create_db_engine(admin_url, isolation_level="AUTOCOMMIT")
+    admin = create_db_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
 
@@ -337,7 +338,7 @@ def _fresh_database(admin_url: str, stack: ExitStack) -> str:
         admin.dispose()
 
     stack.callback(drop)
-    url = make_url(db_migrate.sqlalchemy_url(admin_url)).set(database=name)
+    url = make_url(sqlalchemy_url(admin_url)).set(database=name)
     return url.render_as_string(hide_password=False)
 
 

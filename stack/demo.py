@@ -244,8 +244,10 @@ class Demo:
         from stack.demo_summary import LiveSummary
         from stack.demo_truth import TruthReader
         from stack.service import free_port
-        from steelcore.service_urls import postgres_url, redis_url
-        from workers.db_migrate import create_db_engine, upgrade
+        from steelcore.postgres.engine import create_db_engine
+        from steelcore.postgres.migrate import upgrade
+        from steelcore.redis.connection import redis_client
+        from steelcore.service_urls import postgres_url
 
         s = self.settings
         url = postgres_url(s)

@@ -202,7 +202,7 @@ class Settings(BaseSettings):
 
     worker_db_password: SecretStr | None = Field(
         None,
-        description="password `python -m workers.db_migrate roles` sets on the workers' login "
+        description="password `python -m steelcore.postgres.migrate roles` sets on the workers' login "
         "steel_worker (member of steel_writer); unset = leave it as it is",
     )
 

@@ -99,7 +99,7 @@ def registry_summary() -> dict[str, Any]:
         from steelcore import service_urls
         from steelcore.db_schema import model_versions
         from steelcore.model_registry import read_roles
-        from workers.db_migrate import create_db_engine
+        from steelcore.postgres.engine import create_db_engine
 
         engine = create_db_engine(service_urls.postgres_url(), connect_timeout_s=3)
         try:
@@ -202,8 +202,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _lifecycle() -> Any:
     from stack import model_lifecycle
     from steelcore import service_urls
+    from steelcore.postgres.engine import create_db_engine
+    from steelcore.postgres.migrate import upgrade
     from steelcore.settings import get_settings
-    from workers.db_migrate import create_db_engine, upgrade
 
     settings = get_settings()
     repository = model_lifecycle.serving_repository_path(settings)

@@ -217,7 +217,7 @@ def severity(probability: float, area_px: int, class_id: int, alarm_min_area_px:
 
 
 class DefectStore:
-    """Writes batches of FrameRecords to the defect database (migrated by workers.db_migrate)."""
+    """Writes batches of FrameRecords to the defect database (migrated by steelcore.postgres.migrate)."""
 
     def __init__(self, engine: Engine, settings: Settings | None = None) -> None:
         self.engine = engine

@@ -188,8 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     purge.add_argument("--days", type=float, default=None, help="retention in days (default: settings)")
     args = parser.parse_args(argv)
+    from steelcore.postgres.engine import cli_database_url, create_db_engine
+    from steelcore.postgres.exceptions import CommandLinePasswordError
     from steelcore.service_urls import ServiceUnavailableError
-    from workers.db_migrate import CommandLinePasswordError, cli_database_url, create_db_engine
 
     try:
         url = cli_database_url(args.url)

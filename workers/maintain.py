@@ -79,8 +79,8 @@ def maintain_once(settings: Settings, *, weeks_ahead: int, now: datetime | None 
     from sqlalchemy.exc import OperationalError
 
     from steelcore import service_urls
+    from steelcore.postgres.engine import create_db_engine
     from workers import frame_partitions
-    from workers.db_migrate import create_db_engine
     from workers.frame_images import purge_frame_images
 
     when = now or datetime.now(UTC)
@@ -94,7 +94,7 @@ def maintain_once(settings: Settings, *, weeks_ahead: int, now: datetime | None 
         with engine.begin() as conn:
             if not frame_partitions.is_partitioned(conn):
                 log.error(
-                    "frames is not a partitioned table: migrate first (python -m workers.db_migrate upgrade)"
+                    "frames is not a partitioned table: migrate first (python -m steelcore.postgres.migrate upgrade)"
                 )
                 return exit_codes.UNAVAILABLE
         images = purge_frame_images(

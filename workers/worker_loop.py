@@ -175,7 +175,8 @@ class InferenceWorker(ConsumerSession, BatchSteps, WorkerLoad, ReadinessChecks):
             self.inference = client
             client.wait_ready(self.config.startup_timeout_s)
         if self.store is None:
-            from workers.db_migrate import create_db_engine, upgrade
+            from steelcore.postgres.engine import create_db_engine
+            from steelcore.postgres.migrate import upgrade
 
             url = service_urls.postgres_url(s)
             upgrade(url)

@@ -36,7 +36,7 @@ class ReadinessChecks:
             return None
         from sqlalchemy import text
 
-        from workers.db_migrate import head_revision
+        from steelcore.postgres.migrate import head_revision
 
         if self._schema_head is None:
             self._schema_head = head_revision()

@@ -37,11 +37,12 @@ from sqlalchemy.engine import make_url
 from producers.camera_producer import CameraProducer
 from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
 from stack.service import free_port
-from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import create_db_engine, sqlalchemy_url
+from steelcore.redis.connection import alarm_stream_from_settings
 from steelcore.service_urls import write_stack
 from steelcore.settings import Settings, reveal
-from workers import db_migrate
-from workers.actuator import RejectActuator, alarm_stream_from_settings, log_reject
+from workers.actuator import RejectActuator, log_reject
 from workers.worker_metrics import ERRORS_TOTAL, FRAMES_TOTAL, parse_metrics
 from workers.worker_parts import DLQ_HEADER_PREFIX
 
@@ -187,13 +188,13 @@ class FaultCase:
         write_stack(self.run_dir, {"kafka": {"url": kafka_url}})
         self.server_url = postgres_url
         self.db_name = f"steel_fault_{self.tag}"
-        self._admin = db_migrate.create_db_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        self._admin = create_db_engine(postgres_url, isolation_level="AUTOCOMMIT")
         with self._admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{self.db_name}"'))  # a generated name
-        self.db_url = make_url(db_migrate.sqlalchemy_url(postgres_url)).set(database=self.db_name)
+        self.db_url = make_url(sqlalchemy_url(postgres_url)).set(database=self.db_name)
         self.db_url_text = self.db_url.render_as_string(hide_password=False)
-        db_migrate.upgrade(self.db_url_text)
-        self.engine: Engine = db_migrate.create_db_engine(self.db_url_text)
+        migrate.upgrade(self.db_url_text)
+        self.engine: Engine = create_db_engine(self.db_url_text)
         fields: dict[str, Any] = {
             "run_dir": self.run_dir,
             "kafka_url": None,

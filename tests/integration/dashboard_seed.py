@@ -24,10 +24,10 @@ from sqlalchemy import Engine, insert, select, text
 from steelcore import db_schema
 from steelcore.kaggle_csv import read_labels
 from steelcore.paths import SEVERSTAL_SAMPLE_DIR
+from steelcore.postgres import migrate
 from steelcore.rle import decode
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, FRAME_SHAPE
-from workers import db_migrate
 from workers.alarm_rules import AlarmRule
 from workers.defect_store import AlarmRecord, DefectRecord, DefectStore, FrameRecord
 
@@ -138,10 +138,10 @@ def seed(engine: Engine, now: datetime | None = None) -> list[FrameRecord]:
 @contextmanager
 def new_database(server_url: str) -> Iterator[str]:
     """A new migrated database on the session's server with the dashboard roles, dropped afterwards."""
-    from dashboard.db_access import ensure_dashboard_roles
+    from steelcore.postgres.roles import ensure_dashboard_roles
 
     with scratch_database(server_url, "steel_dash") as url:
-        db_migrate.upgrade(url)
+        migrate.upgrade(url)
         ensure_dashboard_roles(url)
         yield url
 

@@ -32,11 +32,14 @@ from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
 from stack.kafka_broker import KafkaBroker
 from stack.service import free_port
 from steelcore import rle
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.roles import WRITER_ROLE, ensure_roles
+from steelcore.redis.alarm_stream import AlarmStream
+from steelcore.redis.connection import alarm_stream_from_settings
 from steelcore.service_urls import write_stack
 from steelcore.settings import Settings
-from workers import db_migrate
-from workers.actuator import RejectActuator, alarm_stream_from_settings, log_reject
-from workers.alarm_stream import AlarmStream
+from workers.actuator import RejectActuator, log_reject
 from workers.triton_client import EnsembleResult
 from workers.worker_config import WorkerConfig
 from workers.worker_parts import BatchAbandonedError
@@ -131,13 +134,13 @@ class Actuator:
 @pytest.fixture()
 def db_url(postgres_url: str) -> Iterator[str]:
     with scratch_database(postgres_url, "steel_alarms") as url:
-        db_migrate.upgrade(url)
+        migrate.upgrade(url)
         yield url
 
 
 @pytest.fixture()
 def engine(db_url: str) -> Iterator[Engine]:
-    eng = db_migrate.create_db_engine(db_url)
+    eng = create_db_engine(db_url)
     try:
         yield eng
     finally:
@@ -269,12 +272,12 @@ def test_alarm_stored_then_broker_restarted_before_the_commit_still_reaches_the_
 @pytest.fixture()
 def worker_engine(db_url: str) -> Iterator[Engine]:
     """The database as a worker login (member of steel_writer) sees it."""
-    db_migrate.ensure_roles(db_url)
+    ensure_roles(db_url)
     login = f"relay_{uuid.uuid4().hex[:8]}"
-    admin = db_migrate.create_db_engine(db_url)
+    admin = create_db_engine(db_url)
     with admin.begin() as conn:
-        conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE {db_migrate.WRITER_ROLE}"))  # a generated name
-    eng = db_migrate.create_db_engine(
+        conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE {WRITER_ROLE}"))  # a generated name
+    eng = create_db_engine(
         make_url(db_url).set(username=login).render_as_string(hide_password=False)
     )
     try:

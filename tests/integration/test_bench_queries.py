@@ -13,14 +13,14 @@ from sqlalchemy import text
 from benchmarks.queries_seed import DEFECTS_PER_FRAME, SeedShape, frames_for, seed_history
 from steelcore import exit_codes
 from steelcore.cli import main
-from workers import db_migrate
+from steelcore.postgres.engine import create_db_engine
 
 pytestmark = pytest.mark.integration
 
 
 def test_the_seed_has_the_promised_shape(postgres_url: str) -> None:
     with new_database(postgres_url) as url:
-        engine = db_migrate.create_db_engine(url)
+        engine = create_db_engine(url)
         try:
             shape = SeedShape(frames=frames_for(5000), end=datetime(2025, 6, 1, tzinfo=UTC))
             seed_history(engine, shape)
@@ -67,7 +67,7 @@ def test_steel_bench_queries_writes_json_and_a_table(
     assert out.with_suffix(".png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "p50 ms" in printed and "page, last 24 h" in printed
-    with db_migrate.create_db_engine(postgres_url).connect() as conn:  # the scratch database is gone
+    with create_db_engine(postgres_url).connect() as conn:  # the scratch database is gone
         left = conn.execute(
             text("SELECT count(*) FROM pg_database WHERE datname LIKE 'steel_bench_%'")
         ).scalar_one()

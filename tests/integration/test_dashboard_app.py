@@ -16,10 +16,9 @@ from dashboard_seed import RECENT_COIL, new_database, seed
 from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
-from dashboard.db_access import DASHBOARD_ROLE, FEEDBACK_ROLE, role_url
 from steelcore import db_schema
+from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
 from steelcore.severstal import CLASS_NAMES
-from workers import db_migrate
 from workers.defect_store import FrameRecord
 
 pytestmark = pytest.mark.integration
@@ -36,7 +35,7 @@ def db_url(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def owner(db_url: str) -> Iterator[Engine]:
-    engine = db_migrate.create_db_engine(db_url)
+    engine = create_db_engine(db_url)
     yield engine
     engine.dispose()
 

@@ -23,12 +23,11 @@ import pytest
 from dashboard_seed import RECENT_COIL, new_database, seed, seed_models
 from sqlalchemy import Engine, select
 
-from dashboard.db_access import DASHBOARD_ROLE, FEEDBACK_ROLE, role_url
 from dashboard.launch import streamlit_command
 from stack.service import free_port
 from steelcore import db_schema
 from steelcore.paths import REPO_ROOT
-from workers import db_migrate
+from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,7 +68,7 @@ def db_url(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def owner(db_url: str) -> Iterator[Engine]:
-    engine = db_migrate.create_db_engine(db_url)
+    engine = create_db_engine(db_url)
     yield engine
     engine.dispose()
 

@@ -18,23 +18,25 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from dashboard import data_access
 from dashboard.config import DashboardSettings
-from dashboard.db_access import (
+from dashboard.feedback import FeedbackError, defect_verdicts, record_feedback
+from dashboard.prepare_database import prepare_embedded_database
+from dashboard.retraining_export import export_retraining_dataset, image_name, retraining_zip_file
+from steelcore import db_schema, exit_codes
+from steelcore.kaggle_csv import read_labels
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import (
     DASHBOARD_ROLE,
     FEEDBACK_ROLE,
-    ensure_dashboard_roles,
+    create_db_engine,
     open_feedback_writer,
     open_reader,
     prepare_embedded_database,
     reader_url,
     role_url,
 )
-from dashboard.feedback import FeedbackError, defect_verdicts, record_feedback
-from dashboard.retraining_export import export_retraining_dataset, image_name, retraining_zip_file
-from steelcore import db_schema, exit_codes
-from steelcore.kaggle_csv import read_labels
+from steelcore.postgres.roles import ensure_dashboard_roles
 from steelcore.rle import decode
 from steelcore.severstal import CLASS_IDS
-from workers import db_migrate
 from workers.defect_store import DefectStore
 from workers.frame_images import load_frame_image, purge_frame_images
 from workers.frame_images import main as frame_images_main
@@ -52,7 +54,7 @@ def db_url(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def admin(db_url: str) -> Iterator[Engine]:
-    engine = db_migrate.create_db_engine(db_url)
+    engine = create_db_engine(db_url)
     yield engine
     engine.dispose()
 
@@ -224,7 +226,7 @@ def test_the_retraining_export_holds_exactly_the_fully_reviewed_frames(
 ) -> None:
     # A database of its own: the verdicts here must not mix with the other tests'.
     with new_database(postgres_url) as url:
-        owner = db_migrate.create_db_engine(url)
+        owner = create_db_engine(url)
         writer = open_feedback_writer(role_url(url, FEEDBACK_ROLE))
         reader = open_reader(role_url(url, DASHBOARD_ROLE))
         try:
@@ -323,7 +325,7 @@ def test_a_redelivered_frame_keeps_one_image_and_bad_bytes_are_refused(admin: En
 
 def test_raw_pixels_are_kept_and_purge_removes_only_old_images(postgres_url: str) -> None:
     with new_database(postgres_url) as url:
-        engine = db_migrate.create_db_engine(url)
+        engine = create_db_engine(url)
         try:
             base = next(r for r in seed(engine, NOW) if r.defects)
             raw = np.arange(256 * 1600, dtype=np.uint32).astype(np.uint8).reshape(256, 1600)
@@ -355,12 +357,12 @@ def test_raw_pixels_are_kept_and_purge_removes_only_old_images(postgres_url: str
 
 def test_the_image_migration_goes_down_and_up(postgres_url: str) -> None:
     with new_database(postgres_url) as url:
-        db_migrate.downgrade(url, "0001")
-        engine = db_migrate.create_db_engine(url)
+        migrate.downgrade(url, "0001")
+        engine = create_db_engine(url)
         try:
             with engine.connect() as conn:
                 assert conn.execute(text("SELECT to_regclass('frame_images')")).scalar_one() is None
-            db_migrate.upgrade(url)
+            migrate.upgrade(url)
             with engine.connect() as conn:
                 storage = conn.execute(
                     text(
@@ -395,7 +397,7 @@ def test_role_passwords_are_set_only_when_given(db_url: str, admin: Engine) -> N
 def test_the_launcher_prepares_the_embedded_database(postgres_url: str, stack_run_dir: Path) -> None:
     settings = DashboardSettings(run_dir=stack_run_dir, postgres_url=None)
     prepare_embedded_database(settings)
-    assert db_migrate.current_revision(postgres_url) == db_migrate.head_revision()
+    assert migrate.current_revision(postgres_url) == migrate.head_revision()
     engine = open_reader(reader_url(settings))
     try:
         with engine.connect() as conn:

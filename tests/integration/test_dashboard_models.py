@@ -17,11 +17,10 @@ from dashboard_seed import new_database, seed, seed_models
 from sqlalchemy import Engine, text
 from streamlit.testing.v1 import AppTest
 
-from dashboard.db_access import DASHBOARD_ROLE, FEEDBACK_ROLE, role_url
 from steelcore.model_agreement import audit_figures, compare_verdicts, mask_agreement, read_evidence
+from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
-from workers import db_migrate
 from workers.defect_store import FrameRecord
 
 pytestmark = pytest.mark.integration
@@ -38,7 +37,7 @@ def db_url(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def owner(db_url: str) -> Iterator[Engine]:
-    engine = db_migrate.create_db_engine(db_url)
+    engine = create_db_engine(db_url)
     yield engine
     engine.dispose()
 

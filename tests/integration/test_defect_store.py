@@ -15,8 +15,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
 from steelcore import db_schema
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.roles import READER_ROLE, ensure_roles
 from steelcore.settings import Settings
-from workers import db_migrate, frame_partitions
+from workers import frame_partitions
 from workers.defect_store import (
     SEVERITY_FULL_SCALE,
     AlarmRecord,
@@ -42,8 +45,8 @@ def blank_db_url(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture()
 def engine(blank_db_url: str) -> Iterator[Engine]:
-    db_migrate.upgrade(blank_db_url)
-    eng = db_migrate.create_db_engine(blank_db_url)
+    migrate.upgrade(blank_db_url)
+    eng = create_db_engine(blank_db_url)
     try:
         yield eng
     finally:
@@ -98,12 +101,12 @@ def test_upgrade_builds_the_declared_schema_and_is_repeatable(blank_db_url: str)
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert db_migrate.current_revision(blank_db_url) is None
-    db_migrate.upgrade(blank_db_url)
-    assert db_migrate.current_revision(blank_db_url) == db_migrate.head_revision()
-    db_migrate.upgrade(blank_db_url)  # a second worker starting: nothing to do, no error
+    assert migrate.current_revision(blank_db_url) is None
+    migrate.upgrade(blank_db_url)
+    assert migrate.current_revision(blank_db_url) == migrate.head_revision()
+    migrate.upgrade(blank_db_url)  # a second worker starting: nothing to do, no error
 
-    eng = db_migrate.create_db_engine(blank_db_url)
+    eng = create_db_engine(blank_db_url)
     try:
         with eng.connect() as conn:
             # The partitions of frames are made by the migration and `steel maintain`, not declared.
@@ -130,10 +133,10 @@ def test_upgrade_builds_the_declared_schema_and_is_repeatable(blank_db_url: str)
     finally:
         eng.dispose()
 
-    db_migrate.downgrade(blank_db_url, "base")
-    assert db_migrate.current_revision(blank_db_url) is None
-    db_migrate.upgrade(blank_db_url)
-    assert db_migrate.current_revision(blank_db_url) == db_migrate.head_revision()
+    migrate.downgrade(blank_db_url, "base")
+    assert migrate.current_revision(blank_db_url) is None
+    migrate.upgrade(blank_db_url)
+    assert migrate.current_revision(blank_db_url) == migrate.head_revision()
 
 
 def test_workers_starting_together_migrate_once(blank_db_url: str) -> None:
@@ -143,7 +146,7 @@ def test_workers_starting_together_migrate_once(blank_db_url: str) -> None:
     def start_worker() -> None:
         barrier.wait()
         try:
-            db_migrate.upgrade(blank_db_url)
+            migrate.upgrade(blank_db_url)
         except BaseException as exc:  # collected and reported by the test thread
             errors.append(exc)
 
@@ -153,7 +156,7 @@ def test_workers_starting_together_migrate_once(blank_db_url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert db_migrate.current_revision(blank_db_url) == db_migrate.head_revision()
+    assert migrate.current_revision(blank_db_url) == migrate.head_revision()
 
 
 # --- the batch write -------------------------------------------------------------------------------
@@ -343,13 +346,13 @@ def test_feedback_targets_exactly_one_defect_or_alarm(engine: Engine) -> None:
 
 
 def test_reader_role_can_select_but_not_write(engine: Engine, blank_db_url: str) -> None:
-    db_migrate.ensure_roles(blank_db_url)
-    db_migrate.ensure_roles(blank_db_url)  # idempotent
+    ensure_roles(blank_db_url)
+    ensure_roles(blank_db_url)  # idempotent
     DefectStore(engine).write_batch([make_frame(0)])
     login = f"dash_{uuid.uuid4().hex[:8]}"
     with engine.begin() as conn:
-        conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE {db_migrate.READER_ROLE}"))
-    reader = db_migrate.create_db_engine(
+        conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE {READER_ROLE}"))
+    reader = create_db_engine(
         make_url(blank_db_url).set(username=login, password=None).render_as_string()
     )
     try:

@@ -92,8 +92,8 @@ def test_demo_frames_stores_every_frame_and_reports_its_dice(fresh_run_dir: Path
 
 def assert_dice_matches(settings: Settings, summary: dict) -> None:
     """Recompute the Kaggle mean Dice from the database and the synthetic camera's masks."""
+    from steelcore.postgres.engine import create_db_engine
     from steelcore.service_urls import postgres_url
-    from workers.db_migrate import create_db_engine
 
     engine = create_db_engine(postgres_url(settings))
     try:

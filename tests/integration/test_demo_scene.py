@@ -88,8 +88,8 @@ def test_lifecycle_scene_runs_the_loop_and_leaves_its_trace(fresh_run_dir: Path)
 def check_trace(settings: Settings, scene: dict) -> None:
     import redis
 
+    from steelcore.postgres.engine import create_db_engine
     from steelcore.service_urls import postgres_url, redis_url
-    from workers.db_migrate import create_db_engine
 
     engine = create_db_engine(postgres_url(settings))
     try:

@@ -11,8 +11,11 @@ from scratch_db import scratch_database
 from sqlalchemy import Engine, text
 
 from steelcore import exit_codes
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.roles import WORKER_ROLE, ensure_roles
 from steelcore.settings import Settings
-from workers import db_migrate, frame_partitions
+from workers import frame_partitions
 from workers.defect_store import AlarmRecord, DefectRecord, DefectStore, FrameRecord
 from workers.maintain import maintain_once
 
@@ -29,8 +32,8 @@ def db_url(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture()
 def engine(db_url: str) -> Iterator[Engine]:
-    db_migrate.upgrade(db_url)
-    eng = db_migrate.create_db_engine(db_url)
+    migrate.upgrade(db_url)
+    eng = create_db_engine(db_url)
     try:
         yield eng
     finally:
@@ -137,12 +140,12 @@ def test_a_week_already_in_the_default_partition_is_reported_not_lost(engine: En
 
 
 def test_the_worker_login_inserts_into_partitions_made_after_its_grants(engine: Engine, db_url: str) -> None:
-    from dashboard.db_access import role_url
+    from steelcore.postgres.engine import role_url
 
-    db_migrate.ensure_roles(db_url)
+    ensure_roles(db_url)
     later = frame_partitions.week_start(NOW) + 8 * frame_partitions.WEEK
     assert frame_partitions.create_ahead(engine, later, weeks_ahead=0).created  # after the grants
-    worker = db_migrate.create_db_engine(role_url(db_url, db_migrate.WORKER_ROLE))
+    worker = create_db_engine(role_url(db_url, WORKER_ROLE))
     try:
         assert DefectStore(worker).write_batch([frame("w1", later + timedelta(hours=2))]).new_frame_ids == (
             "w1",
@@ -154,19 +157,19 @@ def test_the_worker_login_inserts_into_partitions_made_after_its_grants(engine: 
 
 def test_the_worker_login_keeps_its_grants_through_the_upgrade(db_url: str) -> None:
     """The migration replaces the frames table: its grants come along, so workers insert at once
-    (no need to wait for `db_migrate roles`)."""
-    from dashboard.db_access import role_url
+    (no need to wait for `migrate roles`)."""
+    from steelcore.postgres.engine import role_url
 
-    db_migrate.upgrade(db_url, "0003")
-    db_migrate.ensure_roles(db_url)
-    db_migrate.upgrade(db_url)
-    worker = db_migrate.create_db_engine(role_url(db_url, db_migrate.WORKER_ROLE))
+    migrate.upgrade(db_url, "0003")
+    ensure_roles(db_url)
+    migrate.upgrade(db_url)
+    worker = create_db_engine(role_url(db_url, WORKER_ROLE))
     try:
         assert DefectStore(worker).write_batch([frame("g1", NOW)]).new_frame_ids == ("g1",)
     finally:
         worker.dispose()
-    db_migrate.downgrade(db_url, "0003")
-    worker = db_migrate.create_db_engine(role_url(db_url, db_migrate.WORKER_ROLE))
+    migrate.downgrade(db_url, "0003")
+    worker = create_db_engine(role_url(db_url, WORKER_ROLE))
     try:
         with worker.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM frames")).scalar_one() == 1
@@ -175,8 +178,8 @@ def test_the_worker_login_keeps_its_grants_through_the_upgrade(db_url: str) -> N
 
 
 def test_existing_rows_survive_the_upgrade_and_the_downgrade(db_url: str) -> None:
-    db_migrate.upgrade(db_url, "0003")
-    eng = db_migrate.create_db_engine(db_url)
+    migrate.upgrade(db_url, "0003")
+    eng = create_db_engine(db_url)
     try:
         rows = [
             frame("a", NOW - timedelta(days=20)),
@@ -211,7 +214,7 @@ def test_existing_rows_survive_the_upgrade_and_the_downgrade(db_url: str) -> Non
                     text("INSERT INTO frame_images (frame_id, encoding, image) VALUES (:f, 'jpeg', 'x')"),
                     {"f": r.frame_id},
                 )
-        db_migrate.upgrade(db_url)
+        migrate.upgrade(db_url)
         assert partition_of(eng, "a") == [
             frame_partitions.partition_name(frame_partitions.week_start(NOW - timedelta(days=20)))
         ]
@@ -227,12 +230,12 @@ def test_existing_rows_survive_the_upgrade_and_the_downgrade(db_url: str) -> Non
                 ),
                 {"t": NOW - timedelta(days=1)},
             )
-        db_migrate.downgrade(db_url, "0003")
+        migrate.downgrade(db_url, "0003")
         with eng.connect() as conn:
             kind = conn.execute(text("SELECT relkind FROM pg_class WHERE relname = 'frames'")).scalar_one()
         assert kind == "r"
         assert count(eng, "frames") == 3 and count(eng, "defects") == 3 and count(eng, "frame_images") == 3
-        db_migrate.upgrade(db_url)
+        migrate.upgrade(db_url)
         assert count(eng, "frames") == 3
     finally:
         eng.dispose()

@@ -27,9 +27,11 @@ from stack.triton_server import TritonServer
 from steelcore.db_schema import model_audit, model_versions
 from steelcore.model_registry import Roles, read_roles
 from steelcore.paths import REPO_ROOT, TRITON_REPOSITORY
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.roles import READER_ROLE, WRITER_ROLE, ensure_roles
 from steelcore.settings import get_settings
 from training import zoo
-from workers import db_migrate
 
 FRAMES = np.zeros((2, 256, 1600), np.uint8)
 
@@ -93,8 +95,8 @@ def line(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> 
     ports = (free_port(), free_port(), free_port())
     triton = TritonServer(tmp_path / "run", TRITON_REPOSITORY, *ports, wait_for=("steel_ensemble",))
     with scratch_database(postgres_url, "steel_life") as db_url:
-        db_migrate.upgrade(db_url)
-        engine = db_migrate.create_db_engine(db_url)
+        migrate.upgrade(db_url)
+        engine = create_db_engine(db_url)
         triton.start(timeout_s=240)
         try:
             for key, value in {
@@ -292,9 +294,9 @@ def test_the_gate_compares_both_models_on_operator_verdicts(
 
 def test_grants_workers_read_the_registry_and_write_only_shadow_results(postgres_url: str) -> None:
     with scratch_database(postgres_url, "steel_life_grants") as db_url:
-        db_migrate.upgrade(db_url)
-        db_migrate.ensure_roles(db_url)
-        engine = db_migrate.create_db_engine(db_url)
+        migrate.upgrade(db_url)
+        ensure_roles(db_url)
+        engine = create_db_engine(db_url)
         try:
             with engine.connect() as conn:
 
@@ -303,7 +305,7 @@ def test_grants_workers_read_the_registry_and_write_only_shadow_results(postgres
                     return conn.execute(query, {"r": role, "t": table, "p": privilege}).scalar_one()
 
                 tables = ("model_versions", "model_roles", "model_audit", "shadow_results")
-                writer, reader = db_migrate.WRITER_ROLE, db_migrate.READER_ROLE
+                writer, reader = WRITER_ROLE, READER_ROLE
                 assert all(can(reader, t, "SELECT") for t in tables)
                 assert not any(can(reader, t, "INSERT") for t in tables)
                 assert can(writer, "model_versions", "SELECT") and can(writer, "model_roles", "SELECT")

@@ -39,8 +39,9 @@ from steelcore.frame_message import decode_frame, decode_image
 from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics
 from steelcore.model_registry import read_roles, shadow_pick
 from steelcore.service_urls import redis_url
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import create_db_engine
 from steelcore.settings import Settings, reveal
-from workers import db_migrate
 from workers.triton_client import TritonEnsembleClient
 from workers.worker_config import WorkerConfig
 from workers.worker_loop import InferenceWorker
@@ -78,8 +79,8 @@ def db_url(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture()
 def engine(db_url: str) -> Iterator[Engine]:
-    db_migrate.upgrade(db_url)
-    eng = db_migrate.create_db_engine(db_url)
+    migrate.upgrade(db_url)
+    eng = create_db_engine(db_url)
     try:
         yield eng
     finally:

@@ -40,10 +40,10 @@ from stack.service import free_port
 from stack.triton_server import TritonServer
 from steelcore import rle
 from steelcore.frame_message import decode_frame, decode_image
-from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics, producer_config
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import create_db_engine
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
-from workers import db_migrate
 from workers.triton_client import TritonEnsembleClient
 from workers.worker_config import WorkerConfig
 from workers.worker_parts import DLQ_HEADER_PREFIX
@@ -106,8 +106,8 @@ def settings(
 
 @pytest.fixture()
 def engine(db_url: str) -> Iterator[Engine]:
-    db_migrate.upgrade(db_url)
-    eng = db_migrate.create_db_engine(db_url)
+    migrate.upgrade(db_url)
+    eng = create_db_engine(db_url)
     try:
         yield eng
     finally:

@@ -35,10 +35,10 @@ from worker_thread import WorkerThread
 
 from steelcore import rle
 from steelcore.frame_message import MAGIC, FrameHeader, encode_frame, encode_image
-from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics, producer_config
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import create_db_engine
 from steelcore.settings import Settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
-from workers import db_migrate
 from workers.triton_client import EnsembleResult
 from workers.worker_config import WorkerConfig
 from workers.worker_parts import DLQ_HEADER_PREFIX, FALLBACK_VALUE_BYTES, DeadLetterProducer
@@ -77,8 +77,8 @@ class DefectEverywhere:
 @pytest.fixture()
 def db_url(postgres_url: str) -> Iterator[str]:
     with scratch_database(postgres_url, "steel_poison") as url:
-        db_migrate.upgrade(url)
-        engine = db_migrate.create_db_engine(url)
+        migrate.upgrade(url)
+        engine = create_db_engine(url)
         with engine.begin() as conn:
             conn.execute(
                 text("ALTER TABLE frames ADD CONSTRAINT test_position_limit CHECK (position_m < 1000)")
@@ -89,7 +89,7 @@ def db_url(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture()
 def engine(db_url: str) -> Iterator[Engine]:
-    eng = db_migrate.create_db_engine(db_url)
+    eng = create_db_engine(db_url)
     try:
         yield eng
     finally:

@@ -21,16 +21,18 @@ from sqlalchemy import Engine, text
 
 from steelcore import exit_codes, rle
 from steelcore.kaggle_csv import read_labels
-from steelcore.settings import Settings
-from steelcore.severstal import FRAME_SHAPE
-from workers import db_migrate, query_cli
-from workers.defect_history import (
+from steelcore.postgres import migrate
+from steelcore.postgres.defect_history import (
     DefectFilters,
     coil_summary,
     count_defects,
     explain_plan,
     query_defects,
 )
+from steelcore.postgres.engine import create_db_engine
+from steelcore.settings import Settings
+from steelcore.severstal import FRAME_SHAPE
+from workers import query_cli
 from workers.defect_store import DefectRecord, DefectStore, FrameRecord
 
 pytestmark = pytest.mark.integration
@@ -94,9 +96,9 @@ def database(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def seed(database: str) -> list[Seeded]:
-    db_migrate.upgrade(database)
+    migrate.upgrade(database)
     frames, seeded = _seed_records()
-    engine = db_migrate.create_db_engine(database)
+    engine = create_db_engine(database)
     try:
         assert len(DefectStore(engine).write_batch(frames).new_frame_ids) == N_FRAMES
     finally:
@@ -106,7 +108,7 @@ def seed(database: str) -> list[Seeded]:
 
 @pytest.fixture()
 def engine(database: str, seed: list[Seeded]) -> Iterator[Engine]:
-    eng = db_migrate.create_db_engine(database)
+    eng = create_db_engine(database)
     try:
         yield eng
     finally:
@@ -287,8 +289,8 @@ def test_a_database_without_the_schema_is_unavailable(
 def large(postgres_url: str) -> Iterator[Engine]:
     """About 12,000 defects over 100 hours, analysed, so the planner's choices are realistic."""
     with _new_database(postgres_url) as url:
-        db_migrate.upgrade(url)
-        engine = db_migrate.create_db_engine(url)
+        migrate.upgrade(url)
+        engine = create_db_engine(url)
         try:
             _fill(engine)
             yield engine

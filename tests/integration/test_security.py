@@ -27,21 +27,22 @@ from sqlalchemy import Engine, delete, insert, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from dashboard.db_access import (
+from steelcore import db_schema, exit_codes
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import (
     DASHBOARD_ROLE,
     READ_STATEMENT_TIMEOUT_MS,
-    ensure_dashboard_roles,
+    create_db_engine,
     open_reader,
     role_url,
 )
-from steelcore import db_schema, exit_codes
-from workers import db_migrate
+from steelcore.postgres.roles import WORKER_ROLE, WRITER_ROLE, ensure_dashboard_roles, ensure_roles
 from workers.defect_store import AlarmRecord, DefectRecord, DefectStore, FrameRecord, mark_alarms_published
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 2, 1, 6, 0, tzinfo=UTC)
-WRITER = db_migrate.WRITER_ROLE
+WRITER = WRITER_ROLE
 SECRET = "s3cret-in-the-env-Zq81"
 
 
@@ -54,12 +55,12 @@ def db_url(postgres_url: str) -> Iterator[str]:
 @pytest.fixture()
 def worker_login(db_url: str) -> Iterator[str]:
     """A login role in the steel_writer group (how a deployment gives workers their account)."""
-    db_migrate.upgrade(db_url)
+    migrate.upgrade(db_url)
     ensure_dashboard_roles(db_url)  # creates steel_reader/steel_writer too
     login = f"worker_{uuid.uuid4().hex[:8]}"
-    admin = db_migrate.create_db_engine(db_url)
+    admin = create_db_engine(db_url)
     with admin.begin() as conn:
-        conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE {db_migrate.WRITER_ROLE}"))  # a generated name
+        conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE {WRITER_ROLE}"))  # a generated name
     try:
         yield role_url(db_url, login)
     finally:
@@ -78,10 +79,10 @@ def frame(i: int) -> FrameRecord:
 
 
 def test_the_worker_role_writes_frames_and_the_dashboard_role_cannot(worker_login: str, db_url: str) -> None:
-    writer = db_migrate.create_db_engine(worker_login)
+    writer = create_db_engine(worker_login)
     reader = open_reader(role_url(db_url, DASHBOARD_ROLE))
     try:
-        db_migrate.upgrade(worker_login)  # what every worker runs at start: a no-op on a migrated database
+        migrate.upgrade(worker_login)  # what every worker runs at start: a no-op on a migrated database
         result = DefectStore(writer).write_batch([frame(1)])
         assert result.new_frame_ids == ("sec-1",) and result.alarms_written == 1
         assert mark_alarms_published(writer, [("sec-1", 2, "1-0")]) == 1
@@ -107,9 +108,9 @@ def test_the_worker_role_writes_frames_and_the_dashboard_role_cannot(worker_logi
 def test_the_read_only_login_carries_its_timeout_on_the_role(db_url: str) -> None:
     """Grafana connects as steel_dashboard with no session settings of its own: a plain connection
     (not open_reader) must already time out and be read-only."""
-    db_migrate.upgrade(db_url)
+    migrate.upgrade(db_url)
     ensure_dashboard_roles(db_url)
-    plain = db_migrate.create_db_engine(role_url(db_url, DASHBOARD_ROLE))
+    plain = create_db_engine(role_url(db_url, DASHBOARD_ROLE))
     try:
         with plain.connect() as conn:
             timeout = conn.execute(text("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"))
@@ -138,17 +139,17 @@ def _assert_history_cannot_be_rewritten(writer: Engine) -> None:
 def test_roles_revoke_the_wide_grants_of_an_older_release(db_url: str) -> None:
     """ensure_roles makes the workers' login and narrows steel_writer even where an older release
     granted it INSERT, UPDATE on every table."""
-    db_migrate.upgrade(db_url)
-    db_migrate.ensure_roles(db_url)
-    admin = db_migrate.create_db_engine(db_url)
+    migrate.upgrade(db_url)
+    ensure_roles(db_url)
+    admin = create_db_engine(db_url)
     try:
         with admin.begin() as conn:
             conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {WRITER}"))
-        db_migrate.ensure_roles(db_url)
+        ensure_roles(db_url)
         with admin.connect() as conn:
             member = conn.execute(
                 text("SELECT pg_has_role(:login, :group, 'MEMBER')"),
-                {"login": db_migrate.WORKER_ROLE, "group": WRITER},
+                {"login": WORKER_ROLE, "group": WRITER},
             ).scalar_one()
             privileges = conn.execute(
                 text(

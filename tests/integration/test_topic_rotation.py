@@ -23,11 +23,10 @@ from worker_thread import WorkerThread
 
 from producers.camera_producer import CameraProducer, publish_run
 from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
-from steelcore.kafka_clients import admin_config
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import create_db_engine
 from steelcore.settings import Settings, reveal
-from steelcore.topic_rotation import bucket_number, is_closed
-from workers import db_migrate
-from workers.topic_janitor import janitor_from_settings
+from steelcore.kafka.consumed_buckets import deleter_from_settings
 from workers.triton_client import EnsembleResult
 from workers.worker_config import WorkerConfig
 
@@ -145,7 +144,7 @@ def janitor_checks(settings: Settings, seconds: float) -> list[str]:
 
 
 def stored(settings: Settings) -> int:
-    engine = db_migrate.create_db_engine(reveal(settings.postgres_url) or "")
+    engine = create_db_engine(reveal(settings.postgres_url) or "")
     try:
         with engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM frames")).scalar_one())
@@ -154,7 +153,7 @@ def stored(settings: Settings) -> int:
 
 
 def test_consumed_closed_buckets_are_deleted_and_unconsumed_ones_kept(settings: Settings) -> None:
-    db_migrate.upgrade(reveal(settings.postgres_url) or "")
+    migrate.upgrade(reveal(settings.postgres_url) or "")
     produced, with_frames = publish(settings, seconds=3 * ROTATION_S)
     assert len(with_frames) >= 3
     written = buckets(settings, settings.frames_topic)

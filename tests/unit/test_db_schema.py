@@ -10,7 +10,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from steelcore import db_schema
-from workers import db_migrate
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import sqlalchemy_url
 
 PG_IDENTIFIER_MAX = 63
 
@@ -95,9 +96,9 @@ def test_ddl_compiles_for_postgres() -> None:
 def test_migrations_form_one_chain_ending_at_the_initial_revision() -> None:
     from alembic.script import ScriptDirectory
 
-    scripts = ScriptDirectory.from_config(db_migrate.alembic_config())
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
     assert len(scripts.get_heads()) == 1
-    assert db_migrate.head_revision() == scripts.get_current_head()
+    assert migrate.head_revision() == scripts.get_current_head()
     base = [s for s in scripts.walk_revisions() if s.down_revision is None]
     assert [s.revision for s in base] == ["0001"]
     assert Path(base[0].path).name == "0001_initial.py"
@@ -115,17 +116,17 @@ def test_migrations_form_one_chain_ending_at_the_initial_revision() -> None:
     ],
 )
 def test_urls_get_the_psycopg3_driver(given: str, expected: str) -> None:
-    assert db_migrate.sqlalchemy_url(given) == expected
+    assert sqlalchemy_url(given) == expected
 
 
 def test_non_postgres_url_is_rejected_without_printing_the_password() -> None:
     with pytest.raises(ValueError, match="not a PostgreSQL URL") as exc:
-        db_migrate.sqlalchemy_url("mysql://u:secret@db/steel")
+        sqlalchemy_url("mysql://u:secret@db/steel")
     assert "secret" not in str(exc.value)
 
 
 def test_offline_sql_creates_every_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert db_migrate.main(["sql"]) == 0
+    assert migrate.main(["sql"]) == 0
     out = capsys.readouterr().out
     for table in db_schema.TABLES:
         assert f"CREATE TABLE {table.name} (" in out

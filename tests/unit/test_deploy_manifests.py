@@ -150,7 +150,7 @@ def _compose_role(service: dict[str, Any]) -> str | None:
     command = _command(service)
     if command and command[0] in ROLE_NEEDS:
         return command[0]
-    return "migrate" if any("workers.db_migrate upgrade" in c for c in command) else None
+    return "migrate" if any("steelcore.postgres.migrate upgrade" in c for c in command) else None
 
 
 def _workloads(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
@@ -178,7 +178,7 @@ def _k8s_role(container: dict[str, Any]) -> str | None:
     words = [*container.get("command", []), *container.get("args", [])]
     if words and words[0] in ROLE_NEEDS:
         return words[0]
-    return "migrate" if any("workers.db_migrate upgrade" in w for w in words) else None
+    return "migrate" if any("steelcore.postgres.migrate upgrade" in w for w in words) else None
 
 
 def _k8s_roles(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, str], str]]:
@@ -654,7 +654,7 @@ def test_no_secret_or_url_travels_on_a_command_line(
 def test_workers_log_in_as_the_writer_login_never_as_the_owner(
     services: dict[str, Any], k8s: list[dict[str, Any]]
 ) -> None:
-    from workers.db_migrate import WORKER_ROLE
+    from steelcore.postgres.roles import WORKER_ROLE
 
     logins = {
         where: urlsplit(_PLACEHOLDER.sub("secret", env["STEEL_POSTGRES_URL"])).username

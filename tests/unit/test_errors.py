@@ -12,8 +12,8 @@ from stack.service import AddressInUseError, ServiceError, ServiceStartError
 from stack.triton_server import EmbeddedTritonUnavailableError, TritonError
 from steelcore.errors import ExternalServiceError, SteelError
 from steelcore.frame_message import FrameMessageError
+from steelcore.postgres.exceptions import CommandLinePasswordError
 from steelcore.service_urls import ServiceUnavailableError
-from workers.db_migrate import CommandLinePasswordError
 from workers.triton_client import (
     TritonClientError,
     TritonInferenceError,

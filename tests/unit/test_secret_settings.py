@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from dashboard import db_access
+from dashboard import prepare_database
 from dashboard.config import DashboardSettings
 from steelcore import exit_codes
+from steelcore.postgres import migrate
+from steelcore.postgres.engine import cli_database_url, feedback_url, reader_url
 from steelcore.service_urls import postgres_url, redis_url
 from steelcore.settings import Settings, reveal
-from workers import db_migrate, frame_images
+from workers import frame_images
 
 PASSWORD = "pw-Xq81-never-shown"
 URL_SETTINGS = {
@@ -52,8 +54,8 @@ def test_the_code_that_connects_gets_the_plain_url(monkeypatch: pytest.MonkeyPat
     settings = DashboardSettings()
     assert postgres_url(settings) == URL_SETTINGS["postgres_url"]
     assert redis_url(settings) == URL_SETTINGS["redis_url"]
-    assert db_access.reader_url(settings) == URL_SETTINGS["dashboard_db_url"]
-    assert db_access.feedback_url(settings) == URL_SETTINGS["dashboard_feedback_db_url"]
+    assert reader_url(settings) == URL_SETTINGS["dashboard_db_url"]
+    assert feedback_url(settings) == URL_SETTINGS["dashboard_feedback_db_url"]
     # model_copy(update=...) does not validate: a plain str there still works.
     assert (
         postgres_url(settings.model_copy(update={"postgres_url": "postgresql://u@h/d"}))
@@ -65,9 +67,9 @@ def test_the_code_that_connects_gets_the_plain_url(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(
     "main",
     [
-        lambda url: db_migrate.main(["upgrade", url]),
-        lambda url: db_migrate.main(["roles", url]),
-        lambda url: db_access.main(["roles", url]),
+        lambda url: migrate.main(["upgrade", url]),
+        lambda url: migrate.main(["roles", url]),
+        lambda url: prepare_database.main(["roles", url]),
         lambda url: frame_images.main(["purge", url, "--days", "1"]),
     ],
     ids=["migrate", "writer-roles", "dashboard-roles", "purge"],
@@ -86,11 +88,11 @@ def test_maintenance_commands_take_the_url_from_the_environment(monkeypatch: pyt
 
     get_settings.cache_clear()
     try:
-        assert db_migrate.cli_database_url(None) == URL_SETTINGS["postgres_url"]
+        assert cli_database_url(None) == URL_SETTINGS["postgres_url"]
     finally:
         get_settings.cache_clear()
     # A URL without a password (local trust or peer authentication) may still be given.
-    assert db_migrate.cli_database_url("postgresql://postgres@/steel") == "postgresql://postgres@/steel"
+    assert cli_database_url("postgresql://postgres@/steel") == "postgresql://postgres@/steel"
 
 
 def test_the_stack_treats_a_secret_url_as_an_external_service(tmp_path: Path) -> None:

@@ -20,15 +20,15 @@ SQL = re.compile(
     r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|GRANT|REVOKE|SET|EXPLAIN|TRUNCATE|COPY|LOCK|"
     r"VACUUM|WITH|DO \$\$)\b|\b(FROM|WHERE|VALUES|ON CONFLICT|INTO)\b"
 )
+_MIGRATION_0004 = "steelcore/postgres/migrations/versions/0004_frames_partitioned.py"
 REVIEWED: dict[tuple[str, str], str] = {
     (
-        "workers/db_migrate.py",
+        "steelcore/postgres/roles.py",
         "ensure_roles",
     ): "role names are the module's constants; DDL takes no parameters",
-    ("workers/db_migrate.py", "_create_role_sql"): "role names are the module's constants",
-    ("dashboard/db_access.py", "ensure_dashboard_roles"): "role names are the module's constants",
-    ("dashboard/db_access.py", "_create_login_role_sql"): "role names are the module's constants",
-    ("dashboard/db_access.py", "_read_only"): "SET takes no parameters; the timeout is a constant int",
+    ("steelcore/postgres/roles.py", "_create_role_sql"): "role names are the module's constants",
+    ("steelcore/postgres/roles.py", "ensure_dashboard_roles"): "role names are the module's constants",
+    ("steelcore/postgres/engine.py", "_read_only"): "SET takes no parameters; the timeout is a constant int",
     ("steelcore/postgres/defect_history.py", "explain_plan"): "EXPLAIN of a compiled Core statement; "
     "values stay bound",
     ("benchmarks/queries_bench.py", "_scratch_database"): "a generated database name (uuid), never input",
@@ -37,10 +37,10 @@ REVIEWED: dict[tuple[str, str], str] = {
     "dates, the lock timeout a constant; DDL takes no parameters",
     ("workers/frame_partitions.py", "drop_before"): "partition names read from the catalog; DDL takes "
     "no parameters; values stay bound",
-    ("workers/migrations/versions/0004_frames_partitioned.py", "_create_week"): "partition names and "
+    (_MIGRATION_0004, "_create_week"): "partition names and "
     "bounds from the migration's own dates; DDL takes no parameters",
-    ("workers/migrations/versions/0004_frames_partitioned.py", "upgrade"): "the column list is a constant",
-    ("workers/migrations/versions/0004_frames_partitioned.py", "downgrade"): "the column list is a constant",
+    (_MIGRATION_0004, "upgrade"): "the column list is a constant",
+    (_MIGRATION_0004, "downgrade"): "the column list is a constant",
 }
 
 

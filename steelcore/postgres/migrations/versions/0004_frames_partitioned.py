@@ -118,9 +118,9 @@ def _drop_frames_keys_and_indexes(table: str) -> None:
 
 def _copy_grants(source: str, target: str) -> None:
     """Grant on ``target`` what was granted on ``source`` (the table it replaces): workers keep their
-    INSERT, readers their SELECT, without waiting for `db_migrate roles` to run again."""
+    INSERT, readers their SELECT, without waiting for `migrate roles` to run again."""
     if op.get_context().as_sql:
-        return  # offline DDL: the DBA runs `python -m workers.db_migrate roles` after it
+        return  # offline DDL: the DBA runs `python -m steelcore.postgres.migrate roles` after it
     statements = (
         op.get_bind()
         .execute(
@@ -163,7 +163,7 @@ def upgrade() -> None:
     op.execute("CREATE TABLE frames_default PARTITION OF frames DEFAULT")
     now = _week_start(datetime.now(UTC))
     weeks = {now + timedelta(weeks=k) for k in range(WEEKS_AHEAD + 1)}
-    if op.get_context().as_sql:  # `db_migrate sql` renders DDL only: no rows to look at
+    if op.get_context().as_sql:  # `migrate sql` renders DDL only: no rows to look at
         for start in sorted(weeks):
             _create_week(start)
         op.execute(f"INSERT INTO frames ({COLUMNS}) SELECT {COLUMNS} FROM frames_unpartitioned")

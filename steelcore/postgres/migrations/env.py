@@ -1,6 +1,6 @@
-"""Alembic environment: runs on a connection handed over by workers.db_migrate, or on a URL.
+"""Alembic environment: runs on a connection handed over by steelcore.postgres.migrate, or on a URL.
 
-workers.db_migrate.upgrade() opens the transaction, takes an advisory lock so that workers starting
+steelcore.postgres.migrate.upgrade() opens the transaction, takes an advisory lock so that workers starting
 together migrate one at a time, and passes the connection in ``config.attributes["connection"]``.
 Offline (``--sql``) mode renders the DDL as a script for a DBA.
 """
@@ -8,9 +8,10 @@ Offline (``--sql``) mode renders the DDL as a script for a DBA.
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import pool
 
 from steelcore.db_schema import metadata
+from steelcore.postgres.engine import create_db_engine
 
 config = context.config
 
@@ -33,7 +34,7 @@ def _run_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    engine = create_db_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
     with engine.connect() as conn:
         context.configure(connection=conn, target_metadata=metadata)
         with context.begin_transaction():

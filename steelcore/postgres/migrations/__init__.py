@@ -1,0 +1,1 @@
+"""Alembic environment of the defect database; run it through steelcore.postgres.migrate."""

@@ -1,1 +1,0 @@
-"""Alembic environment of the defect database; run it through workers.db_migrate."""
