@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
+from benchmarks.pipeline_report import STAGES, latency_pair, plot_results, print_results
 from steelcore import exit_codes
 
 NAME = "pipeline"
-STAGES = ("decode", "infer", "store", "alarm", "commit")
 STEEL = (sys.executable, "-m", "steelcore.cli")
 WAIT_S = 900.0  # CPU inference on a shared machine
 
@@ -113,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
         finally:
             stack.down()
     config["load_average_after"] = os.getloadavg()
-    _print(results)
+    print_results(results)
     path = report.write_results(NAME, results, config, args.json)
     if not args.no_plot:
-        _plot(results, path)
+        plot_results(results, path)
     print(f"results: {path}")
     return exit_codes.OK
 
@@ -175,7 +175,8 @@ def pipeline_case(
                 proc.kill()
                 proc.wait()
     frames = 2 * half + 2 * per_camera
-    print(f"  steady: offered {rate:.2f} frames/s, camera->stored {_pair(steady['camera_to_stored_ms'])} ms")
+    stored = latency_pair(steady["camera_to_stored_ms"])
+    print(f"  steady: offered {rate:.2f} frames/s, camera->stored {stored} ms")
     return {
         "workers": workers,
         "backlog_frames": 2 * half,
@@ -208,11 +209,11 @@ def backlog_throughput(engine: Any, line: str) -> float:
 
 
 def steady_latencies(engine: Any, line: str, settings: Any, stream: str) -> dict[str, Any]:
-    import redis
     from sqlalchemy import text
 
     from stack.demo_summary import percentiles
-    from steelcore.service_urls import redis_url
+    from steelcore.redis.connection import redis_client
+    from steelcore.redis.entries import all_entries
 
     with engine.connect() as conn:
         rows = conn.execute(
@@ -220,14 +221,14 @@ def steady_latencies(engine: Any, line: str, settings: Any, stream: str) -> dict
         ).all()
     stored_ms = [(s - c).total_seconds() * 1000 for c, _, s in rows]
     kafka_ms = [(r - c).total_seconds() * 1000 for c, r, _ in rows]
-    client = redis.Redis.from_url(redis_url(settings))
+    client = redis_client(settings)
     try:
         alarm_ms = []
-        for entry_id, fields in client.xrange(stream):
-            if fields.get(b"line_id", b"").decode() != line:
+        for entry_id, fields in all_entries(client, stream):
+            if fields.get("line_id", "") != line:
                 continue
-            captured = datetime.fromisoformat(fields[b"captured_at"].decode())
-            alarm_ms.append(int(entry_id.decode().split("-")[0]) - captured.timestamp() * 1000)
+            captured = datetime.fromisoformat(fields["captured_at"])
+            alarm_ms.append(int(entry_id.split("-")[0]) - captured.timestamp() * 1000)
     finally:
         client.close()
     return {
@@ -254,7 +255,7 @@ def scrape_stages(urls: Sequence[str]) -> dict[str, dict[str, float]]:
 # --- the ensemble alone ------------------------------------------------------------------------------
 def ensemble_alone(settings: Any, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
     """``steel bench triton``'s closed loop on the stack's Triton: worker-sized batches, W callers."""
-    from benchmarks.triton_bench import batches_of, closed_loop, synthetic_frames
+    from benchmarks.closed_loop import batches_of, closed_loop, synthetic_frames
     from steelcore.service_urls import triton_url
     from workers.triton_client import TritonEnsembleClient
 
@@ -313,62 +314,6 @@ def _wait_stored(engine: Any, line: str, expected: int, procs: Sequence[subproce
         if time.monotonic() > deadline:
             raise TimeoutError(f"{stored} of {expected} frames of line {line} stored after {WAIT_S:.0f} s")
         time.sleep(0.5)
-
-
-def _print(results: Sequence[dict[str, Any]]) -> None:
-    rows = []
-    for r in results:
-        rows.append(
-            [
-                r["workers"],
-                r["backlog_frames_per_s"],
-                r["ensemble_frames_per_s"],
-                r["pipeline_vs_ensemble"],
-                r["steady_offered_frames_per_s"],
-                r["steady_achieved_frames_per_s"],
-                _pair(r["camera_to_stored_ms"]),
-                _pair(r["camera_to_alarm_ms"]),
-            ]
-        )
-    report.print_table(
-        ["workers", "pipeline f/s", "ensemble f/s", "ratio", "steady offered", "steady achieved",
-         "camera->stored p50/p99 ms", "camera->alarm p50/p99 ms"],
-        rows,
-        title="pipeline (backlog) vs Triton ensemble alone, same server, same run",
-    )  # fmt: skip
-    report.print_table(
-        ["workers", *STAGES],
-        [[r["workers"], *(r["stage_ms_per_frame"].get(s, float("nan")) for s in STAGES)] for r in results],
-        title="worker stage time, ms per frame (from the workers' metrics)",
-    )
-
-
-def _pair(d: Mapping[str, Any]) -> str:
-    return f"{d['p50']:.0f} / {d['p99']:.0f}" if d.get("count") else "-"
-
-
-def _plot(results: Sequence[dict[str, Any]], path: Path) -> None:
-    labels = [f"{r['workers']} worker(s)" for r in results]
-    report.save_bar_chart(
-        path.with_suffix(".png"),
-        "Pipeline vs Triton ensemble alone",
-        labels,
-        {
-            "pipeline (backlog)": [r["backlog_frames_per_s"] for r in results],
-            "ensemble alone": [r["ensemble_frames_per_s"] for r in results],
-        },
-        "frames/s",
-    )
-    report.save_bar_chart(
-        path.with_name(path.stem + "_stages.png"),
-        "Worker stage time per frame",
-        list(STAGES),
-        {
-            label: [r["stage_ms_per_frame"].get(s, 0.0) for s in STAGES]
-            for label, r in zip(labels, results, strict=True)
-        },
-        "ms per frame",
-    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Inspection alarms for the live page: which cameras are in a drift episode now, and the latest
-raises and clears, read from their Redis stream (workers/drift_alarms.py) as the dashboard's own
-Redis user (XREVRANGE only)."""
+raises and clears, read from their Redis stream (steelcore/redis/inspection_alarms.py) as the
+dashboard's own Redis user (XREVRANGE only)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dashboard.service_health import PROBE_TIMEOUT_S
 from steelcore.settings import Settings
 
 FEED_ENTRIES = 200  # newest entries read per refresh; an episode older than this many is long over
@@ -27,26 +28,21 @@ def episodes(entries: list[dict[str, str]]) -> dict[str, dict[str, str]]:
 
 
 def read_feed(settings: Settings, line_id: str | None = None, count: int = FEED_ENTRIES) -> InspectionFeed:
-    import redis
-
-    from dashboard.service_health import dashboard_redis
+    from steelcore.redis.connection import dashboard_redis
+    from steelcore.redis.exceptions import RedisError
+    from steelcore.redis.inspection_alarms import recent_entries
     from steelcore.service_urls import ServiceUnavailableError
 
     try:
-        client = dashboard_redis(settings)
+        client = dashboard_redis(settings, PROBE_TIMEOUT_S)
     except ServiceUnavailableError as exc:
         return InspectionFeed(error=str(exc))
     try:
-        rows = client.xrevrange(settings.inspection_alarm_stream, count=count)
-    except redis.RedisError as exc:
+        entries = recent_entries(client, settings.inspection_alarm_stream, count)
+    except RedisError as exc:
         return InspectionFeed(error=f"{type(exc).__name__}: {exc}")
     finally:
         client.close()
-    entries = [{_text(k): _text(v) for k, v in fields.items()} | {"id": _text(i)} for i, fields in rows]
     if line_id is not None:
         entries = [e for e in entries if e.get("camera", "").split("/", 1)[0] == line_id]
     return InspectionFeed(episodes(entries), entries)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

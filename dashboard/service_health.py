@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from stack.service import Health
-from steelcore.settings import Settings, reveal
+from steelcore.settings import Settings
 from workers import worker_metrics
 
 PROBE_TIMEOUT_S = 2.0
@@ -84,26 +84,6 @@ def lag_verdict(lag_s: float | None, target_s: float) -> LagVerdict:
 def overloaded_workers(scrapes: list[WorkerScrape]) -> list[str]:
     """The metrics URLs of the workers that say the load is more than they serve."""
     return [s.url for s in scrapes if not s.error and s.samples.get(worker_metrics.OVERLOADED, 0.0) >= 1]
-
-
-def dashboard_redis_url(settings: Settings) -> str:
-    """The Redis URL the dashboard uses: its own ACL user's (dashboard_redis_url, or the embedded
-    server's dashboard user), else STEEL_REDIS_URL. Raises ServiceUnavailableError."""
-    from stack.redis_server import DASHBOARD_REDIS_USER
-    from steelcore.service_urls import ServiceUnavailableError, read_stack, stack_file
-
-    for value in (settings.dashboard_redis_url, settings.redis_url):
-        url = reveal(value)
-        if url and url.strip():
-            return url.strip()
-    url = read_stack(settings.run_dir).get("redis", {}).get("dashboard_url")
-    if not isinstance(url, str) or not url:
-        raise ServiceUnavailableError(
-            f"no Redis URL for the dashboard: STEEL_DASHBOARD_REDIS_URL and STEEL_REDIS_URL are unset and "
-            f"{stack_file(settings.run_dir)} records no embedded Redis with a {DASHBOARD_REDIS_USER} user; "
-            "run `steel up` (after `steel down` when it predates that user)"
-        )
-    return url
 
 
 def service_status(settings: Settings) -> list[Health]:
@@ -181,34 +161,20 @@ def triton_repository_index(settings: Settings) -> tuple[list[dict[str, str]] | 
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def dashboard_redis(settings: Settings) -> Any:
-    """A client as the dashboard's Redis user, with the probes' short timeouts. Raises
-    ServiceUnavailableError when no Redis is known."""
-    import redis
-
-    return redis.Redis.from_url(
-        dashboard_redis_url(settings), socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S
-    )
-
-
 def alarm_backlog(settings: Settings) -> StreamBacklog:
     """Length of the Redis alarm stream and the actuators' unacknowledged entries."""
-    import redis
-
+    from steelcore.redis.alarm_stream import stream_backlog
+    from steelcore.redis.connection import dashboard_redis
+    from steelcore.redis.exceptions import RedisError
     from steelcore.service_urls import ServiceUnavailableError
 
     try:
-        client = dashboard_redis(settings)
+        client = dashboard_redis(settings, PROBE_TIMEOUT_S)
     except ServiceUnavailableError as exc:
         return StreamBacklog(None, None, str(exc))
     try:
-        length = int(client.xlen(settings.alarm_stream))
-        try:
-            pending = int(client.xpending(settings.alarm_stream, settings.actuator_group)["pending"])
-        except redis.ResponseError:  # NOGROUP: no actuator has joined yet
-            pending = None
-        return StreamBacklog(length, pending)
-    except redis.RedisError as exc:
+        return StreamBacklog(*stream_backlog(client, settings.alarm_stream, settings.actuator_group))
+    except RedisError as exc:
         return StreamBacklog(None, None, f"{type(exc).__name__}: {exc}")
     finally:
         client.close()

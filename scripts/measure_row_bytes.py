@@ -3,7 +3,7 @@
 Input is real Severstal data (shared/data/severstal_sample): its frames for image bytes and its
 2,833 real RLE masks for the defect rows. Everything is written through the product's own code
 (steelcore.frame_message.encode_frame, workers.defect_store.DefectStore.write_batch,
-workers.alarm_stream.AlarmStream.publish), into a fresh database on the embedded Postgres and a
+steelcore.redis.alarm_stream.AlarmStream.publish), into a fresh database on the embedded Postgres and a
 fresh stream on the embedded Redis (or the servers given with --postgres-url / --redis-url).
 
 Also timed, because they size the workers: decoding a frame message, and one write_batch.
@@ -20,37 +20,23 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import random
 import shutil
 import statistics
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-
-from benchmarks.report import machine_info, print_table, time_callable, write_results
+from benchmarks.report import machine_info, print_table, write_results
+from benchmarks.row_bytes_inputs import frame_records, load_defects, load_frames, message_bytes
 from steelcore import exit_codes
-from steelcore.frame_message import (
-    ENCODINGS,
-    FrameHeader,
-    decode_frame,
-    decode_image,
-    encode_frame,
-    encode_image,
-)
-from steelcore.kaggle_csv import read_labels
+from steelcore.frame_message import encode_image
 from steelcore.paths import SEVERSTAL_SAMPLE_DIR
-from steelcore.rle import decode
 from steelcore.settings import Settings
-from steelcore.severstal import CLASS_NAMES, FRAME_SHAPE
+from steelcore.severstal import CLASS_NAMES
 
 NAME = "row_bytes"
 BATCH = 8  # the worker's default batch: one transaction per batch, as in production
@@ -59,129 +45,6 @@ RLE_LABELS = SEVERSTAL_SAMPLE_DIR / "labels" / "train_rle_subset.csv"
 # Severstal train set: 6,666 of 12,568 frames have a defect (PROVENANCE.md); the default seeds
 # that share so that defect rows are plentiful. Bytes per row do not depend on it.
 KAGGLE_DEFECTIVE_SHARE = 6666 / 12568
-
-
-@dataclass(frozen=True)
-class RealDefects:
-    """The defects of one real Severstal frame, as (class_id, RLE) pairs; decoded when used, since
-    thousands of decoded 256x1600 masks would not fit in memory."""
-
-    image_id: str
-    rles: tuple[tuple[int, str], ...]
-
-
-def load_frames(folder: Path) -> list[np.ndarray]:
-    """The real frames as uint8 grey levels [256, 1600]."""
-    paths = sorted(p for p in (folder / "images").iterdir() if p.suffix in (".jpg", ".png"))
-    frames = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
-    usable = [f for f in frames if f is not None and f.shape == FRAME_SHAPE]
-    if not usable:
-        raise ValueError(f"no readable {FRAME_SHAPE[1]}x{FRAME_SHAPE[0]} frames in {folder / 'images'}")
-    return usable
-
-
-def load_defects(csv_path: Path) -> list[RealDefects]:
-    """Every real frame of the label file that has at least one defect."""
-    out = []
-    for image_id, rles in read_labels(csv_path).items():
-        present = tuple((k + 1, rle) for k, rle in enumerate(rles) if rle)
-        if present:
-            out.append(RealDefects(image_id, present))
-    if not out:
-        raise ValueError(f"no defects in {csv_path}")
-    return out
-
-
-def message_bytes(frames: Sequence[np.ndarray]) -> dict[str, dict[str, float]]:
-    """Kafka message value size (header + image) per encoding over the real frames, and the time
-    a worker takes to parse and decode one (decode_frame + decode_image, one thread)."""
-    header = FrameHeader(
-        frame_id="L1-cam1-1767225600000-00000001",
-        line_id="L1",
-        camera_id="cam1",
-        coil_id="L1-20260101T000000Z-0001",
-        position_m=123.45,
-        captured_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-    result = {}
-    for encoding in ENCODINGS:
-        sizes = [
-            len(encode_frame(replace(header, encoding=encoding), encode_image(f, encoding))) for f in frames
-        ]
-        messages = [
-            encode_frame(replace(header, encoding=encoding), encode_image(f, encoding)) for f in frames
-        ]
-        timing = time_callable(_decoder(messages), warmup=4, repeats=40)
-        result[encoding] = {
-            "median": statistics.median(sizes),
-            "min": min(sizes),
-            "max": max(sizes),
-            "decode_ms_median": round(timing.median_us / 1000, 3),
-            "decode_ms_min": round(timing.min_us / 1000, 3),
-        }
-    return result
-
-
-def _decoder(messages: Sequence[bytes]) -> Callable[[], object]:
-    """What a worker does with each message before inference, over the messages in turn."""
-    pending = itertools.cycle(messages)
-    return lambda: decode_image(decode_frame(next(pending)))
-
-
-def frame_records(
-    count: int, defects: Sequence[RealDefects], images: Sequence[bytes], defective_share: float, seed: int
-) -> Iterator[Any]:
-    """FrameRecords as a worker would build them: every frame has class probabilities; a defective one
-    carries a real frame's defects, an alarm per defect that passes the default alarm rule, and
-    a real JPEG image."""
-    from workers.alarm_rules import AlarmRule
-    from workers.defect_store import AlarmRecord, DefectRecord, FrameRecord
-
-    rng = random.Random(seed)
-    rule = AlarmRule.from_settings(Settings())
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    real = itertools.cycle(defects)
-    jpegs = itertools.cycle(images)
-    run = uuid.uuid4().hex[:6]
-    for seq in range(count):
-        captured = start + timedelta(milliseconds=250 * seq)
-        found: list[DefectRecord] = []
-        alarms: list[AlarmRecord] = []
-        if rng.random() < defective_share:
-            for class_id, rle in next(real).rles:
-                record = DefectRecord.from_mask(class_id, decode(rle), probability=rng.uniform(0.5, 1.0))
-                if record is None:
-                    continue
-                found.append(record)
-                if rule.fires(class_id - 1, record.probability, record.area_px):
-                    alarms.append(
-                        AlarmRecord(
-                            class_id,
-                            record.probability,
-                            record.area_px,
-                            captured,
-                            stream_entry_id=f"{1767225600000 + seq}-0",
-                            published_at=captured,
-                        )
-                    )
-        yield FrameRecord(
-            frame_id=f"L1-cam{seq % 4 + 1}-{run}-{seq:08d}",
-            line_id="L1",
-            camera_id=f"cam{seq % 4 + 1}",
-            coil_id=f"L1-20260101T000000Z-{seq // 2000:04d}",
-            position_m=round(0.25 * (seq % 2000), 2),
-            captured_at=captured,
-            received_at=captured + timedelta(milliseconds=30),
-            model_name="default",
-            model_version="steel_ensemble",
-            defects=tuple(found),
-            alarms=tuple(alarms),
-            class_probs=tuple(rng.random() for _ in CLASS_NAMES),
-            decode_ms=2.0,
-            infer_ms=40.0,
-            store_ms=5.0,
-            image=next(jpegs) if found else None,
-        )
 
 
 def table_sizes(engine: Any) -> dict[str, dict[str, int]]:
@@ -270,13 +133,12 @@ def measure_postgres(url: str, records: list[Any]) -> dict[str, Any]:
 
 
 def measure_redis(url: str, entries: int, records: Sequence[Any]) -> dict[str, Any]:
-    import redis
-
     from steelcore.alarm_message import Alarm
-    from workers.alarm_stream import AlarmStream
+    from steelcore.redis.alarm_stream import AlarmStream
+    from steelcore.redis.connection import client_from_url
 
     settings = Settings()
-    client = redis.Redis.from_url(url)
+    client = client_from_url(url)
     key = f"steel:measure:{uuid.uuid4().hex[:8]}"
     stream = AlarmStream(client, key, f"{key}:live", settings.alarm_stream_maxlen)
     alarms = [

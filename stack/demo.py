@@ -239,8 +239,6 @@ class Demo:
         return choose_offer(capacity, a.cameras, a.fps, fallback_fps=s.camera_fps)
 
     def _prepare_services(self) -> None:
-        import redis
-
         from stack.demo_summary import LiveSummary
         from stack.demo_truth import TruthReader
         from stack.service import free_port
@@ -264,7 +262,7 @@ class Demo:
             line_id=self.args.line,
             started=self.started,
             engine=create_db_engine(url),
-            redis_client=redis.Redis.from_url(redis_url(s), socket_timeout=5),
+            redis_client=redis_client(s, socket_timeout=5),
             truth=self.truth,
             metrics_urls=self.metrics_urls,
             journal=self.journal,
@@ -273,14 +271,13 @@ class Demo:
     def _ensure_topics(self) -> None:
         """The dead-letter topic, and the frames and truth topics (with rotation: the current and
         next buckets, so the workers are assigned them when they first join)."""
-        from confluent_kafka.admin import AdminClient
-
         from producers.bucket_router import BucketRouter
-        from steelcore.kafka_clients import admin_config, ensure_topics
-        from steelcore.topic_rotation import rotation_seconds
+        from steelcore.kafka.clients import new_admin
+        from steelcore.kafka.topic_admin import ensure_topics
+        from steelcore.kafka.topic_rotation import rotation_seconds
 
         s = self.settings
-        admin = AdminClient(admin_config(s, {"logger": logging.getLogger("librdkafka")}))
+        admin = new_admin(s)
         ensure_topics(admin, [s.dead_letter_topic], s.frames_partitions)
         rotation = rotation_seconds(s)
         router = BucketRouter(

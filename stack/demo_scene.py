@@ -365,13 +365,12 @@ class LifecycleScene(Demo):
 
     # --- what the scene reads and writes --------------------------------------------------------
     def _inspection_alarm(self, camera: str) -> str | None:
-        import redis
+        from steelcore.redis.connection import redis_client
+        from steelcore.redis.entries import newest_entries
 
-        from steelcore.service_urls import redis_url
-
-        client = redis.Redis.from_url(redis_url(self.settings), socket_timeout=5, decode_responses=True)
+        client = redis_client(self.settings, socket_timeout=5)
         try:
-            entries = client.xrevrange(self.settings.inspection_alarm_stream, count=50)
+            entries = newest_entries(client, self.settings.inspection_alarm_stream, 50)
         finally:
             client.close()
         for _, fields in entries:
@@ -382,21 +381,10 @@ class LifecycleScene(Demo):
     def _review(self) -> int:
         """Judge each stored, unjudged defect of this run whose frame's truth is known; the number of
         frames reviewed so far."""
-        from sqlalchemy import text
-
-        from dashboard.feedback import record_feedback
+        from steelcore.postgres.verdicts import defects_without_verdict, record_feedback
 
         engine = self.summary.engine
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT d.defect_id, d.frame_id, d.class_id FROM defects d"
-                    " WHERE d.line_id = :line AND d.captured_at >= :since"
-                    " AND NOT EXISTS (SELECT 1 FROM feedback fb WHERE fb.defect_id = d.defect_id)"
-                    " ORDER BY d.captured_at LIMIT 2000"
-                ),
-                {"line": self.args.line, "since": self.started},
-            ).all()
+        rows = defects_without_verdict(engine, self.args.line, self.started)
         missing = [r.frame_id for r in rows if r.frame_id not in self._truth_cache]
         self._truth_cache.update(self._scene_truth.take(missing))
         for r in rows:
@@ -415,12 +403,12 @@ class LifecycleScene(Demo):
         return self._evidence(shadow, production).pairs
 
     def _roles(self) -> Any:
-        from steelcore.model_registry import read_roles
+        from steelcore.postgres.model_registry import read_roles
 
         return read_roles(self.summary.engine)
 
     def _production_bundle(self) -> str:
-        from steelcore.model_registry import version_bundles
+        from steelcore.postgres.model_registry import version_bundles
 
         roles = self._roles()
         if roles.production is None:
@@ -428,34 +416,21 @@ class LifecycleScene(Demo):
         return version_bundles(self.summary.engine).get(roles.production, self.settings.model_name)
 
     def _shadowed(self, version: int) -> int:
-        from sqlalchemy import text
+        from steelcore.postgres.model_evidence import shadowed_frame_count
 
-        with self.summary.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    text("SELECT count(*) FROM shadow_results WHERE version = :v"), {"v": version}
-                ).scalar_one()
-            )
+        return shadowed_frame_count(self.summary.engine, version)
 
     def _evidence(self, shadow: int, production: int | None) -> Any:
-        from steelcore.model_agreement import compare_verdicts, read_evidence
+        from steelcore.model_agreement import compare_verdicts
+        from steelcore.postgres.model_evidence import read_evidence
 
         evidence = read_evidence(self.summary.engine, shadow, production_version=production)
         return compare_verdicts(evidence.frames, evidence.verdicts)
 
     def _judged_by(self, version: int) -> int:
-        from sqlalchemy import text
+        from steelcore.postgres.line_reads import frames_judged_by
 
-        with self.summary.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    text(
-                        "SELECT count(*) FROM frames WHERE line_id = :line AND captured_at >= :since"
-                        " AND model_version = :v"
-                    ),
-                    {"line": self.args.line, "since": self.started, "v": str(version)},
-                ).scalar_one()
-            )
+        return frames_judged_by(self.summary.engine, self.args.line, self.started, version)
 
     @staticmethod
     def _retrain_note(out: Path) -> str:

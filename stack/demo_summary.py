@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from stack.demo_truth import TruthReader
+from steelcore.redis.alarm_stream import AlarmStream
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 from workers import worker_metrics
-from workers.alarm_stream import AlarmStream
 from workers.worker_metrics import parse_metrics
 
 log = logging.getLogger(__name__)
@@ -166,70 +166,34 @@ class LiveSummary:
         return stored / max(1e-3, (last_stored - first_captured).total_seconds())
 
     # --- database ---------------------------------------------------------------------------------
-    def _ours(self, table: Any) -> Any:
-        return (table.c.line_id == self.line_id) & (table.c.captured_at >= self.started)
-
     def _stored(self) -> tuple[int, datetime | None, datetime | None]:
-        from sqlalchemy import func, select
+        from steelcore.postgres.line_reads import stored_span
 
-        from steelcore.db_schema import frames
-
-        query = select(func.count(), func.min(frames.c.captured_at), func.max(frames.c.stored_at)).where(
-            self._ours(frames)
-        )
-        with self.engine.connect() as conn:
-            count, first, last = conn.execute(query).one()
-        return int(count), first, last
+        return stored_span(self.engine, self.line_id, self.started)
 
     def _defects(self) -> dict[str, int]:
-        from sqlalchemy import func, select
+        from steelcore.postgres.line_reads import defects_per_class
 
-        from steelcore.db_schema import defects
-
-        query = (
-            select(defects.c.class_id, func.count()).where(self._ours(defects)).group_by(defects.c.class_id)
-        )
-        with self.engine.connect() as conn:
-            counts = dict(conn.execute(query).all())
+        counts = defects_per_class(self.engine, self.line_id, self.started)
         return {CLASS_NAMES[c]: int(counts.get(c, 0)) for c in CLASS_IDS}
 
     def _alarms(self) -> int:
-        from sqlalchemy import func, select
+        from steelcore.postgres.line_reads import alarm_count
 
-        from steelcore.db_schema import alarms, frames
-
-        query = (
-            select(func.count())
-            .select_from(alarms.join(frames, alarms.c.frame_id == frames.c.frame_id))
-            .where(self._ours(frames))
-        )
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+        return alarm_count(self.engine, self.line_id, self.started)
 
     def _score_dice(self) -> None:
         """Score newly stored frames whose truth has arrived; keep the others for later."""
-        from sqlalchemy import select
-
-        from steelcore.db_schema import defects, frames
+        from steelcore.postgres.line_reads import defect_masks, frames_stored_since
 
         since = self._stored_since - _STORED_AT_OVERLAP
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(frames.c.frame_id, frames.c.stored_at).where(
-                    self._ours(frames) & (frames.c.stored_at >= since)
-                )
-            ).all()
-            new = [fid for fid, _ in rows if fid not in self._scored and fid not in self._awaiting_truth]
-            if rows:
-                self._stored_since = max(self._stored_since, max(at for _, at in rows))
-            predicted = {fid: [""] * len(CLASS_IDS) for fid in new}
-            if new:
-                for fid, class_id, code in conn.execute(
-                    select(defects.c.frame_id, defects.c.class_id, defects.c.rle).where(
-                        defects.c.frame_id.in_(new)
-                    )
-                ):
-                    predicted[fid][CLASS_IDS.index(class_id)] = code
+        rows = frames_stored_since(self.engine, self.line_id, self.started, since)
+        new = [fid for fid, _ in rows if fid not in self._scored and fid not in self._awaiting_truth]
+        if rows:
+            self._stored_since = max(self._stored_since, max(at for _, at in rows))
+        predicted = {fid: [""] * len(CLASS_IDS) for fid in new}
+        for fid, class_id, code in defect_masks(self.engine, new):
+            predicted[fid][CLASS_IDS.index(class_id)] = code
         self._awaiting_truth.update(predicted)
         for fid, truth in self.truth.take(list(self._awaiting_truth)).items():
             dice = frame_dice(self._awaiting_truth.pop(fid), truth)

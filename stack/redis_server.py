@@ -4,40 +4,25 @@ The password is generated once and kept in ``run_dir/redis/password`` (mode 0600
 keeps both the data (appendonly.aof) and the clients' URL valid.
 
 The dashboard logs in as its own ACL user (DASHBOARD_REDIS_USER, password in
-``run_dir/redis/dashboard_password``) allowed only what its health page calls
-(dashboard/service_health.py): PING, and XLEN and XPENDING on the alarm stream; no other key and
-no pub/sub channel. deploy/ defines the same user from ``dashboard_acl_rules``.
+``run_dir/redis/dashboard_password``) allowed only what it calls (steelcore/redis/connection.py,
+``dashboard_acl_rules``); deploy/ defines the same user from the same rules.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import secrets
 from pathlib import Path
 from urllib.parse import quote
 
 from stack.service import EmbeddedService
+from steelcore.redis.connection import DASHBOARD_REDIS_USER, dashboard_acl_rules
 from steelcore.settings import Settings
 
 PASSWORD_FILE_NAME = "password"
 DASHBOARD_PASSWORD_FILE_NAME = "dashboard_password"
 CONFIG_FILE_NAME = "redis.conf"
-DASHBOARD_REDIS_USER = "steel-dashboard"
-# What the dashboard calls: service_health.alarm_backlog (XLEN, XPENDING summary), the status probe
-# (PING; INFO is not granted, the probe then shows no version) and the live page's inspection alarms
-# (XREVRANGE of their stream). Redis 6 grants commands for every key of the user, so XREVRANGE also
-# reads the defect alarm stream: read only, and the same alarms the page reads from the database.
-DASHBOARD_REDIS_COMMANDS = ("ping", "xlen", "xpending", "xrevrange")
-
-
-def dashboard_acl_rules(alarm_stream: str, inspection_stream: str) -> str:
-    """ACL rules (after the user name and password) of the dashboard's Redis user."""
-    # The streams' names, not patterns: glob characters in a name are escaped.
-    keys = " ".join("~" + re.sub(r"([*?\[\]\\])", r"\\\1", k) for k in (alarm_stream, inspection_stream))
-    commands = " ".join(f"+{c}" for c in DASHBOARD_REDIS_COMMANDS)
-    return f"resetkeys {keys} resetchannels -@all {commands}"
 
 
 def redis_server_binary() -> Path:

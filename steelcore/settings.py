@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         100_000,
         ge=0,
         description="entries the alarm stream keeps once every consumer group has acknowledged them; "
-        "an entry some group still owes is never trimmed for this cap (workers.alarm_stream)",
+        "an entry some group still owes is never trimmed for this cap (steelcore.redis.alarm_stream)",
     )
     alarm_stream_max_age_s: float = Field(
         7 * 86400.0,

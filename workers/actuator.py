@@ -25,12 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
 from steelcore import exit_codes
 from steelcore.alarm_message import Alarm
-from steelcore.settings import Settings, get_settings
-from workers.alarm_stream import AlarmStream, StreamEntry
+from steelcore.redis.alarm_stream import AlarmStream, StreamEntry
+from steelcore.redis.connection import alarm_stream_from_settings, check_reachable
+from steelcore.redis.exceptions import RedisError, RedisUnavailableError, ResponseError
+from steelcore.settings import get_settings
 
 log = logging.getLogger("steel.actuator")
 
@@ -70,7 +70,7 @@ class RejectActuator:
                     last_reclaim = time.monotonic()
                     self._reclaim()
                 self._handle(self.stream.read(self.group, self.consumer, count=64, block_ms=block_ms))
-            except redis.ResponseError as exc:
+            except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     log.warning("redis refused (%s); retrying in 1 s", exc)
                     self.stop_event.wait(1.0)
@@ -84,7 +84,7 @@ class RejectActuator:
                 )
                 group_ready = False
                 self._reclaim_cursor = "0-0"
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 # Alarms stay in the stream while Redis is away; wait and carry on.
                 log.warning("redis unavailable (%s); retrying in 1 s", exc)
                 self.stop_event.wait(1.0)
@@ -140,19 +140,6 @@ def log_reject(journal: Path | None) -> Callable[[Alarm], None]:
     return act
 
 
-def alarm_stream_from_settings(settings: Settings) -> AlarmStream:
-    from steelcore.service_urls import redis_url
-
-    client = redis.Redis.from_url(redis_url(settings), socket_timeout=5, health_check_interval=10)
-    return AlarmStream(
-        client,
-        settings.alarm_stream,
-        settings.alarm_channel,
-        settings.alarm_stream_maxlen,
-        settings.alarm_stream_max_age_s,
-    )
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}", help="consumer name")
     parser.add_argument("--group", default=None, help="consumer group (default: settings.actuator_group)")
@@ -168,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
     actuator = RejectActuator(stream, group, args.consumer, log_reject(args.journal), args.reclaim_idle_ms)
     signal.signal(signal.SIGTERM, lambda *_: actuator.stop_event.set())
     try:
-        stream.client.ping()
-    except redis.RedisError as exc:
-        log.error("cannot reach Redis: %s", exc)
+        check_reachable(stream.client)
+    except RedisUnavailableError as exc:
+        log.error("%s", exc)
         return exit_codes.UNAVAILABLE
     log.info("actuator %s reading %s in group %s", args.consumer, settings.alarm_stream, actuator.group)
     try:

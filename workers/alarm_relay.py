@@ -6,7 +6,7 @@ that worker dies first and its Kafka batch is never redelivered (the embedded br
 log in a restart, or a stop gave up on the batch during a Redis outage), only this relay ever
 publishes it. Every ``alarm_relay_interval_s`` it publishes the rows raised more than
 ``alarm_relay_min_age_s`` ago and still unpublished, oldest first, under their usual alarm ids
-(an actuator recognises a repeat), then trims the stream (workers.alarm_stream.AlarmStream.trim).
+(an actuator recognises a repeat), then trims the stream (steelcore.redis.alarm_stream.AlarmStream.trim).
 
 Several workers run relays on one database: each relay pass locks the rows it takes
 (workers.defect_store.relay_unpublished_alarms), so they share the backlog instead of each
@@ -20,14 +20,14 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from steelcore.alarm_message import Alarm
+from steelcore.redis.alarm_stream import AlarmStream, TrimResult
+from steelcore.redis.exceptions import RedisError
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_NAMES
 from workers.alarm_rules import alarm_id_for
-from workers.alarm_stream import AlarmStream, TrimResult
 from workers.defect_store import PendingAlarm, relay_unpublished_alarms
 from workers.worker_metrics import WorkerMetrics
 
@@ -100,7 +100,7 @@ class AlarmRelay:
         for stage, step in (("relay", self.relay), ("trim", self.trim)):
             try:
                 step()
-            except (redis.RedisError, SQLAlchemyError) as exc:
+            except (RedisError, SQLAlchemyError) as exc:
                 self.metrics.errors.labels(stage).inc()
                 log.warning("alarm %s failed (%s); next try in the next pass", stage, exc)
 

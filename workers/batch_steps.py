@@ -26,7 +26,7 @@ share of each committed batch is handed to workers.shadow_runner, which never ma
 Whatever bytes arrive, a message ends stored or dead-lettered with a reason, and its offset is
 committed: validation never raises (workers.frame_batch.validate_message), a refused row is
 isolated (step 4), and a dead letter refused as too large is sent again smaller
-(workers.worker_parts.DeadLetterProducer). A poison message must never crash the worker, or each
+(steelcore.kafka.dead_letter.DeadLetterProducer). A poison message must never crash the worker, or each
 worker assigned its partition in turn would crash on it.
 """
 
@@ -38,22 +38,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import redis
-from confluent_kafka import KafkaException, TopicPartition
 
-from steelcore.model_registry import shadow_pick
+from steelcore.kafka.clients import TopicPartition
+from steelcore.kafka.exceptions import KafkaException
+from steelcore.postgres.model_registry import shadow_pick
+from steelcore.redis.exceptions import RedisError
 from workers.defect_store import StoreResult
 from workers.frame_batch import Batch, Rejected, ValidFrame, build_records, next_offsets, validate_message
+from workers.postgres_store import is_db_outage, is_refused_row, merge_store_results
 from workers.shadow_runner import ShadowRunner
 from workers.triton_client import EnsembleResult, TritonClientError
-from workers.worker_parts import (
-    DeadLetterError,
-    Outage,
-    is_db_outage,
-    is_kafka_outage,
-    is_refused_row,
-    merge_store_results,
-)
+from workers.worker_errors import DeadLetterError, Outage, is_kafka_step_outage
 
 log = logging.getLogger("steel.worker")
 
@@ -137,7 +132,7 @@ class BatchSteps:
         if batch.alarms and batch.alarm_entries is None:
             assert self.alarm_publisher is not None
             batch.alarm_entries = self._step(
-                "alarm", lambda e: isinstance(e, redis.RedisError), self.alarm_publisher.publish, batch.alarms
+                "alarm", lambda e: isinstance(e, RedisError), self.alarm_publisher.publish, batch.alarms
             )
         if batch.alarm_entries and not batch.alarms_marked_published:
             assert self.store is not None
@@ -147,7 +142,7 @@ class BatchSteps:
             self._step("outbox", is_db_outage, self.store.mark_published, published)
             batch.alarms_marked_published = True
         if not batch.committed:
-            self._step("commit", is_kafka_outage, self._commit, batch)
+            self._step("commit", is_kafka_step_outage, self._commit, batch)
             batch.committed = True
 
     def _labels(self, result: EnsembleResult) -> list[tuple[str, str]] | None:
@@ -184,7 +179,7 @@ class BatchSteps:
             return
         assert self.dead_letters is not None
         batch.dead_letters_pending = self._step(
-            "dead_letter", is_kafka_outage, self.dead_letters.send, batch.dead_letters_pending
+            "dead_letter", is_kafka_step_outage, self.dead_letters.send, batch.dead_letters_pending
         )
         if batch.dead_letters_pending:
             raise Outage("dead_letter", DeadLetterError(f"{len(batch.dead_letters_pending)} not delivered"))

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import redis
-
+from steelcore.redis.connection import Client
+from steelcore.redis.exceptions import RedisError
+from steelcore.redis.inspection_alarms import InspectionAlarms
 from steelcore.settings import Settings
 from workers.defect_store import FrameRecord
-from workers.drift_alarms import InspectionAlarms
 from workers.drift_monitor import REFERENCE_FILE, DriftEvent, DriftMonitor, DriftReference, frame_input_stats
 from workers.frame_batch import ValidFrame
 from workers.worker_metrics import WorkerMetrics
@@ -88,7 +88,7 @@ class DriftWatch:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, client: redis.Redis, metrics: WorkerMetrics
+        cls, settings: Settings, client: Client, metrics: WorkerMetrics
     ) -> DriftWatch | None:
         """None, with a warning, when the served model has no drift reference."""
         path = reference_path(settings)
@@ -153,7 +153,7 @@ class DriftWatch:
             return
         try:
             active = self.alarms.active()
-        except redis.RedisError:
+        except RedisError:
             return  # the next batch tries again
         for camera in settled:
             if camera in active and not any(e.camera == camera for e in self.pending):
@@ -166,7 +166,7 @@ class DriftWatch:
             event = self.pending[0]
             try:
                 entry = self.alarms.publish(event, model=self.model)
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 log.warning("inspection alarm not published yet (%s); %s waiting", exc, len(self.pending))
                 del self.pending[:-MAX_PENDING]
                 return
@@ -187,7 +187,7 @@ def observe_safely(
         log.exception("drift monitoring failed on a batch: %s", exc)
 
 
-def client_of(publisher: Any) -> redis.Redis | None:
+def client_of(publisher: Any) -> Client | None:
     """The Redis client of the worker's alarm publisher, when it has one."""
     client = getattr(publisher, "client", None)
-    return client if isinstance(client, redis.Redis) else None
+    return client if isinstance(client, Client) else None

@@ -61,14 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from confluent_kafka import KafkaException
-    from redis import RedisError
     from sqlalchemy.exc import OperationalError
 
     from steelcore.errors import ExternalServiceError
+    from steelcore.kafka.exceptions import KafkaException
+    from steelcore.redis.exceptions import RedisError
     from steelcore.settings import get_settings
     from workers.inference_worker import InferenceWorker, WorkerConfig
-    from workers.worker_parts import BatchAbandonedError
+    from workers.worker_errors import BatchAbandonedError
 
     try:
         config = WorkerConfig(

@@ -27,34 +27,29 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from steelcore.kafka_clients import BrokerIncarnation
+from steelcore.kafka.clients import BrokerIncarnation
+from steelcore.kafka.consumed_buckets import ConsumedBucketDeleter, deleter_from_settings
+from steelcore.kafka.topic_rotation import rotation_seconds
+from steelcore.redis.alarm_stream import AlarmStream
 from steelcore.settings import Settings, get_settings
-from steelcore.topic_rotation import rotation_seconds
 from workers.alarm_relay import AlarmRelay, AlarmRelayThread
 from workers.alarm_rules import AlarmRule
-from workers.alarm_stream import AlarmStream
+from workers.backoff import Backoff
 from workers.batch_policy import BatchPolicy, OverloadDetector
 from workers.batch_steps import BatchSteps
 from workers.consumer_session import BROKER_CHECK_TIMEOUT_S, ConsumerSession
 from workers.drift_watch import DriftWatch, client_of
 from workers.frame_batch import Batch
 from workers.model_roles import RoleWatch
+from workers.postgres_store import PostgresStore
 from workers.shadow_runner import ShadowRunner
-from workers.topic_janitor import BucketJanitor, JanitorThread, janitor_from_settings
+from workers.topic_janitor import JanitorThread
 from workers.worker_config import WorkerConfig
+from workers.worker_errors import BatchAbandonedError, Outage
 from workers.worker_load import WorkerLoad
 from workers.worker_metrics import WorkerMetrics
-from workers.worker_parts import (
-    AlarmPublisher,
-    Backoff,
-    BatchAbandonedError,
-    DeadLetterSink,
-    Inference,
-    Outage,
-    PostgresStore,
-    Store,
-)
 from workers.worker_probes import WorkerProbes
+from workers.worker_protocols import AlarmPublisher, DeadLetterSink, Inference, Store
 from workers.worker_readiness import ReadinessChecks
 
 __all__ = ["TEARDOWN_STEP_S", "InferenceWorker", "WorkerConfig"]
@@ -80,7 +75,7 @@ class InferenceWorker(ConsumerSession, BatchSteps, WorkerLoad, ReadinessChecks):
         store: Store | None = None,
         alarm_publisher: AlarmPublisher | None = None,
         metrics: WorkerMetrics | None = None,
-        janitor: BucketJanitor | None = None,
+        janitor: ConsumedBucketDeleter | None = None,
         alarm_relay: AlarmRelay | None = None,
         drift: DriftWatch | None = None,
         roles: RoleWatch | None = None,
@@ -182,10 +177,10 @@ class InferenceWorker(ConsumerSession, BatchSteps, WorkerLoad, ReadinessChecks):
             upgrade(url)
             self.store = PostgresStore(create_db_engine(url), s)
         if self.alarm_publisher is None:
-            from workers.actuator import alarm_stream_from_settings
+            from steelcore.redis.connection import alarm_stream_from_settings, check_reachable
 
             stream = alarm_stream_from_settings(s)
-            stream.client.ping()
+            check_reachable(stream.client)
             self._redis = stream.client
             self.alarm_publisher = stream
         if self.roles is None and isinstance(self.store, PostgresStore):
@@ -209,8 +204,8 @@ class InferenceWorker(ConsumerSession, BatchSteps, WorkerLoad, ReadinessChecks):
             self._setup_kafka()
         if self.rotation_s > 0:
             if self.janitor is None:
-                self.janitor = janitor_from_settings(s, self.group_id, self.rotation_s, self.worker_id)
-            self.janitor.check()  # the floor, before the first subscription
+                self.janitor = deleter_from_settings(s, self.group_id, self.rotation_s, self.worker_id)
+            self.janitor.delete_consumed()  # the floor, before the first subscription
             self._janitor_thread = JanitorThread(self.janitor, s.topic_janitor_interval_s)
             self._janitor_thread.start()
         self.probes.beat()

@@ -37,6 +37,9 @@ from sqlalchemy.engine import make_url
 from producers.camera_producer import CameraProducer
 from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
 from stack.service import free_port
+from steelcore.kafka.client_config import admin_config, consumer_config
+from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX
+from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine, sqlalchemy_url
 from steelcore.redis.connection import alarm_stream_from_settings
@@ -44,7 +47,6 @@ from steelcore.service_urls import write_stack
 from steelcore.settings import Settings, reveal
 from workers.actuator import RejectActuator, log_reject
 from workers.worker_metrics import ERRORS_TOTAL, FRAMES_TOTAL, parse_metrics
-from workers.worker_parts import DLQ_HEADER_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DB_SECRET = "fault-db-secret-7Hq2xV"
@@ -183,7 +185,7 @@ class FaultCase:
         self.images = images
         self.tag = uuid.uuid4().hex[:10]
         self.run_dir = root / "run"
-        # Kafka through stack.json, as after `steel up`: kafka_clients then applies the embedded
+        # Kafka through stack.json, as after `steel up`: steelcore.kafka.client_config then applies the embedded
         # broker's settings (short session timeout), exactly as a worker of `steel demo` gets them.
         write_stack(self.run_dir, {"kafka": {"url": kafka_url}})
         self.server_url = postgres_url

@@ -42,7 +42,7 @@ from steelcore.settings import Settings
 from workers.actuator import RejectActuator, log_reject
 from workers.triton_client import EnsembleResult
 from workers.worker_config import WorkerConfig
-from workers.worker_parts import BatchAbandonedError
+from workers.worker_errors import BatchAbandonedError
 
 pytestmark = pytest.mark.integration
 

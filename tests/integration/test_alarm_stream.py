@@ -16,9 +16,9 @@ import pytest
 import redis
 
 from steelcore.alarm_message import Alarm
+from steelcore.redis.alarm_stream import AlarmStream, TrimResult
 from workers.actuator import RejectActuator, log_reject
 from workers.alarm_rules import AlarmRule, alarms_for_frame
-from workers.alarm_stream import AlarmStream, TrimResult
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from dashboard_seed import RECENT_COIL, new_database, seed
 from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
-from steelcore import db_schema
+from steelcore.postgres import schema
 from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
 from steelcore.severstal import CLASS_NAMES
 from workers.defect_store import FrameRecord
@@ -72,7 +72,7 @@ def _metric(at: AppTest, label: str) -> str:
 
 def _feedback_rows(owner: Engine) -> list:
     with owner.connect() as conn:
-        return list(conn.execute(select(db_schema.feedback).order_by(db_schema.feedback.c.feedback_id)))
+        return list(conn.execute(select(schema.feedback).order_by(schema.feedback.c.feedback_id)))
 
 
 def test_live_page_shows_rates_alarms_frames_and_the_coil(
@@ -96,8 +96,8 @@ def test_live_page_shows_rates_alarms_frames_and_the_coil(
 def test_live_page_shows_a_camera_in_a_drift_episode(dashboard_env: None, redis_url: str) -> None:
     import redis
 
+    from steelcore.redis.inspection_alarms import InspectionAlarms
     from steelcore.settings import Settings
-    from workers.drift_alarms import InspectionAlarms
     from workers.drift_monitor import DriftEvent
 
     stream = Settings().inspection_alarm_stream  # the name the embedded server's ACL grants

@@ -25,8 +25,8 @@ from sqlalchemy import Engine, select
 
 from dashboard.launch import streamlit_command
 from stack.service import free_port
-from steelcore import db_schema
 from steelcore.paths import REPO_ROOT
+from steelcore.postgres import schema
 from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -220,8 +220,8 @@ def _raise_drift(redis_url: str, camera: str) -> str:
     dashboard; its message."""
     import redis
 
+    from steelcore.redis.inspection_alarms import InspectionAlarms
     from steelcore.settings import Settings
-    from workers.drift_alarms import InspectionAlarms
     from workers.drift_monitor import DriftEvent
 
     _clear_drift(redis_url)
@@ -250,7 +250,7 @@ def _clear_drift(redis_url: str) -> None:
 
 def _wait_for_feedback(owner: Engine, operator: str, timeout_s: float = 15.0) -> str | None:
     deadline = time.monotonic() + timeout_s
-    stmt = select(db_schema.feedback.c.verdict).where(db_schema.feedback.c.operator == operator)
+    stmt = select(schema.feedback.c.verdict).where(schema.feedback.c.operator == operator)
     while time.monotonic() < deadline:
         with owner.connect() as conn:
             verdict = conn.execute(stmt).scalar_one_or_none()

@@ -17,8 +17,9 @@ from dashboard_seed import new_database, seed, seed_models
 from sqlalchemy import Engine, text
 from streamlit.testing.v1 import AppTest
 
-from steelcore.model_agreement import audit_figures, compare_verdicts, mask_agreement, read_evidence
+from steelcore.model_agreement import audit_figures, compare_verdicts, mask_agreement
 from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
+from steelcore.postgres.model_evidence import read_evidence
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 from workers.defect_store import FrameRecord
@@ -79,7 +80,7 @@ def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
 ) -> None:
     import redis
 
-    from workers.drift_alarms import InspectionAlarms
+    from steelcore.redis.inspection_alarms import InspectionAlarms
     from workers.drift_monitor import DriftEvent
 
     at = _health()

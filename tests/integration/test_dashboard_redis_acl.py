@@ -9,8 +9,9 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from dashboard.service_health import alarm_backlog, dashboard_redis_url, service_status
-from stack.redis_server import DASHBOARD_REDIS_USER, RedisServer, probe_url
+from dashboard.service_health import alarm_backlog, service_status
+from stack.redis_server import RedisServer, probe_url
+from steelcore.redis.connection import DASHBOARD_REDIS_USER, dashboard_redis_url
 from steelcore.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -112,7 +113,7 @@ def test_the_dashboard_user_reads_the_inspection_alarms_for_the_live_page(
     admin: redis.Redis, redis_server: RedisServer, stack_settings: Settings
 ) -> None:
     from dashboard.inspection_feed import read_feed
-    from workers.drift_alarms import InspectionAlarms
+    from steelcore.redis.inspection_alarms import InspectionAlarms
     from workers.drift_monitor import DriftEvent
 
     stream = stack_settings.inspection_alarm_stream  # the embedded server's ACL names the default

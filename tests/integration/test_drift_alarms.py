@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis
 
-from workers.drift_alarms import InspectionAlarms
+from steelcore.redis.inspection_alarms import InspectionAlarms
 from workers.drift_monitor import DriftMonitor, DriftReference
 
 pytestmark = pytest.mark.integration

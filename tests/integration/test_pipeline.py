@@ -40,13 +40,15 @@ from stack.service import free_port
 from stack.triton_server import TritonServer
 from steelcore import rle
 from steelcore.frame_message import decode_frame, decode_image
+from steelcore.kafka.client_config import admin_config, consumer_config, producer_config
+from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX
+from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
 from workers.triton_client import TritonEnsembleClient
 from workers.worker_config import WorkerConfig
-from workers.worker_parts import DLQ_HEADER_PREFIX
 
 pytestmark = pytest.mark.integration
 
@@ -446,7 +448,7 @@ def test_a_camera_whose_lamp_dims_raises_one_inspection_alarm_and_clears(
     from confluent_kafka.admin import AdminClient
 
     from producers.frame_sources import GainChange
-    from workers.drift_alarms import InspectionAlarms
+    from steelcore.redis.inspection_alarms import InspectionAlarms
 
     tag = uuid.uuid4().hex[:8]
     settings = settings.model_copy(

@@ -38,8 +38,8 @@ import pytest
 import yaml
 
 from dashboard.config import DashboardSettings
-from steelcore import db_schema
 from steelcore.paths import REPO_ROOT, TRITON_REPOSITORY
+from steelcore.postgres.schema import TABLES
 from steelcore.settings import Settings
 from workers.worker_metrics import WorkerMetrics
 
@@ -612,7 +612,7 @@ def test_dashboard_queries_use_exported_metrics_and_real_columns(services: dict[
     }
     assert set(re.findall(r'job="([^"]+)"', " ".join(exprs))) <= jobs
 
-    tables = {t.name: {c.name for c in t.columns} for t in db_schema.TABLES}
+    tables = {t.name: {c.name for c in t.columns} for t in TABLES}
     for sql in sqls:
         aliases = {
             alias or table: table for table, alias in re.findall(r"FROM (\w+)(?: (?!WHERE)(\w+))?", sql)
@@ -673,7 +673,7 @@ def test_workers_log_in_as_the_writer_login_never_as_the_owner(
 def test_the_dashboard_gets_its_own_redis_user_never_the_default_one(
     services: dict[str, Any], k8s: list[dict[str, Any]]
 ) -> None:
-    from stack.redis_server import DASHBOARD_REDIS_USER, dashboard_acl_rules
+    from steelcore.redis.connection import DASHBOARD_REDIS_USER, dashboard_acl_rules
 
     dashboards = [(env, where) for role, env, where in _all_roles(services, k8s) if role == "dashboard"]
     assert len(dashboards) == 2
@@ -884,7 +884,7 @@ def _principal_secret(principal: str) -> str:
 def test_compose_kafka_acls_per_principal_allow_each_role_only_what_it_does(
     services: dict[str, Any], k8s: list[dict[str, Any]]
 ) -> None:
-    from steelcore.kafka_clients import producer_config
+    from steelcore.kafka.client_config import producer_config
 
     env = _environment(services["worker"])
     frames, truth, dead = (env[v] for v in TOPIC_VARS)

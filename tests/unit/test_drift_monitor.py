@@ -154,7 +154,7 @@ def test_the_worker_watches_the_served_bundle_unless_settings_or_reference_forbi
 def test_after_a_promotion_frames_are_judged_against_the_new_bundles_reference(tmp_path):
     import redis
 
-    from workers.drift_alarms import InspectionAlarms
+    from steelcore.redis.inspection_alarms import InspectionAlarms
     from workers.drift_watch import DriftWatch
     from workers.worker_metrics import WorkerMetrics
 

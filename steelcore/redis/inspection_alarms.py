@@ -13,11 +13,25 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import redis
 
-from workers.drift_monitor import DriftEvent
+from steelcore.redis.entries import newest_entries, text
+
+
+class EpisodeEvent(Protocol):
+    """What the package needs of a drift event (workers.drift_monitor.DriftEvent)."""
+
+    @property
+    def camera(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def statistics(self) -> Sequence[str]: ...
+    @property
+    def message(self) -> str: ...
 
 # KEYS[1] episodes hash, KEYS[2] stream; ARGV[1] "raised"|"cleared", ARGV[2] camera, ARGV[3]
 # episode JSON, ARGV[4] stream maxlen, then field/value pairs for XADD. Returns the entry id or false.
@@ -46,7 +60,7 @@ class InspectionAlarms:
     def episodes_key(self) -> str:
         return active_key(self.stream)
 
-    def publish(self, event: DriftEvent, *, model: str = "") -> str | None:
+    def publish(self, event: EpisodeEvent, *, model: str = "") -> str | None:
         """Appends the event unless another worker already did for this episode; the entry id or
         None when there was nothing to add."""
         now = time.time()
@@ -69,21 +83,19 @@ class InspectionAlarms:
 
     def active(self) -> dict[str, dict[str, Any]]:
         """The cameras in a drift episode now: camera -> {statistics, message, since}."""
-        return {_text(k): json.loads(v) for k, v in self.client.hgetall(self.episodes_key).items()}
+        return {text(k): json.loads(v) for k, v in self.client.hgetall(self.episodes_key).items()}
 
     def recent(self, count: int = 50) -> list[dict[str, str]]:
         """The newest entries of the stream, newest first."""
-        rows = []
-        for entry_id, data in self.client.xrevrange(self.stream, count=count):
-            row = {_text(k): _text(v) for k, v in data.items()}
-            rows.append({"id": _text(entry_id), **row})
-        return rows
+        return recent_entries(self.client, self.stream, count)
+
+
+def recent_entries(client: redis.Redis, stream: str, count: int) -> list[dict[str, str]]:
+    """The newest ``count`` entries of an inspection-alarm stream, newest first, each with its "id".
+    XREVRANGE only, so the dashboard's ACL user can read them."""
+    return [{"id": entry_id, **fields} for entry_id, fields in newest_entries(client, stream, count)]
 
 
 def active_key(stream: str) -> str:
     """The hash of the episodes in progress, beside the stream (the dashboard's ACL names both)."""
     return f"{stream}:active"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import redis
 
 from steelcore.alarm_message import Alarm
+from steelcore.redis.entries import decode_entries, decode_fields, text
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class AlarmStream:
         for alarm in alarms:
             pipe.publish(self.channel, json.dumps(alarm.to_fields()))
         replies = pipe.execute()
-        return [_text(entry_id) for entry_id in replies[: len(alarms)]]
+        return [text(entry_id) for entry_id in replies[: len(alarms)]]
 
     def acknowledged_floor(self) -> str | None:
         """The lowest entry id some consumer group still owes: entries below it have been delivered
@@ -100,11 +101,11 @@ class AlarmStream:
             raise
         floors = []
         for group in groups:
-            floor = _successor(_text(group["last-delivered-id"]))
+            floor = _successor(text(group["last-delivered-id"]))
             if int(group["pending"]):
-                oldest = self.client.xpending(self.stream, _text(group["name"]))["min"]
+                oldest = self.client.xpending(self.stream, text(group["name"]))["min"]
                 if oldest is not None:
-                    floor = _text(oldest)
+                    floor = text(oldest)
             floors.append(floor)
         return min(floors, key=_id_key) if floors else None
 
@@ -118,7 +119,7 @@ class AlarmStream:
             # The oldest `excess` entries, but none at or above the floor; cut just after the last.
             oldest = self.client.xrange(self.stream, "-", f"({floor}", count=min(excess, TRIM_SCAN_LIMIT))
             if oldest:
-                cut = _successor(_text(oldest[-1][0]))
+                cut = _successor(text(oldest[-1][0]))
                 acknowledged += int(self.client.xtrim(self.stream, minid=cut, approximate=False))
         unacknowledged = 0
         if self.max_age_s is not None:
@@ -164,8 +165,8 @@ class AlarmStream:
         reply = self.client.xautoclaim(
             self.stream, group, consumer, min_idle_ms, start_id=start_id, count=count
         )
-        cursor, claimed = _text(reply[0]), reply[1]
-        deleted = [_text(i) for i in reply[2]] if len(reply) > 2 else []
+        cursor, claimed = text(reply[0]), reply[1]
+        deleted = [text(i) for i in reply[2]] if len(reply) > 2 else []
         if any(entry_id is None or not fields for entry_id, fields in claimed):
             deleted += self._own_deleted(group, consumer, count)
         return Reclaimed(
@@ -176,7 +177,7 @@ class AlarmStream:
         """Ids in this consumer's pending list whose entries are gone (XREADGROUP from 0 shows them
         with no fields)."""
         reply = self.client.xreadgroup(group, consumer, {self.stream: "0"}, count=max(count, 100))
-        return [_text(entry_id) for _, entries in reply or [] for entry_id, fields in entries if not fields]
+        return [text(entry_id) for _, entries in reply or [] for entry_id, fields in entries if not fields]
 
     def ack(self, group: str, entry_ids: Sequence[str]) -> int:
         return int(self.client.xack(self.stream, group, *entry_ids)) if entry_ids else 0
@@ -191,8 +192,18 @@ class AlarmStream:
     def fields_after(self, entry_id: str, count: int) -> list[tuple[str, dict[str, str]]]:
         """Up to ``count`` entries after ``entry_id`` as (id, fields), outside any consumer group:
         nothing is delivered or acknowledged, and a malformed entry is the caller's to judge."""
-        raw = self.client.xrange(self.stream, min=f"({entry_id}", max="+", count=count)
-        return [(_text(i), _fields(fields)) for i, fields in raw]
+        return decode_entries(self.client.xrange(self.stream, min=f"({entry_id}", max="+", count=count))
+
+
+def stream_backlog(client: redis.Redis, stream: str, group: str) -> tuple[int, int | None]:
+    """(entries on ``stream``, entries delivered to ``group`` and not acknowledged; None while the
+    group does not exist). XLEN and XPENDING only: reads the dashboard's ACL user may make."""
+    length = int(client.xlen(stream))
+    try:
+        pending: int | None = int(client.xpending(stream, group)["pending"])
+    except redis.ResponseError:  # NOGROUP: no actuator has joined yet
+        pending = None
+    return length, pending
 
 
 def _entries(raw: Sequence) -> list[StreamEntry]:
@@ -200,18 +211,14 @@ def _entries(raw: Sequence) -> list[StreamEntry]:
     for entry_id, fields in raw:
         if not fields:  # a deleted entry: the caller reports it (see AlarmStream.reclaim)
             continue
-        decoded = _fields(fields)
+        decoded = decode_fields(fields)
         try:
             alarm: Alarm | None = Alarm.from_fields(decoded)
         except (KeyError, ValueError) as exc:
-            log.error("alarm entry %s is malformed (%s): %s", _text(entry_id), exc, decoded)
+            log.error("alarm entry %s is malformed (%s): %s", text(entry_id), exc, decoded)
             alarm = None
-        out.append(StreamEntry(_text(entry_id), alarm, decoded))
+        out.append(StreamEntry(text(entry_id), alarm, decoded))
     return out
-
-
-def _fields(fields: dict) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in fields.items()}
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -223,7 +230,3 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 def _successor(entry_id: str) -> str:
     ms, seq = _id_key(entry_id)
     return f"{ms}-{seq + 1}"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

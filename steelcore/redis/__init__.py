@@ -1,0 +1,1 @@
+"""Redis: the alarm stream actuators consume, the inspection-alarm stream, and their clients."""
