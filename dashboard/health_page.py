@@ -11,7 +11,8 @@ from sqlalchemy import Engine
 
 from dashboard import charts, data_access, models_section, service_health, ui
 from dashboard.config import DashboardSettings
-from steelcore.model_registry import read_roles, version_bundles
+from steelcore.postgres import live_reads
+from steelcore.postgres.model_registry import read_roles, version_bundles
 from workers.frame_images import retention_days, stored_image_bytes
 
 REFRESH_S = 5.0

@@ -15,8 +15,8 @@ from sqlalchemy import Engine, select
 from dashboard.inspection_feed import read_feed
 from stack.model_lifecycle import VERSIONED_MODELS
 from steelcore import model_agreement as ma
-from steelcore.db_schema import model_audit, model_roles, model_versions, shadow_results
-from steelcore.model_registry import Roles, read_roles
+from steelcore.postgres import model_evidence
+from steelcore.postgres.model_registry import Roles, read_roles
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 

@@ -15,7 +15,7 @@ beside production, the ensemble is re-pinned to it (Triton finishes the old ense
 requests on the version they started with, and every answer carries MODEL_VERSION), the roles are
 updated in one transaction, and only then is the old production unloaded.
 
-The registry tables (steelcore.db_schema model_*) are written here only, as the owner login. One
+The registry tables (steelcore.postgres.schema model_*) are written here only, as the owner login. One
 command at a time: each holds a Postgres advisory lock for its whole run.
 """
 
@@ -37,9 +37,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from steelcore import exit_codes, model_agreement
-from steelcore.db_schema import model_audit, model_roles, model_versions
 from steelcore.errors import SteelError
-from steelcore.model_registry import Roles, read_roles, version_bundles
+from steelcore.postgres import model_evidence
+from steelcore.postgres.model_registry import Roles, read_roles, version_bundles
+from steelcore.postgres.schema import model_audit, model_roles, model_versions
 from steelcore.settings import Settings, get_settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 

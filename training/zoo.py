@@ -97,9 +97,9 @@ def registry_summary() -> dict[str, Any]:
         from sqlalchemy import select
 
         from steelcore import service_urls
-        from steelcore.db_schema import model_versions
-        from steelcore.model_registry import read_roles
         from steelcore.postgres.engine import create_db_engine
+        from steelcore.postgres.model_registry import read_roles
+        from steelcore.postgres.schema import model_versions
 
         engine = create_db_engine(service_urls.postgres_url(), connect_timeout_s=3)
         try:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, Select, and_, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from steelcore.db_schema import alarms, cameras, coils, defects, frame_images, frames, lines
+from steelcore.postgres.schema import alarms, cameras, coils, defects, frame_images, frames, lines
 from steelcore.settings import Settings, get_settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from workers.frame_images import image_encoding

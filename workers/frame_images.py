@@ -4,7 +4,7 @@ Policy (the dashboard's overlays and the retraining export depend on it):
 - kept: the image of every frame with at least one defect, exactly the bytes of the Kafka message
   (JPEG as received, never re-encoded; PNG or raw pixels when a camera sends those), under the
   encoding the frame header declared;
-- where: ``frame_images`` (steelcore.db_schema), one row per frame, written by
+- where: ``frame_images`` (steelcore.postgres.schema), one row per frame, written by
   workers.defect_store.DefectStore in the same transaction as the frame, so a stored defect never
   lacks its image and a redelivered frame adds no second copy;
 - how long: ``retention_days(settings)`` days after it was stored, then ``purge_frame_images``
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, delete, func, select
 
 from steelcore import exit_codes
-from steelcore.db_schema import frame_images, frames
+from steelcore.postgres.schema import frame_images, frames
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,7 +43,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @dataclass(frozen=True)
 class StoredImage:
     frame_id: str
-    encoding: str  # one of steelcore.db_schema.IMAGE_ENCODINGS
+    encoding: str  # one of steelcore.postgres.schema.IMAGE_ENCODINGS
     data: bytes
     height: int
     width: int

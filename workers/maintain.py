@@ -94,7 +94,8 @@ def maintain_once(settings: Settings, *, weeks_ahead: int, now: datetime | None 
         with engine.begin() as conn:
             if not frame_partitions.is_partitioned(conn):
                 log.error(
-                    "frames is not a partitioned table: migrate first (python -m steelcore.postgres.migrate upgrade)"
+                    "frames is not a partitioned table: migrate first "
+                    "(python -m steelcore.postgres.migrate upgrade)"
                 )
                 return exit_codes.UNAVAILABLE
         images = purge_frame_images(

@@ -1,4 +1,4 @@
-"""The worker's view of the model registry (steelcore.model_registry): which version serves
+"""The worker's view of the model registry (steelcore.postgres.model_registry): which version serves
 production, which one shadows it and on what share, and which bundle each version is.
 
 Read every ``settings.model_roles_poll_s`` from the worker's loop. Advisory like drift: a database
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
-from steelcore.model_registry import NO_ROLES, Roles, read_roles, version_bundles
+from steelcore.postgres.model_registry import NO_ROLES, Roles, read_roles, version_bundles
 from steelcore.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import numpy as np
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
-from steelcore.db_schema import shadow_results
+from steelcore.postgres.schema import shadow_results
 from workers.frame_batch import ValidFrame
 from workers.triton_client import EnsembleResult
 from workers.worker_metrics import WorkerMetrics

@@ -14,8 +14,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine, Select, func, select
 
-from steelcore.db_schema import defect_frame, defects, frames
 from steelcore.frame_message import FrameIdentity
+from steelcore.postgres.schema import defect_frame, defects, frames
 
 # Rows returned when a caller gives no limit; `steel query --limit 0` asks for all.
 DEFAULT_LIMIT = 1000

@@ -21,10 +21,9 @@ from functools import lru_cache
 from scratch_db import scratch_database
 from sqlalchemy import Engine, insert, select, text
 
-from steelcore import db_schema
 from steelcore.kaggle_csv import read_labels
 from steelcore.paths import SEVERSTAL_SAMPLE_DIR
-from steelcore.postgres import migrate
+from steelcore.postgres import migrate, schema
 from steelcore.rle import decode
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, FRAME_SHAPE
@@ -171,7 +170,7 @@ def seed_models(owner: Engine, records: list[FrameRecord], now: datetime) -> dic
         shadow[r.frame_id] = _shadow_answer(r, True)
     with owner.begin() as conn:
         conn.execute(
-            insert(db_schema.model_versions),
+            insert(schema.model_versions),
             [
                 {
                     "version": v,
@@ -185,14 +184,14 @@ def seed_models(owner: Engine, records: list[FrameRecord], now: datetime) -> dic
             ],
         )
         conn.execute(
-            insert(db_schema.model_roles),
+            insert(schema.model_roles),
             [
                 {"role": "production", "version": 1, "share": None, "since": now, "set_by": "lead"},
                 {"role": "shadow", "version": 2, "share": 0.5, "since": now, "set_by": "ana"},
             ],
         )
         conn.execute(
-            insert(db_schema.shadow_results),
+            insert(schema.shadow_results),
             [
                 {
                     "frame_id": r.frame_id,
@@ -210,15 +209,15 @@ def seed_models(owner: Engine, records: list[FrameRecord], now: datetime) -> dic
             (row.frame_id, row.class_id): (row.defect_id, row.alarm_id)
             for row in conn.execute(
                 select(
-                    db_schema.defects.c.frame_id,
-                    db_schema.defects.c.class_id,
-                    db_schema.defects.c.defect_id,
-                    db_schema.alarms.c.alarm_id,
+                    schema.defects.c.frame_id,
+                    schema.defects.c.class_id,
+                    schema.defects.c.defect_id,
+                    schema.alarms.c.alarm_id,
                 ).select_from(
-                    db_schema.defects.outerjoin(
-                        db_schema.alarms,
-                        (db_schema.alarms.c.frame_id == db_schema.defects.c.frame_id)
-                        & (db_schema.alarms.c.class_id == db_schema.defects.c.class_id),
+                    schema.defects.outerjoin(
+                        schema.alarms,
+                        (schema.alarms.c.frame_id == schema.defects.c.frame_id)
+                        & (schema.alarms.c.class_id == schema.defects.c.class_id),
                     )
                 )
             )
@@ -239,7 +238,7 @@ def seed_models(owner: Engine, records: list[FrameRecord], now: datetime) -> dic
                     superseded = True
                 verdicts.append(row | {"created_at": now})
         assert via_alarm and superseded
-        conn.execute(insert(db_schema.feedback), verdicts)
+        conn.execute(insert(schema.feedback), verdicts)
         figures = {"verdicts": {"production": {"pairs": 12, "f1": 0.5}, "shadow": {"pairs": 12, "f1": 0.8}}}
         audit = [
             ("register", 1, None, "lead", False, None, timedelta(hours=2)),
@@ -247,7 +246,7 @@ def seed_models(owner: Engine, records: list[FrameRecord], now: datetime) -> dic
             ("promote", 3, 2, "bo", True, figures, timedelta(minutes=1)),
         ]
         conn.execute(
-            insert(db_schema.model_audit),
+            insert(schema.model_audit),
             [
                 {"action": a, "version": v, "previous_version": p, "actor": who, "forced": forced}
                 | {"figures": f, "at": now - ago}

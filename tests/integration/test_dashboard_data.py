@@ -21,9 +21,9 @@ from dashboard.config import DashboardSettings
 from dashboard.feedback import FeedbackError, defect_verdicts, record_feedback
 from dashboard.prepare_database import prepare_embedded_database
 from dashboard.retraining_export import export_retraining_dataset, image_name, retraining_zip_file
-from steelcore import db_schema, exit_codes
+from steelcore import exit_codes
 from steelcore.kaggle_csv import read_labels
-from steelcore.postgres import migrate
+from steelcore.postgres import frame_reads, live_reads, migrate, schema
 from steelcore.postgres.engine import (
     DASHBOARD_ROLE,
     FEEDBACK_ROLE,
@@ -81,8 +81,8 @@ def writer(db_url: str, records) -> Iterator[Engine]:
 def _defect_ids(admin: Engine, frame_id: str) -> dict[int, int]:
     with admin.connect() as conn:
         rows = conn.execute(
-            select(db_schema.defects.c.class_id, db_schema.defects.c.defect_id).where(
-                db_schema.defects.c.frame_id == frame_id
+            select(schema.defects.c.class_id, schema.defects.c.defect_id).where(
+                schema.defects.c.frame_id == frame_id
             )
         )
         return {int(r.class_id): int(r.defect_id) for r in rows}
@@ -177,14 +177,14 @@ def test_the_feedback_login_may_only_insert_feedback(writer: Engine, admin: Engi
     record_feedback(writer, verdict="false", operator=" ana ", defect_id=defect_id, note="oil")
     with admin.connect() as conn:
         row = conn.execute(
-            select(db_schema.feedback).where(db_schema.feedback.c.defect_id == defect_id)
+            select(schema.feedback).where(schema.feedback.c.defect_id == defect_id)
         ).one()
     assert (row.verdict, row.operator, row.note) == ("false", "ana", "oil")
     for statement in ("SELECT count(*) FROM feedback", "SELECT count(*) FROM defects"):
         with pytest.raises(ProgrammingError, match="permission denied"), writer.connect() as conn:
             conn.execute(text(statement))
     with pytest.raises(ProgrammingError, match="permission denied"), writer.begin() as conn:
-        conn.execute(db_schema.lines.insert().values(line_id="L9"))
+        conn.execute(schema.lines.insert().values(line_id="L9"))
 
 
 def test_feedback_on_something_missing_or_malformed_is_refused(writer: Engine) -> None:
@@ -206,8 +206,8 @@ def test_the_latest_verdict_wins_whether_on_the_alarm_or_the_defect(
     defect_id = _defect_ids(admin, frame.frame_id)[class_id]
     with admin.connect() as conn:
         alarm_id = conn.execute(
-            select(db_schema.alarms.c.alarm_id).where(
-                db_schema.alarms.c.frame_id == frame.frame_id, db_schema.alarms.c.class_id == class_id
+            select(schema.alarms.c.alarm_id).where(
+                schema.alarms.c.frame_id == frame.frame_id, schema.alarms.c.class_id == class_id
             )
         ).scalar_one()
     record_feedback(writer, verdict="false", operator="ana", alarm_id=alarm_id)
@@ -250,8 +250,8 @@ def test_the_retraining_export_holds_exactly_the_fully_reviewed_frames(
                 record_feedback(writer, verdict="confirmed", operator="ana", defect_id=defect_id)
             with owner.begin() as conn:
                 conn.execute(
-                    db_schema.frame_images.delete().where(
-                        db_schema.frame_images.c.frame_id == purged.frame_id
+                    schema.frame_images.delete().where(
+                        schema.frame_images.c.frame_id == purged.frame_id
                     )
                 )
 
@@ -305,7 +305,7 @@ def test_image_names_are_safe_file_names() -> None:
 def test_images_are_kept_for_defective_frames_only_and_as_received(admin: Engine, records) -> None:
     with admin.connect() as conn:
         kept = dict(
-            conn.execute(select(db_schema.frame_images.c.frame_id, db_schema.frame_images.c.image)).all()
+            conn.execute(select(schema.frame_images.c.frame_id, schema.frame_images.c.image)).all()
         )
     assert set(kept) == {r.frame_id for r in records if r.defects}
     for r in records:
@@ -342,11 +342,11 @@ def test_raw_pixels_are_kept_and_purge_removes_only_old_images(postgres_url: str
                     ),
                     {"f": "raw-frame"},
                 )
-                total = conn.execute(select(func.count()).select_from(db_schema.frame_images)).scalar_one()
+                total = conn.execute(select(func.count()).select_from(schema.frame_images)).scalar_one()
             assert purge_frame_images(engine, older_than=timedelta(days=20)) == total - 1
             with engine.connect() as conn:
-                left = conn.execute(select(db_schema.frame_images.c.frame_id)).scalars().all()
-                defects_left = conn.execute(select(func.count()).select_from(db_schema.defects)).scalar_one()
+                left = conn.execute(select(schema.frame_images.c.frame_id)).scalars().all()
+                defects_left = conn.execute(select(func.count()).select_from(schema.defects)).scalar_one()
             assert left == ["raw-frame"]
             assert defects_left > 0  # only the images go
             assert frame_images_main(["purge", url, "--days", "0"]) == exit_codes.OK
@@ -401,7 +401,7 @@ def test_the_launcher_prepares_the_embedded_database(postgres_url: str, stack_ru
     engine = open_reader(reader_url(settings))
     try:
         with engine.connect() as conn:
-            assert conn.execute(select(func.count()).select_from(db_schema.frame_images)).scalar_one() >= 0
+            assert conn.execute(select(func.count()).select_from(schema.frame_images)).scalar_one() >= 0
             assert conn.execute(text("SELECT current_user")).scalar_one() == DASHBOARD_ROLE
     finally:
         engine.dispose()

@@ -14,8 +14,7 @@ from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
-from steelcore import db_schema
-from steelcore.postgres import migrate
+from steelcore.postgres import migrate, schema
 from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.roles import READER_ROLE, ensure_roles
 from steelcore.settings import Settings
@@ -89,7 +88,7 @@ def counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {
             t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-            for t in db_schema.TABLES
+            for t in schema.TABLES
             if t.name in FRAME_TABLES
         }
 
@@ -127,9 +126,9 @@ def test_upgrade_builds_the_declared_schema_and_is_repeatable(blank_db_url: str)
             context = MigrationContext.configure(
                 conn, opts={"compare_type": True, "compare_server_default": True, **opts}
             )
-            assert compare_metadata(context, db_schema.metadata) == []
+            assert compare_metadata(context, schema.metadata) == []
             names = set(inspect(conn).get_table_names()) - partitions
-        assert names == {t.name for t in db_schema.TABLES} | {"alembic_version"}
+        assert names == {t.name for t in schema.TABLES} | {"alembic_version"}
     finally:
         eng.dispose()
 
@@ -184,10 +183,10 @@ def test_a_batch_stores_its_frames_defects_and_alarms(engine: Engine) -> None:
     sample = batch[5]
     with engine.connect() as conn:
         frame = conn.execute(
-            select(db_schema.frames).where(db_schema.frames.c.frame_id == sample.frame_id)
+            select(schema.frames).where(schema.frames.c.frame_id == sample.frame_id)
         ).one()
         stored = conn.execute(
-            select(db_schema.defects).where(db_schema.defects.c.frame_id == sample.frame_id)
+            select(schema.defects).where(schema.defects.c.frame_id == sample.frame_id)
         ).all()
     assert frame.captured_at == sample.captured_at and frame.received_at == sample.received_at
     assert frame.coil_id == "K1" and frame.camera_id == "C1" and frame.position_m == pytest.approx(1.25)
@@ -235,7 +234,7 @@ def test_a_mixed_batch_adds_only_the_new_frames_and_the_first_result_wins(engine
     assert counts(engine)["defects"] == 9 * 2
     with engine.connect() as conn:
         probabilities = conn.execute(
-            select(db_schema.defects.c.probability).where(db_schema.defects.c.frame_id == "frame-00004")
+            select(schema.defects.c.probability).where(schema.defects.c.frame_id == "frame-00004")
         ).scalars()
         assert list(probabilities) == pytest.approx([0.9, 0.9])
 
@@ -325,16 +324,16 @@ def test_unpublished_alarms_are_listed_until_marked(engine: Engine) -> None:
     assert [(a.frame_id, a.class_id) for a in unpublished_alarms(engine)] == [("frame-00002", 3)]
     with engine.connect() as conn:
         entry = conn.execute(
-            select(db_schema.alarms.c.stream_entry_id).where(db_schema.alarms.c.frame_id == "frame-00000")
+            select(schema.alarms.c.stream_entry_id).where(schema.alarms.c.frame_id == "frame-00000")
         ).scalar_one()
     assert entry == "100-0"
 
 
 def test_feedback_targets_exactly_one_defect_or_alarm(engine: Engine) -> None:
     DefectStore(engine).write_batch([make_frame(0)])
-    fb = db_schema.feedback
+    fb = schema.feedback
     with engine.begin() as conn:
-        defect_id = conn.execute(select(db_schema.defects.c.defect_id).limit(1)).scalar_one()
+        defect_id = conn.execute(select(schema.defects.c.defect_id).limit(1)).scalar_one()
         conn.execute(
             fb.insert().values(defect_id=defect_id, verdict="false", operator="ana", note="oil stain")
         )
@@ -357,9 +356,9 @@ def test_reader_role_can_select_but_not_write(engine: Engine, blank_db_url: str)
     )
     try:
         with reader.connect() as conn:
-            assert conn.execute(select(func.count()).select_from(db_schema.frames)).scalar_one() == 1
+            assert conn.execute(select(func.count()).select_from(schema.frames)).scalar_one() == 1
         with pytest.raises(ProgrammingError, match="permission denied"), reader.begin() as conn:
-            conn.execute(db_schema.lines.insert().values(line_id="L9"))
+            conn.execute(schema.lines.insert().values(line_id="L9"))
     finally:
         reader.dispose()
         with engine.begin() as conn:

@@ -24,12 +24,12 @@ from sqlalchemy import Engine, select, text
 from stack import model_lifecycle
 from stack.service import free_port
 from stack.triton_server import TritonServer
-from steelcore.db_schema import model_audit, model_versions
-from steelcore.model_registry import Roles, read_roles
 from steelcore.paths import REPO_ROOT, TRITON_REPOSITORY
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.model_registry import Roles, read_roles
 from steelcore.postgres.roles import READER_ROLE, WRITER_ROLE, ensure_roles
+from steelcore.postgres.schema import model_audit, model_versions
 from steelcore.settings import get_settings
 from training import zoo
 

@@ -36,11 +36,12 @@ from producers.frame_sources import CameraSpec, LineGeometry, SyntheticSource
 from stack.service import free_port
 from stack.triton_server import TritonServer
 from steelcore.frame_message import decode_frame, decode_image
-from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics
-from steelcore.model_registry import read_roles, shadow_pick
-from steelcore.service_urls import redis_url
+from steelcore.kafka.client_config import admin_config, consumer_config
+from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.model_registry import read_roles, shadow_pick
+from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
 from workers.triton_client import TritonEnsembleClient
 from workers.worker_config import WorkerConfig

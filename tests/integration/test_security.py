@@ -27,8 +27,8 @@ from sqlalchemy import Engine, delete, insert, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from steelcore import db_schema, exit_codes
-from steelcore.postgres import migrate
+from steelcore import exit_codes
+from steelcore.postgres import migrate, schema
 from steelcore.postgres.engine import (
     DASHBOARD_ROLE,
     READ_STATEMENT_TIMEOUT_MS,
@@ -87,7 +87,7 @@ def test_the_worker_role_writes_frames_and_the_dashboard_role_cannot(worker_logi
         assert result.new_frame_ids == ("sec-1",) and result.alarms_written == 1
         assert mark_alarms_published(writer, [("sec-1", 2, "1-0")]) == 1
         with pytest.raises(DBAPIError, match="permission denied"), writer.begin() as conn:
-            conn.execute(delete(db_schema.frames))  # workers insert and update, never delete
+            conn.execute(delete(schema.frames))  # workers insert and update, never delete
         _assert_history_cannot_be_rewritten(writer)
 
         with reader.connect() as conn:
@@ -123,13 +123,13 @@ def test_the_read_only_login_carries_its_timeout_on_the_role(db_url: str) -> Non
 def _assert_history_cannot_be_rewritten(writer: Engine) -> None:
     """The writer may mark an alarm published and nothing else: every other UPDATE is refused."""
     rewrites = [
-        update(db_schema.frames).values(coil_id="K2"),
-        update(db_schema.defects).values(class_id=1),
-        update(db_schema.alarms).values(probability=0.1),
-        update(db_schema.alarms).values(acknowledged_at=T0, acknowledged_by="x"),
-        update(db_schema.frame_images).values(encoding="raw"),
-        insert(db_schema.feedback).values(defect_id=1, verdict="false", operator="w"),
-        delete(db_schema.alarms),
+        update(schema.frames).values(coil_id="K2"),
+        update(schema.defects).values(class_id=1),
+        update(schema.alarms).values(probability=0.1),
+        update(schema.alarms).values(acknowledged_at=T0, acknowledged_by="x"),
+        update(schema.frame_images).values(encoding="raw"),
+        insert(schema.feedback).values(defect_id=1, verdict="false", operator="w"),
+        delete(schema.alarms),
     ]
     for statement in rewrites:
         with pytest.raises(DBAPIError, match="permission denied"), writer.begin() as conn:

@@ -9,8 +9,7 @@ from sqlalchemy import DateTime, Index, UniqueConstraint
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from steelcore import db_schema
-from steelcore.postgres import migrate
+from steelcore.postgres import migrate, schema
 from steelcore.postgres.engine import sqlalchemy_url
 
 PG_IDENTIFIER_MAX = 63
@@ -27,14 +26,14 @@ def _unique_columns(table) -> set[tuple[str, ...]]:
 
 
 def test_every_table_of_the_pipeline_issue_is_declared() -> None:
-    names = {t.name for t in db_schema.TABLES}
+    names = {t.name for t in schema.TABLES}
     pipeline = {"lines", "cameras", "coils", "frames", "defects", "alarms", "feedback", "frame_images"}
     lifecycle = {"model_versions", "model_roles", "model_audit", "shadow_results"}
     assert names == pipeline | lifecycle
-    assert set(db_schema.metadata.tables) == names
+    assert set(schema.metadata.tables) == names
 
 
-@pytest.mark.parametrize("table", db_schema.TABLES, ids=lambda t: t.name)
+@pytest.mark.parametrize("table", schema.TABLES, ids=lambda t: t.name)
 def test_constraint_and_index_names_follow_the_convention(table) -> None:
     prefixes = {"PrimaryKeyConstraint": "pk_", "ForeignKeyConstraint": "fk_", "UniqueConstraint": "uq_"}
     prefixes["CheckConstraint"] = "ck_"
@@ -49,22 +48,22 @@ def test_constraint_and_index_names_follow_the_convention(table) -> None:
 
 
 def test_every_timestamp_is_timezone_aware() -> None:
-    stamps = [c for t in db_schema.TABLES for c in t.columns if isinstance(c.type, DateTime)]
+    stamps = [c for t in schema.TABLES for c in t.columns if isinstance(c.type, DateTime)]
     assert len(stamps) >= 10
     assert all(c.type.timezone for c in stamps), [f"{c.table.name}.{c.name}" for c in stamps]
 
 
 def test_frame_id_is_the_natural_key_and_defects_alarms_are_unique_per_class() -> None:
     # frames is partitioned by captured_at, which its key must include (revision 0004).
-    assert [c.name for c in db_schema.frames.primary_key.columns] == ["frame_id", "captured_at"]
-    assert db_schema.frames.dialect_options["postgresql"]["partition_by"] == "RANGE (captured_at)"
-    assert ("frame_id", "class_id") in _unique_columns(db_schema.defects)
-    assert ("frame_id", "class_id") in _unique_columns(db_schema.alarms)
+    assert [c.name for c in schema.frames.primary_key.columns] == ["frame_id", "captured_at"]
+    assert schema.frames.dialect_options["postgresql"]["partition_by"] == "RANGE (captured_at)"
+    assert ("frame_id", "class_id") in _unique_columns(schema.defects)
+    assert ("frame_id", "class_id") in _unique_columns(schema.alarms)
 
 
 def test_history_queries_have_indexes() -> None:
-    frames_ix = _index_columns(db_schema.frames)
-    defects_ix = _index_columns(db_schema.defects)
+    frames_ix = _index_columns(schema.frames)
+    defects_ix = _index_columns(schema.defects)
     assert ("captured_at",) in frames_ix and ("captured_at",) in defects_ix
     assert ("class_id", "captured_at") in defects_ix
     assert ("line_id", "camera_id", "captured_at") in defects_ix
@@ -74,19 +73,19 @@ def test_history_queries_have_indexes() -> None:
 
 
 def test_alarm_points_at_its_defect_and_feedback_at_exactly_one_target() -> None:
-    fks = {tuple(fk.column_keys): fk.referred_table.name for fk in db_schema.alarms.foreign_key_constraints}
+    fks = {tuple(fk.column_keys): fk.referred_table.name for fk in schema.alarms.foreign_key_constraints}
     assert fks[("frame_id", "class_id")] == "defects"
-    checks = {c.name: str(c.sqltext) for c in db_schema.feedback.constraints if c.name.startswith("ck_")}
+    checks = {c.name: str(c.sqltext) for c in schema.feedback.constraints if c.name.startswith("ck_")}
     assert "num_nonnulls(defect_id, alarm_id) = 1" in checks["ck_feedback_one_target"]
-    for verdict in db_schema.VERDICTS:
+    for verdict in schema.VERDICTS:
         assert f"'{verdict}'" in checks["ck_feedback_verdict_known"]
 
 
 def test_ddl_compiles_for_postgres() -> None:
     dialect = postgresql.dialect()
-    ddl = "\n".join(str(CreateTable(t).compile(dialect=dialect)) for t in db_schema.TABLES)
+    ddl = "\n".join(str(CreateTable(t).compile(dialect=dialect)) for t in schema.TABLES)
     ddl += "\n".join(
-        str(CreateIndex(ix).compile(dialect=dialect)) for t in db_schema.TABLES for ix in t.indexes
+        str(CreateIndex(ix).compile(dialect=dialect)) for t in schema.TABLES for ix in t.indexes
     )
     assert "class_probs REAL[]" in ddl
     assert "WHERE published_at IS NULL" in ddl
@@ -128,6 +127,6 @@ def test_non_postgres_url_is_rejected_without_printing_the_password() -> None:
 def test_offline_sql_creates_every_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert migrate.main(["sql"]) == 0
     out = capsys.readouterr().out
-    for table in db_schema.TABLES:
+    for table in schema.TABLES:
         assert f"CREATE TABLE {table.name} (" in out
     assert "INSERT INTO alembic_version" in out

@@ -1,11 +1,11 @@
-"""steelcore.model_registry without a database: the shadow sample and the role rows' meaning."""
+"""steelcore.postgres.model_registry without a database: the shadow sample and the role rows' meaning."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy import create_engine
 
-from steelcore import db_schema, model_registry
+from steelcore.postgres import model_registry, schema
 
 
 def test_shadow_pick_is_stable_and_takes_about_the_share() -> None:
@@ -34,4 +34,4 @@ def test_read_roles_and_bundles_from_rows() -> None:
         conn.exec_driver_sql("INSERT INTO model_roles VALUES ('production', 1, NULL), ('shadow', 2, 0.25)")
     assert model_registry.read_roles(engine) == model_registry.Roles(1, 2, 0.25)
     assert model_registry.version_bundles(engine) == {1: "default", 2: "synthetic"}
-    assert db_schema.model_roles.c.share.nullable
+    assert schema.model_roles.c.share.nullable

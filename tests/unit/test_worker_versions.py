@@ -27,7 +27,7 @@ from test_worker_logic import (
 )
 
 from steelcore.frame_message import decode_frame, decode_image
-from steelcore.model_registry import Roles, shadow_pick
+from steelcore.postgres.model_registry import Roles, shadow_pick
 from steelcore.settings import Settings
 from workers.alarm_rules import AlarmRule
 from workers.frame_batch import ValidFrame, build_records

@@ -10,8 +10,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import pool
 
-from steelcore.db_schema import metadata
 from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.schema import metadata
 
 config = context.config
 

@@ -1,6 +1,6 @@
 """Initial schema: lines, cameras, coils, frames, defects, alarms, feedback.
 
-Written out in full (not generated from steelcore.db_schema at run time) so that later changes to
+Written out in full (not generated from steelcore.postgres.schema at run time) so that later changes to
 the models never change what this revision did. tests/integration/test_defect_store.py checks that
 head matches the models.
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
-from steelcore.db_schema import model_roles, model_versions
+from steelcore.postgres.schema import model_roles, model_versions
 
 # sha256 gives 256 bits; the first 8 bytes are plenty to compare against a share.
 _PICK_BYTES = 8

@@ -1,13 +1,13 @@
 """The defect database: SQLAlchemy Core tables, the one description of the schema.
 
-Alembic revisions in ``workers/migrations`` create exactly these tables; a test compares the two.
+Alembic revisions in ``steelcore/postgres/migrations`` create exactly these tables; a test compares the two.
 
 Design choices a reader should know:
 - ``frames.frame_id`` is the natural key carried in the Kafka message, so a redelivered frame is
   recognised by the database itself (``INSERT ... ON CONFLICT DO NOTHING``), not by worker state.
 - ``frames`` is partitioned by RANGE (captured_at), one partition per UTC week plus a DEFAULT one
   (revision 0004; ``steel maintain`` creates weeks ahead and drops those past retention,
-  workers.frame_partitions). Its key is therefore (frame_id, captured_at); a redelivered frame
+  steelcore.postgres.partitions). Its key is therefore (frame_id, captured_at); a redelivered frame
   carries its message's captured_at, so the conflict still catches it. ``defects`` references
   frames by (frame_id, captured_at); ``frame_images`` by nothing (see revision 0004).
 - Frames, defects and alarms are insert-only facts. ``defects`` copies the frame's ``captured_at``,
