@@ -21,16 +21,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from random_bundle import random_bundle_fields
 
 from producers.synthetic_camera import SyntheticCamera
 from stack.service import free_port
 from stack.triton_server import TritonServer
 from steelcore.kaggle_csv import read_labels
 from steelcore.postprocess import apply_postprocess, class_areas
-from steelcore.severstal import CLASS_IDS, CLASS_NAMES, FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH
 from training.inference import predict_probs
 from training.model_bundle import PostprocessParams, load_bundle, save_bundle
-from training.networks import build_model, preset
 from training.predict import predict_submission
 from training.triton_export import write_repository
 from workers.triton_client import TritonEnsembleClient
@@ -69,20 +69,9 @@ def frames() -> np.ndarray:
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory: pytest.TempPathFactory, frames: np.ndarray) -> Path:
     torch.set_num_threads(1)
-    torch.manual_seed(5)
-    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
-    classifier, segmenter = build_model("classifier", cls_config), build_model("segmenter", seg_config)
     path = tmp_path_factory.mktemp("bundle") / "random-serving"
-    fields = dict(
-        name="random-serving",
-        description="random weights for the Triton integration test",
-        class_ids=CLASS_IDS,
-        class_names=CLASS_NAMES,
-        classifier_config=cls_config,
-        classifier_state=classifier.state_dict(),
-        segmenter_config=seg_config,
-        segmenter_state=segmenter.state_dict(),
-        provenance={"test": "random weights"},
+    fields = random_bundle_fields(
+        name="random-serving", description="random weights for the Triton integration test", seed=5
     )
     save_bundle(path, postprocess=PostprocessParams.neutral(len(CLASS_IDS)), **fields)
     cls_probs, seg_probs = predict_probs(load_bundle(path), frames)

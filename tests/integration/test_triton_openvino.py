@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from random_bundle import random_bundle_fields
 
 from producers.synthetic_camera import SyntheticCamera
 from stack.service import free_port
 from stack.triton_server import TritonServer
 from steelcore.postprocess import apply_postprocess, class_areas
 from steelcore.rle import encode_stack
-from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+from steelcore.severstal import CLASS_IDS
 from training.inference import predict_probs
 from training.model_bundle import PostprocessParams, load_bundle, save_bundle
-from training.networks import build_model, preset
 from training.triton_export import ServingLayout, write_repository
 from workers.triton_client import TritonEnsembleClient
 
@@ -43,19 +43,9 @@ def frames() -> np.ndarray:
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory: pytest.TempPathFactory, frames: np.ndarray) -> Path:
     torch.set_num_threads(1)
-    torch.manual_seed(6)
-    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
     path = tmp_path_factory.mktemp("bundle") / "random-openvino"
-    fields = dict(
-        name="random-openvino",
-        description="random weights for the OpenVINO Triton test",
-        class_ids=CLASS_IDS,
-        class_names=CLASS_NAMES,
-        classifier_config=cls_config,
-        classifier_state=build_model("classifier", cls_config).state_dict(),
-        segmenter_config=seg_config,
-        segmenter_state=build_model("segmenter", seg_config).state_dict(),
-        provenance={"test": "random weights"},
+    fields = random_bundle_fields(
+        name="random-openvino", description="random weights for the OpenVINO Triton test", seed=6
     )
     save_bundle(path, postprocess=PostprocessParams.neutral(len(CLASS_IDS)), **fields)
     _, seg = predict_probs(load_bundle(path), frames)

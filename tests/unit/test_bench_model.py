@@ -58,23 +58,16 @@ def test_bench_model_compares_the_cpu_runtime_with_eager_torch(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("openvino")
-    import torch
 
-    from steelcore.severstal import CLASS_IDS, CLASS_NAMES
-    from training.model_bundle import PostprocessParams, save_bundle
+    from random_bundle import save_random_bundle
 
-    torch.manual_seed(0)
-    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
-    bundle = save_bundle(
+    from training.model_bundle import PostprocessParams
+
+    bundle = save_random_bundle(
         tmp_path / "random-bench",
         name="random-bench",
         description="random weights",
-        class_ids=CLASS_IDS,
-        class_names=CLASS_NAMES,
-        classifier_config=cls_config,
-        classifier_state=build_model("classifier", cls_config).state_dict(),
-        segmenter_config=seg_config,
-        segmenter_state=build_model("segmenter", seg_config).state_dict(),
+        seed=0,
         postprocess=PostprocessParams.neutral(4),
         provenance={},
     )

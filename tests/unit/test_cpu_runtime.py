@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from random_bundle import save_random_bundle
 
-from steelcore.severstal import CLASS_IDS, CLASS_NAMES, FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from training.inference import predict_probs
-from training.model_bundle import PostprocessParams, load_bundle, save_bundle
-from training.networks import build_model, preset
+from training.model_bundle import PostprocessParams, load_bundle
 
 pytest.importorskip("openvino")
 
@@ -28,20 +28,13 @@ pytestmark = pytest.mark.openvino
 
 
 def make_bundle(path: Path, *, classifier: bool = True) -> Path:
-    torch.manual_seed(2)
-    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
-    return save_bundle(
+    return save_random_bundle(
         path,
         name=path.name,
         description="random weights for the CPU runtime test",
-        class_ids=CLASS_IDS,
-        class_names=CLASS_NAMES,
-        classifier_config=cls_config if classifier else None,
-        classifier_state=build_model("classifier", cls_config).state_dict() if classifier else None,
-        segmenter_config=seg_config,
-        segmenter_state=build_model("segmenter", seg_config).state_dict(),
+        seed=2,
+        classifier=classifier,
         postprocess=PostprocessParams([0.5] * 4, [0.5] * 4, [0] * 4),
-        provenance={"test": "random weights"},
     )
 
 

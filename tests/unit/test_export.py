@@ -11,11 +11,12 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from random_bundle import save_random_bundle
 
 from steelcore import exit_codes
 from steelcore.cli import main
 from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, export_torchscript
-from training.model_bundle import PostprocessParams, load_bundle, save_bundle
+from training.model_bundle import PostprocessParams, load_bundle
 from training.networks import build_model, preset
 
 TOLERANCE = 1e-4
@@ -28,18 +29,13 @@ def _one_thread() -> None:
 
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
-    return save_bundle(
+    return save_random_bundle(
         tmp_path_factory.mktemp("bundle") / "tiny",
         name="tiny",
         description="export test",
+        seed=0,
         class_ids=[1, 2, 3, 4],
         class_names={1: "a", 2: "b", 3: "c", 4: "d"},
-        classifier_config=cls_config,
-        classifier_state=build_model("classifier", cls_config).state_dict(),
-        segmenter_config=seg_config,
-        segmenter_state=build_model("segmenter", seg_config).state_dict(),
         postprocess=PostprocessParams.neutral(4),
         provenance={},
     )

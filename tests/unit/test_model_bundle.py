@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from random_bundle import random_bundle_fields
 
 from steelcore.paths import MODELS_DIR
 from steelcore.settings import get_settings
@@ -21,7 +22,7 @@ from training.model_bundle import (
     resolve_bundle_path,
     save_bundle,
 )
-from training.networks import build_model, preset
+from training.networks import preset
 
 CLASS_IDS = [1, 2, 3, 4]
 CLASS_NAMES = {1: "pitting", 2: "inclusion", 3: "scratches", 4: "patches"}
@@ -43,20 +44,17 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 
 
 def _fields(with_classifier: bool = True, seed: int = 0) -> dict[str, Any]:
-    torch.manual_seed(seed)
-    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
-    return {
-        "name": "unit",
-        "description": "a bundle written by a unit test",
-        "class_ids": CLASS_IDS,
-        "class_names": CLASS_NAMES,
-        "classifier_config": cls_config if with_classifier else None,
-        "classifier_state": build_model("classifier", cls_config).state_dict() if with_classifier else None,
-        "segmenter_config": seg_config,
-        "segmenter_state": build_model("segmenter", seg_config).state_dict(),
-        "postprocess": PostprocessParams([0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.5, 0.3], [10, 20, 0, 400]),
-        "provenance": {"classifier_run": "runs/c", "segmenter_run": "runs/s"},
-    }
+    fields = random_bundle_fields(
+        name="unit",
+        description="a bundle written by a unit test",
+        seed=seed,
+        classifier=with_classifier,
+        class_ids=CLASS_IDS,
+        class_names=CLASS_NAMES,
+        provenance={"classifier_run": "runs/c", "segmenter_run": "runs/s"},
+    )
+    fields["postprocess"] = PostprocessParams([0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.5, 0.3], [10, 20, 0, 400])
+    return fields
 
 
 # --- PostprocessParams -----------------------------------------------------------------------------

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from random_bundle import save_random_bundle
 
-from steelcore.severstal import CLASS_IDS, CLASS_NAMES, FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH
 from training import triton_export
 from training.inference import predict_probs
-from training.model_bundle import PostprocessParams, load_bundle, save_bundle
-from training.networks import build_model, preset
+from training.model_bundle import PostprocessParams, load_bundle
 
 ort = pytest.importorskip("onnxruntime")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -27,20 +27,12 @@ OUTPUTS = {"classifier": "CLS_PROBS", "segmenter": "SEG_PROBS"}
 
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(1)
-    cls_config, seg_config = preset("small", "classifier"), preset("small", "segmenter")
-    return save_bundle(
+    return save_random_bundle(
         tmp_path_factory.mktemp("bundle") / "random-onnx",
         name="random-onnx",
         description="random weights for the ONNX repository test",
-        class_ids=CLASS_IDS,
-        class_names=CLASS_NAMES,
-        classifier_config=cls_config,
-        classifier_state=build_model("classifier", cls_config).state_dict(),
-        segmenter_config=seg_config,
-        segmenter_state=build_model("segmenter", seg_config).state_dict(),
+        seed=1,
         postprocess=PostprocessParams.neutral(len(CLASS_IDS)),
-        provenance={"test": "random weights"},
     )
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from random_bundle import save_random_bundle
 
 from steelcore.paths import TRITON_REPOSITORY
-from steelcore.severstal import CLASS_IDS, CLASS_NAMES, FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from training import triton_export
 from training.inference import predict_probs
-from training.model_bundle import PostprocessParams, load_bundle, save_bundle
-from training.networks import build_model, preset
+from training.model_bundle import PostprocessParams, load_bundle
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -26,21 +26,13 @@ PARAMS = PostprocessParams([0.3, 0.4, 0.5, 0.6], [0.45, 0.5, 0.55, 0.6], [0, 10,
 
 def make_bundle(path: Path, *, classifier: bool = True, seed: int = 0) -> Path:
     """A small-preset bundle with random weights (the shipped model is trained separately)."""
-    torch.manual_seed(seed)
-    cls_config = preset("small", "classifier")
-    seg_config = preset("small", "segmenter")
-    return save_bundle(
+    return save_random_bundle(
         path,
         name="random-test",
         description="random weights for repository tests",
-        class_ids=CLASS_IDS,
-        class_names=CLASS_NAMES,
-        classifier_config=cls_config if classifier else None,
-        classifier_state=build_model("classifier", cls_config).state_dict() if classifier else None,
-        segmenter_config=seg_config,
-        segmenter_state=build_model("segmenter", seg_config).state_dict(),
+        seed=seed,
+        classifier=classifier,
         postprocess=PARAMS,
-        provenance={"test": "random weights"},
     )
 
 
