@@ -2,7 +2,7 @@
 
 Seeds a fresh database with --rows defect rows (1,000,000 by default; benchmarks/queries_seed.py),
 then times each query the History and Live pages run, exactly as they run it
-(steelcore.postgres.defect_history and dashboard.data_access), and reports p50 / p95. Side by side, each
+(steelcore.postgres.defect_history, live_reads and frame_reads), and reports p50 / p95. Side by side, each
 history query also runs with index scans disabled (the plan Postgres would be left with without
 the schema's indexes); the ratio says what the index buys.
 
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cases(now: datetime) -> list[Case]:
-    from dashboard import data_access
+    from steelcore.postgres import frame_reads, live_reads
     from steelcore.postgres.defect_history import DefectFilters, coil_summary, count_defects, query_defects
 
     day = DefectFilters(time_from=now - timedelta(days=1), time_to=now, limit=PAGE)
@@ -75,17 +75,17 @@ def cases(now: datetime) -> list[Case]:
         ),
         Case(
             "live: rates, 300 s",
-            lambda e: data_access.camera_rates(e, now - timedelta(seconds=300), until=now),
+            lambda e: live_reads.camera_rates(e, now - timedelta(seconds=300), until=now),
         ),
         Case(
-            "live: throughput, 300 s", lambda e: data_access.throughput(e, now - timedelta(seconds=300), now)
+            "live: throughput, 300 s", lambda e: live_reads.throughput(e, now - timedelta(seconds=300), now)
         ),
-        Case("live: alarm feed", lambda e: data_access.recent_alarms(e, 6)),
+        Case("live: alarm feed", lambda e: live_reads.recent_alarms(e, 6)),
         Case(
             "live: latest frames",
-            lambda e: data_access.recent_defective_frames(e, now - timedelta(seconds=300), 3),
+            lambda e: frame_reads.recent_defective_frames(e, now - timedelta(seconds=300), 3),
         ),
-        Case("live: coil map", lambda e: data_access.coil_marks(e, data_access.current_coil(e) or "")),
+        Case("live: coil map", lambda e: frame_reads.coil_marks(e, live_reads.current_coil(e) or "")),
     ]
     return result
 

@@ -12,8 +12,9 @@ from datetime import datetime
 import altair as alt
 import pandas as pd
 
-from dashboard.data_access import CameraRate, StripMark
 from dashboard.overlays import class_colour_hex
+from steelcore.postgres.frame_reads import StripMark
+from steelcore.postgres.live_reads import CameraRate
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 
 

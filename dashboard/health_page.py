@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import streamlit as st
 from sqlalchemy import Engine
 
-from dashboard import charts, data_access, models_section, service_health, ui
+from dashboard import charts, models_section, service_health, ui
 from dashboard.config import DashboardSettings
 from steelcore.postgres import live_reads
 from steelcore.postgres.model_registry import read_roles, version_bundles
@@ -74,7 +74,7 @@ def _health_view(engine: Engine, config: DashboardSettings) -> None:
         hide_index=True,
     )
 
-    model = data_access.model_in_use(engine)
+    model = live_reads.model_in_use(engine)
     roles = read_roles(engine)
     production = (
         f"v{roles.production} {version_bundles(engine).get(roles.production, '?')}"
@@ -92,7 +92,7 @@ def _health_view(engine: Engine, config: DashboardSettings) -> None:
     cols[2].metric("Workers use", workers, help=f"the model of the newest stored frame: {workers}")
 
     st.subheader("Throughput and latency")
-    stats = data_access.throughput(engine, now - timedelta(seconds=config.dashboard_window_s), now)
+    stats = live_reads.throughput(engine, now - timedelta(seconds=config.dashboard_window_s), now)
     lag = stats.event_lag_s(now)
     cols = st.columns(3)
     cols[0].metric(
@@ -107,7 +107,7 @@ def _health_view(engine: Engine, config: DashboardSettings) -> None:
         ],
         hide_index=True,
     )
-    per_minute = data_access.frames_per_minute(engine, now - HISTORY, now)
+    per_minute = live_reads.frames_per_minute(engine, now - HISTORY, now)
     if per_minute:
         st.altair_chart(charts.throughput_chart(per_minute), width="stretch")
 

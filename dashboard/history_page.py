@@ -13,10 +13,10 @@ from datetime import UTC, date, datetime, time, timedelta
 import streamlit as st
 from sqlalchemy import Engine
 
-from dashboard import data_access, ui
-from dashboard.feedback import defect_verdicts
+from dashboard import ui
 from dashboard.retraining_export import retraining_zip_file
 from steelcore.defect_export import kaggle_text, write_csv
+from steelcore.postgres import frame_reads, live_reads
 from steelcore.postgres.defect_history import (
     DENSITY_PER_M,
     DefectFilters,
@@ -25,6 +25,7 @@ from steelcore.postgres.defect_history import (
     count_defects,
     query_defects,
 )
+from steelcore.postgres.verdicts import defect_verdicts
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 
 PERIODS = {
@@ -69,7 +70,7 @@ def _history(engine: Engine) -> None:
 
 
 def _filters(engine: Engine) -> DefectFilters:
-    pairs = data_access.lines_and_cameras(engine)
+    pairs = live_reads.lines_and_cameras(engine)
     with st.expander("Filters", expanded=True):
         row1 = st.columns(4)
         period = row1[0].selectbox("Time range", list(PERIODS), index=1, key="history_period")
@@ -183,7 +184,7 @@ def _frame_viewer(engine: Engine, rows: list[DefectRow]) -> None:
         return
     frame_ids = list(dict.fromkeys(r.frame_id for r in rows))
     frame_id = st.selectbox("Frame", frame_ids, key="history_frame")
-    detail = data_access.frame_details(engine, [frame_id]).get(frame_id)
+    detail = frame_reads.frame_details(engine, [frame_id]).get(frame_id)
     if detail is None:
         st.warning(f"frame {frame_id} is no longer stored")
         return

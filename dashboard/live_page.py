@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 import streamlit as st
 from sqlalchemy import Engine
 
-from dashboard import charts, data_access, ui
+from dashboard import charts, ui
 from dashboard.config import DashboardSettings
-from dashboard.feedback import defect_verdicts
 from dashboard.inspection_feed import read_feed
+from steelcore.postgres import frame_reads, live_reads
+from steelcore.postgres.verdicts import defect_verdicts
 from steelcore.severstal import CLASS_NAMES
 
 ALARM_FEED_ROWS = 6
@@ -27,7 +28,7 @@ def render() -> None:
     engine = ui.reader(config)
     st.title("Live")
     with ui.database_errors():
-        lines = sorted({line for line, _ in data_access.lines_and_cameras(engine)})
+        lines = sorted({line for line, _ in live_reads.lines_and_cameras(engine)})
     choice = st.selectbox("Line", [ALL_LINES, *lines], key="live_line")
     line_id = None if choice == ALL_LINES else choice
 
@@ -41,10 +42,10 @@ def render() -> None:
 
 def _live_view(engine: Engine, config: DashboardSettings, line_id: str | None) -> None:
     now = datetime.now(UTC)
-    since = data_access.window_start(now, config.dashboard_window_s)
-    stats = data_access.throughput(engine, since, now, line_id=line_id)
-    rates = data_access.camera_rates(engine, since, line_id=line_id)
-    alarm_rows = data_access.recent_alarms(engine, ALARM_FEED_ROWS, line_id=line_id)
+    since = live_reads.window_start(now, config.dashboard_window_s)
+    stats = live_reads.throughput(engine, since, now, line_id=line_id)
+    rates = live_reads.camera_rates(engine, since, line_id=line_id)
+    alarm_rows = live_reads.recent_alarms(engine, ALARM_FEED_ROWS, line_id=line_id)
 
     covered = config.dashboard_window_s if stats.covered_s is None else stats.covered_s
     st.caption(f"Updated {now:%H:%M:%S} UTC · rates over the last {config.dashboard_window_s:g} s")
@@ -71,7 +72,7 @@ def _live_view(engine: Engine, config: DashboardSettings, line_id: str | None) -
 
     st.subheader("Latest defective frames")
     ui.class_legend()
-    latest = data_access.recent_defective_frames(engine, since, LATEST_FRAMES, line_id=line_id)
+    latest = frame_reads.recent_defective_frames(engine, since, LATEST_FRAMES, line_id=line_id)
     if not latest:
         st.info("No defective frame in the window.")
     for detail in latest:
@@ -79,15 +80,15 @@ def _live_view(engine: Engine, config: DashboardSettings, line_id: str | None) -
 
 
 def _coil_map(engine: Engine, line_id: str | None) -> None:
-    coil = data_access.current_coil(engine, line_id=line_id)
+    coil = live_reads.current_coil(engine, line_id=line_id)
     st.subheader(f"Current coil {coil}" if coil else "Current coil")
     if coil is None:
         st.info("No frame stored yet.")
     else:
-        st.altair_chart(charts.strip_map(data_access.coil_marks(engine, coil), coil), width="stretch")
+        st.altair_chart(charts.strip_map(frame_reads.coil_marks(engine, coil), coil), width="stretch")
 
 
-def _alarm_feed(engine: Engine, alarm_rows: list[data_access.AlarmRow]) -> None:
+def _alarm_feed(engine: Engine, alarm_rows: list[live_reads.AlarmRow]) -> None:
     if not alarm_rows:
         st.info("No alarms.")
         return

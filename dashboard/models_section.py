@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import streamlit as st
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from dashboard.inspection_feed import read_feed
 from stack.model_lifecycle import VERSIONED_MODELS
@@ -49,15 +49,8 @@ class ShadowFigures:
 
 def versions(engine: Engine) -> list[VersionRow]:
     """Every registered version, newest first, with its role."""
-    stmt = (
-        select(model_versions, model_roles.c.role, model_roles.c.share)
-        .select_from(model_versions.outerjoin(model_roles, model_roles.c.version == model_versions.c.version))
-        .order_by(model_versions.c.version.desc())
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(stmt).all()
     out: dict[int, VersionRow] = {}
-    for r in rows:
+    for r in model_evidence.versions_with_roles(engine):
         role = r.role or ""
         if r.role == "shadow" and r.share is not None:
             role = f"shadow ({r.share:.0%})"
@@ -74,22 +67,13 @@ def figured_shadow(engine: Engine, roles: Roles) -> int | None:
     (so the figures a promotion was decided on stay visible after it)."""
     if roles.shadow is not None:
         return roles.shadow
-    stmt = select(shadow_results.c.version).order_by(shadow_results.c.captured_at.desc()).limit(1)
-    with engine.connect() as conn:
-        return conn.execute(stmt).scalar_one_or_none()
+    return model_evidence.last_shadowed_version(engine)
 
 
 def production_beside(engine: Engine, shadow: int, roles: Roles) -> int | None:
     """The production version a past shadow ran beside: the one its latest shadow run was started
     against (audit), so a promoted shadow is still compared with what it replaced, not itself."""
-    stmt = (
-        select(model_audit.c.previous_version)
-        .where(model_audit.c.action == "shadow", model_audit.c.version == shadow)
-        .order_by(model_audit.c.at.desc(), model_audit.c.audit_id.desc())
-        .limit(1)
-    )
-    with engine.connect() as conn:
-        previous = conn.execute(stmt).scalar_one_or_none()
+    previous = model_evidence.shadow_started_against(engine, shadow)
     return previous if previous is not None else roles.production
 
 
@@ -101,7 +85,7 @@ def shadow_figures(
     min_verdicts: int,
     limit: int = MAX_SHADOWED_FRAMES,
 ) -> ShadowFigures:
-    evidence = ma.read_evidence(
+    evidence = model_evidence.read_evidence(
         engine, shadow_version, production_version=production_version, since=since, limit=limit
     )
     comparison = ma.compare_verdicts(evidence.frames, evidence.verdicts)
@@ -116,9 +100,7 @@ def shadow_figures(
 
 
 def audit_trail(engine: Engine, limit: int = AUDIT_ROWS) -> list[Any]:
-    stmt = select(model_audit).order_by(model_audit.c.at.desc(), model_audit.c.audit_id.desc()).limit(limit)
-    with engine.connect() as conn:
-        return conn.execute(stmt).all()
+    return model_evidence.audit_trail(engine, limit)
 
 
 def audit_summary(figures: dict[str, Any] | None) -> str:

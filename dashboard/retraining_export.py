@@ -3,7 +3,7 @@
 training.datasets.open_dataset reads.
 
 Which frames: those whose every defect has an operator verdict (on the defect or on its alarm,
-the latest one counting; dashboard/feedback.py). Confirmed defects become rows of train.csv;
+the latest one counting; steelcore.postgres.verdicts). Confirmed defects become rows of train.csv;
 defects marked false become background, so a frame whose defects were all false is exported as a
 defect-free image (a hard negative, which is what a retrained model most needs). A frame with a
 defect nobody reviewed is skipped: leaving that defect out would teach the model it is
@@ -31,12 +31,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from dashboard.data_access import FrameDetail, frame_details
-from dashboard.feedback import DefectVerdict, defect_verdicts
-from steelcore.db_schema import defects
 from steelcore.kaggle_csv import write_submission
+from steelcore.postgres.frame_reads import FrameDetail, frame_details, frames_of_defects
+from steelcore.postgres.verdicts import DefectVerdict, defect_verdicts
 from workers.frame_images import StoredImage, load_frame_image
 
 IMAGES_DIR = "train_images"
@@ -173,18 +172,7 @@ def _reviewed_frames(
     until: datetime | None,
 ) -> Iterator[FrameDetail]:
     """Frames holding at least one reviewed defect, oldest first, fetched a batch at a time."""
-    ids = sorted(verdicts)
-    frame_ids: dict[str, datetime] = {}
-    for start in range(0, len(ids), 5000):
-        stmt = select(defects.c.frame_id, defects.c.captured_at).where(
-            defects.c.defect_id.in_(ids[start : start + 5000])
-        )
-        if since is not None:
-            stmt = stmt.where(defects.c.captured_at >= since)
-        if until is not None:
-            stmt = stmt.where(defects.c.captured_at < until)
-        with reader.connect() as conn:
-            frame_ids.update((r.frame_id, r.captured_at) for r in conn.execute(stmt))
+    frame_ids = frames_of_defects(reader, sorted(verdicts), since=since, until=until)
     ordered = sorted(frame_ids, key=lambda f: (frame_ids[f], f))
     for start in range(0, len(ordered), _BATCH_FRAMES):
         batch = ordered[start : start + _BATCH_FRAMES]

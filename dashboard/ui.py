@@ -11,10 +11,10 @@ from sqlalchemy import Engine
 from streamlit.delta_generator import DeltaGenerator
 
 from dashboard.config import DashboardSettings, load_dashboard_settings
-from dashboard.data_access import DefectMark, FrameDetail
-from dashboard.feedback import DefectVerdict, FeedbackError, record_feedback
 from dashboard.overlays import blank_frame, class_colour_hex, overlay_masks
 from steelcore.postgres.engine import feedback_url, open_feedback_writer, open_reader, reader_url
+from steelcore.postgres.frame_reads import DefectMark, FrameDetail
+from steelcore.postgres.verdicts import DefectVerdict, FeedbackError, record_feedback
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 from workers.frame_images import load_frame_image
 

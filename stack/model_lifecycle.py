@@ -509,7 +509,7 @@ class Lifecycle:
             shadow = roles.shadow if roles.shadow is not None and bundles.get(roles.shadow) == name else None
 
             if shadow is not None:
-                evidence = model_agreement.read_evidence(conn, shadow, production_version=production)
+                evidence = model_evidence.read_evidence(conn, shadow, production_version=production)
             else:  # never shadowed: no frames to judge it by
                 evidence = model_agreement.Evidence()
             comparison = model_agreement.compare_verdicts(evidence.frames, evidence.verdicts)

@@ -14,15 +14,14 @@ Definitions (issue 16, the lifecycle design):
   held nothing to find, so it scores 1 (like Dice's empty vs empty). Precision and recall are None
   where undefined: a ratio over nothing would read as a verdict it is not.
 
-The functions up to ``audit_figures`` are pure (rows in, figures out) so the page and the gate
-cannot disagree; ``read_evidence`` is the one query that fetches those rows.
+Every function here is pure (rows in, figures out) so the page and the gate cannot disagree;
+steelcore.postgres.model_evidence.read_evidence is the one query that fetches those rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
 from steelcore import rle
@@ -101,7 +100,7 @@ class GateDecision:
 
 @dataclass(frozen=True)
 class Evidence:
-    """What ``read_evidence`` found for one shadow version."""
+    """One shadow version's frames and verdicts (steelcore.postgres.model_evidence.read_evidence)."""
 
     frames: list[ShadowFrame] = field(default_factory=list)
     verdicts: list[VerdictRow] = field(default_factory=list)
@@ -243,79 +242,3 @@ def audit_figures(
         "agreement": {str(c): asdict(a) for c, a in sorted(agreement.items())},
         "verdicts": {"production": asdict(comparison.production), "shadow": asdict(comparison.shadow)},
     }
-
-
-def read_evidence(
-    conn: Any,
-    shadow_version: int,
-    *,
-    production_version: int | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int | None = None,
-) -> Evidence:
-    """The shadowed frames of ``shadow_version`` (optionally only those production_version judged,
-    captured in [since, until); the newest ``limit`` of them) with production's masks, and the latest
-    verdict on each of their production defects. ``conn`` is a SQLAlchemy Connection or Engine."""
-    from sqlalchemy import Engine, and_, select, tuple_
-
-    from steelcore.db_schema import defects, frames, shadow_results
-    from steelcore.verdict_query import latest_verdicts
-
-    if isinstance(conn, Engine):
-        with conn.connect() as c:
-            return read_evidence(
-                c,
-                shadow_version,
-                production_version=production_version,
-                since=since,
-                until=until,
-                limit=limit,
-            )
-    s = shadow_results
-    chosen = (
-        select(s.c.frame_id, s.c.captured_at, s.c.rles, s.c.pixel_counts)
-        .select_from(
-            s.join(frames, and_(frames.c.frame_id == s.c.frame_id, frames.c.captured_at == s.c.captured_at))
-        )
-        .where(s.c.version == int(shadow_version))
-    )
-    if production_version is not None:
-        chosen = chosen.where(frames.c.model_version == str(int(production_version)))
-    if since is not None:
-        chosen = chosen.where(s.c.captured_at >= since)
-    if until is not None:
-        chosen = chosen.where(s.c.captured_at < until)
-    if limit is not None:
-        chosen = chosen.order_by(s.c.captured_at.desc()).limit(int(limit))
-    shadowed = chosen.cte("shadowed")
-    # A defect meets its shadowed frame by the whole key: frames' partitions are pruned by week.
-    on_shadowed = and_(
-        defects.c.frame_id == shadowed.c.frame_id, defects.c.captured_at == shadowed.c.captured_at
-    )
-    rows = conn.execute(select(shadowed)).all()
-    masks = conn.execute(
-        select(defects.c.frame_id, defects.c.class_id, defects.c.rle).select_from(
-            defects.join(shadowed, on_shadowed)
-        )
-    ).all()
-    of_shadowed = tuple_(defects.c.frame_id, defects.c.captured_at).in_(
-        select(shadowed.c.frame_id, shadowed.c.captured_at)
-    )
-    latest = latest_verdicts(of_shadowed)
-    verdicts = conn.execute(latest).all()
-    production: dict[str, dict[int, str]] = {}
-    for m in masks:
-        production.setdefault(m.frame_id, {})[int(m.class_id)] = m.rle
-    return Evidence(
-        frames=[
-            ShadowFrame(
-                frame_id=r.frame_id,
-                production=production.get(r.frame_id, {}),
-                shadow_rles=list(r.rles),
-                shadow_pixels=[int(p) for p in r.pixel_counts],
-            )
-            for r in rows
-        ],
-        verdicts=[VerdictRow(v.frame_id, int(v.class_id), v.verdict) for v in verdicts],
-    )

@@ -16,9 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from dashboard import data_access
 from dashboard.config import DashboardSettings
-from dashboard.feedback import FeedbackError, defect_verdicts, record_feedback
 from dashboard.prepare_database import prepare_embedded_database
 from dashboard.retraining_export import export_retraining_dataset, image_name, retraining_zip_file
 from steelcore import exit_codes
@@ -30,11 +28,11 @@ from steelcore.postgres.engine import (
     create_db_engine,
     open_feedback_writer,
     open_reader,
-    prepare_embedded_database,
     reader_url,
     role_url,
 )
 from steelcore.postgres.roles import ensure_dashboard_roles
+from steelcore.postgres.verdicts import FeedbackError, defect_verdicts, record_feedback
 from steelcore.rle import decode
 from steelcore.severstal import CLASS_IDS
 from workers.defect_store import DefectStore
@@ -94,7 +92,7 @@ def _defect_ids(admin: Engine, frame_id: str) -> dict[int, int]:
 def test_camera_rates_count_frames_and_defects_per_class(reader: Engine, records) -> None:
     since = NOW - timedelta(seconds=45)
     rates = {
-        (r.line_id, r.camera_id, r.class_id): r for r in data_access.camera_rates(reader, since, until=NOW)
+        (r.line_id, r.camera_id, r.class_id): r for r in live_reads.camera_rates(reader, since, until=NOW)
     }
     recent = [r for r in records if since <= r.captured_at < NOW]
     for camera in ("C1", "C2"):
@@ -109,18 +107,18 @@ def test_camera_rates_count_frames_and_defects_per_class(reader: Engine, records
 def test_frames_per_second_of_a_line_younger_than_the_window(reader: Engine, records) -> None:
     """Line L1 started 60 s ago at 2 cameras x 0.5 frames/s: 1 frame/s, whatever the window (the
     live page showed 1.8 frames/s of 9.8 by dividing by the whole 300 s)."""
-    stats = data_access.throughput(reader, NOW - timedelta(seconds=300), NOW, line_id="L1")
+    stats = live_reads.throughput(reader, NOW - timedelta(seconds=300), NOW, line_id="L1")
     first = min(r.captured_at for r in records if r.line_id == "L1")
     assert stats.covered_s == pytest.approx((NOW - first).total_seconds())
     assert stats.frames_per_s == pytest.approx(1.0)
     # All lines: L2 has frames from two days ago, so the whole window counts.
-    everything = data_access.throughput(reader, NOW - timedelta(seconds=300), NOW)
+    everything = live_reads.throughput(reader, NOW - timedelta(seconds=300), NOW)
     assert everything.covered_s == pytest.approx(300.0)
 
 
 def test_throughput_reports_the_window_and_the_newest_frame(reader: Engine, records) -> None:
     since = NOW - timedelta(seconds=30)
-    stats = data_access.throughput(reader, since, NOW, line_id="L1")
+    stats = live_reads.throughput(reader, since, NOW, line_id="L1")
     in_window = [r for r in records if r.line_id == "L1" and since <= r.captured_at < NOW]
     assert stats.frames == len(in_window)
     assert stats.frames_per_s == pytest.approx(len(in_window) / 30.0)
@@ -129,11 +127,11 @@ def test_throughput_reports_the_window_and_the_newest_frame(reader: Engine, reco
     assert stats.latency_ms["infer"][0] == pytest.approx(float(np.percentile(infer, 50)))
     assert stats.latency_ms["capture to stored"][0] > 0
     with pytest.raises(ValueError, match="not after"):
-        data_access.throughput(reader, NOW, since)
+        live_reads.throughput(reader, NOW, since)
 
 
 def test_alarm_feed_is_newest_first_and_carries_the_defect(reader: Engine, records) -> None:
-    feed = data_access.recent_alarms(reader, 5)
+    feed = live_reads.recent_alarms(reader, 5)
     # One batch stores alarms in (frame, class) order, so ids break ties of raised_at that way.
     expected = sorted(
         ((a.raised_at, r.frame_id, a.class_id) for r in records for a in r.alarms), reverse=True
@@ -143,7 +141,7 @@ def test_alarm_feed_is_newest_first_and_carries_the_defect(reader: Engine, recor
 
 
 def test_latest_defective_frames_hold_their_masks(reader: Engine, records) -> None:
-    latest = data_access.recent_defective_frames(reader, NOW - timedelta(minutes=5), 2)
+    latest = frame_reads.recent_defective_frames(reader, NOW - timedelta(minutes=5), 2)
     defective = sorted((r for r in records if r.defects), key=lambda r: r.captured_at, reverse=True)
     assert [d.frame_id for d in latest] == [r.frame_id for r in defective[:2]]
     stored = {d.class_id: d.rle for d in latest[0].defects}
@@ -151,9 +149,9 @@ def test_latest_defective_frames_hold_their_masks(reader: Engine, records) -> No
 
 
 def test_current_coil_and_its_strip_marks(reader: Engine, records) -> None:
-    assert data_access.current_coil(reader) == RECENT_COIL
-    assert data_access.current_coil(reader, line_id="L2") == OLD_COIL
-    marks = data_access.coil_marks(reader, RECENT_COIL)
+    assert live_reads.current_coil(reader) == RECENT_COIL
+    assert live_reads.current_coil(reader, line_id="L2") == OLD_COIL
+    marks = frame_reads.coil_marks(reader, RECENT_COIL)
     expected = sorted(
         (r.position_m, (d.bbox[0] + d.bbox[2]) / 2)
         for r in records

@@ -17,12 +17,13 @@ from pydantic import SecretStr
 
 from dashboard import auth, charts, launch
 from dashboard.config import DashboardSettings, is_loopback
-from dashboard.data_access import CameraRate, StripMark
 from dashboard.overlays import MISSING_IMAGE_GREY, blank_frame, class_colour_hex, overlay_masks
 from stack.model_lifecycle import VERSIONED_MODELS as VERSIONED
 from stack.service import free_port
 from steelcore import exit_codes
 from steelcore.postgres.engine import DASHBOARD_ROLE, role_url
+from steelcore.postgres.frame_reads import StripMark
+from steelcore.postgres.live_reads import CameraRate
 from steelcore.rle import encode
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_COLOURS_RGB

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from dashboard.auth import AuthConfigError
-from dashboard.feedback import FeedbackError
 from stack.demo_scene import SceneFailed, SceneInterrupted
 from stack.model_lifecycle import BadCandidate, LifecycleError, LoadFailed, Refused, TritonUnreachable
 from stack.service import AddressInUseError, ServiceError, ServiceStartError
@@ -13,6 +12,7 @@ from stack.triton_server import EmbeddedTritonUnavailableError, TritonError
 from steelcore.errors import ExternalServiceError, SteelError
 from steelcore.frame_message import FrameMessageError
 from steelcore.postgres.exceptions import CommandLinePasswordError
+from steelcore.postgres.verdicts import FeedbackError
 from steelcore.service_urls import ServiceUnavailableError
 from workers.triton_client import (
     TritonClientError,
@@ -20,7 +20,7 @@ from workers.triton_client import (
     TritonTimeoutError,
     TritonUnavailableError,
 )
-from workers.worker_parts import BatchAbandonedError, DeadLetterError, Outage
+from workers.worker_errors import BatchAbandonedError, DeadLetterError, Outage
 
 PROJECT_ERRORS = [
     AuthConfigError,

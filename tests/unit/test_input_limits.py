@@ -28,11 +28,11 @@ from steelcore.frame_message import (
     encode_frame,
     encode_image,
 )
+from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, DeadLetterProducer
 from steelcore.postgres.defect_history import DefectFilters
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from workers.defect_store import DefectRecord, FrameRecord, max_rle_chars
 from workers.frame_batch import Rejected, ValidFrame, validate_message
-from workers.worker_parts import DLQ_HEADER_PREFIX, DeadLetterProducer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -167,10 +167,10 @@ def test_a_dead_letter_is_cut_to_the_limit_and_says_how_long_it_was() -> None:
 def test_a_query_limit_must_be_positive(limit: int) -> None:
     with pytest.raises(ValueError, match="limit must be positive"):
         DefectFilters(limit=limit)
-    from dashboard import data_access
+    from steelcore.postgres import live_reads
 
     with pytest.raises(ValueError, match="limit must be positive"):
-        data_access.recent_alarms(None, limit=limit)  # type: ignore[arg-type]
+        live_reads.recent_alarms(None, limit=limit)  # type: ignore[arg-type]
 
 
 def test_queries_are_limited_by_default_and_the_dashboard_pages_are_bounded() -> None:

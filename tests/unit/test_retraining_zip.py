@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from dashboard import retraining_export
-from dashboard.data_access import DefectMark, FrameDetail
-from dashboard.feedback import DefectVerdict
 from dashboard.retraining_export import CSV_NAME, IMAGES_DIR, retraining_zip_file, write_retraining_zip
+from steelcore.postgres.frame_reads import DefectMark, FrameDetail
+from steelcore.postgres.verdicts import DefectVerdict
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 IMAGE_BYTES = 1 << 20  # 1 MiB per "image"

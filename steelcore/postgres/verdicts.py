@@ -1,9 +1,11 @@
-"""Operator feedback: an alarm or a defect marked "confirmed" or "false".
+"""Operator verdicts: an alarm or a defect marked "confirmed" or "false", and the latest verdict of
+each defect, the one query the dashboard's feedback and the promotion gate's evidence
+(steelcore.postgres.model_evidence) both read verdicts through.
 
 The write path is deliberately narrow: ``record_feedback`` is the dashboard's only write, through
-an engine logged in as ``steel_feedback`` (dashboard/db_access.py), a role that may INSERT into
+an engine logged in as ``steel_feedback`` (steelcore.postgres.engine), a role that may INSERT into
 ``feedback`` and do nothing else. Feedback is append-only; a later verdict on the same defect
-supersedes an earlier one (``defect_verdicts``), so a mistaken click is corrected by clicking again.
+supersedes an earlier one (``latest_verdicts``), so a mistaken click is corrected by clicking again.
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import ColumnElement, Engine, Row, Select, and_, func, insert, literal, select, union_all
 from sqlalchemy.exc import IntegrityError
 
-from steelcore.db_schema import VERDICTS, defects, feedback
 from steelcore.errors import SteelError
-from steelcore.verdict_query import latest_verdicts
+from steelcore.postgres.schema import VERDICTS, alarms, defects, feedback
 
 Verdict = Literal["confirmed", "false"]
 MAX_OPERATOR_CHARS = 64
@@ -87,3 +88,67 @@ def defect_verdicts(reader: Engine, defect_ids: Sequence[int] | None = None) -> 
             int(r.defect_id): DefectVerdict(r.defect_id, r.verdict, r.operator, r.created_at, r.via)
             for r in conn.execute(latest)
         }
+
+
+def latest_verdicts(*conditions: ColumnElement[bool]) -> Select:
+    """defect_id, frame_id, class_id, verdict, operator, created_at and via ("defect" or "alarm")
+    of the newest verdict of each defect that meets ``conditions`` (on the ``defects`` table);
+    defects without feedback are absent."""
+    columns = (
+        defects.c.defect_id,
+        defects.c.frame_id,
+        defects.c.class_id,
+        feedback.c.verdict,
+        feedback.c.operator,
+        feedback.c.created_at,
+        feedback.c.feedback_id,
+    )
+    on_defect = (
+        select(*columns, literal("defect").label("via"))
+        .select_from(feedback.join(defects, defects.c.defect_id == feedback.c.defect_id))
+        .where(*conditions)
+    )
+    on_alarm = (
+        select(*columns, literal("alarm").label("via"))
+        .select_from(
+            feedback.join(alarms, alarms.c.alarm_id == feedback.c.alarm_id).join(
+                defects,
+                and_(defects.c.frame_id == alarms.c.frame_id, defects.c.class_id == alarms.c.class_id),
+            )
+        )
+        .where(*conditions)
+    )
+    given = union_all(on_defect, on_alarm).subquery()
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=given.c.defect_id, order_by=(given.c.created_at.desc(), given.c.feedback_id.desc())
+        )
+        .label("rank")
+    )
+    ranked = select(given, rank).subquery()
+    return select(
+        ranked.c.defect_id,
+        ranked.c.frame_id,
+        ranked.c.class_id,
+        ranked.c.verdict,
+        ranked.c.operator,
+        ranked.c.created_at,
+        ranked.c.via,
+    ).where(ranked.c.rank == 1)
+
+
+def defects_without_verdict(
+    engine: Engine, line_id: str, since: datetime, limit: int = 2000
+) -> list[Row[Any]]:
+    """(defect_id, frame_id, class_id) rows of the line's defects captured since ``since`` that have
+    no verdict given on the defect itself, oldest first."""
+    has_feedback = select(feedback.c.feedback_id).where(feedback.c.defect_id == defects.c.defect_id)
+    stmt = (
+        select(defects.c.defect_id, defects.c.frame_id, defects.c.class_id)
+        .where(defects.c.line_id == line_id, defects.c.captured_at >= since, ~has_feedback.exists())
+        .order_by(defects.c.captured_at)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return list(conn.execute(stmt).all())

@@ -1,25 +1,24 @@
-"""Read queries behind the live and health pages (the history page reuses workers.defect_history).
+"""What the live and health pages read: defect rates per camera, throughput and latency, the alarm
+feed, the current coil and model, the filter choices. Frames and their defects are read by
+frame_reads, the history by defect_history.
 
 Every query is a SQLAlchemy expression with bound parameters, bounded by a time window or a
-LIMIT, and served by an index of steelcore.db_schema: windows on ``captured_at`` use
-ix_frames_captured_at / ix_defects_captured_at, the alarm feed ix_alarms_raised_at, a coil's
-marks ix_defects_coil_id_class_id. Times are those of the frames (``captured_at``), so a window
-means "frames captured in the last N seconds", whichever worker stored them.
+LIMIT, and served by an index of the schema: windows on ``captured_at`` use
+ix_frames_captured_at / ix_defects_captured_at, the alarm feed ix_alarms_raised_at. Times are
+those of the frames (``captured_at``), so a window means "frames captured in the last N seconds",
+whichever worker stored them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, and_, func, select
 
-from steelcore.db_schema import alarms, cameras, coils, defect_frame, defects, frames
+from steelcore.postgres.schema import alarms, cameras, coils, defects, frames
 from steelcore.severstal import CLASS_IDS
 
-# Enough rows to draw, few enough to move every refresh.
-MAX_STRIP_MARKS = 5000
 # Shortest span a rate is computed over: the first frames of a new line do not read as a burst.
 MIN_COVERED_S = 1.0
 PERCENTILES = (0.5, 0.95)
@@ -75,46 +74,6 @@ class AlarmRow:
     coil_id: str
     published: bool
     acknowledged_by: str | None
-
-
-@dataclass(frozen=True)
-class DefectMark:
-    """One defect of a frame, with what overlays and strip maps need."""
-
-    defect_id: int
-    frame_id: str
-    class_id: int
-    rle: str
-    area_px: int
-    bbox: tuple[int, int, int, int]
-    probability: float
-    severity: float
-
-
-@dataclass(frozen=True)
-class FrameDetail:
-    frame_id: str
-    line_id: str
-    camera_id: str
-    coil_id: str
-    position_m: float
-    captured_at: datetime
-    height: int
-    width: int
-    model_name: str
-    model_version: str
-    defects: tuple[DefectMark, ...]
-
-
-@dataclass(frozen=True)
-class StripMark:
-    defect_id: int
-    class_id: int
-    position_m: float  # along the coil: the frame's position from the coil's head
-    across_px: float  # across the width: the defect's bbox centre column
-    width_px: int
-    area_px: int
-    severity: float
 
 
 def camera_rates(
@@ -235,76 +194,6 @@ def recent_alarms(engine: Engine, limit: int = 20, *, line_id: str | None = None
         return [AlarmRow(**row._mapping) for row in conn.execute(stmt)]
 
 
-def recent_defective_frames(
-    engine: Engine, since: datetime, limit: int = 4, *, line_id: str | None = None
-) -> list[FrameDetail]:
-    """The newest frames captured since ``since`` that carry a defect, newest first."""
-    if limit <= 0:
-        raise ValueError(f"limit must be positive, got {limit}")
-    where = [defects.c.captured_at >= since]
-    if line_id is not None:
-        where.append(defects.c.line_id == line_id)
-    # A frame has at most one defect per class, so limit * NUM_CLASSES rows hold `limit` frames.
-    stmt = (
-        select(defects.c.frame_id)
-        .where(*where)
-        .order_by(defects.c.captured_at.desc(), defects.c.frame_id)
-        .limit(limit * 4)
-    )
-    with engine.connect() as conn:
-        ids = list(dict.fromkeys(conn.execute(stmt).scalars()))[:limit]
-    details = frame_details(engine, ids)
-    return [details[i] for i in ids if i in details]
-
-
-def frame_details(engine: Engine, frame_ids: Sequence[str]) -> dict[str, FrameDetail]:
-    """The frames with these ids and all their defects (class order)."""
-    if not frame_ids:
-        return {}
-    ids = list(frame_ids)
-    frame_stmt = select(
-        frames.c.frame_id,
-        frames.c.line_id,
-        frames.c.camera_id,
-        frames.c.coil_id,
-        frames.c.position_m,
-        frames.c.captured_at,
-        frames.c.height,
-        frames.c.width,
-        frames.c.model_name,
-        frames.c.model_version,
-    ).where(frames.c.frame_id.in_(ids))
-    defect_stmt = (
-        select(
-            defects.c.defect_id,
-            defects.c.frame_id,
-            defects.c.class_id,
-            defects.c.rle,
-            defects.c.area_px,
-            defects.c.bbox_x0,
-            defects.c.bbox_y0,
-            defects.c.bbox_x1,
-            defects.c.bbox_y1,
-            defects.c.probability,
-            defects.c.severity,
-        )
-        .where(defects.c.frame_id.in_(ids))
-        .order_by(defects.c.frame_id, defects.c.class_id)
-    )
-    with engine.connect() as conn:
-        frame_rows = list(conn.execute(frame_stmt))
-        marks: dict[str, list[DefectMark]] = {}
-        for d in conn.execute(defect_stmt):
-            bbox = (d.bbox_x0, d.bbox_y0, d.bbox_x1, d.bbox_y1)
-            mark = DefectMark(
-                d.defect_id, d.frame_id, d.class_id, d.rle, d.area_px, bbox, d.probability, d.severity
-            )
-            marks.setdefault(d.frame_id, []).append(mark)
-    return {
-        f.frame_id: FrameDetail(**f._mapping, defects=tuple(marks.get(f.frame_id, ()))) for f in frame_rows
-    }
-
-
 def current_coil(engine: Engine, *, line_id: str | None = None) -> str | None:
     """The coil of the newest stored frame (of ``line_id``)."""
     stmt = select(frames.c.coil_id).order_by(frames.c.captured_at.desc()).limit(1)
@@ -320,28 +209,6 @@ def model_in_use(engine: Engine) -> tuple[str, str] | None:
     with engine.connect() as conn:
         row = conn.execute(stmt).first()
     return (row.model_name, row.model_version) if row else None
-
-
-def coil_marks(engine: Engine, coil_id: str, limit: int = MAX_STRIP_MARKS) -> list[StripMark]:
-    """One mark per defect of the coil: position along it, position across the width."""
-    across = (defects.c.bbox_x0 + defects.c.bbox_x1) / 2.0
-    stmt = (
-        select(
-            defects.c.defect_id,
-            defects.c.class_id,
-            frames.c.position_m,
-            across.label("across_px"),
-            frames.c.width.label("width_px"),
-            defects.c.area_px,
-            defects.c.severity,
-        )
-        .join(frames, defect_frame)
-        .where(defects.c.coil_id == coil_id)
-        .order_by(frames.c.position_m)
-        .limit(limit)
-    )
-    with engine.connect() as conn:
-        return [StripMark(**r._mapping) for r in conn.execute(stmt)]
 
 
 def lines_and_cameras(engine: Engine) -> list[tuple[str, str]]:
