@@ -1,4 +1,4 @@
-"""Which topics a camera message goes to when it is published now (steelcore.topic_rotation).
+"""Which topics a camera message goes to when it is published now (steelcore.kafka.topic_rotation).
 
 Without rotation: the frames and truth topics themselves. With rotation: their bucket for the
 current wall-clock time. Each bucket is created before its first message, together with the next
@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from steelcore.topic_rotation import bucket_of, bucket_topic
+from steelcore.kafka.topic_rotation import bucket_of, bucket_topic
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Publishing camera frames to Kafka, with every delivery accounted for.
 
 A frame goes to ``settings.frames_topic`` (with topic rotation: its bucket for the publish time,
-see steelcore.topic_rotation) keyed by its camera id, so each camera's frames stay in order in
+see steelcore.kafka.topic_rotation) keyed by its camera id, so each camera's frames stay in order in
 one partition; its ground truth (when the source knows it) goes to ``settings.truth_topic`` (or
 its bucket) keyed by frame id, as JSON, so live accuracy can be measured against
 what the workers stored. Every message gets a delivery report; :class:`DeliveryStats` counts
@@ -23,8 +23,8 @@ from typing import Any
 from producers.bucket_router import BucketRouter
 from producers.frame_sources import FrameClock, FrameSource, SourceFrame
 from steelcore.frame_message import Encoding, FrameHeader, encode_frame, encode_image
+from steelcore.kafka.topic_rotation import rotation_seconds
 from steelcore.settings import Settings, get_settings
-from steelcore.topic_rotation import rotation_seconds
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def truth_message(header: FrameHeader, frame: SourceFrame) -> bytes:
 class CameraProducer:
     """One Kafka producer for any number of cameras of a run.
 
-    With topic rotation (steelcore.topic_rotation) each message goes to the bucket of its publish
+    With topic rotation (steelcore.kafka.topic_rotation) each message goes to the bucket of its publish
     time; the buckets are created with ``partitions`` partitions (default settings.frames_partitions)
     and a message not delivered within ``topic_close_grace_s`` fails, so a closed bucket never
     receives anything. ``router`` replaces the routing built from settings (tests).
@@ -106,18 +106,13 @@ class CameraProducer:
             raise ValueError(f"partitions must be >= 1, got {self.partitions}")
         rotation_s = rotation_seconds(self.settings)
         if producer is None:
-            from confluent_kafka import Producer
-
-            from steelcore.kafka_clients import producer_config
+            from steelcore.kafka.clients import new_producer
 
             # Frames above 1 MB (raw or PNG) need a larger message size; the broker accepts them.
-            overrides: dict[str, Any] = {
-                "message.max.bytes": self.settings.max_frame_bytes,
-                "logger": logging.getLogger("librdkafka"),
-            }
+            overrides: dict[str, Any] = {"message.max.bytes": self.settings.max_frame_bytes}
             if rotation_s > 0:
                 overrides["message.timeout.ms"] = round(self.settings.topic_close_grace_s * 1000)
-            producer = Producer(producer_config(self.settings, overrides))
+            producer = new_producer(self.settings, overrides)
             if router is None and rotation_s > 0:
                 router = self._bucket_router(rotation_s)
         self._producer = producer
@@ -127,12 +122,11 @@ class CameraProducer:
         self.stats = DeliveryStats()
 
     def _bucket_router(self, rotation_s: float) -> BucketRouter:
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
+        from steelcore.kafka.clients import new_admin
+        from steelcore.kafka.exceptions import KafkaException
+        from steelcore.kafka.topic_admin import ensure_topics
 
-        from steelcore.kafka_clients import admin_config, ensure_topics
-
-        admin = AdminClient(admin_config(self.settings, {"logger": logging.getLogger("librdkafka")}))
+        admin = new_admin(self.settings)
 
         def create(names: Sequence[str]) -> None:
             try:

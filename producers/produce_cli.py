@@ -4,7 +4,7 @@
     steel produce --replay /work/shared/data/severstal_sample --camera top --burst
 
 With topic rotation (on by default for the embedded broker) frames and truth go to time-bucketed
-topics (steelcore.topic_rotation). Ctrl-C or SIGTERM stops at the next frame; everything already
+topics (steelcore.kafka.topic_rotation). Ctrl-C or SIGTERM stops at the next frame; everything already
 sent is flushed and accounted for. Exit 0 when every frame (and truth message) was delivered, 1 if
 any was not.
 """
@@ -110,14 +110,13 @@ def build_sources(args: argparse.Namespace, run_start: datetime) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
     from producers.camera_producer import CameraProducer, publish_run
-    from steelcore.kafka_clients import admin_config, ensure_topics
+    from steelcore.kafka.clients import new_admin
+    from steelcore.kafka.exceptions import KafkaException
+    from steelcore.kafka.topic_admin import ensure_topics
+    from steelcore.kafka.topic_rotation import rotation_seconds
     from steelcore.service_urls import ServiceUnavailableError
     from steelcore.settings import get_settings
-    from steelcore.topic_rotation import rotation_seconds
 
     settings = get_settings()
     run_start = datetime.now(UTC)
@@ -132,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.BAD_INPUT
     try:
         if rotation_seconds(settings) == 0:
-            admin = AdminClient(admin_config(settings, {"logger": logging.getLogger("librdkafka")}))
+            admin = new_admin(settings)
             ensure_topics(admin, [settings.frames_topic, settings.truth_topic], partitions)
         # With rotation the producer creates each bucket topic (and the next) before using it.
         producer = CameraProducer(settings, encoding=args.encoding, partitions=partitions)

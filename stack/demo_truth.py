@@ -20,7 +20,7 @@ class TruthReader:
     this run's frames (line ``line_id``, frame ids made after ``since_ms``) until they are taken."""
 
     def __init__(self, settings: Settings, line_id: str, since_ms: int, consumer: Any | None = None) -> None:
-        from steelcore.topic_rotation import rotation_seconds
+        from steelcore.kafka.topic_rotation import rotation_seconds
 
         self.settings, self.line_id, self.since_ms = settings, line_id, since_ms
         self.rotation_s = rotation_seconds(settings)
@@ -38,21 +38,19 @@ class TruthReader:
 
     def start(self) -> None:
         if self._consumer is None:
-            from confluent_kafka import Consumer
+            from steelcore.kafka.clients import new_consumer
+            from steelcore.kafka.topic_rotation import SUBSCRIPTION_REFRESH_MS
 
-            from steelcore.kafka_clients import consumer_config
-            from steelcore.topic_rotation import SUBSCRIPTION_REFRESH_MS
-
-            overrides: dict[str, Any] = {"logger": logging.getLogger("librdkafka")}
+            overrides: dict[str, Any] = {}
             if self.rotation_s > 0:
                 overrides["topic.metadata.refresh.interval.ms"] = SUBSCRIPTION_REFRESH_MS
             group = f"steel-demo-truth-{uuid.uuid4().hex[:8]}"
-            self._consumer = Consumer(consumer_config(group, self.settings, overrides))
+            self._consumer = new_consumer(group, self.settings, overrides)
         self._subscribe()
         self._thread.start()
 
     def _subscribe(self) -> None:
-        from steelcore.topic_rotation import bucket_of, subscription_pattern
+        from steelcore.kafka.topic_rotation import bucket_of, subscription_pattern
 
         if self.rotation_s <= 0:
             if self._floor is None:

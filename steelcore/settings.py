@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     )
     alarm_relay_batch: int = Field(500, gt=0, description="most alarms one relay pass publishes")
 
-    # --- topic rotation: bounded memory on a broker without retention (steelcore.topic_rotation) ---
+    # --- topic rotation: bounded memory on a broker without retention (steelcore.kafka.topic_rotation) ---
     topic_rotation_s: float | None = Field(
         None,
         ge=0,

@@ -6,7 +6,7 @@ fails every test that needs it, with the service's log path in the message.
 
 `stack_settings` gives Settings whose URLs are unset and whose run_dir holds a stack.json with
 the fixtures' services, so code under test resolves them exactly as it would after `steel up`
-(and kafka_clients applies its embedded-broker settings).
+(and steelcore.kafka.client_config applies its embedded-broker settings).
 """
 
 from __future__ import annotations

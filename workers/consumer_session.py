@@ -2,7 +2,7 @@
 attributes it uses): Kafka clients, subscription with or without topic rotation, rebalance
 callbacks, the embedded broker's restarts, and pausing while an outage holds a batch.
 
-Topic rotation (steelcore.topic_rotation, on by default for the embedded broker): the worker
+Topic rotation (steelcore.kafka.topic_rotation, on by default for the embedded broker): the worker
 subscribes with a pattern to the frames buckets from a floor upwards; its janitor thread
 (workers.topic_janitor) raises the floor past buckets the group has consumed and deletes them
 once every worker has had time to drop them. The worker re-subscribes between batches when the
@@ -12,7 +12,7 @@ A restart of the embedded (memory) broker loses its log, topics and committed of
 consumer goes on fetching at its old positions, which in the new log skip whatever was written
 there first, and a batch read before the restart (or at such a position) would commit its offsets
 into the new log, where the group then resumes. So against the embedded broker the worker asks the
-broker's cluster id (steelcore.kafka_clients.BrokerIncarnation) every BROKER_CHECK_INTERVAL_S
+broker's cluster id (steelcore.kafka.clients.BrokerIncarnation) every BROKER_CHECK_INTERVAL_S
 between batches and before every commit; on a new one it seeks every assigned partition to the
 beginning of the new log and commits no offsets of a batch consumed before it noticed (that batch
 is still stored: the write is idempotent, and its frames may exist nowhere else any more).
@@ -25,10 +25,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
-
-from steelcore.topic_rotation import SUBSCRIPTION_REFRESH_MS, subscription_pattern
-from workers.worker_parts import DeadLetterProducer
+from steelcore.kafka.clients import OFFSET_BEGINNING, TopicPartition, new_admin, new_consumer, new_producer
+from steelcore.kafka.dead_letter import DeadLetterProducer
+from steelcore.kafka.exceptions import KafkaException, is_partition_eof
+from steelcore.kafka.topic_admin import ensure_topics
+from steelcore.kafka.topic_rotation import SUBSCRIPTION_REFRESH_MS, subscription_pattern
 
 log = logging.getLogger("steel.worker")
 
@@ -70,20 +71,12 @@ class ConsumerSession:
         log.info("worker %s consuming %s in group %s", self.worker_id, what, self.group_id)
 
     def _setup_kafka(self) -> None:
-        from confluent_kafka import Consumer, Producer
-        from confluent_kafka.admin import AdminClient
-
-        from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics, producer_config
-
         s = self.settings
-        kafka_log = {"logger": logging.getLogger("librdkafka")}
         # With rotation the producers create the buckets; the dead-letter topic never rotates.
         topics = [s.dead_letter_topic] if self.rotation_s > 0 else [s.frames_topic, s.dead_letter_topic]
-        ensure_topics(AdminClient(admin_config(s, kafka_log)), topics, s.frames_partitions)
+        ensure_topics(new_admin(s), topics, s.frames_partitions)
         if self.dead_letters is None:
-            producer = Producer(
-                producer_config(s, {**kafka_log, "message.max.bytes": s.max_frame_bytes + 65536})
-            )
+            producer = new_producer(s, {"message.max.bytes": s.max_frame_bytes + 65536})
             self.dead_letters = DeadLetterProducer(
                 producer,
                 s.dead_letter_topic,
@@ -92,11 +85,11 @@ class ConsumerSession:
                 s.max_frame_bytes,
             )
         if self.consumer is None:
-            overrides: dict[str, Any] = {**kafka_log, "client.id": f"steel-worker-{self.worker_id}"}
+            overrides: dict[str, Any] = {"client.id": f"steel-worker-{self.worker_id}"}
             if self.rotation_s > 0:
                 # A pattern subscription sees new buckets at each metadata refresh.
                 overrides["topic.metadata.refresh.interval.ms"] = SUBSCRIPTION_REFRESH_MS
-            self.consumer = Consumer(consumer_config(self.group_id, s, overrides))
+            self.consumer = new_consumer(self.group_id, s, overrides)
 
     # --- rebalance callbacks (run inside consume) -----------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -170,7 +163,7 @@ class ConsumerSession:
         err = message.error()
         if err is None:
             return False
-        if err.code() != KafkaError._PARTITION_EOF:
+        if not is_partition_eof(err):
             log.warning("consumer error on %s[%s]: %s", message.topic(), message.partition(), err)
         return True
 

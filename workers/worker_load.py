@@ -16,8 +16,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaException
-
+from steelcore.kafka.exceptions import KafkaException
 from workers.drift_watch import observe_safely
 from workers.frame_batch import Batch
 

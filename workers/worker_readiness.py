@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.worker_parts import PostgresStore
+from workers.postgres_store import PostgresStore
 
 
 class ReadinessChecks:

@@ -185,8 +185,9 @@ class FaultCase:
         self.images = images
         self.tag = uuid.uuid4().hex[:10]
         self.run_dir = root / "run"
-        # Kafka through stack.json, as after `steel up`: steelcore.kafka.client_config then applies the embedded
-        # broker's settings (short session timeout), exactly as a worker of `steel demo` gets them.
+        # Kafka through stack.json, as after `steel up`: steelcore.kafka.client_config then applies
+        # the embedded broker's settings (short session timeout), exactly as a worker of `steel demo`
+        # gets them.
         write_stack(self.run_dir, {"kafka": {"url": kafka_url}})
         self.server_url = postgres_url
         self.db_name = f"steel_fault_{self.tag}"

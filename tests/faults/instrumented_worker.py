@@ -1,7 +1,7 @@
 """`steel work` with librdkafka statistics, for the fault suite's backpressure case.
 
 The same InferenceWorker, options and STEEL_* settings as `steel work`; only its consumer is
-built here, from the same steelcore.kafka_clients.consumer_config, with statistics every
+built here, from the same steelcore.kafka.client_config.consumer_config, with statistics every
 STATS_INTERVAL_MS. Each statistics report becomes one JSON line in the file named by
 STEEL_FAULT_STATS: how many frames the process holds (fetched from the broker, not committed)
 and how many bytes wait in librdkafka's prefetch queue.
@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 STATS_INTERVAL_MS = 250
-# librdkafka's defaults, which steelcore.kafka_clients replaces with bounds of its own.
+# librdkafka's defaults, which steelcore.kafka.client_config replaces with bounds of its own.
 LIBRDKAFKA_PREFETCH_DEFAULTS = {
     "queued.min.messages": 100_000,
     "queued.max.messages.kbytes": 65_536,
@@ -61,7 +61,7 @@ def held_frames(stats: dict[str, Any]) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     from confluent_kafka import Consumer
 
-    from steelcore.kafka_clients import consumer_config
+    from steelcore.kafka.client_config import consumer_config
     from steelcore.settings import get_settings
     from workers import work_cli
     from workers.worker_config import WorkerConfig

@@ -33,7 +33,7 @@ from sqlalchemy import text
 
 from stack.triton_server import TritonServer
 from steelcore.frame_message import encode_image
-from steelcore.kafka_clients import (
+from steelcore.kafka.client_config import (
     CONSUMER_FETCH_MAX_BYTES,
     CONSUMER_PREFETCH_KBYTES,
     CONSUMER_PREFETCH_MESSAGES,
@@ -188,7 +188,7 @@ def test_slow_triton_and_database_slow_consumption_and_memory_stays_bounded(
     the frames table is locked for 8 s. Expected: while stalled the worker commits at most the
     batches in flight when the stall began (two at the boundary: the lock waits for an insert
     already running), holds at most its batch plus the bounded prefetch
-    (steelcore.kafka_clients: CONSUMER_PREFETCH_MESSAGES per partition plus one fetch response,
+    (steelcore.kafka.client_config: CONSUMER_PREFETCH_MESSAGES per partition plus one fetch response,
     at most CONSUMER_PREFETCH_KBYTES + CONSUMER_FETCH_MAX_BYTES), leaves the rest of the backlog
     in the broker, and its RSS stays within 64 MB of its steady state; afterwards it drains the
     backlog and every frame is stored exactly once."""

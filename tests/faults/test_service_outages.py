@@ -17,7 +17,8 @@ from stack.kafka_broker import KafkaBroker
 from stack.postgres_server import PostgresServer
 from stack.redis_server import RedisServer
 from stack.service import free_port
-from steelcore.kafka_clients import BrokerIncarnation, admin_config
+from steelcore.kafka.client_config import admin_config
+from steelcore.kafka.clients import BrokerIncarnation
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 

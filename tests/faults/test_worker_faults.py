@@ -17,7 +17,7 @@ from fault_stack import CAMERAS, KAFKA_LOG, FaultCase, wait_until
 
 from stack.triton_server import TritonServer
 from steelcore.frame_message import MAGIC, FrameHeader, encode_frame, encode_image
-from steelcore.kafka_clients import producer_config
+from steelcore.kafka.client_config import producer_config
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]

@@ -24,7 +24,8 @@ import pytest
 from stack.embedded_stack import EmbeddedStack
 from stack.service import free_port, port_accepts
 from steelcore import exit_codes
-from steelcore.kafka_clients import admin_config, consumer_config, ensure_topics, producer_config
+from steelcore.kafka.client_config import admin_config, consumer_config, producer_config
+from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.service_urls import postgres_dsn, read_stack, redis_url, resolve_url, stack_file
 from steelcore.settings import Settings
 

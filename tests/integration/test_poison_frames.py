@@ -35,13 +35,15 @@ from worker_thread import WorkerThread
 
 from steelcore import rle
 from steelcore.frame_message import MAGIC, FrameHeader, encode_frame, encode_image
+from steelcore.kafka.client_config import admin_config, consumer_config, producer_config
+from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, FALLBACK_VALUE_BYTES, DeadLetterProducer
+from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
 from steelcore.settings import Settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from workers.triton_client import EnsembleResult
 from workers.worker_config import WorkerConfig
-from workers.worker_parts import DLQ_HEADER_PREFIX, FALLBACK_VALUE_BYTES, DeadLetterProducer
 
 pytestmark = pytest.mark.integration
 

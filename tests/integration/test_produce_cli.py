@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from steelcore.frame_message import decode_frame
-from steelcore.kafka_clients import admin_config, consumer_config
+from steelcore.kafka.client_config import admin_config, consumer_config
 from steelcore.paths import SEVERSTAL_SAMPLE_DIR
 from steelcore.settings import Settings
 
@@ -137,7 +137,7 @@ def test_with_rotation_frames_go_to_time_buckets_created_with_the_partitions_ask
 ) -> None:
     from confluent_kafka.admin import AdminClient
 
-    from steelcore.topic_rotation import bucket_number, subscription_pattern
+    from steelcore.kafka.topic_rotation import bucket_number, subscription_pattern
 
     rotating = topics.model_copy(update={"topic_rotation_s": 1.0})
     summary_path = tmp_path / "summary.json"

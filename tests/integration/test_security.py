@@ -3,7 +3,7 @@ that never reach an output.
 
 Covered elsewhere: Redis refuses a client without the password or with a wrong one, and `steel
 up` / `steel status` never print the generated Redis password (test_embedded_stack.py); Kafka
-SASL/TLS settings reach every client config (unit/test_kafka_clients.py) and every client in the
+SASL/TLS settings reach every client config (unit/test_kafka_client_config.py) and every client in the
 product is built from those configs (unit/test_kafka_bounds.py); the dashboard login
 (unit/test_dashboard_parts.py); size limits (unit/test_input_limits.py); no SQL built from
 strings (unit/test_sql_safety.py); `steel work` never prints its database or Redis password
@@ -37,7 +37,9 @@ from steelcore.postgres.engine import (
     role_url,
 )
 from steelcore.postgres.roles import WORKER_ROLE, WRITER_ROLE, ensure_dashboard_roles, ensure_roles
-from workers.defect_store import AlarmRecord, DefectRecord, DefectStore, FrameRecord, mark_alarms_published
+from steelcore.postgres.alarm_outbox import mark_alarms_published
+from steelcore.postgres.defect_writes import DefectStore
+from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,12 @@ from worker_thread import WorkerThread
 
 from producers.camera_producer import CameraProducer, publish_run
 from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
+from steelcore.kafka.client_config import admin_config
+from steelcore.kafka.consumed_buckets import deleter_from_settings
+from steelcore.kafka.topic_rotation import bucket_number, is_closed
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
 from steelcore.settings import Settings, reveal
-from steelcore.kafka.consumed_buckets import deleter_from_settings
 from workers.triton_client import EnsembleResult
 from workers.worker_config import WorkerConfig
 
@@ -131,12 +133,12 @@ def wait_closed(settings: Settings, bucket_ids: list[int]) -> None:
 
 def janitor_checks(settings: Settings, seconds: float) -> list[str]:
     """What a janitor of the group deletes when it checks for ``seconds`` (> its retire delay)."""
-    janitor = janitor_from_settings(settings, settings.consumer_group, ROTATION_S, "test")
+    janitor = deleter_from_settings(settings, settings.consumer_group, ROTATION_S, "test")
     deleted: list[str] = []
     try:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            deleted += janitor.check().deleted
+            deleted += janitor.delete_consumed().deleted
             time.sleep(0.3)
     finally:
         janitor.close()

@@ -176,7 +176,7 @@ def test_with_rotation_messages_go_to_the_bucket_of_their_publish_time() -> None
 
 
 def test_rotation_is_on_by_default_for_the_embedded_broker_only() -> None:
-    from steelcore.topic_rotation import rotation_seconds
+    from steelcore.kafka.topic_rotation import rotation_seconds
 
     embedded = Settings(kafka_url=None)
     assert rotation_seconds(embedded) == embedded.embedded_topic_rotation_s > 0

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from steelcore import kafka_clients
-from steelcore.kafka_clients import BrokerIncarnation, consumer_config, producer_config
+from steelcore.kafka import client_config
+from steelcore.kafka.client_config import consumer_config, producer_config
+from steelcore.kafka.clients import BrokerIncarnation
 from steelcore.service_urls import write_stack
 from steelcore.settings import Settings
 
@@ -22,12 +23,11 @@ CONFIG_FACTORIES = {
     "Consumer": "consumer_config",
     "AdminClient": "admin_config",
 }
-# Reviewed exceptions: (file, client class) built from another config, and why that is safe.
-CLIENTS_BUILT_ELSEWHERE = {
-    # The embedded broker's own health probe: a plaintext listener on 127.0.0.1 that the stack
-    # started itself; its caller passes the config (bootstrap only).
-    ("stack/kafka_broker.py", "AdminClient"),
-}
+# The one module that constructs clients, and its reviewed exception: count_brokers probes a
+# cluster with the config its caller gives (the embedded broker's launcher probes its own plaintext
+# listener on 127.0.0.1 before any settings point at it; bootstrap only).
+CLIENTS_MODULE = "steelcore/kafka/clients.py"
+CLIENTS_BUILT_ELSEWHERE = {"count_brokers"}
 
 
 def embedded(tmp_path: Path) -> Settings:
@@ -98,38 +98,46 @@ def test_each_embedded_broker_start_gets_its_own_cluster_id(tmp_path: Path) -> N
     assert len(ids) == 3
 
 
-def _client_constructions() -> list[tuple[str, str, ast.Call]]:
+def _client_constructions() -> list[tuple[str, str, str, ast.Call]]:
+    """(file, innermost enclosing function or "", client class, call) of every client construction."""
     found = []
     for package in PRODUCT_PACKAGES:
         for path in sorted((REPO_ROOT / package).rglob("*.py")):
             tree = ast.parse(path.read_text(), filename=str(path))
+            enclosing: dict[ast.AST, str] = {}
+            for func in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+                for inner in ast.walk(func):
+                    enclosing[inner] = func.name  # ast.walk is breadth-first: inner functions win
             for node in ast.walk(tree):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute):
                     name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
                     if name in CONFIG_FACTORIES:
-                        found.append((str(path.relative_to(REPO_ROOT)), name, node))
+                        where = str(path.relative_to(REPO_ROOT))
+                        found.append((where, enclosing.get(node, ""), name, node))
     return found
 
 
-def test_every_kafka_client_takes_its_config_from_kafka_clients() -> None:
+def test_every_kafka_client_is_built_in_the_kafka_package_from_its_config() -> None:
     """So the security settings (SASL/TLS) and the bounds reach every producer, consumer and admin."""
     constructions = _client_constructions()
-    assert len(constructions) >= 5, "the scan found too few clients; has the code moved?"
+    assert len(constructions) >= 3, "the scan found too few clients; has the code moved?"
+    elsewhere = [f"{where}:{call.lineno}" for where, _f, _n, call in constructions if where != CLIENTS_MODULE]
+    assert not elsewhere, f"Kafka clients built outside {CLIENTS_MODULE}: {elsewhere}"
     stray = []
-    for where, name, call in constructions:
+    for where, func, name, call in constructions:
         arg = call.args[0] if call.args else None
         made_here = (
             isinstance(arg, ast.Call)
             and isinstance(arg.func, ast.Name | ast.Attribute)
             and (arg.func.id if isinstance(arg.func, ast.Name) else arg.func.attr) == CONFIG_FACTORIES[name]
         )
-        if not made_here and (where, name) not in CLIENTS_BUILT_ELSEWHERE:
+        if not made_here and func not in CLIENTS_BUILT_ELSEWHERE:
             stray.append(f"{where}:{call.lineno} {name}(...)")
-    assert not stray, f"Kafka clients not built from steelcore.kafka_clients: {stray}"
+    assert not stray, f"Kafka clients not built from steelcore.kafka.client_config: {stray}"
 
 
 def test_the_documented_bounds_are_the_ones_applied(tmp_path: Path) -> None:
     config = consumer_config("g", external(tmp_path))
-    assert config["queued.min.messages"] == kafka_clients.CONSUMER_PREFETCH_MESSAGES
-    assert config["queued.max.messages.kbytes"] == kafka_clients.CONSUMER_PREFETCH_KBYTES
-    assert config["fetch.max.bytes"] == kafka_clients.CONSUMER_FETCH_MAX_BYTES
+    assert config["queued.min.messages"] == client_config.CONSUMER_PREFETCH_MESSAGES
+    assert config["queued.max.messages.kbytes"] == client_config.CONSUMER_PREFETCH_KBYTES
+    assert config["fetch.max.bytes"] == client_config.CONSUMER_FETCH_MAX_BYTES

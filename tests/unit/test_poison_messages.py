@@ -35,12 +35,12 @@ from steelcore.frame_message import (
     encode_frame,
     encode_image,
 )
+from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, FALLBACK_VALUE_BYTES, DeadLetterProducer
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from workers.alarm_rules import AlarmRule
-from workers.defect_store import _image_row
+from steelcore.postgres.defect_writes import _image_row
 from workers.frame_batch import Rejected, ValidFrame, build_records, validate_message
 from workers.triton_client import EnsembleResult
-from workers.worker_parts import DLQ_HEADER_PREFIX, FALLBACK_VALUE_BYTES, DeadLetterProducer
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -407,7 +407,7 @@ def test_the_export_skips_and_reports_an_image_that_does_not_decode(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from dashboard import retraining_export as export
-    from workers.frame_images import StoredImage
+    from steelcore.postgres.frame_images import StoredImage
 
     good_png = encode_image(np.full((8, 12), 90, np.uint8), "png")
     stored = {

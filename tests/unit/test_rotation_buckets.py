@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from steelcore.topic_rotation import (
+from steelcore.kafka.topic_rotation import (
     at_least_pattern,
     bucket_number,
     bucket_of,

@@ -17,7 +17,7 @@ from steelcore import exit_codes
 from steelcore.service_urls import ServiceUnavailableError
 from workers import inference_worker, work_cli
 from workers.triton_client import TritonInferenceError, TritonUnavailableError
-from workers.worker_parts import BatchAbandonedError, DeadLetterError
+from workers.worker_errors import BatchAbandonedError, DeadLetterError
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,11 @@ from sqlalchemy.exc import OperationalError
 
 from steelcore import rle
 from steelcore.frame_message import FrameHeader, decode_frame, encode_frame, encode_image
+from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, dead_letter_headers
 from steelcore.settings import Settings
 from workers.alarm_rules import AlarmRule
-from workers.defect_store import FrameRecord, StoreResult
+from workers.backoff import Backoff
+from steelcore.postgres.frame_records import FrameRecord, StoreResult
 from workers.frame_batch import (
     Rejected,
     ValidFrame,
@@ -31,8 +33,8 @@ from workers.frame_batch import (
 )
 from workers.triton_client import EnsembleResult, TritonUnavailableError
 from workers.worker_config import WorkerConfig
+from workers.worker_errors import BatchAbandonedError
 from workers.worker_loop import InferenceWorker
-from workers.worker_parts import DLQ_HEADER_PREFIX, Backoff, BatchAbandonedError, dead_letter_headers
 
 T0 = datetime(2025, 5, 1, 6, 0, tzinfo=UTC)
 TOPIC = "frames"
@@ -372,7 +374,7 @@ def test_records_and_alarms_follow_the_rule() -> None:
     )
     assert not rejects
     assert [len(r.defects) for r in records] == [1, 1, 0]
-    assert [(a.frame_id, a.class_id, a.alarm_id) for a in alarms] == [
+    assert [(a.frame_id, a.class_id, a.alarm_key) for a in alarms] == [
         ("L1-cam-1-00000000", 1, "L1-cam-1-00000000:1")
     ]  # frame 1 below the probability, frame 2 has no defect
     assert [len(r.alarms) for r in records] == [1, 0, 0]
@@ -477,7 +479,7 @@ def test_a_redelivered_batch_is_a_duplicate_but_its_alarms_are_published_again()
     worker.run_once()
     assert len(parts["store"].rows) == 2
     assert worker.metrics.value("steel_worker_frames_total", {"outcome": "duplicate"}) == 2
-    ids = [a.alarm_id for a in parts["alarm_publisher"].published]
+    ids = [a.alarm_key for a in parts["alarm_publisher"].published]
     assert len(ids) == 4 and len(set(ids)) == 2  # same stable ids, recognisable as repeats
 
 
@@ -585,7 +587,7 @@ class FakeJanitor:
     def __init__(self, floor: int) -> None:
         self.floor, self.checks, self.closed = floor, 0, False
 
-    def check(self) -> None:
+    def delete_consumed(self) -> None:
         self.checks += 1
 
     def close(self) -> None:
@@ -621,9 +623,9 @@ def test_with_rotation_the_worker_follows_the_janitors_floor_between_batches() -
 def test_a_close_that_hangs_is_left_behind_and_the_rest_still_close(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import workers.worker_loop as worker_loop
+    import workers.worker_wiring as worker_wiring
 
-    monkeypatch.setattr(worker_loop, "TEARDOWN_STEP_S", 0.2)
+    monkeypatch.setattr(worker_wiring, "TEARDOWN_STEP_S", 0.2)
     worker, _journal, parts = make_worker(good_messages(1))
     release = threading.Event()
     parts["consumer"].close = lambda: release.wait(30)  # librdkafka's close hanging after a broker restart

@@ -14,8 +14,8 @@ import pytest
 from test_worker_logic import good_messages, make_worker
 
 from stack.service import free_port
+from workers.worker_errors import BatchAbandonedError
 from workers.worker_metrics import WorkerMetrics
-from workers.worker_parts import BatchAbandonedError
 from workers.worker_probes import WorkerProbes
 
 

@@ -1,4 +1,4 @@
-"""The bucket janitor and its drain probe against a fake broker that reports watermarks as Tansu does
+"""The consumed-bucket deleter and its drain probe against a fake broker that reports watermarks as Tansu does
 (last batch's base offset + 1), so "committed == high watermark" alone would be wrong."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
+from steelcore.kafka.consumed_buckets import ConsumedBucketDeleter, DrainProbe
 from steelcore.settings import Settings
-from workers.topic_janitor import BucketJanitor, DrainProbe
 
 ROTATION_S = 10.0
 GRACE_S = 2.0
@@ -118,14 +118,16 @@ class FakeProbeConsumer:
         pass
 
 
-def make_janitor(broker: FakeBroker, now: list[float], answers: bool = True) -> BucketJanitor:
+def make_janitor(broker: FakeBroker, now: list[float], answers: bool = True) -> ConsumedBucketDeleter:
     settings = Settings(
         frames_topic="fr", truth_topic="tr", topic_close_grace_s=GRACE_S, topic_janitor_interval_s=1.0
     )
     probe = DrainProbe(
         FakeProbeConsumer(broker, answers), exact_watermarks=False, timeout_s=0.3, settle_s=0.05
     )
-    return BucketJanitor(settings, ROTATION_S, admin=FakeAdmin(broker), probe=probe, clock=lambda: now[0])
+    return ConsumedBucketDeleter(
+        settings, ROTATION_S, admin=FakeAdmin(broker), probe=probe, clock=lambda: now[0]
+    )
 
 
 def drained(broker: FakeBroker, *partitions: tuple[str, int], answers: bool = True) -> dict:
@@ -169,18 +171,18 @@ def test_consumed_buckets_leave_the_floor_and_are_deleted_only_after_the_retire_
     now = [12 * ROTATION_S + 5.0]  # bucket 12 is current, 11 closed (its grace is over), 13 pre-created
     janitor = make_janitor(broker, now)
 
-    report = janitor.check()
+    report = janitor.delete_consumed()
     assert (report.floor, report.proven, report.deleted) == (11, [10], [])
     now[0] += janitor.retire_after_s - 0.1
-    assert janitor.check().deleted == []  # workers may still be dropping bucket 10
+    assert janitor.delete_consumed().deleted == []  # workers may still be dropping bucket 10
     now[0] += 0.2
-    assert janitor.check().deleted == ["fr.10"] and "fr.10" not in broker.topics
+    assert janitor.delete_consumed().deleted == ["fr.10"] and "fr.10" not in broker.topics
 
     broker.committed[("fr.11", 1)] = 1
-    report = janitor.check()
+    report = janitor.delete_consumed()
     assert (report.floor, report.proven) == (12, [11])
     now[0] += janitor.retire_after_s
-    assert janitor.check().deleted == ["fr.11"]
+    assert janitor.delete_consumed().deleted == ["fr.11"]
     assert set(broker.topics) == {"fr.12", "fr.13"}  # the current and the next bucket stay
 
 
@@ -189,11 +191,11 @@ def test_a_bucket_still_in_its_grace_period_is_neither_probed_nor_deleted() -> N
     broker.add_topic("fr.4")
     now = [5 * ROTATION_S + GRACE_S - 0.5]  # bucket 4 ended 1.5 s ago: a late delivery may still land
     janitor = make_janitor(broker, now)
-    report = janitor.check()
+    report = janitor.delete_consumed()
     assert (report.floor, report.proven) == (4, [])
     assert janitor.probe.consumer.assignments == 0
     now[0] += 1.0
-    assert janitor.check().proven == [4]  # empty, closed: consumed
+    assert janitor.delete_consumed().proven == [4]  # empty, closed: consumed
 
 
 def test_an_undecided_probe_keeps_the_bucket_and_the_floor() -> None:
@@ -204,7 +206,7 @@ def test_an_undecided_probe_keeps_the_bucket_and_the_floor() -> None:
     now = [9 * ROTATION_S]
     janitor = make_janitor(broker, now, answers=False)
     for _ in range(3):
-        report = janitor.check()
+        report = janitor.delete_consumed()
         now[0] += janitor.retire_after_s
         assert (report.floor, report.undecided, report.deleted) == (3, [3], [])
 
@@ -214,6 +216,6 @@ def test_truth_buckets_are_kept_for_two_buckets_then_deleted() -> None:
     for b in range(5, 11):
         broker.add_topic(f"tr.{b}")
     now = [10 * ROTATION_S + 1.0]  # current bucket 10
-    report = make_janitor(broker, now).check()
+    report = make_janitor(broker, now).delete_consumed()
     assert report.deleted == ["tr.5", "tr.6", "tr.7"]
     assert sorted(broker.topics) == ["tr.10", "tr.8", "tr.9"]

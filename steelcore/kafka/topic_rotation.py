@@ -7,8 +7,8 @@ when a topic is deleted. With rotation on, a message published at wall-clock tim
 name from its clock, with no coordination. Workers subscribe with a regular expression (librdkafka
 reads a subscription starting with ``^`` as one) that matches the buckets from a *floor* upwards,
 so new buckets are picked up at the next metadata refresh and drained ones drop out. The janitor
-(workers.topic_janitor) deletes a bucket once it is closed, consumed and out of every worker's
-subscription.
+(steelcore.kafka.consumed_buckets, run by each worker's janitor thread) deletes a bucket once it is
+closed, consumed and out of every worker's subscription.
 
 A bucket is *closed* once no producer can still deliver into it: the camera producer picks the
 bucket when it calls produce() and, while rotating, gives up on a message after

@@ -1,57 +1,25 @@
-"""The services a worker writes to, behind small interfaces (so tests can pass fakes), and which
-of their errors mean "unreachable, retry later" rather than "this batch is wrong"."""
+"""Dead letters: messages the worker cannot process, sent to the dead-letter topic with why in
+their headers (``steel.dlq.*``), so that one poison message never stalls its partition."""
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Sequence
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import numpy as np
 from confluent_kafka import KafkaError, KafkaException
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
-
-from steelcore.alarm_message import Alarm
-from steelcore.errors import SteelError
-from steelcore.settings import Settings
-from workers.defect_store import FrameRecord, StoreResult
-from workers.frame_batch import Rejected
-from workers.triton_client import EnsembleResult
 
 log = logging.getLogger(__name__)
 
 DLQ_HEADER_PREFIX = "steel.dlq."
 
 
-class Backoff:
-    """Capped exponential backoff: initial, initial*factor, ... up to maximum, with downward jitter
-    (so workers hit by one outage do not retry in lockstep, and the cap is never exceeded)."""
+class Reject(Protocol):
+    """A message the worker refused, and why (workers.frame_batch.Rejected)."""
 
-    def __init__(
-        self,
-        initial_s: float,
-        maximum_s: float,
-        factor: float = 2.0,
-        jitter: float = 0.2,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not 0 < initial_s <= maximum_s or factor < 1 or not 0 <= jitter < 1:
-            raise ValueError("need 0 < initial_s <= maximum_s, factor >= 1 and 0 <= jitter < 1")
-        self.initial_s, self.maximum_s, self.factor, self.jitter = initial_s, maximum_s, factor, jitter
-        self._rng = rng or random.Random()
-        self.attempt = 0
-
-    def next(self) -> float:
-        # The exponent is capped too: factor ** attempt overflows a float after ~1000 retries.
-        base = min(self.maximum_s, self.initial_s * self.factor ** min(self.attempt, 64))
-        self.attempt += 1
-        return base * (1.0 - self.jitter * self._rng.random())
-
-    def reset(self) -> None:
-        self.attempt = 0
+    message: Any
+    reason: str
 
 
 def dead_letter_headers(message: Any, reason: str, worker_id: str, now: datetime) -> list[tuple[str, bytes]]:
@@ -82,64 +50,6 @@ def steel_headers(message: Any, reason: str, worker_id: str, now: datetime) -> l
         "worker": worker_id,
     }
     return [(DLQ_HEADER_PREFIX + k, v.encode("utf-8", "backslashreplace")) for k, v in ours.items()]
-
-
-class Outage(SteelError):
-    """A step failed because a service is unreachable; the batch is retried, never dropped."""
-
-    def __init__(self, stage: str, cause: BaseException) -> None:
-        super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
-        self.stage = stage
-        self.cause = cause
-
-
-class DeadLetterError(SteelError, RuntimeError):
-    """Dead-lettered messages were not all delivered."""
-
-
-class BatchAbandonedError(SteelError, RuntimeError):
-    """A stop was requested and an outage outlasted the shutdown grace; the batch stays uncommitted."""
-
-
-class Inference(Protocol):
-    def infer_async(self, frames: np.ndarray) -> Future[EnsembleResult]: ...
-    def close(self) -> None: ...
-
-
-class Store(Protocol):
-    def write_batch(self, batch: Sequence[FrameRecord]) -> StoreResult: ...
-    def mark_published(self, published: Sequence[tuple[str, int, str]]) -> int: ...
-    def close(self) -> None: ...
-
-
-class AlarmPublisher(Protocol):
-    def publish(self, alarms: Sequence[Alarm]) -> list[str]: ...
-
-
-class DeadLetterSink(Protocol):
-    def send(self, rejects: Sequence[Rejected]) -> list[Rejected]: ...
-    def close(self) -> None: ...
-
-
-class PostgresStore:
-    """DefectStore plus the outbox update, on one engine."""
-
-    def __init__(self, engine: Any, settings: Settings) -> None:
-        from workers.defect_store import DefectStore
-
-        self.engine = engine
-        self._store = DefectStore(engine, settings)
-
-    def write_batch(self, batch: Sequence[FrameRecord]) -> StoreResult:
-        return self._store.write_batch(batch)
-
-    def mark_published(self, published: Sequence[tuple[str, int, str]]) -> int:
-        from workers.defect_store import mark_alarms_published
-
-        return mark_alarms_published(self.engine, published)
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 # Refusals that no retry can fix: the letter itself is too large for the broker (or for the
@@ -180,7 +90,7 @@ class DeadLetterProducer:
         self.producer, self.topic, self.worker_id = producer, topic, worker_id
         self.timeout_s, self.max_value_bytes = timeout_s, max_value_bytes
 
-    def send(self, rejects: Sequence[Rejected]) -> list[Rejected]:
+    def send(self, rejects: Sequence[Reject]) -> list[Reject]:
         """Produce and wait; returns the rejects that were not delivered (an outage: retry them)."""
         delivered: set[int] = set()
         now = datetime.now(UTC)
@@ -207,7 +117,7 @@ class DeadLetterProducer:
         return [r for i, r in enumerate(rejects) if i not in delivered]
 
     def _letter(
-        self, r: Rejected, level: int, now: datetime
+        self, r: Reject, level: int, now: datetime
     ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
         """(key, value, headers) of the letter at fallback ``level`` (0 whole, 1 cut, 2 headers only)."""
         m = r.message
@@ -254,33 +164,3 @@ class DeadLetterProducer:
 
     def close(self) -> None:
         self.producer.flush(self.timeout_s)
-
-
-def is_db_outage(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
-
-
-def is_refused_row(exc: BaseException) -> bool:
-    """A database error about the content of the rows (SQLSTATE class 22, data exception: a value
-    out of range; class 23, a constraint violated): the same write fails every time, so retrying
-    it as an outage would stall the partition forever. The worker isolates the row instead."""
-    return isinstance(exc, DataError | IntegrityError) and not is_db_outage(exc)
-
-
-def merge_store_results(results: Sequence[StoreResult]) -> StoreResult:
-    """One StoreResult for several writes of parts of a batch."""
-    return StoreResult(
-        new_frame_ids=tuple(sorted(f for r in results for f in r.new_frame_ids)),
-        duplicate_frame_ids=tuple(f for r in results for f in r.duplicate_frame_ids),
-        defects_written=sum(r.defects_written for r in results),
-        alarms_written=sum(r.alarms_written for r in results),
-        images_written=sum(r.images_written for r in results),
-        elapsed_ms=sum(r.elapsed_ms for r in results),
-        new_alarms=tuple(a for r in results for a in r.new_alarms),
-    )
-
-
-def is_kafka_outage(exc: BaseException) -> bool:
-    return isinstance(exc, KafkaException | BufferError | DeadLetterError)

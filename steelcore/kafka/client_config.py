@@ -2,7 +2,7 @@
 
 Always, for every client: bootstrap servers from service_urls and the security settings
 (SASL/TLS). Producers use acks=all and are idempotent (except on the embedded broker, below);
-consumers never auto-commit or auto-store offsets (the worker stores them after the durable
+consumers never auto-commit (the worker commits a batch's offsets itself, after the durable
 write), start from the earliest offset, and prefetch a bounded amount (librdkafka's defaults would
 queue up to 100,000 messages or 64 MB in the process while a slow Triton or database holds the
 worker: the backlog belongs in the broker).
@@ -15,24 +15,16 @@ its epoch and retries "unknown producer id" until the message times out), so pro
 are not idempotent but keep one request in flight, which still keeps each partition in order
 (a retry may duplicate a message; the workers' writes are idempotent on frame_id). A real Kafka
 cluster keeps librdkafka's defaults for those.
-
-A restart of the embedded broker is visible to clients as a new cluster id (stack.kafka_broker
-starts each incarnation with its own): :class:`BrokerIncarnation` tells a client that the log it
-was reading is gone.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from steelcore.service_urls import is_embedded, kafka_bootstrap
 from steelcore.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +78,7 @@ def producer_config(
 def consumer_config(
     group_id: str, settings: Settings | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """A group consumer whose offsets the caller stores (store_offsets) and commits explicitly."""
+    """A group consumer whose offsets the caller commits explicitly (commit(offsets=...))."""
     if not group_id:
         raise ValueError("consumer_config: group_id must be a non-empty string")
     settings = settings or get_settings()
@@ -121,109 +113,9 @@ def admin_config(
     return _finish(common_config(settings), overrides, "admin")
 
 
-class BrokerIncarnation:
-    """Notices that the broker behind a client is a new, empty one (the embedded broker restarted).
-
-    The embedded broker keeps its log in memory, so a restart loses every topic, message and
-    committed offset, while clients reconnect as if nothing happened: a consumer may go on
-    fetching from its old positions in the new log and skip what was written there first, and a
-    group finds no committed offsets. stack.kafka_broker gives every start its own cluster id, so
-    ``changed(client)`` (any Producer, Consumer or AdminClient, which all answer list_topics) is
-    True once the cluster id differs from the one first seen. A client that sees it should reset
-    its consumers to the committed offsets (none: the earliest) and re-create its topics; frames
-    the old broker had acknowledged but nobody had consumed are lost, which only a durable,
-    replicated Kafka prevents.
-    """
-
-    def __init__(self, timeout_s: float = 5.0) -> None:
-        self.timeout_s = timeout_s
-        self.cluster_id: str | None = None
-
-    def changed(self, client: Any) -> bool:
-        """Ask the broker its cluster id; True when it differs from the last one seen (the first
-        call only records it). Raises confluent_kafka.KafkaException when the broker is down."""
-        current = client.list_topics(timeout=self.timeout_s).cluster_id
-        previous, self.cluster_id = self.cluster_id, current
-        if previous is not None and current != previous:
-            log.error(
-                "the Kafka broker is a new incarnation (cluster id %s, was %s): its log, topics and "
-                "committed offsets are gone",
-                current,
-                previous,
-            )
-            return True
-        return False
-
-
 def redact_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A copy safe to log or print: secret values replaced by ***."""
     return {key: ("***" if key in SECRET_KEYS and value else value) for key, value in config.items()}
-
-
-def ensure_topics(
-    admin: AdminClient,
-    names: Iterable[str],
-    partitions: int,
-    *,
-    configs: Mapping[str, str] | None = None,
-    timeout_s: float = 10.0,
-) -> list[str]:
-    """Create the topics that do not exist yet; return the names created.
-
-    Idempotent: topics that exist (or that another process creates meanwhile) are left as they are;
-    one with fewer partitions than asked is logged, not changed. Returns once every topic is
-    visible in the cluster metadata, so a producer or consumer can use it at once.
-    """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import NewTopic
-
-    wanted = list(dict.fromkeys(names))
-    if not wanted or any(not name for name in wanted):
-        raise ValueError(f"ensure_topics: topic names must be non-empty strings, got {wanted!r}")
-    if partitions < 1:
-        raise ValueError(f"ensure_topics: partitions must be >= 1, got {partitions}")
-
-    existing = admin.list_topics(timeout=timeout_s).topics
-    for name in wanted:
-        if name in existing and len(existing[name].partitions) < partitions:
-            log.warning(
-                "topic %s has %d partitions, fewer than the %d asked for; left unchanged",
-                name,
-                len(existing[name].partitions),
-                partitions,
-            )
-    missing = [name for name in wanted if name not in existing]
-    created: list[str] = []
-    if missing:
-        new_topics = [
-            # -1 = the broker's default.replication.factor, so a 3-broker cluster with
-            # min.insync.replicas=2 gets replicated topics and the embedded broker its single copy.
-            NewTopic(name, num_partitions=partitions, replication_factor=-1, config=dict(configs or {}))
-            for name in missing
-        ]
-        futures = admin.create_topics(new_topics, operation_timeout=timeout_s, request_timeout=timeout_s)
-        for name, future in futures.items():
-            try:
-                future.result()
-                created.append(name)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
-        _wait_for_topics(admin, missing, timeout_s)
-        log.info("created topics %s with %d partitions", created, partitions)
-    return created
-
-
-def _wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        topics = admin.list_topics(timeout=timeout_s).topics
-        absent = [name for name in names if name not in topics or topics[name].error is not None]
-        if not absent:
-            return
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"topics {absent} not visible in cluster metadata after {timeout_s:.0f} s")
-        time.sleep(0.05)
 
 
 def _security_config(settings: Settings) -> dict[str, Any]:

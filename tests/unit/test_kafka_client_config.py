@@ -10,14 +10,9 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
-from steelcore import kafka_clients
-from steelcore.kafka_clients import (
-    admin_config,
-    consumer_config,
-    ensure_topics,
-    producer_config,
-    redact_config,
-)
+from steelcore.kafka import client_config
+from steelcore.kafka.client_config import admin_config, consumer_config, producer_config, redact_config
+from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.service_urls import write_stack
 from steelcore.settings import Settings
 
@@ -94,7 +89,7 @@ def test_password_never_printed_or_logged(tmp_path: Path, caplog: pytest.LogCapt
     settings = sasl(tmp_path)
     assert PASSWORD not in repr(settings)
     assert PASSWORD not in str(settings.kafka_sasl_password)
-    with caplog.at_level(logging.DEBUG, logger=kafka_clients.__name__):
+    with caplog.at_level(logging.DEBUG, logger=client_config.__name__):
         config = producer_config(settings)
         consumer_config("g", settings)
         admin_config(settings)
