@@ -194,12 +194,9 @@ def pipeline_case(
 
 def backlog_throughput(engine: Any, line: str) -> float:
     """Frames stored after the first batch / time from the first to the last batch's stored_at."""
-    from sqlalchemy import text
+    from steelcore.postgres.line_reads import stored_times
 
-    with engine.connect() as conn:
-        stamps = [
-            r[0] for r in conn.execute(text("SELECT stored_at FROM frames WHERE line_id = :l"), {"l": line})
-        ]
+    stamps = stored_times(engine, line)
     first, last = min(stamps), max(stamps)
     after_first = sum(1 for t in stamps if t > first)
     span = (last - first).total_seconds()
@@ -209,16 +206,12 @@ def backlog_throughput(engine: Any, line: str) -> float:
 
 
 def steady_latencies(engine: Any, line: str, settings: Any, stream: str) -> dict[str, Any]:
-    from sqlalchemy import text
-
     from stack.demo_summary import percentiles
+    from steelcore.postgres.line_reads import frame_stamps
     from steelcore.redis.connection import redis_client
     from steelcore.redis.entries import all_entries
 
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT captured_at, received_at, stored_at FROM frames WHERE line_id = :l"), {"l": line}
-        ).all()
+    rows = frame_stamps(engine, line)
     stored_ms = [(s - c).total_seconds() * 1000 for c, _, s in rows]
     kafka_ms = [(r - c).total_seconds() * 1000 for c, r, _ in rows]
     client = redis_client(settings)
@@ -296,14 +289,11 @@ def _free_port() -> int:
 
 
 def _wait_stored(engine: Any, line: str, expected: int, procs: Sequence[subprocess.Popen]) -> None:
-    from sqlalchemy import text
+    from steelcore.postgres.line_reads import frame_count
 
     deadline = time.monotonic() + WAIT_S
     while True:
-        with engine.connect() as conn:
-            stored = conn.execute(
-                text("SELECT count(*) FROM frames WHERE line_id = :l"), {"l": line}
-            ).scalar_one()
+        stored = frame_count(engine, line)
         if stored >= expected:
             return
         dead = [p.returncode for p in procs if p.poll() is not None]

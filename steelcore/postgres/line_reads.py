@@ -92,6 +92,13 @@ def frame_count(engine: Engine, line_id: str) -> int:
         return int(conn.execute(query).scalar_one())
 
 
+def stored_times(engine: Engine, line_id: str) -> list[datetime]:
+    """stored_at of each of the line's frames, in no order."""
+    query = select(frames.c.stored_at).where(frames.c.line_id == line_id)
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(query)]
+
+
 def frame_stamps(engine: Engine, line_id: str) -> list[tuple[datetime, datetime, datetime]]:
     """(captured_at, received_at, stored_at) of each of the line's frames, in no order."""
     query = select(frames.c.captured_at, frames.c.received_at, frames.c.stored_at).where(
