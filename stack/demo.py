@@ -226,7 +226,7 @@ class Demo:
     def _choose_load(self) -> Any:
         """Frames/s per camera: --fps, else 70% of the capacity (stack.demo_capacity)."""
         from stack.demo_capacity import bench_capacity, choose_offer, measure_capacity
-        from workers.inference_worker import WorkerConfig
+        from workers.worker_config import WorkerConfig
 
         a, s = self.args, self.settings
         capacity = None if a.probe else bench_capacity(BENCH_RESULT, a.workers, s.triton_repository)

@@ -21,7 +21,7 @@ log = logging.getLogger("steel.work")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from workers.inference_worker import WorkerConfig
+    from workers.worker_config import WorkerConfig
 
     defaults = WorkerConfig()
     parser.add_argument("--group", default=None, help="consumer group (default: settings.consumer_group)")
@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from steelcore.kafka.exceptions import KafkaException
     from steelcore.redis.exceptions import RedisError
     from steelcore.settings import get_settings
-    from workers.inference_worker import InferenceWorker, WorkerConfig
+    from workers.worker_config import WorkerConfig
+    from workers.worker_loop import InferenceWorker
     from workers.worker_errors import BatchAbandonedError
 
     try:
