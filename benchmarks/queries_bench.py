@@ -1,10 +1,10 @@
 """`steel bench queries`: latency of the dashboard's database queries on a large defect history.
 
-Seeds a fresh database with --rows defect rows (1,000,000 by default; benchmarks/queries_seed.py),
-then times each query the History and Live pages run, exactly as they run it
-(steelcore.postgres.defect_history, live_reads and frame_reads), and reports p50 / p95. Side by side, each
-history query also runs with index scans disabled (the plan Postgres would be left with without
-the schema's indexes); the ratio says what the index buys.
+Seeds a fresh database with --rows defect rows (1,000,000 by default;
+steelcore/postgres/synthetic_history.py), then times each query the History and Live pages run,
+exactly as they run it (steelcore.postgres.defect_history, live_reads and frame_reads), and
+reports p50 / p95. Side by side, each history query also runs with index scans disabled (the plan
+Postgres would be left with without the schema's indexes); the ratio says what the index buys.
 
 Without --db-url an embedded Postgres is started in a temporary folder and removed afterwards.
 With --db-url (a role allowed to CREATE DATABASE) a scratch database is created on that server
@@ -101,7 +101,7 @@ def _size(result: object) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
-    from benchmarks.queries_seed import SeedShape, frames_for
+    from steelcore.postgres.synthetic_history import SeedShape, frames_for
 
     shape = SeedShape(frames=frames_for(args.rows), end=datetime.now(UTC).replace(microsecond=0))
     with _database(args.db_url) as url:
@@ -111,13 +111,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(url: str, shape: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from sqlalchemy import event
     from tqdm import tqdm
 
-    from benchmarks.queries_seed import seed_history
     from steelcore.postgres import migrate
-    from steelcore.postgres.defect_history import explain_plan
+    from steelcore.postgres.defect_history import explain_plan, plan_without_index_scans
     from steelcore.postgres.engine import create_db_engine
+    from steelcore.postgres.synthetic_history import seed_history
 
     migrate.upgrade(url)
     engine = create_db_engine(url)
@@ -125,14 +124,7 @@ def _measure(url: str, shape: Any, args: argparse.Namespace) -> list[dict[str, A
         with tqdm(total=shape.frames, desc="seeding frames", unit="frame", disable=None) as bar:
             seed_history(engine, shape, bar.update)
         baseline = create_db_engine(url)
-
-        @event.listens_for(baseline, "connect")
-        def _no_index_scans(dbapi_connection: Any, _record: Any) -> None:
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute("SET enable_indexscan = off")
-                cursor.execute("SET enable_bitmapscan = off")
-                cursor.execute("SET enable_indexonlyscan = off")
-            dbapi_connection.commit()
+        plan_without_index_scans(baseline)
 
         results = []
         for case in tqdm(cases(shape.end), desc="queries", unit="query", disable=None):

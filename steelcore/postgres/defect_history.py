@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, Select, func, select
+from sqlalchemy import Engine, Select, event, func, select
 
 from steelcore.frame_message import FrameIdentity
 from steelcore.postgres.schema import defect_frame, defects, frames
@@ -236,6 +237,19 @@ def coil_summary(
         )
         for coil, row in summaries.items()
     ]
+
+
+def plan_without_index_scans(engine: Engine) -> None:
+    """Make every new connection of ``engine`` plan without index scans: the plan Postgres would be
+    left with without the schema's indexes (the baseline of `steel bench queries`)."""
+
+    @event.listens_for(engine, "connect")
+    def _no_index_scans(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET enable_indexscan = off")
+            cursor.execute("SET enable_bitmapscan = off")
+            cursor.execute("SET enable_indexonlyscan = off")
+        dbapi_connection.commit()
 
 
 def explain_plan(engine: Engine, filters: DefectFilters) -> str:

@@ -10,10 +10,10 @@ import pytest
 from dashboard_seed import new_database
 from sqlalchemy import text
 
-from benchmarks.queries_seed import DEFECTS_PER_FRAME, SeedShape, frames_for, seed_history
 from steelcore import exit_codes
 from steelcore.cli import main
 from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.synthetic_history import DEFECTS_PER_FRAME, SeedShape, frames_for, seed_history
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
-"""A large synthetic defect history for `steel bench queries`, written by Postgres itself.
+"""A large synthetic defect history for `steel bench queries` (and its test), written by Postgres
+itself: the product's schema is filled in ways only SQL does quickly, so the SQL lives here.
 
 Rows are generated with generate_series inside INSERT ... SELECT (no Python round trip per row),
 in chunks so progress can be shown. The shape follows a busy plant over SPAN_DAYS:
