@@ -25,8 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from steelcore.kafka.clients import OFFSET_BEGINNING, TopicPartition, new_admin, new_consumer, new_producer
-from steelcore.kafka.dead_letter import DeadLetterProducer
+from steelcore.kafka.clients import OFFSET_BEGINNING, TopicPartition, new_admin, new_consumer
+from steelcore.kafka.dead_letter import dead_letter_producer
 from steelcore.kafka.exceptions import KafkaException, is_partition_eof
 from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.kafka.topic_rotation import SUBSCRIPTION_REFRESH_MS, subscription_pattern
@@ -76,14 +76,7 @@ class ConsumerSession:
         topics = [s.dead_letter_topic] if self.rotation_s > 0 else [s.frames_topic, s.dead_letter_topic]
         ensure_topics(new_admin(s), topics, s.frames_partitions)
         if self.dead_letters is None:
-            producer = new_producer(s, {"message.max.bytes": s.max_frame_bytes + 65536})
-            self.dead_letters = DeadLetterProducer(
-                producer,
-                s.dead_letter_topic,
-                self.worker_id,
-                self.config.dead_letter_timeout_s,
-                s.max_frame_bytes,
-            )
+            self.dead_letters = dead_letter_producer(s, self.worker_id, self.config.dead_letter_timeout_s)
         if self.consumer is None:
             overrides: dict[str, Any] = {"client.id": f"steel-worker-{self.worker_id}"}
             if self.rotation_s > 0:

@@ -10,6 +10,9 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
 
+from steelcore.kafka.clients import new_producer
+from steelcore.settings import Settings
+
 log = logging.getLogger(__name__)
 
 DLQ_HEADER_PREFIX = "steel.dlq."
@@ -164,3 +167,12 @@ class DeadLetterProducer:
 
     def close(self) -> None:
         self.producer.flush(self.timeout_s)
+
+
+def dead_letter_producer(settings: Settings, worker_id: str, timeout_s: float) -> DeadLetterProducer:
+    """The worker's dead-letter producer: a letter may carry a whole frame (max_frame_bytes) plus
+    the dead-letter headers, so its message.max.bytes leaves 64 KiB above the frame limit."""
+    producer = new_producer(settings, {"message.max.bytes": settings.max_frame_bytes + 65536})
+    return DeadLetterProducer(
+        producer, settings.dead_letter_topic, worker_id, timeout_s, settings.max_frame_bytes
+    )
