@@ -19,10 +19,13 @@ DLQ_HEADER_PREFIX = "steel.dlq."
 
 
 class Reject(Protocol):
-    """A message the worker refused, and why (workers.frame_batch.Rejected)."""
+    """A message the worker refused, and why (workers.frame_batch.Rejected, a frozen dataclass)."""
 
-    message: Any
-    reason: str
+    @property
+    def message(self) -> Any: ...
+
+    @property
+    def reason(self) -> str: ...
 
 
 def dead_letter_headers(message: Any, reason: str, worker_id: str, now: datetime) -> list[tuple[str, bytes]]:
