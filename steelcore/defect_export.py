@@ -1,9 +1,9 @@
 """Stored defects as files: the one CSV layout and the one Kaggle layout that `steel query` and the
 dashboard's history page both write, so an engineer gets the same columns from either.
 
-Text cells pass through steelcore.csv_safety (no cell a spreadsheet would run as a formula); the
-Kaggle file is written by steelcore.kaggle_csv.write_submission, the writer every Kaggle-format
-file of the product goes through (it refuses duplicate image and class pairs).
+Text cells pass through steelcore.csv_safety (no cell a spreadsheet would run as a formula); every
+Kaggle-format file, the retraining dataset's train.csv included, is written by
+steelcore.kaggle_csv.write_submission (it refuses duplicate image and class pairs).
 """
 
 from __future__ import annotations
@@ -73,8 +73,13 @@ def write_kaggle(path: Path, rows: Iterable[DefectRow]) -> None:
 
 def kaggle_text(rows: Iterable[DefectRow]) -> str:
     """The same file as write_kaggle, as text (for standard output or a download)."""
+    return submission_text(kaggle_rows(rows))
+
+
+def submission_text(rows: Iterable[tuple[str, int, str]]) -> str:
+    """What write_submission would write for ``rows``, as text."""
     # write_submission only writes files (atomically): go through a temporary one.
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "defects.csv"
-        write_kaggle(path, rows)
+        path = Path(tmp) / "submission.csv"
+        write_submission(path, rows)
         return path.read_text(encoding="utf-8")
