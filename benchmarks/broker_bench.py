@@ -55,7 +55,7 @@ class BlankInference:
 
 class NullStore:
     def write_batch(self, batch: Sequence[Any]) -> Any:
-        from workers.defect_store import StoreResult
+        from steelcore.postgres.frame_records import StoreResult
 
         return StoreResult(tuple(sorted(r.frame_id for r in batch)))
 

@@ -104,8 +104,8 @@ def frame_records(
     """FrameRecords as a worker would build them: every frame has class probabilities; a defective one
     carries a real frame's defects, an alarm per defect that passes the default alarm rule, and
     a real JPEG image."""
+    from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
     from workers.alarm_rules import AlarmRule
-    from workers.defect_store import AlarmRecord, DefectRecord, FrameRecord
 
     rng = random.Random(seed)
     rule = AlarmRule.from_settings(Settings())

@@ -12,8 +12,9 @@ from sqlalchemy import Engine
 from dashboard import charts, models_section, service_health, ui
 from dashboard.config import DashboardSettings
 from steelcore.postgres import live_reads
+from steelcore.postgres.frame_images import retention_days, stored_image_bytes
 from steelcore.postgres.model_registry import read_roles, version_bundles
-from workers.frame_images import retention_days, stored_image_bytes
+from steelcore.triton.readiness import triton_model_versions, triton_repository_index
 
 REFRESH_S = 5.0
 HISTORY = timedelta(hours=1)
@@ -120,7 +121,7 @@ def _health_view(engine: Engine, config: DashboardSettings) -> None:
     cols[2].metric(
         "Frame images stored",
         f"{stored_image_bytes(engine) / 1e6:.1f} MB",
-        help=f"kept {retention_days(config):g} days (workers/frame_images.py)",
+        help=f"kept {retention_days(config):g} days (steelcore/postgres/frame_images.py)",
     )
 
     models_section.render(engine, config, now, index)

@@ -36,7 +36,7 @@ from sqlalchemy import Engine
 from steelcore.kaggle_csv import write_submission
 from steelcore.postgres.frame_reads import FrameDetail, frame_details, frames_of_defects
 from steelcore.postgres.verdicts import DefectVerdict, defect_verdicts
-from workers.frame_images import StoredImage, load_frame_image
+from steelcore.postgres.frame_images import StoredImage, load_frame_image
 
 IMAGES_DIR = "train_images"
 CSV_NAME = "train.csv"

@@ -13,10 +13,10 @@ from streamlit.delta_generator import DeltaGenerator
 from dashboard.config import DashboardSettings, load_dashboard_settings
 from dashboard.overlays import blank_frame, class_colour_hex, overlay_masks
 from steelcore.postgres.engine import feedback_url, open_feedback_writer, open_reader, reader_url
+from steelcore.postgres.frame_images import load_frame_image
 from steelcore.postgres.frame_reads import DefectMark, FrameDetail
 from steelcore.postgres.verdicts import DefectVerdict, FeedbackError, record_feedback
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
-from workers.frame_images import load_frame_image
 
 OPERATOR_KEY = "operator"
 VERDICT_LABELS = {"confirmed": "Confirm", "false": "False alarm"}

@@ -2,7 +2,7 @@
 
 Input is real Severstal data (shared/data/severstal_sample): its frames for image bytes and its
 2,833 real RLE masks for the defect rows. Everything is written through the product's own code
-(steelcore.frame_message.encode_frame, workers.defect_store.DefectStore.write_batch,
+(steelcore.frame_message.encode_frame, steelcore.postgres.defect_writes.DefectStore.write_batch,
 steelcore.redis.alarm_stream.AlarmStream.publish), into a fresh database on the embedded Postgres and a
 fresh stream on the embedded Redis (or the servers given with --postgres-url / --redis-url).
 
@@ -47,45 +47,6 @@ RLE_LABELS = SEVERSTAL_SAMPLE_DIR / "labels" / "train_rle_subset.csv"
 KAGGLE_DEFECTIVE_SHARE = 6666 / 12568
 
 
-def table_sizes(engine: Any) -> dict[str, dict[str, int]]:
-    from sqlalchemy import text
-
-    sizes = {}
-    with engine.connect() as conn:
-        for table in MEASURED_TABLES:
-            # Table names are this module's constants, never input.
-            rows = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
-            # Summed over the table and its partitions: a partitioned table (frames) stores
-            # nothing itself, its partitions do (pg_partition_tree lists none for a plain table).
-            total, heap, indexes = conn.execute(
-                text(
-                    "SELECT sum(pg_total_relation_size(r)), sum(pg_relation_size(r)), "
-                    "sum(pg_indexes_size(r)) FROM (SELECT relid AS r FROM "
-                    f"pg_partition_tree('{table}') UNION SELECT '{table}'::regclass) t"
-                )
-            ).one()
-            total, heap, indexes = int(total), int(heap), int(indexes)
-            sizes[table] = {"rows": rows, "total": total, "heap": heap, "indexes": indexes}
-    return sizes
-
-
-def column_bytes(engine: Any) -> dict[str, float]:
-    """Average stored size of the wide columns and of whole tuples (pg_column_size, after compression)."""
-    from sqlalchemy import text
-
-    queries = {
-        "frames_tuple": "SELECT avg(pg_column_size(t.*)) FROM frames t",
-        "defects_tuple": "SELECT avg(pg_column_size(t.*)) FROM defects t",
-        "defects_rle_stored": "SELECT avg(pg_column_size(rle)) FROM defects",
-        "defects_rle_text": "SELECT avg(octet_length(rle)) FROM defects",
-        "alarms_tuple": "SELECT avg(pg_column_size(t.*)) FROM alarms t",
-        "frame_images_image_stored": "SELECT avg(pg_column_size(image)) FROM frame_images",
-        "frame_images_image_bytes": "SELECT avg(octet_length(image)) FROM frame_images",
-    }
-    with engine.connect() as conn:
-        return {name: float(conn.execute(text(sql)).scalar_one() or 0.0) for name, sql in queries.items()}
-
-
 def marginal(
     before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
 ) -> dict[str, dict[str, Any]]:
@@ -101,8 +62,9 @@ def marginal(
 
 def measure_postgres(url: str, records: list[Any]) -> dict[str, Any]:
     from steelcore.postgres import migrate
+    from steelcore.postgres.defect_writes import DefectStore
     from steelcore.postgres.engine import create_db_engine
-    from workers.defect_store import DefectStore
+    from steelcore.postgres.storage_sizes import column_bytes, table_sizes
 
     migrate.upgrade(url)
     engine = create_db_engine(url)

@@ -9,7 +9,7 @@ publishes it. Every ``alarm_relay_interval_s`` it publishes the rows raised more
 (an actuator recognises a repeat), then trims the stream (steelcore.redis.alarm_stream.AlarmStream.trim).
 
 Several workers run relays on one database: each relay pass locks the rows it takes
-(workers.defect_store.relay_unpublished_alarms), so they share the backlog instead of each
+(steelcore.postgres.alarm_outbox.relay_unpublished_alarms), so they share the backlog instead of each
 publishing all of it.
 """
 
@@ -23,12 +23,12 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from steelcore.alarm_message import Alarm
+from steelcore.postgres.alarm_outbox import PendingAlarm, relay_unpublished_alarms
 from steelcore.redis.alarm_stream import AlarmStream, TrimResult
 from steelcore.redis.exceptions import RedisError
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_NAMES
-from workers.alarm_rules import alarm_id_for
-from workers.defect_store import PendingAlarm, relay_unpublished_alarms
+from workers.alarm_rules import alarm_key_for
 from workers.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from steelcore.frame_message import FrameIdentity
 from steelcore.alarm_message import Alarm
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
@@ -35,6 +36,7 @@ def alarm_id_for(frame_id: str, class_id: int) -> str:
 
 
 def alarms_for_frame(
+    identity: FrameIdentity,
     rule: AlarmRule,
     *,
     frame_id: str,
@@ -52,17 +54,17 @@ def alarms_for_frame(
         if rule.fires(index, float(probabilities[index]), int(areas_px[index])):
             alarms.append(
                 Alarm(
-                    alarm_id=alarm_id_for(frame_id, class_id),
-                    frame_id=frame_id,
+                    alarm_key=alarm_key_for(identity.frame_id, class_id),
+                    frame_id=identity.frame_id,
                     class_id=class_id,
                     class_name=CLASS_NAMES[class_id],
                     probability=round(float(probabilities[index]), 4),
                     area_px=int(areas_px[index]),
-                    line_id=line_id,
-                    camera_id=camera_id,
-                    coil_id=coil_id,
-                    position_m=position_m,
-                    captured_at=captured_at.isoformat(),
+                    line_id=identity.line_id,
+                    camera_id=identity.camera_id,
+                    coil_id=identity.coil_id,
+                    position_m=identity.position_m,
+                    captured_at=identity.captured_at.isoformat(),
                 )
             )
     return alarms

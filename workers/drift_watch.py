@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from steelcore.postgres.frame_records import FrameRecord
 from steelcore.redis.connection import Client
 from steelcore.redis.exceptions import RedisError
 from steelcore.redis.inspection_alarms import InspectionAlarms
 from steelcore.settings import Settings
-from workers.defect_store import FrameRecord
 from workers.drift_monitor import REFERENCE_FILE, DriftEvent, DriftMonitor, DriftReference, frame_input_stats
 from workers.frame_batch import ValidFrame
 from workers.worker_metrics import WorkerMetrics

@@ -16,10 +16,9 @@ import numpy as np
 from steelcore import rle
 from steelcore.alarm_message import Alarm
 from steelcore.frame_message import FrameHeader, FrameMessageError, decode_frame, decode_image
+from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord, StoreResult, mask_box
 from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH, NUM_CLASSES
 from workers.alarm_rules import AlarmRule, alarms_for_frame
-from workers.defect_store import AlarmRecord, DefectRecord, FrameRecord, StoreResult
-from workers.triton_client import EnsembleResult
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +147,10 @@ def defects_of(probs: Sequence[float], rles: Sequence[str]) -> list[DefectRecord
     for k, class_id in enumerate(CLASS_IDS):
         if not rles[k]:
             continue
-        ys, xs = np.nonzero(rle.decode(rles[k]))
-        if xs.size:
-            bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-            found.append(DefectRecord(class_id, rles[k], int(xs.size), bbox, float(probs[k])))
+        box = mask_box(rle.decode(rles[k]))
+        if box is not None:
+            area, bbox = box
+            found.append(DefectRecord(class_id, rles[k], area, bbox, float(probs[k])))
     return found
 
 
@@ -191,10 +190,7 @@ def build_records(
             areas = [0] * NUM_CLASSES
             for d in defects:
                 areas[d.class_id - 1] = d.area_px
-            fired = alarms_for_frame(
-                rule, frame_id=h.frame_id, line_id=h.line_id, camera_id=h.camera_id, coil_id=h.coil_id,
-                position_m=h.position_m, captured_at=h.captured_at, probabilities=probs, areas_px=areas,
-            )  # fmt: skip
+            fired = alarms_for_frame(rule, h, probabilities=probs, areas_px=areas)
             record = FrameRecord(
                 frame_id=h.frame_id,
                 line_id=h.line_id,

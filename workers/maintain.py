@@ -2,8 +2,8 @@
 
 One run, in this order:
   1. purge defect images stored more than settings.frame_image_retention_days ago
-     (workers.frame_images.purge_frame_images);
-  2. create the frames partitions of this week and the next weeks_ahead (workers.frame_partitions);
+     (steelcore.postgres.frame_images.purge_frame_images);
+  2. create the frames partitions of this week and the next weeks_ahead (steelcore.postgres.partitions);
   3. drop the frames partitions whose whole week is older than settings.frame_retention_days
      (0 = keep forever), with their defects, alarms, feedback and images.
 
@@ -32,7 +32,7 @@ log = logging.getLogger("steel.maintain")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from workers.frame_partitions import WEEKS_AHEAD
+    from steelcore.postgres.partitions import WEEKS_AHEAD
 
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument(
@@ -79,9 +79,9 @@ def maintain_once(settings: Settings, *, weeks_ahead: int, now: datetime | None 
     from sqlalchemy.exc import OperationalError
 
     from steelcore import service_urls
+    from steelcore.postgres import partitions
     from steelcore.postgres.engine import create_db_engine
-    from workers import frame_partitions
-    from workers.frame_images import purge_frame_images
+    from steelcore.postgres.frame_images import purge_frame_images
 
     when = now or datetime.now(UTC)
     try:
@@ -92,7 +92,7 @@ def maintain_once(settings: Settings, *, weeks_ahead: int, now: datetime | None 
     engine = create_db_engine(url)
     try:
         with engine.begin() as conn:
-            if not frame_partitions.is_partitioned(conn):
+            if not partitions.is_partitioned(conn):
                 log.error(
                     "frames is not a partitioned table: migrate first "
                     "(python -m steelcore.postgres.migrate upgrade)"
@@ -102,20 +102,20 @@ def maintain_once(settings: Settings, *, weeks_ahead: int, now: datetime | None 
             engine, older_than=timedelta(days=settings.frame_image_retention_days), now=when
         )
         log.info("purged %d frame image(s) older than %g days", images, settings.frame_image_retention_days)
-        created = frame_partitions.create_ahead(engine, when, weeks_ahead)
+        created = partitions.create_ahead(engine, when, weeks_ahead)
         if created.created:
             log.info("created frames partitions %s", ", ".join(created.created))
         problems = list(created.problems)
         if settings.frame_retention_days > 0:
             cutoff = when - timedelta(days=settings.frame_retention_days)
-            dropped = frame_partitions.drop_before(engine, cutoff)
+            dropped = partitions.drop_before(engine, cutoff)
             log.info(
                 "dropped %d frames partition(s) older than %s%s; %d old frame(s) deleted from %s",
                 len(dropped.dropped),
                 f"{cutoff:%Y-%m-%d %H:%M} UTC",
                 f" ({', '.join(dropped.dropped)})" if dropped.dropped else "",
                 dropped.default_rows_deleted,
-                frame_partitions.DEFAULT_PARTITION,
+                partitions.DEFAULT_PARTITION,
             )
         for problem in problems:
             log.error("%s", problem)

@@ -17,7 +17,7 @@ Design choices a reader should know:
 - ``alarms`` doubles as an outbox: a row with ``published_at IS NULL`` was stored but not yet
   confirmed on the Redis stream, so a relay can publish it after a crash.
 - ``frame_images`` keeps the received image bytes of frames with a defect (the dashboard's
-  overlays and the retraining export need them) for a limited time; see workers.frame_images.
+  overlays and the retraining export need them) for a limited time; see steelcore.postgres.frame_images.
 - All times are ``timestamptz``; callers pass aware datetimes.
 """
 
@@ -212,7 +212,7 @@ feedback = Table(
 IMAGE_ENCODINGS = ("jpeg", "png", "raw")
 
 # The image of each frame with at least one defect, written in the frame's transaction and purged
-# after a retention period (workers.frame_images). Kept apart from ``frames`` so that history
+# after a retention period (steelcore.postgres.frame_images). Kept apart from ``frames`` so that history
 # queries never read image bytes, and so a purge deletes whole rows instead of bloating frames.
 frame_images = Table(
     "frame_images",

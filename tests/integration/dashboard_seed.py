@@ -24,11 +24,12 @@ from sqlalchemy import Engine, insert, select, text
 from steelcore.kaggle_csv import read_labels
 from steelcore.paths import SEVERSTAL_SAMPLE_DIR
 from steelcore.postgres import migrate, schema
+from steelcore.postgres.defect_writes import DefectStore
+from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 from steelcore.rle import decode
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, FRAME_SHAPE
 from workers.alarm_rules import AlarmRule
-from workers.defect_store import AlarmRecord, DefectRecord, DefectStore, FrameRecord
 
 RECENT_PER_CAMERA = 30
 STEP_S = 2.0

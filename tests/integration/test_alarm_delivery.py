@@ -294,9 +294,11 @@ def test_relay_publishes_stale_unpublished_alarms_once_each(
 ) -> None:
     """Only alarms older than the relay's minimum age, only unpublished ones, and not a row another
     relay holds (FOR UPDATE SKIP LOCKED); each relayed alarm reads exactly like a direct one."""
+    from steelcore.frame_message import FrameIdentity
+    from steelcore.postgres.defect_writes import DefectStore
+    from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
     from workers.alarm_relay import AlarmRelay
     from workers.alarm_rules import AlarmRule, alarms_for_frame
-    from workers.defect_store import AlarmRecord, DefectRecord, DefectStore, FrameRecord
     from workers.worker_metrics import WorkerMetrics
 
     now = datetime.now(UTC)
@@ -304,10 +306,10 @@ def test_relay_publishes_stale_unpublished_alarms_once_each(
 
     def frame(frame_id: str, raised_at: datetime, published: bool = False) -> tuple[FrameRecord, list]:
         captured = raised_at - timedelta(milliseconds=300)
+        identity = FrameIdentity(frame_id, "L1", "C1", "K9", 12.5, captured)
         fired = alarms_for_frame(
-            rule, frame_id=frame_id, line_id="L1", camera_id="C1", coil_id="K9", position_m=12.5,
-            captured_at=captured, probabilities=[0.91234, 0.1, 0.1, 0.1], areas_px=[7, 0, 0, 0],
-        )  # fmt: skip
+            rule, identity, probabilities=[0.91234, 0.1, 0.1, 0.1], areas_px=[7, 0, 0, 0]
+        )
         record = FrameRecord(
             frame_id=frame_id, line_id="L1", camera_id="C1", coil_id="K9", position_m=12.5,
             captured_at=captured, received_at=raised_at, model_name="m", model_version="1",

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from steelcore.alarm_message import Alarm
+from steelcore.frame_message import FrameIdentity
 from steelcore.redis.alarm_stream import AlarmStream, TrimResult
 from workers.actuator import RejectActuator, log_reject
 from workers.alarm_rules import AlarmRule, alarms_for_frame
@@ -33,12 +34,7 @@ def stream(redis_url: str) -> AlarmStream:
 def _alarms(frame_id: str) -> list[Alarm]:
     return alarms_for_frame(
         AlarmRule((0.5,) * 4, (1,) * 4),
-        frame_id=frame_id,
-        line_id="L1",
-        camera_id="C1",
-        coil_id="K7",
-        position_m=42.0,
-        captured_at=datetime.now(UTC),
+        FrameIdentity(frame_id, "L1", "C1", "K7", 42.0, datetime.now(UTC)),
         probabilities=[0.9, 0.1, 0.9, 0.1],
         areas_px=[10, 10, 10, 10],
     )

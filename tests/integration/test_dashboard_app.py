@@ -18,8 +18,8 @@ from streamlit.testing.v1 import AppTest
 
 from steelcore.postgres import schema
 from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
+from steelcore.postgres.frame_records import FrameRecord
 from steelcore.severstal import CLASS_NAMES
-from workers.defect_store import FrameRecord
 
 pytestmark = pytest.mark.integration
 

@@ -22,6 +22,7 @@ from dashboard.retraining_export import export_retraining_dataset, image_name, r
 from steelcore import exit_codes
 from steelcore.kaggle_csv import read_labels
 from steelcore.postgres import frame_reads, live_reads, migrate, schema
+from steelcore.postgres.defect_writes import DefectStore
 from steelcore.postgres.engine import (
     DASHBOARD_ROLE,
     FEEDBACK_ROLE,
@@ -31,13 +32,12 @@ from steelcore.postgres.engine import (
     reader_url,
     role_url,
 )
+from steelcore.postgres.frame_images import load_frame_image, purge_frame_images
+from steelcore.postgres.frame_images import main as frame_images_main
 from steelcore.postgres.roles import ensure_dashboard_roles
 from steelcore.postgres.verdicts import FeedbackError, defect_verdicts, record_feedback
 from steelcore.rle import decode
 from steelcore.severstal import CLASS_IDS
-from workers.defect_store import DefectStore
-from workers.frame_images import load_frame_image, purge_frame_images
-from workers.frame_images import main as frame_images_main
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,10 @@ from streamlit.testing.v1 import AppTest
 
 from steelcore.model_agreement import audit_figures, compare_verdicts, mask_agreement
 from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
+from steelcore.postgres.frame_records import FrameRecord
 from steelcore.postgres.model_evidence import read_evidence
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
-from workers.defect_store import FrameRecord
 
 pytestmark = pytest.mark.integration
 

@@ -14,20 +14,13 @@ from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
-from steelcore.postgres import migrate, schema
+from steelcore.postgres import migrate, partitions, schema
+from steelcore.postgres.alarm_outbox import mark_alarms_published, unpublished_alarms
+from steelcore.postgres.defect_writes import SEVERITY_FULL_SCALE, DefectStore
 from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 from steelcore.postgres.roles import READER_ROLE, ensure_roles
 from steelcore.settings import Settings
-from workers import frame_partitions
-from workers.defect_store import (
-    SEVERITY_FULL_SCALE,
-    AlarmRecord,
-    DefectRecord,
-    DefectStore,
-    FrameRecord,
-    mark_alarms_published,
-    unpublished_alarms,
-)
 
 pytestmark = pytest.mark.integration
 
@@ -109,17 +102,17 @@ def test_upgrade_builds_the_declared_schema_and_is_repeatable(blank_db_url: str)
     try:
         with eng.connect() as conn:
             # The partitions of frames are made by the migration and `steel maintain`, not declared.
-            partitions = {p.name for p in frame_partitions.partitions(conn)}
-            assert "frames_default" in partitions and len(partitions) > 1
+            partition_names = {p.name for p in partitions.partitions(conn)}
+            assert "frames_default" in partition_names and len(partition_names) > 1
 
             def declared(name: str | None, type_: str, _parents: object) -> bool:
-                return not (type_ == "table" and name in partitions)
+                return not (type_ == "table" and name in partition_names)
 
             def not_a_clone(obj: object, _name: object, type_: str, _reflected: bool, _to: object) -> bool:
                 # Postgres keeps a copy of a foreign key to a partitioned table for each partition.
                 referred = getattr(obj, "referred_table", None)
                 return not (
-                    type_ == "foreign_key_constraint" and getattr(referred, "name", None) in partitions
+                    type_ == "foreign_key_constraint" and getattr(referred, "name", None) in partition_names
                 )
 
             opts = {"include_name": declared, "include_object": not_a_clone}
@@ -127,7 +120,7 @@ def test_upgrade_builds_the_declared_schema_and_is_repeatable(blank_db_url: str)
                 conn, opts={"compare_type": True, "compare_server_default": True, **opts}
             )
             assert compare_metadata(context, schema.metadata) == []
-            names = set(inspect(conn).get_table_names()) - partitions
+            names = set(inspect(conn).get_table_names()) - partition_names
         assert names == {t.name for t in schema.TABLES} | {"alembic_version"}
     finally:
         eng.dispose()

@@ -11,12 +11,12 @@ from scratch_db import scratch_database
 from sqlalchemy import Engine, text
 
 from steelcore import exit_codes
-from steelcore.postgres import migrate
+from steelcore.postgres import migrate, partitions
+from steelcore.postgres.defect_writes import DefectStore
 from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 from steelcore.postgres.roles import WORKER_ROLE, ensure_roles
 from steelcore.settings import Settings
-from workers import frame_partitions
-from workers.defect_store import AlarmRecord, DefectRecord, DefectStore, FrameRecord
 from workers.maintain import maintain_once
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def count(engine: Engine, table: str) -> int:
 
 def test_frames_land_in_their_week_and_a_hostile_timestamp_in_the_default(engine: Engine) -> None:
     store = DefectStore(engine)
-    this_week = frame_partitions.week_start(NOW)
+    this_week = partitions.week_start(NOW)
     result = store.write_batch(
         [
             frame("now", NOW),
@@ -74,7 +74,7 @@ def test_frames_land_in_their_week_and_a_hostile_timestamp_in_the_default(engine
         ]
     )
     assert sorted(result.new_frame_ids) == ["epoch", "future", "now"]
-    assert partition_of(engine, "now") == [frame_partitions.partition_name(this_week)]
+    assert partition_of(engine, "now") == [partitions.partition_name(this_week)]
     assert partition_of(engine, "future") == ["frames_default"]
     assert partition_of(engine, "epoch") == ["frames_default"]
 
@@ -92,16 +92,16 @@ def test_maintain_drops_old_weeks_with_their_rows_and_keeps_newer_ones(engine: E
     old, recent = NOW - timedelta(days=60), NOW - timedelta(days=3)
     settings = Settings(postgres_url=db_url, frame_retention_days=30, frame_image_retention_days=14)
     # A partition for the old week, as an earlier maintenance run would have made it.
-    assert not frame_partitions.create_ahead(engine, old, weeks_ahead=0).problems
+    assert not partitions.create_ahead(engine, old, weeks_ahead=0).problems
     DefectStore(engine).write_batch(
         [frame("old", old), frame("recent", recent), frame("old-clean", old, defect=False)]
     )
-    old_partition = frame_partitions.partition_name(frame_partitions.week_start(old))
+    old_partition = partitions.partition_name(partitions.week_start(old))
     assert partition_of(engine, "old") == [old_partition]
 
     assert maintain_once(settings, weeks_ahead=2, now=NOW) == exit_codes.OK
     with engine.connect() as conn:
-        names = {p.name for p in frame_partitions.partitions(conn)}
+        names = {p.name for p in partitions.partitions(conn)}
         ids = set(conn.execute(text("SELECT frame_id FROM frames")).scalars())
         defect_frames = set(conn.execute(text("SELECT frame_id FROM defects")).scalars())
         alarm_frames = set(conn.execute(text("SELECT frame_id FROM alarms")).scalars())
@@ -112,7 +112,7 @@ def test_maintain_drops_old_weeks_with_their_rows_and_keeps_newer_ones(engine: E
     # This week and the two after it exist.
     for k in range(3):
         assert (
-            frame_partitions.partition_name(frame_partitions.week_start(NOW) + k * frame_partitions.WEEK)
+            partitions.partition_name(partitions.week_start(NOW) + k * partitions.WEEK)
             in names
         )
     assert maintain_once(settings, weeks_ahead=2, now=NOW) == exit_codes.OK  # a second run: nothing to do
@@ -120,7 +120,7 @@ def test_maintain_drops_old_weeks_with_their_rows_and_keeps_newer_ones(engine: E
 
 def test_retention_zero_keeps_everything(engine: Engine, db_url: str) -> None:
     old = NOW - timedelta(days=900)
-    frame_partitions.create_ahead(engine, old, weeks_ahead=0)
+    partitions.create_ahead(engine, old, weeks_ahead=0)
     DefectStore(engine).write_batch([frame("ancient", old, defect=False)])
     settings = Settings(postgres_url=db_url, frame_retention_days=0)
     assert maintain_once(settings, weeks_ahead=0, now=NOW) == exit_codes.OK
@@ -128,23 +128,23 @@ def test_retention_zero_keeps_everything(engine: Engine, db_url: str) -> None:
 
 
 def test_a_week_already_in_the_default_partition_is_reported_not_lost(engine: Engine, db_url: str) -> None:
-    far = frame_partitions.week_start(NOW) + 10 * frame_partitions.WEEK
+    far = partitions.week_start(NOW) + 10 * partitions.WEEK
     DefectStore(engine).write_batch([frame("early", far + timedelta(hours=1), defect=False)])
     settings = Settings(postgres_url=db_url, frame_retention_days=0)
     assert maintain_once(settings, weeks_ahead=12, now=NOW) == exit_codes.FAILURE
     assert partition_of(engine, "early") == ["frames_default"]
     with engine.connect() as conn:
-        names = {p.name for p in frame_partitions.partitions(conn)}
-    assert frame_partitions.partition_name(far) not in names
-    assert frame_partitions.partition_name(far + frame_partitions.WEEK) in names  # the others were made
+        names = {p.name for p in partitions.partitions(conn)}
+    assert partitions.partition_name(far) not in names
+    assert partitions.partition_name(far + partitions.WEEK) in names  # the others were made
 
 
 def test_the_worker_login_inserts_into_partitions_made_after_its_grants(engine: Engine, db_url: str) -> None:
     from steelcore.postgres.engine import role_url
 
     ensure_roles(db_url)
-    later = frame_partitions.week_start(NOW) + 8 * frame_partitions.WEEK
-    assert frame_partitions.create_ahead(engine, later, weeks_ahead=0).created  # after the grants
+    later = partitions.week_start(NOW) + 8 * partitions.WEEK
+    assert partitions.create_ahead(engine, later, weeks_ahead=0).created  # after the grants
     worker = create_db_engine(role_url(db_url, WORKER_ROLE))
     try:
         assert DefectStore(worker).write_batch([frame("w1", later + timedelta(hours=2))]).new_frame_ids == (
@@ -152,7 +152,7 @@ def test_the_worker_login_inserts_into_partitions_made_after_its_grants(engine: 
         )
     finally:
         worker.dispose()
-    assert partition_of(engine, "w1") == [frame_partitions.partition_name(later)]
+    assert partition_of(engine, "w1") == [partitions.partition_name(later)]
 
 
 def test_the_worker_login_keeps_its_grants_through_the_upgrade(db_url: str) -> None:
@@ -216,7 +216,7 @@ def test_existing_rows_survive_the_upgrade_and_the_downgrade(db_url: str) -> Non
                 )
         migrate.upgrade(db_url)
         assert partition_of(eng, "a") == [
-            frame_partitions.partition_name(frame_partitions.week_start(NOW - timedelta(days=20)))
+            partitions.partition_name(partitions.week_start(NOW - timedelta(days=20)))
         ]
         assert partition_of(eng, "c") == ["frames_default"]  # older than the weeks the migration partitions
         assert count(eng, "frames") == 3 and count(eng, "defects") == 3 and count(eng, "frame_images") == 3

@@ -29,11 +29,12 @@ from steelcore.postgres.defect_history import (
     explain_plan,
     query_defects,
 )
+from steelcore.postgres.defect_writes import DefectStore
 from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.frame_records import DefectRecord, FrameRecord
 from steelcore.settings import Settings
 from steelcore.severstal import FRAME_SHAPE
 from workers import query_cli
-from workers.defect_store import DefectRecord, DefectStore, FrameRecord
 
 pytestmark = pytest.mark.integration
 

@@ -29,6 +29,8 @@ from sqlalchemy.exc import DBAPIError
 
 from steelcore import exit_codes
 from steelcore.postgres import migrate, schema
+from steelcore.postgres.alarm_outbox import mark_alarms_published
+from steelcore.postgres.defect_writes import DefectStore
 from steelcore.postgres.engine import (
     DASHBOARD_ROLE,
     READ_STATEMENT_TIMEOUT_MS,
@@ -36,10 +38,8 @@ from steelcore.postgres.engine import (
     open_reader,
     role_url,
 )
-from steelcore.postgres.roles import WORKER_ROLE, WRITER_ROLE, ensure_dashboard_roles, ensure_roles
-from steelcore.postgres.alarm_outbox import mark_alarms_published
-from steelcore.postgres.defect_writes import DefectStore
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
+from steelcore.postgres.roles import WORKER_ROLE, WRITER_ROLE, ensure_dashboard_roles, ensure_roles
 
 pytestmark = pytest.mark.integration
 

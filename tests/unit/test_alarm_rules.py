@@ -7,24 +7,16 @@ from datetime import UTC, datetime
 import pytest
 
 from steelcore.alarm_message import Alarm
+from steelcore.frame_message import FrameIdentity
 from steelcore.settings import Settings
-from workers.alarm_rules import AlarmRule, alarm_id_for, alarms_for_frame
+from workers.alarm_rules import AlarmRule, alarm_key_for, alarms_for_frame
 
 RULE = AlarmRule(min_probability=(0.5, 0.6, 0.7, 0.8), min_area_px=(10, 20, 30, 40))
 
 
 def _alarms(probs: list[float], areas: list[int]) -> list[Alarm]:
-    return alarms_for_frame(
-        RULE,
-        frame_id="F1",
-        line_id="L1",
-        camera_id="C1",
-        coil_id="K1",
-        position_m=3.25,
-        captured_at=datetime(2026, 11, 26, tzinfo=UTC),
-        probabilities=probs,
-        areas_px=areas,
-    )
+    identity = FrameIdentity("F1", "L1", "C1", "K1", 3.25, datetime(2026, 11, 26, tzinfo=UTC))
+    return alarms_for_frame(RULE, identity, probabilities=probs, areas_px=areas)
 
 
 @pytest.mark.parametrize(

@@ -21,17 +21,18 @@ from dashboard.overlays import MISSING_IMAGE_GREY, blank_frame, class_colour_hex
 from stack.model_lifecycle import VERSIONED_MODELS as VERSIONED
 from stack.service import free_port
 from steelcore import exit_codes
+from steelcore.postgres.frame_images import (
+    decode_image_bytes,
+    image_encoding,
+    retention_days,
+)
 from steelcore.postgres.engine import DASHBOARD_ROLE, role_url
 from steelcore.postgres.frame_reads import StripMark
 from steelcore.postgres.live_reads import CameraRate
 from steelcore.rle import encode
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_COLOURS_RGB
-from workers.frame_images import (
-    decode_image_bytes,
-    image_encoding,
-    retention_days,
-)
+from steelcore.triton.model_names import VERSIONED_MODELS as VERSIONED
 
 
 def _settings(**values: object) -> DashboardSettings:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from steelcore import rle
-from workers.defect_store import SEVERITY_FULL_SCALE, AlarmRecord, DefectRecord, FrameRecord, severity
+from steelcore.postgres.defect_writes import SEVERITY_FULL_SCALE, severity
+from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 

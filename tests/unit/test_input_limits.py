@@ -30,8 +30,8 @@ from steelcore.frame_message import (
 )
 from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, DeadLetterProducer
 from steelcore.postgres.defect_history import DefectFilters
+from steelcore.postgres.frame_records import DefectRecord, FrameRecord, max_rle_chars
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
-from workers.defect_store import DefectRecord, FrameRecord, max_rle_chars
 from workers.frame_batch import Rejected, ValidFrame, validate_message
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

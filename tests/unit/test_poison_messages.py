@@ -36,9 +36,9 @@ from steelcore.frame_message import (
     encode_image,
 )
 from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, FALLBACK_VALUE_BYTES, DeadLetterProducer
+from steelcore.postgres.defect_writes import _image_row
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from workers.alarm_rules import AlarmRule
-from steelcore.postgres.defect_writes import _image_row
 from workers.frame_batch import Rejected, ValidFrame, build_records, validate_message
 from workers.triton_client import EnsembleResult
 

@@ -16,11 +16,10 @@ from pydantic import SecretStr
 from dashboard import prepare_database
 from dashboard.config import DashboardSettings
 from steelcore import exit_codes
-from steelcore.postgres import migrate
+from steelcore.postgres import frame_images, migrate
 from steelcore.postgres.engine import cli_database_url, feedback_url, reader_url
 from steelcore.service_urls import postgres_url, redis_url
 from steelcore.settings import Settings, reveal
-from workers import frame_images
 
 PASSWORD = "pw-Xq81-never-shown"
 URL_SETTINGS = {

@@ -31,11 +31,14 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("steelcore/postgres/engine.py", "_read_only"): "SET takes no parameters; the timeout is a constant int",
     ("steelcore/postgres/defect_history.py", "explain_plan"): "EXPLAIN of a compiled Core statement; "
     "values stay bound",
+    ("steelcore/postgres/storage_sizes.py", "table_sizes"): "table names checked against the schema's "
+    "tables; size functions take no parameter for a name",
     ("benchmarks/queries_bench.py", "_scratch_database"): "a generated database name (uuid), never input",
-    ("benchmarks/queries_seed.py", "<module>"): "seed statements from the module's integer constants",
-    ("workers/frame_partitions.py", "create_ahead"): "partition names and bounds from the code's own "
+    ("steelcore/postgres/synthetic_history.py", "<module>"): "seed statements from the module's integer "
+    "constants",
+    ("steelcore/postgres/partitions.py", "create_ahead"): "partition names and bounds from the code's own "
     "dates, the lock timeout a constant; DDL takes no parameters",
-    ("workers/frame_partitions.py", "drop_before"): "partition names read from the catalog; DDL takes "
+    ("steelcore/postgres/partitions.py", "drop_before"): "partition names read from the catalog; DDL takes "
     "no parameters; values stay bound",
     (_MIGRATION_0004, "_create_week"): "partition names and "
     "bounds from the migration's own dates; DDL takes no parameters",

@@ -19,10 +19,10 @@ from sqlalchemy.exc import OperationalError
 from steelcore import rle
 from steelcore.frame_message import FrameHeader, decode_frame, encode_frame, encode_image
 from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, dead_letter_headers
+from steelcore.postgres.frame_records import FrameRecord, StoreResult
 from steelcore.settings import Settings
 from workers.alarm_rules import AlarmRule
 from workers.backoff import Backoff
-from steelcore.postgres.frame_records import FrameRecord, StoreResult
 from workers.frame_batch import (
     Rejected,
     ValidFrame,

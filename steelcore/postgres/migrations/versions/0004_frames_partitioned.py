@@ -1,6 +1,6 @@
 """frames partitioned by RANGE (captured_at), one partition per UTC week, plus a DEFAULT partition.
 
-Why weekly: retention (``steel maintain``, workers.frame_partitions) drops whole partitions, so a week
+Why weekly: retention (``steel maintain``, steelcore.postgres.partitions) drops whole partitions, so a week
 is the granularity at which old frames go, which is fine against a retention of months. Daily
 partitions would give 365 of them for a year: every lookup by frame_id alone (the dashboard's
 overlays, joins from defects) probes each partition's index, and the planner's cost grows with
@@ -46,7 +46,7 @@ down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Written out here, not imported from workers.frame_partitions, so later changes there never change
+# Written out here, not imported from steelcore.postgres.partitions, so later changes there never change
 # what this revision did; maintain recognises partitions by their bounds, not their names.
 WEEKS_AHEAD = 4
 MIGRATION_WEEKS_BACK = 3 * 53  # weeks of existing rows that get partitions of their own

@@ -5,13 +5,13 @@ Policy (the dashboard's overlays and the retraining export depend on it):
   (JPEG as received, never re-encoded; PNG or raw pixels when a camera sends those), under the
   encoding the frame header declared;
 - where: ``frame_images`` (steelcore.postgres.schema), one row per frame, written by
-  workers.defect_store.DefectStore in the same transaction as the frame, so a stored defect never
-  lacks its image and a redelivered frame adds no second copy;
+  steelcore.postgres.defect_writes.DefectStore in the same transaction as the frame, so a stored
+  defect never lacks its image and a redelivered frame adds no second copy;
 - how long: ``retention_days(settings)`` days after it was stored, then ``purge_frame_images``
   deletes it (the frame, its defects and feedback stay). A 60 KB JPEG per defective frame at
   5 defective frames/s is about 26 GB per day: size the retention to the disk.
 
-    python -m workers.frame_images purge [--days N]     # the database of STEEL_POSTGRES_URL
+    python -m steelcore.postgres.frame_images purge [--days N]   # the database of STEEL_POSTGRES_URL
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def stored_image_bytes(engine: Engine) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m workers.frame_images", description=__doc__.split("\n")[0]
+        prog="python -m steelcore.postgres.frame_images", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="action", required=True)
     purge = sub.add_parser("purge", help="delete frame images older than the retention period")
