@@ -40,7 +40,7 @@ class BlankInference:
     """Answers 'no defect' for every frame at once."""
 
     def infer_async(self, frames: np.ndarray) -> Future[Any]:
-        from workers.triton_client import EnsembleResult
+        from steelcore.triton.inference_result import EnsembleResult
 
         n = len(frames)
         future: Future[Any] = Future()
@@ -99,7 +99,8 @@ def run_case(
     from stack.service import free_port
     from steelcore.service_urls import write_stack
     from steelcore.settings import Settings
-    from workers.inference_worker import InferenceWorker, WorkerConfig
+    from workers.worker_config import WorkerConfig
+    from workers.worker_loop import InferenceWorker
 
     with tempfile.TemporaryDirectory(prefix="steel-bench-broker-") as tmp:
         run_dir = Path(tmp)
@@ -177,7 +178,7 @@ def run_case(
 
 
 def _sample(began: float, rss: int | None, producer: Any, worker: Any) -> dict[str, Any]:
-    from workers.worker_metrics import FRAMES_TOTAL
+    from steelcore.worker_metrics import FRAMES_TOTAL
 
     stats = producer.stats
     return {

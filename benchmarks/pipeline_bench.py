@@ -232,7 +232,7 @@ def steady_latencies(engine: Any, line: str, settings: Any, stream: str) -> dict
 
 
 def scrape_stages(urls: Sequence[str]) -> dict[str, dict[str, float]]:
-    from workers.worker_metrics import STAGE_SECONDS, parse_metrics
+    from steelcore.worker_metrics import STAGE_SECONDS, parse_metrics
 
     out: dict[str, dict[str, float]] = {}
     for url in urls:
@@ -250,7 +250,7 @@ def ensemble_alone(settings: Any, concurrency: int, args: argparse.Namespace) ->
     """``steel bench triton``'s closed loop on the stack's Triton: worker-sized batches, W callers."""
     from benchmarks.closed_loop import batches_of, closed_loop, synthetic_frames
     from steelcore.service_urls import triton_url
-    from workers.triton_client import TritonEnsembleClient
+    from steelcore.triton.ensemble_client import TritonEnsembleClient
 
     frames, _clean = synthetic_frames(0, 16)
     batches = batches_of(frames, args.batch_size, args.frames)

@@ -118,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from steelcore.settings import get_settings
+    from steelcore.triton.ensemble_client import TritonEnsembleClient
+    from steelcore.triton.exceptions import TritonClientError
     from training.model_bundle import resolve_bundle_path
-    from workers.triton_client import TritonClientError, TritonEnsembleClient
 
     if args.frames < 1 or args.frames_per_case < 1:
         raise ValueError("--frames and --frames-per-case must be positive")

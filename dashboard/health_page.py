@@ -26,10 +26,10 @@ def _probes(_config: DashboardSettings, key: str) -> tuple:
     # Probes can each wait PROBE_TIMEOUT_S for a dead service: cache them across sessions.
     return (
         service_health.service_status(_config),
-        service_health.triton_model_versions(_config),
+        triton_model_versions(_config, service_health.PROBE_TIMEOUT_S),
         service_health.alarm_backlog(_config),
         service_health.scrape_workers(_config.dashboard_worker_metrics_urls),
-        service_health.triton_repository_index(_config),
+        triton_repository_index(_config, service_health.PROBE_TIMEOUT_S),
     )
 
 

@@ -13,12 +13,12 @@ import streamlit as st
 from sqlalchemy import Engine
 
 from dashboard.inspection_feed import read_feed
-from stack.model_lifecycle import VERSIONED_MODELS
 from steelcore import model_agreement as ma
 from steelcore.postgres import model_evidence
 from steelcore.postgres.model_registry import Roles, read_roles
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
+from steelcore.triton.model_names import VERSIONED_MODELS
 
 AUDIT_ROWS = 50
 # Newest shadowed frames the figures are computed over: a bound on the page's work per refresh

@@ -24,8 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from stack.service import Health
+from steelcore import worker_metrics
 from steelcore.settings import Settings
-from workers import worker_metrics
 
 PROBE_TIMEOUT_S = 2.0
 # Worker metrics shown on the health page.
@@ -97,68 +97,6 @@ def service_status(settings: Settings) -> list[Health]:
         return EmbeddedStack(settings).status()
     except Exception as exc:  # a damaged stack.json: report it in place of the table
         return [Health("stack", up=False, url=None, detail=f"{type(exc).__name__}: {exc}")]
-
-
-def triton_model_versions(settings: Settings) -> tuple[list[str] | None, str | None]:
-    """(versions Triton serves of settings.triton_model, error). Over HTTP when an HTTP address is
-    known (the embedded server records one), else over gRPC."""
-    from steelcore.service_urls import ServiceUnavailableError, read_stack, resolve_url
-
-    model = settings.triton_model
-    try:
-        record = read_stack(settings.run_dir).get("triton", {}) if not settings.triton_url else {}
-        http_url = record.get("http_url") or (
-            resolve_url("triton", settings) if settings.triton_protocol == "http" else None
-        )
-        if http_url:
-            with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}", timeout=PROBE_TIMEOUT_S) as r:
-                return [str(v) for v in json.loads(r.read()).get("versions", [])], None
-        import tritonclient.grpc as grpcclient
-
-        client = grpcclient.InferenceServerClient(resolve_url("triton", settings))
-        try:
-            meta = client.get_model_metadata(model, client_timeout=PROBE_TIMEOUT_S)
-        finally:
-            client.close()
-        return [str(v) for v in meta.versions], None
-    except ServiceUnavailableError as exc:
-        return None, str(exc)
-    except Exception as exc:  # down, not ready, or no such model: all shown as text
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-def triton_repository_index(settings: Settings) -> tuple[list[dict[str, str]] | None, str | None]:
-    """(Triton's repository index: one {name, version, state, reason} per model version it knows,
-    error). Over HTTP when an HTTP address is known, else over gRPC, as triton_model_versions."""
-    from steelcore.service_urls import ServiceUnavailableError, read_stack, resolve_url
-
-    try:
-        record = read_stack(settings.run_dir).get("triton", {}) if not settings.triton_url else {}
-        http_url = record.get("http_url") or (
-            resolve_url("triton", settings) if settings.triton_protocol == "http" else None
-        )
-        if http_url:
-            request = urllib.request.Request(
-                f"http://{http_url}/v2/repository/index", data=b"{}", method="POST"
-            )
-            with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as r:
-                rows = json.loads(r.read())
-        else:
-            import tritonclient.grpc as grpcclient
-
-            client = grpcclient.InferenceServerClient(resolve_url("triton", settings))
-            try:
-                rows = client.get_model_repository_index(as_json=True, client_timeout=PROBE_TIMEOUT_S)
-            finally:
-                client.close()
-            rows = rows.get("models", [])
-        return [
-            {k: str(row.get(k, "")) for k in ("name", "version", "state", "reason")} for row in rows
-        ], None
-    except ServiceUnavailableError as exc:
-        return None, str(exc)
-    except Exception as exc:  # down or unreachable: shown as text
-        return None, f"{type(exc).__name__}: {exc}"
 
 
 def alarm_backlog(settings: Settings) -> StreamBacklog:

@@ -140,7 +140,7 @@ def measure_capacity(settings: Any, workers: int, batch: int, seconds: float = P
 
     from producers.synthetic_camera import SyntheticCamera
     from steelcore.service_urls import triton_url
-    from workers.triton_client import TritonEnsembleClient
+    from steelcore.triton.ensemble_client import TritonEnsembleClient
 
     camera = SyntheticCamera(seed=0)
     frames = np.stack([camera.frame(i).image for i in range(min(batch, PROBE_FRAMES))])

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from stack.demo_truth import TruthReader
+from steelcore import worker_metrics
 from steelcore.redis.alarm_stream import AlarmStream
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
-from workers import worker_metrics
-from workers.worker_metrics import parse_metrics
+from steelcore.worker_metrics import parse_metrics
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -43,13 +43,17 @@ from steelcore.postgres.model_registry import Roles, read_roles, version_bundles
 from steelcore.postgres.schema import model_audit, model_roles, model_versions
 from steelcore.settings import Settings, get_settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.triton.exceptions import TritonUnavailableError
+from steelcore.triton.model_names import (
+    CASCADE,
+    CLASSIFIER,
+    ENSEMBLE,
+    VERSIONED_MODELS,
+)
+from steelcore.triton.repository import ModelControl, error_reason, model_control
 
 log = logging.getLogger(__name__)
 
-# Names as training.triton_export writes them (not imported: that module imports torch).
-CLASSIFIER, SEGMENTER, POSTPROCESS, CASCADE = "classifier", "segmenter", "postprocess", "steel_cascade"
-ENSEMBLE = "steel_ensemble"
-VERSIONED_MODELS: tuple[str, ...] = (CLASSIFIER, SEGMENTER, POSTPROCESS, CASCADE)
 MANIFEST = "repository.json"
 CONFIG = "config.pbtxt"
 # Any constant serialises the lifecycle commands; this one reads "steel models" in ASCII.
@@ -185,33 +189,12 @@ def check_compatible(candidate: BundleSignature, production: BundleSignature) ->
 
 
 # --- Triton model control ---------------------------------------------------------------------------
-class ModelControl(Protocol):
-    def load_model(self, model_name: str) -> None: ...
-
-    def unload_model(self, model_name: str) -> None: ...
-
-
 def triton_control(url: str, protocol: str = "http") -> ModelControl:
-    """A tritonclient for the model control API (explicit mode) at ``url`` (host:port)."""
-    if protocol == "grpc":
-        import tritonclient.grpc as client_module
-    else:
-        import tritonclient.http as client_module  # type: ignore[no-redef]
+    """Triton's model control API at ``url``; TritonUnreachable (exit UNAVAILABLE) when not live."""
     try:
-        client = client_module.InferenceServerClient(url)
-        if not client.is_server_live():
-            raise TritonUnreachable(f"Triton at {url} is not live")
-    except TritonUnreachable:
-        raise
-    except Exception as exc:  # connection refused and friends come in several types
-        raise TritonUnreachable(f"Triton at {url} cannot be reached: {exc}") from exc
-    return client
-
-
-def _triton_reason(exc: BaseException) -> str:
-    message = getattr(exc, "message", None)
-    text = message() if callable(message) else str(exc)
-    return text.strip() or type(exc).__name__
+        return model_control(url, protocol)
+    except TritonUnavailableError as exc:
+        raise TritonUnreachable(str(exc)) from exc
 
 
 # --- the serving repository -------------------------------------------------------------------------
@@ -315,14 +298,14 @@ class Lifecycle:
                 self.triton.load_model(model)
                 done.append(model)
         except Exception as exc:
-            reason = _triton_reason(exc)
+            reason = error_reason(exc)
             log.warning("loading %s failed (%s): restoring the previous configuration", model, reason)
             self._write_configs({m: before[m] for m in changed})
             for restored in [m for m in order if m in done or m == model]:
                 try:
                     self.triton.load_model(restored)
                 except Exception as again:  # keep going: the others must be restored too
-                    log.error("restoring %s failed: %s", restored, _triton_reason(again))
+                    log.error("restoring %s failed: %s", restored, error_reason(again))
             if isinstance(exc, ConnectionError | OSError):
                 raise TritonUnreachable(f"Triton: {reason}") from exc
             raise LoadFailed(f"Triton did not load {model}: {reason}") from exc

@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 
 from steelcore.errors import SteelError
+from steelcore.triton.exceptions import TritonUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,9 @@ class TritonError(SteelError, RuntimeError):
     """The embedded Triton server failed to start or stopped unexpectedly."""
 
 
-class EmbeddedTritonUnavailableError(TritonError):
-    """The embedded server cannot run on this machine (binary, libraries or stub missing)."""
+class EmbeddedTritonUnavailableError(TritonError, TritonUnavailableError):
+    """The embedded server cannot run on this machine (binary, libraries or stub missing): no Triton
+    to talk to, the same verdict as an unreachable external one (steelcore.triton.exceptions)."""
 
 
 def _external_hint() -> str:

@@ -16,6 +16,16 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.triton.inference_result import VERSION_OUTPUT
+from steelcore.triton.model_names import (
+    CASCADE,
+    CLASSIFIER,
+    ENSEMBLE,
+    MODELS,
+    POSTPROCESS,
+    SEGMENTER,
+    VERSIONED_MODELS,
+)
 
 Format = Literal["torchscript", "onnx", "openvino"]
 Kind = Literal["cpu", "gpu"]
@@ -24,17 +34,7 @@ FORMATS: tuple[str, ...] = ("torchscript", "onnx", "openvino")
 PYTHON_NETWORK_FORMATS: tuple[str, ...] = ("torchscript", "openvino")
 KINDS: tuple[str, ...] = ("cpu", "gpu")
 
-ENSEMBLE = "steel_ensemble"
-CASCADE = "steel_cascade"
-CLASSIFIER = "classifier"
-SEGMENTER = "segmenter"
-POSTPROCESS = "postprocess"
-MODELS: tuple[str, ...] = (CLASSIFIER, SEGMENTER, POSTPROCESS, ENSEMBLE, CASCADE)
 VERSION = "1"
-# The output naming the version that judged each frame: INT32 [B, 1].
-VERSION_OUTPUT = "MODEL_VERSION"
-# The models that hold one version per registered bundle (not the ensemble, which has one version).
-VERSIONED_MODELS: tuple[str, ...] = (CLASSIFIER, SEGMENTER, POSTPROCESS, CASCADE)
 TORCHSCRIPT_FILES = {CLASSIFIER: "classifier.pt", SEGMENTER: "segmenter.pt"}
 ONNX_FILE = "model.onnx"  # the onnxruntime backend's default file name
 

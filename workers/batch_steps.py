@@ -49,7 +49,6 @@ from steelcore.triton.inference_result import EnsembleResult
 from workers.frame_batch import Batch, Rejected, ValidFrame, build_records, next_offsets, validate_message
 from workers.postgres_store import is_db_outage, is_refused_row, merge_store_results
 from workers.shadow_runner import ShadowRunner
-from workers.triton_client import EnsembleResult, TritonClientError
 from workers.worker_errors import DeadLetterError, Outage, is_kafka_step_outage
 
 log = logging.getLogger("steel.worker")
@@ -70,8 +69,8 @@ class BatchSteps:
 
     def _shadow_runner(self, engine: Any) -> ShadowRunner | None:
         """A runner asking the cascade of the worker's own Triton; None with injected inference."""
+        from steelcore.triton.ensemble_client import TritonEnsembleClient
         from workers.shadow_runner import SHADOW_MODEL, write_shadow_results
-        from workers.triton_client import TritonEnsembleClient
 
         if not isinstance(self.inference, TritonEnsembleClient):
             return None

@@ -18,6 +18,7 @@ from steelcore.alarm_message import Alarm
 from steelcore.frame_message import FrameHeader, FrameMessageError, decode_frame, decode_image
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord, StoreResult, mask_box
 from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH, NUM_CLASSES
+from steelcore.triton.inference_result import EnsembleResult
 from workers.alarm_rules import AlarmRule, alarms_for_frame
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
 from steelcore.postgres.schema import shadow_results
+from steelcore.triton.inference_result import EnsembleResult
 from workers.frame_batch import ValidFrame
-from workers.triton_client import EnsembleResult
 from workers.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ class WorkerWiring:
         self.metrics.serve(self.config.metrics_port, addr=s.worker_metrics_address, probes=self.probes)
         self._embedded_kafka = service_urls.is_embedded("kafka", s)
         if self.inference is None:
-            from workers.triton_client import TritonEnsembleClient
+            from steelcore.triton.ensemble_client import TritonEnsembleClient
 
             client = TritonEnsembleClient(
                 service_urls.triton_url(s), s.triton_protocol, s.triton_model, s.triton_timeout_s

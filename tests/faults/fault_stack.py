@@ -45,8 +45,8 @@ from steelcore.postgres.engine import create_db_engine, sqlalchemy_url
 from steelcore.redis.connection import alarm_stream_from_settings
 from steelcore.service_urls import write_stack
 from steelcore.settings import Settings, reveal
+from steelcore.worker_metrics import ERRORS_TOTAL, FRAMES_TOTAL, parse_metrics
 from workers.actuator import RejectActuator, log_reject
-from workers.worker_metrics import ERRORS_TOTAL, FRAMES_TOTAL, parse_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DB_SECRET = "fault-db-secret-7Hq2xV"

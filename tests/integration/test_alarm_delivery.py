@@ -22,7 +22,7 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from scratch_db import scratch_database
+from steelcore.postgres.scratch import scratch_database
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from worker_thread import WorkerThread
@@ -39,8 +39,8 @@ from steelcore.redis.alarm_stream import AlarmStream
 from steelcore.redis.connection import alarm_stream_from_settings
 from steelcore.service_urls import write_stack
 from steelcore.settings import Settings
+from steelcore.triton.inference_result import EnsembleResult
 from workers.actuator import RejectActuator, log_reject
-from workers.triton_client import EnsembleResult
 from workers.worker_config import WorkerConfig
 from workers.worker_errors import BatchAbandonedError
 

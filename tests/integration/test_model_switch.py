@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from scratch_db import scratch_database
+from steelcore.postgres.scratch import scratch_database
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -43,7 +43,7 @@ from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.model_registry import read_roles, shadow_pick
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
-from workers.triton_client import TritonEnsembleClient
+from steelcore.triton.ensemble_client import TritonEnsembleClient
 from workers.worker_config import WorkerConfig
 from workers.worker_loop import InferenceWorker
 

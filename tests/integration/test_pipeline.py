@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from scratch_db import scratch_database
+from steelcore.postgres.scratch import scratch_database
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -47,7 +47,7 @@ from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
-from workers.triton_client import TritonEnsembleClient
+from steelcore.triton.ensemble_client import TritonEnsembleClient
 from workers.worker_config import WorkerConfig
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from scratch_db import scratch_database
+from steelcore.postgres.scratch import scratch_database
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -42,7 +42,7 @@ from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
 from steelcore.settings import Settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
-from workers.triton_client import EnsembleResult
+from steelcore.triton.inference_result import EnsembleResult
 from workers.worker_config import WorkerConfig
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from scratch_db import scratch_database
+from steelcore.postgres.scratch import scratch_database
 from sqlalchemy import text
 from worker_thread import WorkerThread
 
@@ -29,7 +29,7 @@ from steelcore.kafka.topic_rotation import bucket_number, is_closed
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
 from steelcore.settings import Settings, reveal
-from workers.triton_client import EnsembleResult
+from steelcore.triton.inference_result import EnsembleResult
 from workers.worker_config import WorkerConfig
 
 pytestmark = pytest.mark.integration

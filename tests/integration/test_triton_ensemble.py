@@ -29,11 +29,11 @@ from stack.triton_server import TritonServer
 from steelcore.kaggle_csv import read_labels
 from steelcore.postprocess import apply_postprocess, class_areas
 from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.triton.ensemble_client import TritonEnsembleClient
 from training.inference import predict_probs
 from training.model_bundle import PostprocessParams, load_bundle, save_bundle
 from training.predict import predict_submission
 from training.triton_export import write_repository
-from workers.triton_client import TritonEnsembleClient
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,10 @@ from stack.triton_server import TritonServer
 from steelcore.postprocess import apply_postprocess, class_areas
 from steelcore.rle import encode_stack
 from steelcore.severstal import CLASS_IDS
+from steelcore.triton.ensemble_client import TritonEnsembleClient
 from training.inference import predict_probs
 from training.model_bundle import PostprocessParams, load_bundle, save_bundle
 from training.triton_export import ServingLayout, write_repository
-from workers.triton_client import TritonEnsembleClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.openvino]
 pytest.importorskip("openvino")

@@ -18,15 +18,14 @@ from pydantic import SecretStr
 from dashboard import auth, charts, launch
 from dashboard.config import DashboardSettings, is_loopback
 from dashboard.overlays import MISSING_IMAGE_GREY, blank_frame, class_colour_hex, overlay_masks
-from stack.model_lifecycle import VERSIONED_MODELS as VERSIONED
 from stack.service import free_port
 from steelcore import exit_codes
+from steelcore.postgres.engine import DASHBOARD_ROLE, role_url
 from steelcore.postgres.frame_images import (
     decode_image_bytes,
     image_encoding,
     retention_days,
 )
-from steelcore.postgres.engine import DASHBOARD_ROLE, role_url
 from steelcore.postgres.frame_reads import StripMark
 from steelcore.postgres.live_reads import CameraRate
 from steelcore.rle import encode

@@ -14,7 +14,7 @@ from steelcore.frame_message import FrameMessageError
 from steelcore.postgres.exceptions import CommandLinePasswordError
 from steelcore.postgres.verdicts import FeedbackError
 from steelcore.service_urls import ServiceUnavailableError
-from workers.triton_client import (
+from steelcore.triton.exceptions import (
     TritonClientError,
     TritonInferenceError,
     TritonTimeoutError,
@@ -67,4 +67,5 @@ def test_external_service_errors_are_the_ones_steel_work_reports_unavailable() -
     assert issubclass(TritonClientError, ExternalServiceError)
     assert not issubclass(BatchAbandonedError, ExternalServiceError)
     assert not issubclass(Outage, ExternalServiceError)
-    assert not issubclass(EmbeddedTritonUnavailableError, TritonUnavailableError)
+    # One "no Triton to talk to": the embedded launcher's verdict is the client's TritonUnavailableError.
+    assert issubclass(EmbeddedTritonUnavailableError, TritonUnavailableError)

@@ -4,7 +4,7 @@ health pages show them (dashboard.service_health, no Streamlit)."""
 from __future__ import annotations
 
 from dashboard.service_health import WorkerScrape, lag_verdict, overloaded_workers
-from workers.worker_metrics import OVERLOADED
+from steelcore.worker_metrics import OVERLOADED
 
 
 def test_the_lag_turns_red_past_the_target() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from workers import worker_metrics
-from workers.worker_metrics import WorkerMetrics, metric_samples, parse_metrics, sample_key
+from steelcore import worker_metrics
+from steelcore.worker_metrics import metric_samples, parse_metrics, sample_key
+from workers.worker_metrics import WorkerMetrics
 
 
 def test_prometheus_samples_are_parsed_with_their_labels() -> None:

@@ -38,9 +38,9 @@ from steelcore.frame_message import (
 from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, FALLBACK_VALUE_BYTES, DeadLetterProducer
 from steelcore.postgres.defect_writes import _image_row
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.triton.inference_result import EnsembleResult
 from workers.alarm_rules import AlarmRule
 from workers.frame_batch import Rejected, ValidFrame, build_records, validate_message
-from workers.triton_client import EnsembleResult
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

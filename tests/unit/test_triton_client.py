@@ -10,12 +10,9 @@ import pytest
 
 from steelcore.settings import Settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
-from workers.triton_client import (
-    EnsembleResult,
-    TritonEnsembleClient,
-    TritonUnavailableError,
-    validate_frames,
-)
+from steelcore.triton.ensemble_client import TritonEnsembleClient
+from steelcore.triton.exceptions import TritonUnavailableError
+from steelcore.triton.inference_result import EnsembleResult, validate_frames
 
 
 def closed_port() -> int:

@@ -15,8 +15,8 @@ from sqlalchemy.exc import OperationalError
 
 from steelcore import exit_codes
 from steelcore.service_urls import ServiceUnavailableError
-from workers import inference_worker, work_cli
-from workers.triton_client import TritonInferenceError, TritonUnavailableError
+from steelcore.triton.exceptions import TritonInferenceError, TritonUnavailableError
+from workers import work_cli, worker_loop
 from workers.worker_errors import BatchAbandonedError, DeadLetterError
 
 
@@ -37,7 +37,7 @@ def _run_raising(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> int:
         def run(self) -> None:
             raise error
 
-    monkeypatch.setattr(inference_worker, "InferenceWorker", FailingWorker)
+    monkeypatch.setattr(worker_loop, "InferenceWorker", FailingWorker)
     parser = argparse.ArgumentParser()
     work_cli.add_arguments(parser)
     return work_cli.run(parser.parse_args(["--metrics-port", "0"]))

@@ -21,6 +21,8 @@ from steelcore.frame_message import FrameHeader, decode_frame, encode_frame, enc
 from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, dead_letter_headers
 from steelcore.postgres.frame_records import FrameRecord, StoreResult
 from steelcore.settings import Settings
+from steelcore.triton.exceptions import TritonUnavailableError
+from steelcore.triton.inference_result import EnsembleResult
 from workers.alarm_rules import AlarmRule
 from workers.backoff import Backoff
 from workers.frame_batch import (
@@ -31,7 +33,6 @@ from workers.frame_batch import (
     next_offsets,
     validate_message,
 )
-from workers.triton_client import EnsembleResult, TritonUnavailableError
 from workers.worker_config import WorkerConfig
 from workers.worker_errors import BatchAbandonedError
 from workers.worker_loop import InferenceWorker

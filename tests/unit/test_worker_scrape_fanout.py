@@ -11,7 +11,8 @@ import pytest
 
 from dashboard.service_health import replica_urls, scrape_workers, worker_totals
 from stack.service import free_port
-from workers.worker_metrics import EVENT_LAG_SECONDS, FRAMES_TOTAL, WorkerMetrics
+from steelcore.worker_metrics import EVENT_LAG_SECONDS, FRAMES_TOTAL
+from workers.worker_metrics import WorkerMetrics
 
 REPLICAS = ("127.0.0.1", "127.0.0.2")  # two loopback addresses: two servers on one port
 

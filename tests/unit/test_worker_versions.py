@@ -29,11 +29,13 @@ from test_worker_logic import (
 from steelcore.frame_message import decode_frame, decode_image
 from steelcore.postgres.model_registry import Roles, shadow_pick
 from steelcore.settings import Settings
+from steelcore.triton.ensemble_client import TritonEnsembleClient
+from steelcore.triton.exceptions import TritonInferenceError
+from steelcore.triton.inference_result import EnsembleResult
 from workers.alarm_rules import AlarmRule
 from workers.frame_batch import ValidFrame, build_records
 from workers.model_roles import RoleWatch
 from workers.shadow_runner import ShadowRunner, shadow_rows
-from workers.triton_client import EnsembleResult, TritonEnsembleClient, TritonInferenceError
 from workers.worker_loop import InferenceWorker
 from workers.worker_metrics import WorkerMetrics
 

@@ -17,98 +17,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from steelcore.errors import ExternalServiceError
 from steelcore.settings import Settings, get_settings
-from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.triton.exceptions import (
+    TritonClientError,
+    TritonInferenceError,
+    TritonUnavailableError,
+    classify_error,
+)
+from steelcore.triton.inference_result import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    VERSION_OUTPUT,
+    EnsembleResult,
+    gather_parts,
+    validate_frames,
+)
 
 log = logging.getLogger(__name__)
 
 Protocol = Literal["grpc", "http"]
-INPUT_NAME = "FRAMES"
-OUTPUT_NAMES = ("PROBS", "PIXEL_COUNTS", "RLE")
-# The version of the model bundle that judged each frame (issue 16): repositories exported before
-# model versions lack it, so it is requested only when the model's config declares it.
-VERSION_OUTPUT = "MODEL_VERSION"
 _DEFAULT_MAX_BATCH = 8
-
-
-class TritonClientError(ExternalServiceError, RuntimeError):
-    """A Triton request failed."""
-
-
-class TritonUnavailableError(TritonClientError):
-    """The server could not be reached, also after the retries."""
-
-
-class TritonTimeoutError(TritonClientError):
-    """The request ran past the client's timeout."""
-
-
-class TritonInferenceError(TritonClientError):
-    """The server answered with an error (bad input, a failing model)."""
-
-
-@dataclass(frozen=True)
-class EnsembleResult:
-    """The ensemble's answer for a batch of B frames and C classes."""
-
-    probs: np.ndarray  # float32 [B, C]: per-class defect probability
-    pixel_counts: np.ndarray  # int64 [B, C]: defect pixels per class after post-processing
-    rles: list[list[str]]  # B lists of C Severstal RLE strings ('' = no defect of that class)
-    # int [B]: the model version that judged each frame; None from a model without MODEL_VERSION.
-    versions: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.rles)
-
-    @staticmethod
-    def concatenate(parts: Sequence[EnsembleResult]) -> EnsembleResult:
-        # Parts of one request are judged by versions answered separately: a part without the
-        # output makes the whole answer version-less rather than half-labelled.
-        versions = [p.versions for p in parts]
-        return EnsembleResult(
-            probs=np.concatenate([p.probs for p in parts]),
-            pixel_counts=np.concatenate([p.pixel_counts for p in parts]),
-            rles=[row for p in parts for row in p.rles],
-            versions=None if any(v is None for v in versions) else np.concatenate(versions),  # type: ignore[arg-type]
-        )
-
-
-def validate_frames(frames: np.ndarray) -> np.ndarray:
-    """``frames`` as a C-contiguous uint8 [B, H, W] array; ValueError naming what is wrong."""
-    if not isinstance(frames, np.ndarray):
-        raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8, got {frames.dtype}")
-    if frames.ndim != 3 or frames.shape[1:] != (FRAME_HEIGHT, FRAME_WIDTH) or frames.shape[0] == 0:
-        raise ValueError(
-            f"frames must be [B, {FRAME_HEIGHT}, {FRAME_WIDTH}] with B >= 1, got shape {frames.shape}"
-        )
-    return np.ascontiguousarray(frames)
-
-
-def _classify(exc: BaseException) -> TritonClientError:
-    """Map a tritonclient / socket error onto this module's errors."""
-    if isinstance(exc, TritonClientError):
-        return exc
-    status = ""
-    status_fn = getattr(exc, "status", None)
-    if callable(status_fn):
-        status = str(status_fn() or "")
-    message = str(exc) or type(exc).__name__
-    # TimeoutError is an OSError: test it first.
-    if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message or isinstance(exc, TimeoutError):
-        return TritonTimeoutError(message)
-    if isinstance(exc, OSError) or "UNAVAILABLE" in status or status == "503":
-        return TritonUnavailableError(message)
-    return TritonInferenceError(message)
 
 
 class TritonEnsembleClient:
@@ -245,7 +178,7 @@ class TritonEnsembleClient:
         parts = [self._submit(frames[i : i + step], version) for i in range(0, frames.shape[0], step)]
         if len(parts) == 1:
             return parts[0]
-        return _gather(parts)
+        return gather_parts(parts)
 
     def close(self) -> None:
         self._closed = True
@@ -338,7 +271,7 @@ class TritonEnsembleClient:
                 except Exception as exc:  # a malformed answer fails this future only
                     future.set_exception(TritonInferenceError(f"unexpected response: {exc}"))
                 return
-            failure = _classify(error)
+            failure = classify_error(error)
             delay = self._retry_delay(failure, attempt)
             if delay is None or self._closed:
                 future.set_exception(failure)
@@ -380,7 +313,7 @@ class TritonEnsembleClient:
                 future.set_result(self._result(response))
                 return
             except Exception as exc:  # classified, then retried or reported
-                failure = _classify(exc)
+                failure = classify_error(exc)
                 delay = self._retry_delay(failure, attempt)
                 if delay is None or self._closed:
                     future.set_exception(failure)
@@ -389,25 +322,3 @@ class TritonEnsembleClient:
                 self._drop_thread_client()
                 time.sleep(delay)
                 attempt += 1
-
-
-def _gather(parts: list[Future[EnsembleResult]]) -> Future[EnsembleResult]:
-    """One future resolving to the concatenation of ``parts``, in order."""
-    combined: Future[EnsembleResult] = Future()
-    remaining = [len(parts)]
-    lock = threading.Lock()
-
-    def part_done(_: Future[EnsembleResult]) -> None:
-        with lock:
-            remaining[0] -= 1
-            if remaining[0]:
-                return
-        errors = [p.exception() for p in parts if p.exception() is not None]
-        if errors:
-            combined.set_exception(errors[0])
-        else:
-            combined.set_result(EnsembleResult.concatenate([p.result() for p in parts]))
-
-    for part in parts:
-        part.add_done_callback(part_done)
-    return combined
