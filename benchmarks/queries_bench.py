@@ -203,7 +203,9 @@ def _report(results: list[dict[str, Any]], shape: Any, args: argparse.Namespace)
 def _database(server_url: str | None) -> Iterator[str]:
     """A scratch database: on ``server_url``, or on an embedded Postgres in a temporary folder."""
     if server_url is not None:
-        with _scratch_database(server_url) as url:
+        from steelcore.postgres.scratch import scratch_database
+
+        with scratch_database(server_url, "steel_bench") as url:
             yield url
         return
     from stack.postgres_server import PostgresServer
@@ -219,25 +221,3 @@ def _database(server_url: str | None) -> Iterator[str]:
             yield server.url
         finally:
             server.stop()
-
-
-@contextlib.contextmanager
-def _scratch_database(server_url: str) -> Iterator[str]:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    from steelcore.postgres.engine import create_db_engine, sqlalchemy_url
-
-    name = f"steel_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_db_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))  # a generated name, never input
-        url = make_url(sqlalchemy_url(server_url)).set(database=name)
-        try:
-            yield url.render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()

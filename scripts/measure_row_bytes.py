@@ -146,24 +146,9 @@ def measure_redis(url: str, entries: int, records: Sequence[Any]) -> dict[str, A
 
 
 def _fresh_database(admin_url: str, stack: ExitStack) -> str:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
+    from steelcore.postgres.scratch import scratch_database
 
-    from steelcore.postgres.engine import create_db_engine, sqlalchemy_url
-
-    name = f"steel_measure_{uuid.uuid4().hex[:8]}"
-    admin = create_db_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    stack.callback(drop)
-    url = make_url(sqlalchemy_url(admin_url)).set(database=name)
-    return url.render_as_string(hide_password=False)
+    return stack.enter_context(scratch_database(admin_url, "steel_measure"))
 
 
 def _embedded(kind: str, stack: ExitStack) -> str:

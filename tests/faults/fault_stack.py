@@ -24,7 +24,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,8 @@ from steelcore.kafka.client_config import admin_config, consumer_config
 from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX
 from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.postgres import migrate
-from steelcore.postgres.engine import create_db_engine, sqlalchemy_url
+from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.scratch import scratch_database
 from steelcore.redis.connection import alarm_stream_from_settings
 from steelcore.service_urls import write_stack
 from steelcore.settings import Settings, reveal
@@ -190,12 +191,9 @@ class FaultCase:
         # gets them.
         write_stack(self.run_dir, {"kafka": {"url": kafka_url}})
         self.server_url = postgres_url
-        self.db_name = f"steel_fault_{self.tag}"
-        self._admin = create_db_engine(postgres_url, isolation_level="AUTOCOMMIT")
-        with self._admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{self.db_name}"'))  # a generated name
-        self.db_url = make_url(sqlalchemy_url(postgres_url)).set(database=self.db_name)
-        self.db_url_text = self.db_url.render_as_string(hide_password=False)
+        self._database = ExitStack()
+        self.db_url_text = self._database.enter_context(scratch_database(postgres_url, "steel_fault"))
+        self.db_url = make_url(self.db_url_text)
         migrate.upgrade(self.db_url_text)
         self.engine: Engine = create_db_engine(self.db_url_text)
         fields: dict[str, Any] = {
@@ -524,8 +522,4 @@ class FaultCase:
         if self.producer is not None:
             self.producer.flush(5.0)
         self.engine.dispose()
-        try:
-            with self._admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))
-        finally:
-            self._admin.dispose()
+        self._database.close()

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-from scratch_db import scratch_database
 from sqlalchemy import Engine, insert, select, text
 
 from steelcore.kaggle_csv import read_labels
@@ -26,6 +25,7 @@ from steelcore.paths import SEVERSTAL_SAMPLE_DIR
 from steelcore.postgres import migrate, schema
 from steelcore.postgres.defect_writes import DefectStore
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
+from steelcore.postgres.scratch import scratch_database
 from steelcore.rle import decode
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, FRAME_SHAPE

@@ -22,7 +22,6 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from steelcore.postgres.scratch import scratch_database
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from worker_thread import WorkerThread
@@ -35,6 +34,7 @@ from steelcore import rle
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.roles import WRITER_ROLE, ensure_roles
+from steelcore.postgres.scratch import scratch_database
 from steelcore.redis.alarm_stream import AlarmStream
 from steelcore.redis.connection import alarm_stream_from_settings
 from steelcore.service_urls import write_stack

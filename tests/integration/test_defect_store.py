@@ -9,7 +9,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from scratch_db import scratch_database
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
@@ -20,6 +19,7 @@ from steelcore.postgres.defect_writes import SEVERITY_FULL_SCALE, DefectStore
 from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 from steelcore.postgres.roles import READER_ROLE, ensure_roles
+from steelcore.postgres.scratch import scratch_database
 from steelcore.settings import Settings
 
 pytestmark = pytest.mark.integration

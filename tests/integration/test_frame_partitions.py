@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from scratch_db import scratch_database
 from sqlalchemy import Engine, text
 
 from steelcore import exit_codes
@@ -16,6 +15,7 @@ from steelcore.postgres.defect_writes import DefectStore
 from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 from steelcore.postgres.roles import WORKER_ROLE, ensure_roles
+from steelcore.postgres.scratch import scratch_database
 from steelcore.settings import Settings
 from workers.maintain import maintain_once
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as http
-from scratch_db import scratch_database
 from sqlalchemy import Engine, select, text
 
 from stack import model_lifecycle
@@ -30,6 +29,7 @@ from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.model_registry import Roles, read_roles
 from steelcore.postgres.roles import READER_ROLE, WRITER_ROLE, ensure_roles
 from steelcore.postgres.schema import model_audit, model_versions
+from steelcore.postgres.scratch import scratch_database
 from steelcore.settings import get_settings
 from training import zoo
 

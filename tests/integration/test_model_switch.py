@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from steelcore.postgres.scratch import scratch_database
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -41,6 +40,7 @@ from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.model_registry import read_roles, shadow_pick
+from steelcore.postgres.scratch import scratch_database
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
 from steelcore.triton.ensemble_client import TritonEnsembleClient

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from steelcore.postgres.scratch import scratch_database
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -45,6 +44,7 @@ from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX
 from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.scratch import scratch_database
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
 from steelcore.triton.ensemble_client import TritonEnsembleClient

@@ -29,7 +29,6 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from steelcore.postgres.scratch import scratch_database
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -40,6 +39,7 @@ from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, FALLBACK_VALUE_BYTES,
 from steelcore.kafka.topic_admin import ensure_topics
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.scratch import scratch_database
 from steelcore.settings import Settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from steelcore.triton.inference_result import EnsembleResult

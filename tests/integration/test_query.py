@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scratch_db import scratch_database
 from sqlalchemy import Engine, text
 
 from steelcore import exit_codes, rle
@@ -32,6 +31,7 @@ from steelcore.postgres.defect_history import (
 from steelcore.postgres.defect_writes import DefectStore
 from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.frame_records import DefectRecord, FrameRecord
+from steelcore.postgres.scratch import scratch_database
 from steelcore.settings import Settings
 from steelcore.severstal import FRAME_SHAPE
 from workers import query_cli

@@ -22,7 +22,6 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
-from scratch_db import scratch_database
 from sqlalchemy import Engine, delete, insert, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -40,6 +39,7 @@ from steelcore.postgres.engine import (
 )
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 from steelcore.postgres.roles import WORKER_ROLE, WRITER_ROLE, ensure_dashboard_roles, ensure_roles
+from steelcore.postgres.scratch import scratch_database
 
 pytestmark = pytest.mark.integration
 

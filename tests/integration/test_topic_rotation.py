@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from steelcore.postgres.scratch import scratch_database
 from sqlalchemy import text
 from worker_thread import WorkerThread
 
@@ -28,6 +27,7 @@ from steelcore.kafka.consumed_buckets import deleter_from_settings
 from steelcore.kafka.topic_rotation import bucket_number, is_closed
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
+from steelcore.postgres.scratch import scratch_database
 from steelcore.settings import Settings, reveal
 from steelcore.triton.inference_result import EnsembleResult
 from workers.worker_config import WorkerConfig

@@ -33,7 +33,7 @@ REVIEWED: dict[tuple[str, str], str] = {
     "values stay bound",
     ("steelcore/postgres/storage_sizes.py", "table_sizes"): "table names checked against the schema's "
     "tables; size functions take no parameter for a name",
-    ("benchmarks/queries_bench.py", "_scratch_database"): "a generated database name (uuid), never input",
+    ("steelcore/postgres/scratch.py", "scratch_database"): "a generated database name (uuid), never input",
     ("steelcore/postgres/synthetic_history.py", "<module>"): "seed statements from the module's integer "
     "constants",
     ("steelcore/postgres/partitions.py", "create_ahead"): "partition names and bounds from the code's own "
