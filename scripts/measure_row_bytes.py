@@ -74,10 +74,10 @@ def measure_postgres(url: str, records: list[Any]) -> dict[str, Any]:
         write_ms = []
         for i in range(0, half, BATCH):
             write_ms.append(store.write_batch(records[i : min(i + BATCH, half)]).elapsed_ms)
-        before = table_sizes(engine)
+        before = table_sizes(engine, MEASURED_TABLES)
         for i in range(half, len(records), BATCH):
             write_ms.append(store.write_batch(records[i : i + BATCH]).elapsed_ms)
-        after = table_sizes(engine)
+        after = table_sizes(engine, MEASURED_TABLES)
         write_ms.sort()
         timing = {
             "batch": BATCH,
@@ -105,7 +105,7 @@ def measure_redis(url: str, entries: int, records: Sequence[Any]) -> dict[str, A
     stream = AlarmStream(client, key, f"{key}:live", settings.alarm_stream_maxlen)
     alarms = [
         Alarm(
-            alarm_id=f"{r.frame_id}:{a.class_id}",
+            alarm_key=f"{r.frame_id}:{a.class_id}",
             frame_id=r.frame_id,
             class_id=a.class_id,
             class_name=CLASS_NAMES[a.class_id],

@@ -2,20 +2,25 @@
 
 A contract between processes (and the plant automation behind the actuators), so it lives in the
 shared package rather than next to the rules that decide when an alarm fires (workers/alarm_rules.py).
-Every field travels as a string; ``alarm_id`` is "frame:class", stable, so an actuator can tell a
-re-published alarm from a new one.
+Every field travels as a string; ``alarm_key`` is "frame:class", stable, so an actuator can tell a
+re-published alarm from a new one. On the stream (and in actuator journals) it keeps its first name,
+``alarm_id``, which actuators and plant bridges read; in the code ``alarm_id`` is the alarms table's
+serial number.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# Attribute -> stream field, where they differ.
+WIRE_NAMES = {"alarm_key": "alarm_id"}
+
 
 @dataclass(frozen=True)
 class Alarm:
-    """One alarm per (frame, class). alarm_id is stable, so a re-published alarm is recognisable."""
+    """One alarm per (frame, class). alarm_key is stable, so a re-published alarm is recognisable."""
 
-    alarm_id: str
+    alarm_key: str
     frame_id: str
     class_id: int
     class_name: str
@@ -29,12 +34,12 @@ class Alarm:
 
     def to_fields(self) -> dict[str, str]:
         """Flat string fields for a Redis stream entry."""
-        return {k: str(v) for k, v in asdict(self).items()}
+        return {WIRE_NAMES.get(k, k): str(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> Alarm:
         return cls(
-            alarm_id=fields["alarm_id"],
+            alarm_key=fields["alarm_id"],
             frame_id=fields["frame_id"],
             class_id=int(fields["class_id"]),
             class_name=fields["class_name"],

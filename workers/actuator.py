@@ -5,7 +5,7 @@ and position, and appends it to a JSON-lines file a PLC bridge could tail), then
 acknowledges. Entries that a dead actuator read but never acknowledged are reclaimed
 after ``--reclaim-idle-ms``. Delivery is at-least-once: an actuator killed between
 acting and acknowledging acts again after reclaim, so the action must be idempotent
-per alarm_id (rejecting the same strip position twice is harmless).
+per alarm key (the entry's alarm_id field; rejecting the same strip position twice is harmless).
 
 When the consumer group disappears (the stream deleted or flushed, Redis restarted without
 its data) every read fails with NOGROUP: the actuator creates the group again, from id 0, so
@@ -130,7 +130,7 @@ def log_reject(journal: Path | None) -> Callable[[Alarm], None]:
         log.info(
             "REJECT line=%s coil=%s position=%.2f m class=%d (%s) area=%d px p=%.2f alarm=%s",
             alarm.line_id, alarm.coil_id, alarm.position_m, alarm.class_id, alarm.class_name,
-            alarm.area_px, alarm.probability, alarm.alarm_id,
+            alarm.area_px, alarm.probability, alarm.alarm_key,
         )  # fmt: skip
         if journal is not None:
             record = {"command": "reject", "acted_at": time.time(), **alarm.to_fields()}

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 def alarm_of(pending: PendingAlarm) -> Alarm:
     """The stream alarm of a stored row: the same fields and id the worker would have published."""
     return Alarm(
-        alarm_id=alarm_id_for(pending.frame_id, pending.class_id),
+        alarm_key=alarm_key_for(pending.frame_id, pending.class_id),
         frame_id=pending.frame_id,
         class_id=pending.class_id,
         class_name=CLASS_NAMES.get(pending.class_id, f"class {pending.class_id}"),

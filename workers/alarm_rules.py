@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
-from steelcore.frame_message import FrameIdentity
 from steelcore.alarm_message import Alarm
+from steelcore.frame_message import FrameIdentity
 from steelcore.settings import Settings
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 
@@ -31,20 +30,14 @@ class AlarmRule:
         )
 
 
-def alarm_id_for(frame_id: str, class_id: int) -> str:
+def alarm_key_for(frame_id: str, class_id: int) -> str:
     return f"{frame_id}:{class_id}"
 
 
 def alarms_for_frame(
-    identity: FrameIdentity,
     rule: AlarmRule,
+    identity: FrameIdentity,
     *,
-    frame_id: str,
-    line_id: str,
-    camera_id: str,
-    coil_id: str,
-    position_m: float,
-    captured_at: datetime,
     probabilities: Sequence[float],
     areas_px: Sequence[int],
 ) -> list[Alarm]:

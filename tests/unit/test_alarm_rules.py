@@ -35,9 +35,10 @@ def test_rule_needs_probability_and_area(
     assert [a.class_id for a in _alarms(probs, areas)] == expected_classes
 
 
-def test_alarm_id_is_stable_and_fields_round_trip() -> None:
+def test_alarm_key_is_stable_and_fields_round_trip() -> None:
     (alarm,) = _alarms([0.95, 0, 0, 0], [50, 0, 0, 0])
-    assert alarm.alarm_id == alarm_id_for("F1", 1) == "F1:1"
+    assert alarm.alarm_key == alarm_key_for("F1", 1) == "F1:1"
+    assert alarm.to_fields()["alarm_id"] == "F1:1"  # the stream field keeps the name actuators read
     assert alarm.class_name == "pitting"
     assert Alarm.from_fields(alarm.to_fields()) == alarm
 
