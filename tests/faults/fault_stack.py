@@ -460,7 +460,7 @@ class FaultCase:
         dead = dead or {}
         with self.engine.connect() as conn:
             stored = [r[0] for r in conn.execute(text("SELECT frame_id FROM frames"))]
-            alarm_ids = {f"{f}:{c}" for f, c in conn.execute(text("SELECT frame_id, class_id FROM alarms"))}
+            alarm_keys = {f"{f}:{c}" for f, c in conn.execute(text("SELECT frame_id, class_id FROM alarms"))}
             unpublished = conn.execute(
                 text("SELECT count(*) FROM alarms WHERE published_at IS NULL")
             ).scalar_one()
@@ -487,12 +487,12 @@ class FaultCase:
         journal = self.journal_ids()
         pending = self.actuator.stream.pending_count(self.settings.actuator_group)
         assert unpublished == 0, f"{unpublished} alarms never marked published"
-        assert alarm_ids <= set(stream_ids), (
-            f"alarms never on the stream: {sorted(alarm_ids - set(stream_ids))[:5]}"
+        assert alarm_keys <= set(stream_ids), (
+            f"alarms never on the stream: {sorted(alarm_keys - set(stream_ids))[:5]}"
         )
-        assert set(stream_ids) <= alarm_ids, "the stream holds alarms of frames that were never stored"
-        assert alarm_ids <= set(journal), (
-            f"alarms the actuator never acted on: {sorted(alarm_ids - set(journal))[:5]}"
+        assert set(stream_ids) <= alarm_keys, "the stream holds alarms of frames that were never stored"
+        assert alarm_keys <= set(journal), (
+            f"alarms the actuator never acted on: {sorted(alarm_keys - set(journal))[:5]}"
         )
         assert pending == 0, f"XPENDING {pending}"
         return {
@@ -500,7 +500,7 @@ class FaultCase:
             "frames_stored": len(stored),
             "dead_lettered": len(letters),
             "frames_lost": len(lost),
-            "alarms": len(alarm_ids),
+            "alarms": len(alarm_keys),
             "alarm_stream_entries": len(stream_ids),
             "alarms_republished": len(stream_ids) - len(set(stream_ids)),
             "actuator_actions": len(journal),
