@@ -150,10 +150,10 @@ class FrameRecord(FrameIdentity):
                     f"frame {self.frame_id}: class {d.class_id} bbox {d.bbox} "
                     f"outside {self.width}x{self.height}"
                 )
-        alarm_ids = [a.class_id for a in self.alarms]
-        if len(set(alarm_ids)) != len(alarm_ids):
-            raise ValueError(f"frame {self.frame_id} has two alarms of one class: {alarm_ids}")
-        missing = set(alarm_ids) - set(class_ids)
+        alarmed_class_ids = [a.class_id for a in self.alarms]
+        if len(set(alarmed_class_ids)) != len(alarmed_class_ids):
+            raise ValueError(f"frame {self.frame_id} has two alarms of one class: {alarmed_class_ids}")
+        missing = set(alarmed_class_ids) - set(class_ids)
         if missing:
             raise ValueError(f"frame {self.frame_id}: alarm for class {sorted(missing)} without a defect")
         for p in self.class_probs or ():
