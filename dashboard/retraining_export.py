@@ -23,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,10 +35,11 @@ from typing import BinaryIO, Protocol
 
 from sqlalchemy import Engine
 
+from steelcore.defect_export import submission_text
 from steelcore.kaggle_csv import write_submission
+from steelcore.postgres.frame_images import StoredImage, load_frame_image
 from steelcore.postgres.frame_reads import FrameDetail, frame_details, frames_of_defects
 from steelcore.postgres.verdicts import DefectVerdict, defect_verdicts
-from steelcore.postgres.frame_images import StoredImage, load_frame_image
 
 IMAGES_DIR = "train_images"
 CSV_NAME = "train.csv"
@@ -212,8 +215,6 @@ class _ZipSink:
         self.archive.writestr(f"{IMAGES_DIR}/{name}", data)
 
     def add_csv(self, rows: Sequence[tuple[str, int, str]]) -> None:
-        # write_submission validates the rows (no duplicate image+class) and writes a file.
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / CSV_NAME
-            write_submission(path, rows)
-            self.archive.write(path, CSV_NAME)
+        entry = zipfile.ZipInfo(CSV_NAME, time.localtime()[:6])
+        entry.external_attr = (stat.S_IFREG | 0o644) << 16  # a plain file readable by all, as before
+        self.archive.writestr(entry, submission_text(rows))
