@@ -1,7 +1,7 @@
-"""What the health page shows, gathered without Streamlit: each service's status (reusing
-stack.embedded_stack), Triton's model versions, the Redis alarm stream's backlog and the
-workers' own Prometheus metrics. Every probe is bounded by a timeout and reports a failure as
-data, never as an exception, so one dead service cannot blank the page.
+"""What the health page shows, gathered without Streamlit: each service's status
+(steelcore.service_health), the Redis alarm stream's backlog and the workers' own Prometheus
+metrics. Every probe is bounded by a timeout and reports a failure as data, never as an
+exception, so one dead service cannot blank the page.
 
 Worker metrics URLs (settings.dashboard_worker_metrics_urls) name services, not replicas: a compose
 service name (Docker's DNS answers every replica's address) or a Kubernetes headless Service
@@ -13,7 +13,6 @@ summed over the replicas (``worker_totals``) and each replica's values are kept 
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import socket
 import urllib.request
@@ -23,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from stack.service import Health
 from steelcore import worker_metrics
+from steelcore.service_health import Health
+from steelcore.service_health import service_status as probe_all
 from steelcore.settings import Settings
 
 PROBE_TIMEOUT_S = 2.0
@@ -87,14 +87,12 @@ def overloaded_workers(scrapes: list[WorkerScrape]) -> list[str]:
 
 
 def service_status(settings: Settings) -> list[Health]:
-    """Kafka, Postgres, Redis and Triton as `steel status` sees them (embedded or external); Redis
-    probed as the dashboard's own user when dashboard_redis_url is set."""
-    from stack.embedded_stack import EmbeddedStack
-
+    """Kafka, Postgres, Redis and Triton, each probed at the URL the clients use; Redis probed as
+    the dashboard's own user when dashboard_redis_url is set."""
     if settings.dashboard_redis_url is not None:
         settings = settings.model_copy(update={"redis_url": settings.dashboard_redis_url})
     try:
-        return EmbeddedStack(settings).status()
+        return probe_all(settings)
     except Exception as exc:  # a damaged stack.json: report it in place of the table
         return [Health("stack", up=False, url=None, detail=f"{type(exc).__name__}: {exc}")]
 

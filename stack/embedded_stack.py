@@ -20,30 +20,28 @@ from pathlib import Path
 from typing import Any
 
 from stack.kafka_broker import KafkaBroker
-from stack.postgres_server import PostgresServer, probe_dsn
+from stack.postgres_server import PostgresServer
 from stack.redis_server import RedisServer
-from stack.redis_server import probe_url as probe_redis_url
 from stack.service import (
     LOCALHOST,
     AddressInUseError,
     EmbeddedService,
-    Health,
     ServiceStartError,
     port_accepts,
     retry_on_address_in_use,
     terminate,
 )
+from steelcore.service_health import Health, probe_service
 from steelcore.service_urls import (
     SERVICES,
     Service,
     ServiceUnavailableError,
-    libpq_url,
     read_stack,
     stack_file,
     write_stack,
 )
 from steelcore.settings import Settings, reveal
-from steelcore.triton.readiness import probe_triton_grpc, probe_triton_http
+from steelcore.triton.readiness import probe_triton_http
 
 log = logging.getLogger(__name__)
 
@@ -404,16 +402,4 @@ class EmbeddedStack:
         return Health(name, up=True, url=url, version=version, embedded=False)
 
     def _probe_external(self, name: Service, url: str, timeout_s: float = 3.0) -> str | None:
-        if name == "kafka":
-            from steelcore.kafka.client_config import admin_config
-            from steelcore.kafka.clients import count_brokers
-
-            brokers = count_brokers(admin_config(self.settings), timeout_s)
-            return f"Kafka ({brokers} brokers)"
-        if name == "postgres":
-            return probe_dsn(libpq_url(url), timeout_s)
-        if name == "redis":
-            return probe_redis_url(url, timeout_s)
-        if self.settings.triton_protocol == "grpc":
-            return probe_triton_grpc(url, self.settings.triton_model, timeout_s)
-        return probe_triton_http(url, self.settings.triton_model, timeout_s)
+        return probe_service(name, url, self.settings, timeout_s)

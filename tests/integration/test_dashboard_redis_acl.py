@@ -10,8 +10,8 @@ import redis
 from pydantic import SecretStr
 
 from dashboard.service_health import alarm_backlog, service_status
-from stack.redis_server import RedisServer, probe_url
-from steelcore.redis.connection import DASHBOARD_REDIS_USER, dashboard_redis_url
+from stack.redis_server import RedisServer
+from steelcore.redis.connection import DASHBOARD_REDIS_USER, dashboard_redis_url, probe_url
 from steelcore.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from stack import postgres_server
-from stack.postgres_server import PostgresServer, others_can_reach, probe_dsn
+from stack.postgres_server import PostgresServer, others_can_reach
 from stack.service import free_port
+from steelcore.postgres.probe import probe_dsn
 
 pytestmark = [
     pytest.mark.integration,
