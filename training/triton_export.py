@@ -26,8 +26,10 @@ export holds version 1 only. The networks are exported wrapped in :class:`Frames
 served probabilities equal in-process ones. The bundle's ``postprocess.json`` is copied into the
 version folders of ``postprocess`` and ``steel_cascade``: thresholds live in the bundle only.
 
-The ``model.py`` files are the committed ones in ``steelcore.paths.TRITON_REPOSITORY``; this
-module writes every ``config.pbtxt`` (built by ``training.triton_config``) and the exported networks, so
+The ``model.py`` files are the committed ones in ``steelcore.paths.TRITON_REPOSITORY`` (the
+classifier's is a link to the segmenter's: Triton wants a model.py in each model's version folder,
+and a folder of shared code at the repository root would be taken for a model); this module
+writes every ``config.pbtxt`` (built by ``training.triton_config``) and the exported networks, so
 ``steel export --model default --format torchscript --repo triton_models`` regenerates the
 committed repository in place.
 """
@@ -135,7 +137,12 @@ def _write_models(
         if name != CLASSIFIER or has_classifier:
             (out / name / VERSION).mkdir(parents=True)
     for name, text in texts.items():
-        (out / name / VERSION / "model.py").write_text(text)
+        if name == CLASSIFIER:
+            # One generic network model.py serves both networks: a relative link keeps it one file
+            # here and in git; shutil.copytree (the serving copy, a new model version) copies the file.
+            (out / name / VERSION / "model.py").symlink_to(Path("..", "..", SEGMENTER, VERSION, "model.py"))
+        else:
+            (out / name / VERSION / "model.py").write_text(text)
     # An ensemble's version folder holds no file, but Triton needs it and git keeps no empty folder.
     (out / ENSEMBLE / VERSION / ".gitkeep").write_text("")
 

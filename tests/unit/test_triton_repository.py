@@ -242,7 +242,10 @@ def test_committed_repository_is_complete_and_consistent() -> None:
     """triton_models/ holds every model's model.py; its configs, once exported, obey the same rules."""
     for name in ("classifier", "segmenter", "postprocess", "steel_cascade"):
         assert (TRITON_REPOSITORY / name / "1" / "model.py").is_file(), name
-    # classifier and segmenter run one generic network model.py; the two copies must not drift.
+    # classifier and segmenter run one generic network model.py: the classifier's links to the segmenter's.
+    assert (TRITON_REPOSITORY / "classifier/1/model.py").resolve() == (
+        TRITON_REPOSITORY / "segmenter/1/model.py"
+    ).resolve()
     assert (TRITON_REPOSITORY / "classifier/1/model.py").read_text() == (
         TRITON_REPOSITORY / "segmenter/1/model.py"
     ).read_text()

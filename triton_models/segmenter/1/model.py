@@ -1,7 +1,7 @@
 """Triton python-backend model running one exported network on uint8 frames.
 
-The same file serves ``classifier`` and ``segmenter`` (``training/triton_export.py`` copies
-segmenter/1/model.py to both; a unit test keeps the two copies equal): the config's parameters name the
+The same file serves ``classifier`` and ``segmenter`` (classifier/1/model.py is a relative link to
+segmenter/1/model.py; ``training/triton_export.py`` writes it so): the config's parameters name the
 runtime and its file (written beside this file by ``training/triton_export.py``), the input and
 output tensors, and the thread count. Two runtimes:
 
