@@ -1,7 +1,8 @@
 """The one Triton client of the workers: frames in, per-class probabilities, pixel counts and RLE out.
 
-Every call to Triton goes through :class:`TritonEnsembleClient`, so timeouts, retries and the
-tensor names of the ensemble live in one place. gRPC is the default (``settings.triton_protocol``);
+Every inference request goes through :class:`TritonEnsembleClient`, so timeouts and retries live
+in one place (the tensor names: inference_result.py; readiness probes and model control:
+readiness.py, repository.py). gRPC is the default (``settings.triton_protocol``);
 HTTP is selectable. Requests are asynchronous: :meth:`TritonEnsembleClient.infer_async` returns a
 ``concurrent.futures.Future`` and up to ``max_in_flight`` requests travel at once (the call blocks
 beyond that, which is the back-pressure a consumer loop wants). Batches larger than the model's
