@@ -15,8 +15,8 @@ beside production, the ensemble is re-pinned to it (Triton finishes the old ense
 requests on the version they started with, and every answer carries MODEL_VERSION), the roles are
 updated in one transaction, and only then is the old production unloaded.
 
-The registry tables (steelcore.postgres.schema model_*) are written here only, as the owner login. One
-command at a time: each holds a Postgres advisory lock for its whole run.
+The registry tables are written by these commands only (steelcore.postgres.model_registry_writes),
+as the owner login. One command at a time: each holds a Postgres advisory lock for its whole run.
 """
 
 from __future__ import annotations
@@ -26,21 +26,26 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from steelcore import exit_codes, model_agreement
 from steelcore.errors import SteelError
 from steelcore.postgres import model_evidence
 from steelcore.postgres.model_registry import Roles, read_roles, version_bundles
-from steelcore.postgres.schema import model_audit, model_roles, model_versions
+from steelcore.postgres.model_registry_writes import (
+    clear_shadow_role,
+    lifecycle_lock,
+    newest_registered_version,
+    record_audit,
+    register_version,
+    registered_version,
+    set_role,
+    version_replaced_by,
+)
 from steelcore.settings import Settings, get_settings
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from steelcore.triton.exceptions import TritonUnavailableError
@@ -56,8 +61,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "repository.json"
 CONFIG = "config.pbtxt"
-# Any constant serialises the lifecycle commands; this one reads "steel models" in ASCII.
-_LOCK_KEY = 0x737465656C6D6F64
 
 _POLICY = re.compile(r"version_policy:\s*\{.*\}[ \t]*$", re.MULTILINE)
 _SPECIFIC = re.compile(r"specific:\s*\{\s*versions:\s*\[([^\]]*)\]")
@@ -311,20 +314,8 @@ class Lifecycle:
             raise LoadFailed(f"Triton did not load {model}: {reason}") from exc
 
     # --- registry ---------------------------------------------------------------------------------
-    @contextmanager
-    def _locked(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn.execute(select(func.pg_advisory_lock(_LOCK_KEY)))
-            conn.commit()
-            try:
-                yield conn
-            finally:
-                conn.rollback()
-                conn.execute(select(func.pg_advisory_unlock(_LOCK_KEY)))
-                conn.commit()
-
     def _signature_of(self, conn: Connection, version: int) -> BundleSignature:
-        row = conn.execute(select(model_versions).where(model_versions.c.version == version)).one()
+        row = registered_version(conn, version)
         return BundleSignature(
             row.bundle,
             row.input_shape,
@@ -332,52 +323,11 @@ class Lifecycle:
             (self.repository / CLASSIFIER / CONFIG).is_file(),
         )
 
-    def _audit(
-        self,
-        conn: Connection,
-        action: str,
-        version: int,
-        actor: str,
-        *,
-        previous: int | None = None,
-        forced: bool = False,
-        figures: dict[str, Any] | None = None,
-    ) -> None:
-        conn.execute(
-            insert(model_audit).values(
-                at=func.now(),
-                action=action,
-                version=version,
-                previous_version=previous,
-                actor=actor,
-                forced=forced,
-                figures=figures,
-            )
-        )
-
     def _register(self, conn: Connection, version: int, sig: BundleSignature, actor: str) -> None:
-        conn.execute(
-            insert(model_versions).values(
-                version=version,
-                bundle=sig.name,
-                registered_at=func.now(),
-                registered_by=actor,
-                input_shape=sig.input_shape,
-                class_ids=list(sig.class_ids),
-            )
+        register_version(
+            conn, version, bundle=sig.name, input_shape=sig.input_shape, class_ids=sig.class_ids, actor=actor
         )
-        self._audit(conn, "register", version, actor)
-
-    def _set_role(self, conn: Connection, role: str, version: int, actor: str, share: float | None) -> None:
-        stmt = pg_insert(model_roles).values(
-            role=role, version=version, share=share, since=func.now(), set_by=actor
-        )
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[model_roles.c.role],
-                set_={"version": version, "share": share, "since": func.now(), "set_by": actor},
-            )
-        )
+        record_audit(conn, "register", version, actor)
 
     def bootstrap(self, conn: Connection, actor: str) -> Roles:
         """With no production row, register what the repository serves as version 1 = production.
@@ -399,7 +349,7 @@ class Lifecycle:
         )
         if version not in version_bundles(conn):
             self._register(conn, version, sig, actor)
-        self._set_role(conn, "production", version, actor, None)
+        set_role(conn, "production", version, actor, None)
         self.say(f"registered version {version} = bundle {sig.name} as production (serving {loaded})")
         return read_roles(conn)
 
@@ -407,7 +357,7 @@ class Lifecycle:
         on_disk = [
             int(p.name) for m in VERSIONED_MODELS for p in (self.repository / m).glob("*") if p.name.isdigit()
         ]
-        registered = conn.execute(select(func.max(model_versions.c.version))).scalar() or 0
+        registered = newest_registered_version(conn)
         return max([registered, *on_disk]) + 1
 
     def _version_for(self, conn: Connection, name: str, actor: str) -> tuple[int, bool]:
@@ -425,7 +375,7 @@ class Lifecycle:
         """Serve bundle ``name`` beside production and send it ``share`` of the live frames."""
         if not 0 < share <= 1:
             raise BadCandidate(f"--share must be in (0, 1], got {share}")
-        with self._locked() as conn:
+        with lifecycle_lock(self.engine) as conn:
             roles = self.bootstrap(conn, actor)
             assert roles.production is not None
             candidate = bundle_signature(name, self.settings)
@@ -447,8 +397,8 @@ class Lifecycle:
                 raise
             if version not in bundles:
                 self._register(conn, version, candidate, actor)
-            self._set_role(conn, "shadow", version, actor, share)
-            self._audit(conn, "shadow", version, actor, previous=roles.production, figures={"share": share})
+            set_role(conn, "shadow", version, actor, share)
+            record_audit(conn, "shadow", version, actor, previous=roles.production, figures={"share": share})
             conn.commit()
         self.say(
             f"version {version} ({name}) shadows production version {roles.production} "
@@ -458,15 +408,15 @@ class Lifecycle:
 
     def stop_shadow(self, actor: str) -> int | None:
         """End the shadow run; returns the version that shadowed, None when none did."""
-        with self._locked() as conn:
+        with lifecycle_lock(self.engine) as conn:
             roles = self.bootstrap(conn, actor)
             assert roles.production is not None
             if roles.shadow is None:
                 self.say("no shadow run to stop")
                 return None
             # Roles first: workers stop sending frames before the version goes away.
-            conn.execute(delete(model_roles).where(model_roles.c.role == "shadow"))
-            self._audit(conn, "stop_shadow", roles.shadow, actor, previous=roles.production)
+            clear_shadow_role(conn)
+            record_audit(conn, "stop_shadow", roles.shadow, actor, previous=roles.production)
             conn.commit()
             self._unload_quietly([roles.production], roles.production)
         self.say(f"shadow version {roles.shadow} stopped; production version {roles.production} serves alone")
@@ -474,7 +424,7 @@ class Lifecycle:
 
     def promote(self, name: str | None, *, force: bool, actor: str) -> int:
         """Make ``name`` (default: the shadow) production, if it passes the gate or ``force``."""
-        with self._locked() as conn:
+        with lifecycle_lock(self.engine) as conn:
             roles = self.bootstrap(conn, actor)
             production = roles.production
             assert production is not None
@@ -522,9 +472,9 @@ class Lifecycle:
             figures["gate"] = {"passed": decision.passed, "reason": decision.reason}
             if version not in bundles:
                 self._register(conn, version, candidate, actor)
-            self._set_role(conn, "production", version, actor, None)
-            conn.execute(delete(model_roles).where(model_roles.c.role == "shadow"))
-            self._audit(
+            set_role(conn, "production", version, actor, None)
+            clear_shadow_role(conn)
+            record_audit(
                 conn,
                 "promote",
                 version,
@@ -543,16 +493,11 @@ class Lifecycle:
 
     def rollback(self, actor: str) -> int:
         """Production back to the version it replaced (from the audit trail)."""
-        with self._locked() as conn:
+        with lifecycle_lock(self.engine) as conn:
             roles = self.bootstrap(conn, actor)
             production = roles.production
             assert production is not None
-            previous = conn.execute(
-                select(model_audit.c.previous_version)
-                .where(model_audit.c.action.in_(("promote", "rollback")), model_audit.c.version == production)
-                .order_by(model_audit.c.audit_id.desc())
-                .limit(1)
-            ).scalar()
+            previous = version_replaced_by(conn, production)
             if previous is None:
                 raise Refused(
                     f"production version {production} replaced no earlier version: nothing to roll back to"
@@ -568,10 +513,10 @@ class Lifecycle:
             except LifecycleError:
                 self._unload_quietly(loaded_before or [production], production)
                 raise
-            self._set_role(conn, "production", previous, actor, None)
+            set_role(conn, "production", previous, actor, None)
             if roles.shadow is not None and shadow is None:
-                conn.execute(delete(model_roles).where(model_roles.c.role == "shadow"))
-            self._audit(conn, "rollback", previous, actor, previous=production)
+                clear_shadow_role(conn)
+            record_audit(conn, "rollback", previous, actor, previous=production)
             conn.commit()
             self._unload_quietly([previous] + ([shadow] if shadow else []), previous)
         bundle = version_bundles(self.engine).get(previous)

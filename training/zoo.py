@@ -94,18 +94,15 @@ def format_models(entries: list[dict[str, Any]]) -> str:
 def registry_summary() -> dict[str, Any]:
     """Registered versions and roles, or why they could not be read (never raises)."""
     try:
-        from sqlalchemy import select
-
         from steelcore import service_urls
         from steelcore.postgres.engine import create_db_engine
-        from steelcore.postgres.model_registry import read_roles
-        from steelcore.postgres.schema import model_versions
+        from steelcore.postgres.model_registry import read_roles, registered_versions
 
         engine = create_db_engine(service_urls.postgres_url(), connect_timeout_s=3)
         try:
             with engine.connect() as conn:
                 roles = read_roles(conn)
-                rows = conn.execute(select(model_versions).order_by(model_versions.c.version)).all()
+                rows = registered_versions(conn)
         finally:
             engine.dispose()
     except Exception as exc:  # the listing of bundles must not depend on the database

@@ -69,8 +69,9 @@ class BatchSteps:
 
     def _shadow_runner(self, engine: Any) -> ShadowRunner | None:
         """A runner asking the cascade of the worker's own Triton; None with injected inference."""
+        from steelcore.postgres.defect_writes import write_shadow_results
         from steelcore.triton.ensemble_client import TritonEnsembleClient
-        from workers.shadow_runner import SHADOW_MODEL, write_shadow_results
+        from workers.shadow_runner import SHADOW_MODEL
 
         if not isinstance(self.inference, TritonEnsembleClient):
             return None

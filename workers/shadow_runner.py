@@ -23,10 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Engine
 
-from steelcore.postgres.schema import shadow_results
 from steelcore.triton.inference_result import EnsembleResult
 from workers.frame_batch import ValidFrame
 from workers.worker_metrics import WorkerMetrics
@@ -55,17 +52,6 @@ class ShadowFrame:
     captured_at: datetime
     pixels: np.ndarray  # uint8 [256, 1600]
     version: int  # the shadow version it is meant for
-
-
-def write_shadow_results(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert shadow answers; returns how many were new (a redelivered frame's are skipped)."""
-    if not rows:
-        return 0
-    with engine.begin() as conn:
-        inserted = conn.execute(
-            insert(shadow_results).on_conflict_do_nothing().returning(shadow_results.c.frame_id), list(rows)
-        )
-        return len(inserted.scalars().all())
 
 
 class ShadowRunner:

@@ -34,14 +34,11 @@ class ReadinessChecks:
             return "not connected"
         if not isinstance(store, PostgresStore):
             return None
-        from sqlalchemy import text
-
-        from steelcore.postgres.migrate import head_revision
+        from steelcore.postgres.migrate import head_revision, stored_revision
 
         if self._schema_head is None:
             self._schema_head = head_revision()
-        with store.engine.connect() as conn:
-            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        current = stored_revision(store.engine)
         if current != self._schema_head:
             return f"schema at revision {current}, this worker needs {self._schema_head}"
         return None

@@ -35,7 +35,16 @@ from sqlalchemy.dialects.postgresql import insert
 
 from steelcore.postgres.frame_images import image_encoding
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord, StoreResult
-from steelcore.postgres.schema import alarms, cameras, coils, defects, frame_images, frames, lines
+from steelcore.postgres.schema import (
+    alarms,
+    cameras,
+    coils,
+    defects,
+    frame_images,
+    frames,
+    lines,
+    shadow_results,
+)
 from steelcore.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,18 @@ def severity(probability: float, area_px: int, class_id: int, alarm_min_area_px:
     else:
         reference = max(alarm_min_area_px)
     return probability * min(1.0, area_px / (SEVERITY_FULL_SCALE * max(1, reference)))
+
+
+def write_shadow_results(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert a shadow version's answers (workers.shadow_runner); returns how many were new (a
+    redelivered frame's are skipped)."""
+    if not rows:
+        return 0
+    with engine.begin() as conn:
+        inserted = conn.execute(
+            insert(shadow_results).on_conflict_do_nothing().returning(shadow_results.c.frame_id), list(rows)
+        )
+        return len(inserted.scalars().all())
 
 
 class DefectStore:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select, text
 
 from steelcore import exit_codes
 from steelcore.postgres.engine import cli_database_url, create_db_engine, sqlalchemy_url
@@ -71,6 +71,13 @@ def current_revision(url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def stored_revision(engine: Engine) -> str | None:
+    """The revision in the database's alembic_version (the table must exist: a worker checks a
+    database it already migrated)."""
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(url: str, revision: str = "head") -> None:

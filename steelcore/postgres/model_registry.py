@@ -62,6 +62,11 @@ def version_bundles(conn_or_engine: Connection | Engine) -> dict[int, str]:
     return {int(row.version): str(row.bundle) for row in rows}
 
 
+def registered_versions(conn_or_engine: Connection | Engine) -> list[Any]:
+    """Every ``model_versions`` row, oldest version first."""
+    return _rows(conn_or_engine, select(model_versions).order_by(model_versions.c.version))
+
+
 def shadow_pick(frame_id: str, share: float) -> bool:
     """Whether the shadow also judges this frame.
 
