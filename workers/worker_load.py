@@ -17,6 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from steelcore.kafka.exceptions import KafkaException
+from steelcore.worker_metrics import (
+    ALARMS_PUBLISHED_TOTAL,
+    EVENT_LAG_SECONDS,
+    FRAME_LATENCY_SECONDS,
+    FRAMES_TOTAL,
+)
 from workers.drift_watch import observe_safely
 from workers.frame_batch import Batch
 
@@ -106,12 +112,12 @@ class WorkerLoad:
         self._last_log = time.monotonic()
         m = self.metrics
         if self.overload.overloaded:
-            self._log_overload(m.value("steel_worker_frame_latency_seconds"))
+            self._log_overload(m.value(FRAME_LATENCY_SECONDS))
         log.info(
             "stored %d, duplicate %d, dead-lettered %d frames; %d alarms; event lag %.1f s",
-            m.value("steel_worker_frames_total", {"outcome": "stored"}),
-            m.value("steel_worker_frames_total", {"outcome": "duplicate"}),
-            m.value("steel_worker_frames_total", {"outcome": "dead_lettered"}),
-            m.value("steel_worker_alarms_published_total"),
-            m.value("steel_worker_event_lag_seconds"),
+            m.value(FRAMES_TOTAL, {"outcome": "stored"}),
+            m.value(FRAMES_TOTAL, {"outcome": "duplicate"}),
+            m.value(FRAMES_TOTAL, {"outcome": "dead_lettered"}),
+            m.value(ALARMS_PUBLISHED_TOTAL),
+            m.value(EVENT_LAG_SECONDS),
         )
