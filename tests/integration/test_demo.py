@@ -9,25 +9,21 @@ defects and the synthetic camera's own masks (not the truth topic the demo read)
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy import text
+from steel_cli import own_stack_env, steel
 
 from producers.frame_sources import frame_run_start_ms
 from producers.synthetic_camera import SyntheticCamera
-from stack.service import free_port
 from steelcore import rle
 from steelcore.settings import Settings
 from training.metrics import dice_scores
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FRAMES = 12
 KEYS = {
     "produced", "stored", "dead_lettered", "frames_per_s", "defects", "defects_total", "alarms",
@@ -36,31 +32,8 @@ KEYS = {
 }  # fmt: skip
 
 
-def steel(env: dict[str, str], *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "steelcore.cli", *args],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-
-
 def test_demo_frames_stores_every_frame_and_reports_its_dice(fresh_run_dir: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not (k.startswith("STEEL_") and k.endswith("_URL"))}
-    env.update(
-        {
-            "STEEL_RUN_DIR": str(fresh_run_dir),
-            "STEEL_KAFKA_PORT": str(free_port()),
-            "STEEL_POSTGRES_PORT": str(free_port()),
-            "STEEL_REDIS_PORT": str(free_port()),
-            "STEEL_TRITON_HTTP_PORT": str(free_port()),
-            "STEEL_TRITON_GRPC_PORT": str(free_port()),
-            "STEEL_TRITON_METRICS_PORT": str(free_port()),
-            "OMP_NUM_THREADS": "1",
-        }
-    )
+    env = own_stack_env(fresh_run_dir)
     try:
         done = steel(
             env,

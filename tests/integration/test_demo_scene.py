@@ -10,49 +10,21 @@ Redis stream.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from steel_cli import own_stack_env, steel
 
 from producers.synthetic_camera import SyntheticCamera
-from stack.service import free_port
 from steelcore.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def steel(env: dict[str, str], *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "steelcore.cli", *args],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
 
 
 def test_lifecycle_scene_runs_the_loop_and_leaves_its_trace(fresh_run_dir: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not (k.startswith("STEEL_") and k.endswith("_URL"))}
-    env.update(
-        {
-            "STEEL_RUN_DIR": str(fresh_run_dir),
-            "STEEL_KAFKA_PORT": str(free_port()),
-            "STEEL_POSTGRES_PORT": str(free_port()),
-            "STEEL_REDIS_PORT": str(free_port()),
-            "STEEL_TRITON_HTTP_PORT": str(free_port()),
-            "STEEL_TRITON_GRPC_PORT": str(free_port()),
-            "STEEL_TRITON_METRICS_PORT": str(free_port()),
-            "STEEL_PROMOTE_GATE_MIN_VERDICTS": "5",
-            "OMP_NUM_THREADS": "1",
-        }
-    )
+    env = own_stack_env(fresh_run_dir, STEEL_PROMOTE_GATE_MIN_VERDICTS="5")
     try:
         done = steel(
             env,
