@@ -21,7 +21,7 @@ from steelcore.postgres.defect_history import (
     DENSITY_PER_M,
     DefectFilters,
     DefectRow,
-    coil_summary,
+    coil_summary_of,
     count_defects,
     query_defects,
 )
@@ -199,14 +199,7 @@ def _frame_viewer(engine: Engine, rows: list[DefectRow]) -> None:
 
 def _coil_summary(engine: Engine, filters: DefectFilters) -> None:
     st.subheader(f"Per coil: defects per {DENSITY_PER_M:g} m")
-    summaries = coil_summary(
-        engine,
-        [filters.coil_id] if filters.coil_id else None,
-        line_id=filters.line_id,
-        time_from=filters.time_from,
-        time_to=filters.time_to,
-        limit=MAX_SUMMARY_COILS,
-    )
+    summaries = coil_summary_of(engine, filters, limit=MAX_SUMMARY_COILS)
     if not summaries:
         st.info("No coil in the range.")
         return

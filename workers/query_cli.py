@@ -219,16 +219,10 @@ def _print_columns(stream: TextIO, header: Sequence[str], table: Sequence[Sequen
 
 
 def _write_summary(engine: Engine, f: DefectFilters, out: Path | None) -> None:
-    from steelcore.postgres.defect_history import DENSITY_PER_M, coil_summary
+    from steelcore.postgres.defect_history import DENSITY_PER_M, coil_summary_of
     from steelcore.severstal import CLASS_IDS
 
-    summaries = coil_summary(
-        engine,
-        [f.coil_id] if f.coil_id else None,
-        line_id=f.line_id,
-        time_from=f.time_from,
-        time_to=f.time_to,
-    )
+    summaries = coil_summary_of(engine, f)
     classes = sorted(set(CLASS_IDS).union(*(s.defects_by_class for s in summaries)))
     header = ["coil", "line", "frames", "length_m"] + [f"class {c} /{DENSITY_PER_M:g} m" for c in classes]
     table = []

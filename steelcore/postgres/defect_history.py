@@ -239,6 +239,19 @@ def coil_summary(
     ]
 
 
+def coil_summary_of(engine: Engine, filters: DefectFilters, limit: int | None = None) -> list[CoilSummary]:
+    """coil_summary of the coils ``filters`` select: its coil, else its line and time range (the other
+    filters are about defects, not coils)."""
+    return coil_summary(
+        engine,
+        [filters.coil_id] if filters.coil_id else None,
+        line_id=filters.line_id,
+        time_from=filters.time_from,
+        time_to=filters.time_to,
+        limit=limit,
+    )
+
+
 def plan_without_index_scans(engine: Engine) -> None:
     """Make every new connection of ``engine`` plan without index scans: the plan Postgres would be
     left with without the schema's indexes (the baseline of `steel bench queries`)."""
