@@ -18,8 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from dashboard.config import DashboardSettings
-from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, cli_database_url
-from steelcore.postgres.exceptions import CommandLinePasswordError
+from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, command_database_url
 from steelcore.postgres.migrate import upgrade
 from steelcore.postgres.roles import ensure_dashboard_roles
 from steelcore.settings import reveal
@@ -50,17 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = DashboardSettings()
-    from steelcore import exit_codes
-    from steelcore.service_urls import ServiceUnavailableError
-
-    try:
-        admin_url = cli_database_url(args.url)
-    except CommandLinePasswordError as exc:
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
-        return exit_codes.USAGE
-    except ServiceUnavailableError as exc:
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
-        return exit_codes.UNAVAILABLE
+    admin_url = command_database_url(parser.prog, args.url)
+    if isinstance(admin_url, int):
+        return admin_url
     ensure_dashboard_roles(
         admin_url,
         dashboard_password=_secret_from_url(settings.dashboard_db_url),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -57,6 +57,10 @@ class FrameIdentity:
     coil_id: str
     position_m: float
     captured_at: datetime
+
+    def identity_fields(self) -> dict[str, Any]:
+        """The six fields by name, to build another record about the same frame from this one."""
+        return {f.name: getattr(self, f.name) for f in fields(FrameIdentity)}
 
 
 @dataclass(frozen=True)

@@ -193,12 +193,7 @@ def build_records(
                 areas[d.class_id - 1] = d.area_px
             fired = alarms_for_frame(rule, h, probabilities=probs, areas_px=areas)
             record = FrameRecord(
-                frame_id=h.frame_id,
-                line_id=h.line_id,
-                camera_id=h.camera_id,
-                coil_id=h.coil_id,
-                position_m=h.position_m,
-                captured_at=h.captured_at,
+                **h.identity_fields(),
                 received_at=received_at,
                 model_name=name,
                 model_version=version,

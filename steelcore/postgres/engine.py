@@ -10,6 +10,7 @@ authentication).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -61,6 +62,19 @@ def cli_database_url(given: str | None) -> str:
     from steelcore.service_urls import postgres_url
 
     return postgres_url()
+
+
+def command_database_url(prog: str, given: str | None) -> str | int:
+    """cli_database_url for a maintenance command's main(): the URL, or, once ``prog: why`` is on
+    stderr, the exit code to return (USAGE for a password in argv, UNAVAILABLE for no database)."""
+    from steelcore import exit_codes
+    from steelcore.service_urls import ServiceUnavailableError
+
+    try:
+        return cli_database_url(given)
+    except (CommandLinePasswordError, ServiceUnavailableError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exit_codes.USAGE if isinstance(exc, CommandLinePasswordError) else exit_codes.UNAVAILABLE
 
 
 def role_url(url: str, role: str, password: str | None = None) -> str:

@@ -188,18 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     purge.add_argument("--days", type=float, default=None, help="retention in days (default: settings)")
     args = parser.parse_args(argv)
-    from steelcore.postgres.engine import cli_database_url, create_db_engine
-    from steelcore.postgres.exceptions import CommandLinePasswordError
-    from steelcore.service_urls import ServiceUnavailableError
+    from steelcore.postgres.engine import command_database_url, create_db_engine
 
-    try:
-        url = cli_database_url(args.url)
-    except CommandLinePasswordError as exc:
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
-        return exit_codes.USAGE
-    except ServiceUnavailableError as exc:
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
-        return exit_codes.UNAVAILABLE
+    url = command_database_url(parser.prog, args.url)
+    if isinstance(url, int):
+        return url
     days = retention_days() if args.days is None else args.days
     if days < 0:
         print(f"--days must be >= 0, got {days}", file=sys.stderr)

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, func, select, text
 
 from steelcore import exit_codes
-from steelcore.postgres.engine import cli_database_url, create_db_engine, sqlalchemy_url
-from steelcore.postgres.exceptions import CommandLinePasswordError
+from steelcore.postgres.engine import command_database_url, create_db_engine, sqlalchemy_url
 from steelcore.postgres.roles import READER_ROLE, WORKER_ROLE, WRITER_ROLE, ensure_roles
 from steelcore.settings import redact_url
 
@@ -124,16 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = alembic_config("postgresql+psycopg://offline/steel")
         command.upgrade(cfg, "head", sql=True)
         return exit_codes.OK
-    from steelcore.service_urls import ServiceUnavailableError
-
-    try:
-        url = cli_database_url(args.url)
-    except CommandLinePasswordError as exc:
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
-        return exit_codes.USAGE
-    except ServiceUnavailableError as exc:
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
-        return exit_codes.UNAVAILABLE
+    url = command_database_url(parser.prog, args.url)
+    if isinstance(url, int):
+        return url
     if args.action == "upgrade":
         upgrade(url)
         print(f"{redact_url(url)} at revision {head_revision()}")

@@ -87,16 +87,7 @@ def ensure_roles(url: str, *, worker_password: SecretStr | None = None) -> None:
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {WRITER_ROLE}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE ON SEQUENCES TO {WRITER_ROLE}",
     ]
-    engine = create_db_engine(url)
-    try:
-        with engine.begin() as conn:
-            for statement in statements:
-                # Role and table names are the module's constants above, never user input.
-                conn.execute(text(statement))
-            if worker_password is not None:
-                set_role_password(conn, WORKER_ROLE, worker_password)
-    finally:
-        engine.dispose()
+    _grant(url, statements, {WORKER_ROLE: worker_password})
 
 
 def ensure_dashboard_roles(
@@ -118,12 +109,18 @@ def ensure_dashboard_roles(
         f"GRANT USAGE ON SCHEMA public TO {FEEDBACK_ROLE}",
         f"GRANT INSERT ON feedback TO {FEEDBACK_ROLE}",
     ]
-    engine = create_db_engine(admin_url)
+    _grant(admin_url, statements, {DASHBOARD_ROLE: dashboard_password, FEEDBACK_ROLE: feedback_password})
+
+
+def _grant(url: str, statements: list[str], passwords: dict[str, SecretStr | None]) -> None:
+    """Run ``statements`` and set the passwords given (None: leave it) in one transaction."""
+    engine = create_db_engine(url)
     try:
         with engine.begin() as conn:
-            for statement in statements:  # role names are this module's constants, never input
+            for statement in statements:
+                # Role and table names are the module's constants, never user input.
                 conn.execute(text(statement))
-            for role, password in ((DASHBOARD_ROLE, dashboard_password), (FEEDBACK_ROLE, feedback_password)):
+            for role, password in passwords.items():
                 if password is not None:
                     set_role_password(conn, role, password)
     finally:
