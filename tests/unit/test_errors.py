@@ -11,7 +11,7 @@ from stack.service import AddressInUseError, ServiceError, ServiceStartError
 from stack.triton_server import EmbeddedTritonUnavailableError, TritonError
 from steelcore.errors import ExternalServiceError, SteelError
 from steelcore.frame_message import FrameMessageError
-from steelcore.postgres.exceptions import CommandLinePasswordError
+from steelcore.postgres.exceptions import CommandLinePasswordError, PostgresError
 from steelcore.postgres.verdicts import FeedbackError
 from steelcore.service_urls import ServiceUnavailableError
 from steelcore.triton.exceptions import (
@@ -40,6 +40,7 @@ PROJECT_ERRORS = [
     FrameMessageError,
     ServiceUnavailableError,
     CommandLinePasswordError,
+    PostgresError,
     TritonClientError,
     TritonInferenceError,
     TritonTimeoutError,
@@ -65,6 +66,8 @@ def test_external_service_errors_are_the_ones_steel_work_reports_unavailable() -
     # steel work reports these as "service unavailable"; the batch abort prints its own message.
     assert issubclass(ServiceUnavailableError, ExternalServiceError)
     assert issubclass(TritonClientError, ExternalServiceError)
+    assert issubclass(PostgresError, ExternalServiceError)
+    assert not issubclass(CommandLinePasswordError, ExternalServiceError)  # a usage error: no retry
     assert not issubclass(BatchAbandonedError, ExternalServiceError)
     assert not issubclass(Outage, ExternalServiceError)
     # One "no Triton to talk to": the embedded launcher's verdict is the client's TritonUnavailableError.
