@@ -7,17 +7,15 @@ AppTest runs the real app script in-process (st.navigation, fragments, widgets);
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from dashboard_seed import RECENT_COIL, new_database, seed
+from dashboard_seed import RECENT_COIL
 from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
 from steelcore.postgres import schema
-from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
 from steelcore.postgres.frame_records import FrameRecord
 from steelcore.severstal import CLASS_NAMES
 
@@ -25,41 +23,6 @@ pytestmark = pytest.mark.integration
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 TIMEOUT_S = 60.0  # two shared cores: a page's first run imports pandas and altair
-
-
-@pytest.fixture(scope="module")
-def db_url(postgres_url: str) -> Iterator[str]:
-    with new_database(postgres_url) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def owner(db_url: str) -> Iterator[Engine]:
-    engine = create_db_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def records(owner: Engine) -> list[FrameRecord]:
-    return seed(owner, datetime.now(UTC))
-
-
-@pytest.fixture()
-def dashboard_env(
-    db_url: str,
-    records: list[FrameRecord],
-    stack_run_dir: Path,
-    redis_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The app's settings, as `steel dashboard` would hand them over: role URLs, no login."""
-    monkeypatch.setenv("STEEL_DASHBOARD_DB_URL", role_url(db_url, DASHBOARD_ROLE))
-    monkeypatch.setenv("STEEL_DASHBOARD_FEEDBACK_DB_URL", role_url(db_url, FEEDBACK_ROLE))
-    monkeypatch.setenv("STEEL_DASHBOARD_AUTH", "off")
-    monkeypatch.setenv("STEEL_RUN_DIR", str(stack_run_dir))  # health: the fixtures' services
-    for name in ("STEEL_POSTGRES_URL", "STEEL_REDIS_URL", "STEEL_KAFKA_URL", "STEEL_TRITON_URL"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _app() -> AppTest:
@@ -76,11 +39,11 @@ def _feedback_rows(owner: Engine) -> list:
 
 
 def test_live_page_shows_rates_alarms_frames_and_the_coil(
-    dashboard_env: None, records: list[FrameRecord]
+    dashboard_env: None, seeded_records: list[FrameRecord]
 ) -> None:
     at = _app().run()
     assert not at.exception, at.exception
-    recent = [r for r in records if r.line_id == "L1"]  # all inside the default 300 s window
+    recent = [r for r in seeded_records if r.line_id == "L1"]  # all inside the default 300 s window
     assert _metric(at, "Frames/s") == f"{len(recent) / 300:.2f}"
     assert _metric(at, "Defects in window") == str(sum(len(r.defects) for r in recent))
     newest = max((a.raised_at, r.frame_id) for r in recent for a in r.alarms)
@@ -119,56 +82,60 @@ def test_live_page_shows_a_camera_in_a_drift_episode(dashboard_env: None, redis_
 
 
 def test_an_operator_confirms_an_alarm_from_the_live_page(
-    dashboard_env: None, owner: Engine, records: list[FrameRecord]
+    dashboard_env: None, dashboard_owner: Engine, seeded_records: list[FrameRecord]
 ) -> None:
     at = _app().run()
     first = next(b for b in at.button if b.key and b.key.startswith("alarm-"))
     assert first.disabled  # no operator name yet
     at.text_input(key="operator").input("ana").run()
-    before = len(_feedback_rows(owner))
+    before = len(_feedback_rows(dashboard_owner))
     at.button(key=first.key.replace("-false", "-confirmed")).click().run()
     assert not at.exception, at.exception
-    rows = _feedback_rows(owner)
+    rows = _feedback_rows(dashboard_owner)
     assert len(rows) == before + 1
     alarm_id = int(first.key.split("-")[1])
     assert (rows[-1].alarm_id, rows[-1].verdict, rows[-1].operator) == (alarm_id, "confirmed", "ana")
 
 
-def test_history_page_filters_pages_and_summarises(dashboard_env: None, records: list[FrameRecord]) -> None:
+def test_history_page_filters_pages_and_summarises(
+    dashboard_env: None, seeded_records: list[FrameRecord]
+) -> None:
     at = _app().run()
     at.switch_page("history_page.py").run()
     assert not at.exception, at.exception
     day_ago = datetime.now(UTC) - timedelta(days=1)
-    last_day = [d for r in records if r.captured_at >= day_ago for d in r.defects]
+    last_day = [d for r in seeded_records if r.captured_at >= day_ago for d in r.defects]
     assert any(md.value == f"**{len(last_day):,}** matching defects" for md in at.markdown)
     assert len(at.dataframe[0].value) == min(25, len(last_day))
 
     at.selectbox(key="history_period").select("Last 7 days").run()
     at.multiselect(key="history_classes").select(3).run()
-    class_3 = [d for r in records for d in r.defects if d.class_id == 3]
+    class_3 = [d for r in seeded_records for d in r.defects if d.class_id == 3]
     assert any(md.value == f"**{len(class_3):,}** matching defects" for md in at.markdown)
 
     summary = at.dataframe[-1].value.set_index("coil")
-    coil = [r for r in records if r.coil_id == RECENT_COIL]
+    coil = [r for r in seeded_records if r.coil_id == RECENT_COIL]
     length = max(r.position_m for r in coil) - min(r.position_m for r in coil)
     expected = 100 * sum(1 for r in coil for d in r.defects if d.class_id == 3) / length
     assert summary.loc[RECENT_COIL, f"3 {CLASS_NAMES[3]}"] == pytest.approx(expected, abs=0.01)
     assert len(at.get("image")) == 1  # the frame viewer
 
 
-def test_history_frame_viewer_takes_a_verdict_on_a_defect(dashboard_env: None, owner: Engine) -> None:
+def test_history_frame_viewer_takes_a_verdict_on_a_defect(
+    dashboard_env: None, dashboard_owner: Engine
+) -> None:
     at = _app().run()
     at.switch_page("history_page.py").run()
     at.text_input(key="operator").input("bo").run()
     button = next(b for b in at.button if b.key and b.key.startswith("defect-") and b.key.endswith("-false"))
     button.click().run()
     assert not at.exception, at.exception
-    last = _feedback_rows(owner)[-1]
+    last = _feedback_rows(dashboard_owner)[-1]
     assert (last.defect_id, last.verdict, last.operator) == (int(button.key.split("-")[1]), "false", "bo")
 
 
 def test_health_page_shows_services_model_and_throughput(
-    dashboard_env: None, records: list[FrameRecord], monkeypatch: pytest.MonkeyPatch
+    dashboard_env: None, seeded_records: list[FrameRecord], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from stack.service import free_port
     from workers.worker_metrics import WorkerMetrics
@@ -192,7 +159,7 @@ def test_health_page_shows_services_model_and_throughput(
     assert services["postgres"] == "up" and services["redis"] == "up"
     assert services["triton"] == "DOWN"  # not started in this session
     assert _metric(at, "Workers use") == "default v1"
-    assert _metric(at, "Frames in window") == str(sum(r.line_id == "L1" for r in records))
+    assert _metric(at, "Frames in window") == str(sum(r.line_id == "L1" for r in seeded_records))
     stages = at.dataframe[1].value.set_index("stage")
     assert set(stages.index) == {"decode", "infer", "store", "capture to stored"}
     errors = [e.value for e in at.error]

@@ -20,14 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from dashboard_seed import RECENT_COIL, new_database, seed, seed_models
+from dashboard_seed import RECENT_COIL, seed, seed_models
 from sqlalchemy import Engine, select
 
 from dashboard.launch import streamlit_command
 from stack.service import free_port
 from steelcore.paths import REPO_ROOT
 from steelcore.postgres import schema
-from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
+from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, role_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,30 +61,22 @@ def playwright_api():
 
 
 @pytest.fixture(scope="module")
-def db_url(postgres_url: str) -> Iterator[str]:
-    with new_database(postgres_url) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def owner(db_url: str) -> Iterator[Engine]:
-    engine = create_db_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
 def server(
-    db_url: str, owner: Engine, stack_run_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    dashboard_db_url: str,
+    dashboard_owner: Engine,
+    stack_run_dir: Path,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     """The dashboard served as `steel dashboard` serves it, on a free port; yields its base URL."""
     now = datetime.now(UTC)
-    seed_models(owner, seed(owner, now), now)  # the health page's Models section: versions, shadow, audit
+    # The health page's Models section: versions, shadow, audit.
+    seed_models(dashboard_owner, seed(dashboard_owner, now), now)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEEL_")}
     env.update(
-        STEEL_DASHBOARD_DB_URL=role_url(db_url, DASHBOARD_ROLE),
-        STEEL_DASHBOARD_FEEDBACK_DB_URL=role_url(db_url, FEEDBACK_ROLE),
+        STEEL_DASHBOARD_DB_URL=role_url(dashboard_db_url, DASHBOARD_ROLE),
+        STEEL_DASHBOARD_FEEDBACK_DB_URL=role_url(dashboard_db_url, FEEDBACK_ROLE),
         STEEL_RUN_DIR=str(stack_run_dir),
         OMP_NUM_THREADS="1",
     )
@@ -153,7 +145,7 @@ def _updated_caption(page) -> str:
 
 
 def test_every_page_renders_in_a_real_browser(
-    server: str, browser, owner: Engine, redis_url: str, tmp_path: Path
+    server: str, browser, dashboard_owner: Engine, redis_url: str, tmp_path: Path
 ) -> None:
     page = browser.new_page(viewport=VIEWPORT)
 
@@ -186,7 +178,7 @@ def test_every_page_renders_in_a_real_browser(
     )
     page.wait_for_function(enabled, timeout=WAIT_MS)
     confirm.click()
-    assert _wait_for_feedback(owner, "e2e-operator") == "confirmed"
+    assert _wait_for_feedback(dashboard_owner, "e2e-operator") == "confirmed"
 
     # History: filters, the paged table, the frame viewer and the per-coil summary.
     page.goto(f"{server}/history")

@@ -8,17 +8,15 @@ never from steelcore.model_agreement."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from dashboard_seed import new_database, seed, seed_models
+from dashboard_seed import seed_models
 from sqlalchemy import Engine, text
 from streamlit.testing.v1 import AppTest
 
 from steelcore.model_agreement import audit_figures, compare_verdicts, mask_agreement
-from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, create_db_engine, role_url
 from steelcore.postgres.frame_records import FrameRecord
 from steelcore.postgres.model_evidence import read_evidence
 from steelcore.settings import Settings
@@ -28,40 +26,6 @@ pytestmark = pytest.mark.integration
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 TIMEOUT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def db_url(postgres_url: str) -> Iterator[str]:
-    with new_database(postgres_url) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def owner(db_url: str) -> Iterator[Engine]:
-    engine = create_db_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def records(owner: Engine) -> list[FrameRecord]:
-    return seed(owner, datetime.now(UTC))
-
-
-@pytest.fixture()
-def dashboard_env(
-    db_url: str,
-    records: list[FrameRecord],
-    stack_run_dir: Path,
-    redis_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("STEEL_DASHBOARD_DB_URL", role_url(db_url, DASHBOARD_ROLE))
-    monkeypatch.setenv("STEEL_DASHBOARD_FEEDBACK_DB_URL", role_url(db_url, FEEDBACK_ROLE))
-    monkeypatch.setenv("STEEL_DASHBOARD_AUTH", "off")
-    monkeypatch.setenv("STEEL_RUN_DIR", str(stack_run_dir))
-    for name in ("STEEL_POSTGRES_URL", "STEEL_REDIS_URL", "STEEL_KAFKA_URL", "STEEL_TRITON_URL"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _health() -> AppTest:
@@ -76,7 +40,7 @@ def _table(at: AppTest, column: str):
 
 
 def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
-    dashboard_env: None, owner: Engine, records: list[FrameRecord], redis_url: str
+    dashboard_env: None, dashboard_owner: Engine, seeded_records: list[FrameRecord], redis_url: str
 ) -> None:
     import redis
 
@@ -88,7 +52,7 @@ def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
     assert next(m.value for m in at.metric if m.label == "Production model") == "none registered"
     assert any("no camera in an inspection alarm episode" in c.value for c in at.caption)
 
-    seeded = seed_models(owner, records, datetime.now(UTC))
+    seeded = seed_models(dashboard_owner, seeded_records, datetime.now(UTC))
     stream = Settings().inspection_alarm_stream
     client = redis.Redis.from_url(redis_url)
     client.delete(stream, f"{stream}:active")
@@ -143,7 +107,7 @@ def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
 
     # Promoted: v2 is production and no shadow runs. Its figures stay, still against v1 (the version
     # it shadowed, from the audit), not against itself; there is no gate to pass any more.
-    with owner.begin() as conn:
+    with dashboard_owner.begin() as conn:
         conn.execute(text("DELETE FROM model_roles WHERE role = 'shadow'"))
         conn.execute(text("UPDATE model_roles SET version = 2 WHERE role = 'production'"))
     at = _health()
@@ -154,25 +118,25 @@ def test_models_section_shows_versions_agreement_verdicts_audit_and_drift(
 
 
 def test_agreement_figures_read_back_as_the_page_computes_them(
-    owner: Engine, records: list[FrameRecord]
+    dashboard_owner: Engine, seeded_records: list[FrameRecord]
 ) -> None:
     # read_evidence on its own: the window leaves out the old L2 frames, the limit keeps the newest,
     # and the figures survive a JSON round trip as an audit row stores them.
-    with owner.connect() as conn:
+    with dashboard_owner.connect() as conn:
         registered = conn.execute(text("SELECT count(*) FROM model_versions")).scalar()
     if not registered:  # run on its own, without the page test before it
-        seed_models(owner, records, datetime.now(UTC))
+        seed_models(dashboard_owner, seeded_records, datetime.now(UTC))
     now = datetime.now(UTC)
-    everything = read_evidence(owner, 2)
-    windowed = read_evidence(owner, 2, production_version=1, since=now - timedelta(hours=1))
-    newest = read_evidence(owner, 2, since=now - timedelta(hours=1), limit=5)
-    recent = [r for r in records if r.line_id == "L1"]
+    everything = read_evidence(dashboard_owner, 2)
+    windowed = read_evidence(dashboard_owner, 2, production_version=1, since=now - timedelta(hours=1))
+    newest = read_evidence(dashboard_owner, 2, since=now - timedelta(hours=1), limit=5)
+    recent = [r for r in seeded_records if r.line_id == "L1"]
     assert len(everything.frames) == len(recent) + 4
     assert {f.frame_id for f in windowed.frames} == {r.frame_id for r in recent}
     assert {f.frame_id for f in newest.frames} == {
         r.frame_id for r in sorted(recent, key=lambda r: r.captured_at)[-5:]
     }
-    assert read_evidence(owner, 2, production_version=7).frames == []  # no frame judged by v7
+    assert read_evidence(dashboard_owner, 2, production_version=7).frames == []  # no frame judged by v7
     # One verdict per defect: the superseded 'confirmed' is not counted twice.
     pairs = [(v.frame_id, v.class_id) for v in windowed.verdicts]
     assert len(pairs) == len(set(pairs)) == sum(len(r.defects) for r in recent)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -19,30 +18,12 @@ from steelcore.postgres.defect_writes import SEVERITY_FULL_SCALE, DefectStore
 from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 from steelcore.postgres.roles import READER_ROLE, ensure_roles
-from steelcore.postgres.scratch import scratch_database
 from steelcore.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 ALARM_AREAS = Settings().alarm_min_area_px
-
-
-@pytest.fixture()
-def blank_db_url(postgres_url: str) -> Iterator[str]:
-    """A new, empty database on the session's server, dropped afterwards."""
-    with scratch_database(postgres_url, "steel_test") as url:
-        yield url
-
-
-@pytest.fixture()
-def engine(blank_db_url: str) -> Iterator[Engine]:
-    migrate.upgrade(blank_db_url)
-    eng = create_db_engine(blank_db_url)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def make_frame(i: int, *, n_defects: int = 2, alarm: bool = True, coil: str = "K1", probability: float = 0.9):
@@ -89,16 +70,16 @@ def counts(engine: Engine) -> dict[str, int]:
 # --- migrations ------------------------------------------------------------------------------------
 
 
-def test_upgrade_builds_the_declared_schema_and_is_repeatable(blank_db_url: str) -> None:
+def test_upgrade_builds_the_declared_schema_and_is_repeatable(db_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert migrate.current_revision(blank_db_url) is None
-    migrate.upgrade(blank_db_url)
-    assert migrate.current_revision(blank_db_url) == migrate.head_revision()
-    migrate.upgrade(blank_db_url)  # a second worker starting: nothing to do, no error
+    assert migrate.current_revision(db_url) is None
+    migrate.upgrade(db_url)
+    assert migrate.current_revision(db_url) == migrate.head_revision()
+    migrate.upgrade(db_url)  # a second worker starting: nothing to do, no error
 
-    eng = create_db_engine(blank_db_url)
+    eng = create_db_engine(db_url)
     try:
         with eng.connect() as conn:
             # The partitions of frames are made by the migration and `steel maintain`, not declared.
@@ -125,20 +106,20 @@ def test_upgrade_builds_the_declared_schema_and_is_repeatable(blank_db_url: str)
     finally:
         eng.dispose()
 
-    migrate.downgrade(blank_db_url, "base")
-    assert migrate.current_revision(blank_db_url) is None
-    migrate.upgrade(blank_db_url)
-    assert migrate.current_revision(blank_db_url) == migrate.head_revision()
+    migrate.downgrade(db_url, "base")
+    assert migrate.current_revision(db_url) is None
+    migrate.upgrade(db_url)
+    assert migrate.current_revision(db_url) == migrate.head_revision()
 
 
-def test_workers_starting_together_migrate_once(blank_db_url: str) -> None:
+def test_workers_starting_together_migrate_once(db_url: str) -> None:
     errors: list[BaseException] = []
     barrier = threading.Barrier(3)
 
     def start_worker() -> None:
         barrier.wait()
         try:
-            migrate.upgrade(blank_db_url)
+            migrate.upgrade(db_url)
         except BaseException as exc:  # collected and reported by the test thread
             errors.append(exc)
 
@@ -148,7 +129,7 @@ def test_workers_starting_together_migrate_once(blank_db_url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert migrate.current_revision(blank_db_url) == migrate.head_revision()
+    assert migrate.current_revision(db_url) == migrate.head_revision()
 
 
 # --- the batch write -------------------------------------------------------------------------------
@@ -337,15 +318,15 @@ def test_feedback_targets_exactly_one_defect_or_alarm(engine: Engine) -> None:
         assert conn.execute(select(func.count()).select_from(fb)).scalar_one() == 1
 
 
-def test_reader_role_can_select_but_not_write(engine: Engine, blank_db_url: str) -> None:
-    ensure_roles(blank_db_url)
-    ensure_roles(blank_db_url)  # idempotent
+def test_reader_role_can_select_but_not_write(engine: Engine, db_url: str) -> None:
+    ensure_roles(db_url)
+    ensure_roles(db_url)  # idempotent
     DefectStore(engine).write_batch([make_frame(0)])
     login = f"dash_{uuid.uuid4().hex[:8]}"
     with engine.begin() as conn:
         conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE {READER_ROLE}"))
     reader = create_db_engine(
-        make_url(blank_db_url).set(username=login, password=None).render_as_string()
+        make_url(db_url).set(username=login, password=None).render_as_string()
     )
     try:
         with reader.connect() as conn:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,29 +14,12 @@ from steelcore.postgres.defect_writes import DefectStore
 from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 from steelcore.postgres.roles import WORKER_ROLE, ensure_roles
-from steelcore.postgres.scratch import scratch_database
 from steelcore.settings import Settings
 from workers.maintain import maintain_once
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime.now(UTC)
-
-
-@pytest.fixture()
-def db_url(postgres_url: str) -> Iterator[str]:
-    with scratch_database(postgres_url, "steel_part") as url:
-        yield url
-
-
-@pytest.fixture()
-def engine(db_url: str) -> Iterator[Engine]:
-    migrate.upgrade(db_url)
-    eng = create_db_engine(db_url)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def frame(frame_id: str, captured_at: datetime, *, defect: bool = True) -> FrameRecord:

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,15 +32,11 @@ from worker_thread import WorkerThread
 
 from producers.camera_producer import CameraProducer, publish_run
 from producers.frame_sources import CameraSpec, LineGeometry, SyntheticSource
-from stack.service import free_port
 from stack.triton_server import TritonServer
 from steelcore.frame_message import decode_frame, decode_image
 from steelcore.kafka.client_config import admin_config, consumer_config
 from steelcore.kafka.topic_admin import ensure_topics
-from steelcore.postgres import migrate
-from steelcore.postgres.engine import create_db_engine
 from steelcore.postgres.model_registry import read_roles, shadow_pick
-from steelcore.postgres.scratch import scratch_database
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
 from steelcore.triton.ensemble_client import TritonEnsembleClient
@@ -56,36 +52,6 @@ CLI_TIMEOUT_S = 420.0  # exporting and loading a bundle's version on busy cores
 CONFIG = WorkerConfig(batch_size=4, batch_wait_s=0.2, backoff_initial_s=0.2, backoff_max_s=2.0)
 SHARE = 0.5
 CAMERAS = ("top", "bottom")
-
-
-@pytest.fixture(scope="module")
-def triton(stack_run_dir: Path) -> Iterator[TritonServer]:
-    run_dir = stack_run_dir / f"switch-triton-{uuid.uuid4().hex[:6]}"
-    server = TritonServer(run_dir, Settings().triton_repository, free_port(), free_port(), free_port())
-    try:
-        server.start(timeout_s=300)
-    except Exception as exc:
-        pytest.fail(f"Triton could not serve {server.repository}: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture()
-def db_url(postgres_url: str) -> Iterator[str]:
-    with scratch_database(postgres_url, "steel_switch") as url:
-        yield url
-
-
-@pytest.fixture()
-def engine(db_url: str) -> Iterator[Engine]:
-    migrate.upgrade(db_url)
-    eng = create_db_engine(db_url)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 @pytest.fixture()

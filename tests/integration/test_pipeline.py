@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,6 @@ from steelcore.frame_message import decode_frame, decode_image
 from steelcore.kafka.client_config import admin_config, consumer_config, producer_config
 from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX
 from steelcore.kafka.topic_admin import ensure_topics
-from steelcore.postgres import migrate
-from steelcore.postgres.engine import create_db_engine
-from steelcore.postgres.scratch import scratch_database
 from steelcore.service_urls import redis_url
 from steelcore.settings import Settings, reveal
 from steelcore.triton.ensemble_client import TritonEnsembleClient
@@ -60,28 +57,6 @@ CONFIG = WorkerConfig(batch_size=4, batch_wait_s=0.2, backoff_initial_s=0.2, bac
 
 
 # --- fixtures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def triton(stack_run_dir: Path) -> Iterator[TritonServer]:
-    repository = Settings().triton_repository
-    server = TritonServer(
-        stack_run_dir / "pipeline-triton", repository, free_port(), free_port(), free_port()
-    )
-    try:
-        server.start(timeout_s=240)
-    except Exception as exc:
-        pytest.fail(f"Triton could not serve {repository}: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture()
-def db_url(postgres_url: str) -> Iterator[str]:
-    with scratch_database(postgres_url, "steel_pipe") as url:
-        yield url
 
 
 @pytest.fixture()
@@ -104,16 +79,6 @@ def settings(
             "triton_protocol": "grpc",
         }
     )
-
-
-@pytest.fixture()
-def engine(db_url: str) -> Iterator[Engine]:
-    migrate.upgrade(db_url)
-    eng = create_db_engine(db_url)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -39,19 +39,12 @@ from steelcore.postgres.engine import (
 )
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 from steelcore.postgres.roles import WORKER_ROLE, WRITER_ROLE, ensure_dashboard_roles, ensure_roles
-from steelcore.postgres.scratch import scratch_database
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 2, 1, 6, 0, tzinfo=UTC)
 WRITER = WRITER_ROLE
 SECRET = "s3cret-in-the-env-Zq81"
-
-
-@pytest.fixture()
-def db_url(postgres_url: str) -> Iterator[str]:
-    with scratch_database(postgres_url, "steel_sec") as url:
-        yield url
 
 
 @pytest.fixture()

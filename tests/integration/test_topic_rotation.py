@@ -11,7 +11,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 
@@ -27,7 +27,6 @@ from steelcore.kafka.consumed_buckets import deleter_from_settings
 from steelcore.kafka.topic_rotation import bucket_number, is_closed
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
-from steelcore.postgres.scratch import scratch_database
 from steelcore.settings import Settings, reveal
 from steelcore.triton.inference_result import EnsembleResult
 from workers.worker_config import WorkerConfig
@@ -66,12 +65,6 @@ class FlatSource:
 
     def frame(self, index: int) -> SourceFrame:
         return SourceFrame(index, np.full((256, 1600), 128, np.uint8), ("",) * 4, f"flat{index}")
-
-
-@pytest.fixture()
-def db_url(postgres_url: str) -> Iterator[str]:
-    with scratch_database(postgres_url, "steel_rot") as url:
-        yield url
 
 
 @pytest.fixture()
