@@ -14,14 +14,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pydantic import SecretStr
-from sqlalchemy.engine import make_url
-
 from dashboard.config import DashboardSettings
-from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, command_database_url
+from steelcore.postgres.engine import DASHBOARD_ROLE, FEEDBACK_ROLE, command_database_url, url_password
 from steelcore.postgres.migrate import upgrade
 from steelcore.postgres.roles import ensure_dashboard_roles
-from steelcore.settings import reveal
 
 
 def prepare_embedded_database(settings: DashboardSettings) -> None:
@@ -54,17 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin_url
     ensure_dashboard_roles(
         admin_url,
-        dashboard_password=_secret_from_url(settings.dashboard_db_url),
-        feedback_password=_secret_from_url(settings.dashboard_feedback_db_url),
+        dashboard_password=url_password(settings.dashboard_db_url),
+        feedback_password=url_password(settings.dashboard_feedback_db_url),
     )
     print(f"login roles {DASHBOARD_ROLE} and {FEEDBACK_ROLE} ready")
     return 0
-
-
-def _secret_from_url(url: SecretStr | None) -> SecretStr | None:
-    plain = reveal(url)
-    password = make_url(plain).password if plain else None
-    return SecretStr(str(password)) if password else None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
@@ -75,6 +76,13 @@ def command_database_url(prog: str, given: str | None) -> str | int:
     except (CommandLinePasswordError, ServiceUnavailableError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return exit_codes.USAGE if isinstance(exc, CommandLinePasswordError) else exit_codes.UNAVAILABLE
+
+
+def url_password(url: SecretStr | None) -> SecretStr | None:
+    """The password inside a database URL; None for no URL or a URL without one."""
+    plain = reveal(url)
+    password = make_url(plain).password if plain else None
+    return SecretStr(str(password)) if password else None
 
 
 def role_url(url: str, role: str, password: str | None = None) -> str:

@@ -17,7 +17,7 @@ from dashboard import prepare_database
 from dashboard.config import DashboardSettings
 from steelcore import exit_codes
 from steelcore.postgres import frame_images, migrate
-from steelcore.postgres.engine import cli_database_url, feedback_url, reader_url
+from steelcore.postgres.engine import cli_database_url, feedback_url, reader_url, url_password
 from steelcore.service_urls import postgres_url, redis_url
 from steelcore.settings import Settings, reveal
 
@@ -92,6 +92,14 @@ def test_maintenance_commands_take_the_url_from_the_environment(monkeypatch: pyt
         get_settings.cache_clear()
     # A URL without a password (local trust or peer authentication) may still be given.
     assert cli_database_url("postgresql://postgres@/steel") == "postgresql://postgres@/steel"
+
+
+def test_the_dashboard_logins_take_their_passwords_from_their_configured_urls() -> None:
+    settings = DashboardSettings(**URL_SETTINGS)
+    password = url_password(settings.dashboard_db_url)
+    assert password is not None and password.get_secret_value() == PASSWORD
+    assert url_password(SecretStr("postgresql://steel_feedback@db/steel")) is None
+    assert url_password(None) is None
 
 
 def test_the_stack_treats_a_secret_url_as_an_external_service(tmp_path: Path) -> None:
