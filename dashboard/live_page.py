@@ -6,7 +6,7 @@ tick; a click on a feedback button reruns it at once.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 from sqlalchemy import Engine
@@ -42,7 +42,7 @@ def render() -> None:
 
 def _live_view(engine: Engine, config: DashboardSettings, line_id: str | None) -> None:
     now = datetime.now(UTC)
-    since = live_reads.window_start(now, config.dashboard_window_s)
+    since = now - timedelta(seconds=config.dashboard_window_s)
     stats = live_reads.throughput(engine, since, now, line_id=line_id)
     rates = live_reads.camera_rates(engine, since, line_id=line_id)
     alarm_rows = live_reads.recent_alarms(engine, ALARM_FEED_ROWS, line_id=line_id)

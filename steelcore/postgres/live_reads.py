@@ -12,7 +12,7 @@ whichever worker stored them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import Engine, and_, func, select
 
@@ -225,10 +225,6 @@ def recent_coils(engine: Engine, limit: int = 200, *, line_id: str | None = None
         stmt = stmt.where(coils.c.line_id == line_id)
     with engine.connect() as conn:
         return list(conn.execute(stmt).scalars())
-
-
-def window_start(now: datetime, window_s: float) -> datetime:
-    return now - timedelta(seconds=window_s)
 
 
 def _opt_float(value: object) -> float | None:
