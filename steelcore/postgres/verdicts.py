@@ -26,6 +26,8 @@ MAX_OPERATOR_CHARS = 64
 MAX_NOTE_CHARS = 500
 
 
+# The operator's input is wrong, the database is fine: a ValueError, not a PostgresError
+# (steelcore.postgres.exceptions), so nothing retries it.
 class FeedbackError(SteelError, ValueError):
     """The feedback names something that does not exist or is malformed."""
 
