@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from steelcore import rle
+from steelcore.frame_message import FrameIdentity
 from steelcore.postgres.defect_writes import SEVERITY_FULL_SCALE, severity
 from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord
 
@@ -91,6 +92,28 @@ def test_from_mask_measures_the_mask_and_round_trips_through_rle() -> None:
     assert record.bbox == (100, 10, 1599, 200)
     np.testing.assert_array_equal(rle.decode(record.rle, mask.shape), mask)
     assert DefectRecord.from_mask(3, np.zeros_like(mask), 0.75) is None
+
+
+def test_the_worker_measures_a_decoded_mask_as_from_mask_does() -> None:
+    from workers.frame_batch import defects_of
+
+    mask = np.zeros((256, 1600), dtype=np.uint8)
+    mask[5:9, 40:47] = 1
+    encoded = rle.encode(mask)
+    (found,) = defects_of([0.1, 0.9, 0.1, 0.1], ["", encoded, "", ""])
+    expected = DefectRecord.from_mask(2, mask, 0.9)
+    assert expected is not None
+    assert (found.area_px, found.bbox) == (expected.area_px, expected.bbox) == (28, (40, 5, 46, 8))
+    assert found.class_id == 2
+
+
+def test_a_frame_record_is_a_frame_identity() -> None:
+    frame = _frame()
+    assert isinstance(frame, FrameIdentity)
+    assert frame.identity_fields() == {
+        "frame_id": "f1", "line_id": "L1", "camera_id": "C1", "coil_id": "K1",
+        "position_m": 3.5, "captured_at": T0,
+    }  # fmt: skip
 
 
 def test_severity_follows_its_definition() -> None:
