@@ -63,15 +63,31 @@ def fresh_run_dir() -> Iterator[Path]:
     yield from _make_run_dir()
 
 
+def _private(service: S) -> Iterator[S]:
+    """Start ``service`` for one test and stop it afterwards (not recorded in stack.json)."""
+    service.start(timeout_s=SERVICE_START_TIMEOUT_S)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
 @pytest.fixture()
 def private_broker(fresh_run_dir: Path) -> Iterator[KafkaBroker]:
     """A Kafka broker of the test's own (cases that kill and restart it)."""
-    broker = KafkaBroker(fresh_run_dir, free_port())
-    broker.start(timeout_s=60)
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    yield from _private(KafkaBroker(fresh_run_dir, free_port()))
+
+
+@pytest.fixture()
+def private_postgres(fresh_run_dir: Path) -> Iterator[PostgresServer]:
+    """A Postgres server of the test's own (cases that stop it)."""
+    yield from _private(PostgresServer(fresh_run_dir, free_port()))
+
+
+@pytest.fixture()
+def private_redis(fresh_run_dir: Path) -> Iterator[RedisServer]:
+    """A Redis server of the test's own (cases that stop it)."""
+    yield from _private(RedisServer(fresh_run_dir, free_port()))
 
 
 def _serve(service: S) -> Iterator[S]:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from fault_stack import KAFKA_LOG, FaultCase, wait_until
@@ -16,33 +15,12 @@ from sqlalchemy import text
 from stack.kafka_broker import KafkaBroker
 from stack.postgres_server import PostgresServer
 from stack.redis_server import RedisServer
-from stack.service import free_port
 from steelcore.kafka.client_config import admin_config
 from steelcore.kafka.clients import BrokerIncarnation
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
 OUTAGE_S = 10.0
-
-
-@pytest.fixture()
-def private_postgres(fresh_run_dir: Path) -> Iterator[PostgresServer]:
-    server = PostgresServer(fresh_run_dir, free_port())
-    server.start(timeout_s=60)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture()
-def private_redis(fresh_run_dir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(fresh_run_dir, free_port())
-    server.start(timeout_s=60)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _outage(
