@@ -24,21 +24,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from deploy_files import DEPLOY
 
 from steelcore.paths import REPO_ROOT
-
-DEPLOY = REPO_ROOT / "deploy"
-COMPOSE_FILE = DEPLOY / "compose.yaml"
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
-
-
-@pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
 
 
 def _secret_names(service: dict[str, Any]) -> list[str]:

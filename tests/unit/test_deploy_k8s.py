@@ -15,7 +15,6 @@ import importlib.resources
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,13 +23,10 @@ import kubernetes_validate
 import pytest
 import referencing
 import yaml
+from deploy_files import DEPLOY, K8S, MONITORING, one, yaml_docs
 
-from steelcore.paths import REPO_ROOT
 from steelcore.settings import Settings
 
-DEPLOY = REPO_ROOT / "deploy"
-K8S = DEPLOY / "k8s"
-MONITORING = K8S / "monitoring"
 CRDS = DEPLOY / "schemas" / "crds"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 KUBERNETES_VERSION = "1.37"
@@ -41,34 +37,6 @@ NOT_VENDORED = {("kafka.strimzi.io/v1beta2", "Kafka")}
 
 
 # --- loading --------------------------------------------------------------------------------------
-
-
-def _docs(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def _load_kustomization(folder: Path) -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    docs = []
-    for name in kustomization["resources"]:
-        docs.extend(_docs(folder / name))
-    return docs
-
-
-@pytest.fixture(scope="module")
-def k8s() -> list[dict[str, Any]]:
-    return _load_kustomization(K8S)
-
-
-@pytest.fixture(scope="module")
-def monitoring() -> list[dict[str, Any]]:
-    return _load_kustomization(MONITORING)
-
-
-def _one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
 
 
 def _pod(doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -94,7 +62,7 @@ def _workloads(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dic
 
 
 def _container(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    (container,) = _pod(_one(docs, kind, name))["containers"]
+    (container,) = _pod(one(docs, kind, name))["containers"]
     return container
 
 
@@ -120,7 +88,7 @@ def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
     """(apiVersion, kind) -> strict JSON Schema, from every vendored CRD."""
     schemas = {}
     for path in sorted(CRDS.glob("*.yaml")):
-        (crd,) = _docs(path)
+        (crd,) = yaml_docs(path)
         assert crd["kind"] == "CustomResourceDefinition", path
         for version in crd["spec"]["versions"]:
             key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
@@ -280,7 +248,7 @@ def test_triton_fetches_a_versioned_repository_from_object_storage_into_an_empty
     k8s: list[dict[str, Any]],
 ) -> None:
     assert not [d for d in k8s if d["kind"] == "PersistentVolumeClaim"], "no claim for the models"
-    deployment = _one(k8s, "Deployment", "steel-triton")
+    deployment = one(k8s, "Deployment", "steel-triton")
     pod = deployment["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     (fetch,) = pod["initContainers"]
@@ -297,14 +265,14 @@ def test_triton_fetches_a_versioned_repository_from_object_storage_into_an_empty
     assert "s3://${MODEL_REPOSITORY_BUCKET}/steel/triton_repository_onnx/${MODEL_VERSION}/" in script
     assert "steel_ensemble/config.pbtxt" in script  # an empty prefix must fail, not start Triton
     config_name = fetch["envFrom"][0]["configMapRef"]["name"]
-    config = _one(k8s, "ConfigMap", config_name)["data"]
+    config = one(k8s, "ConfigMap", config_name)["data"]
     assert {"MODEL_REPOSITORY_BUCKET", "MODEL_REPOSITORY_ENDPOINT", "MODEL_VERSION"} <= config.keys()
     secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in fetch["env"] if "valueFrom" in e}
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= secrets.keys()
     example = (K8S / "secrets.env.example").read_text()
     assert all(f"\n{ref['key']}=" in example for ref in secrets.values())
     # Ready = the ensemble the workers call is loaded, not merely the server up.
-    model = _one(k8s, "ConfigMap", "steel-config")["data"]["STEEL_TRITON_MODEL"]
+    model = one(k8s, "ConfigMap", "steel-config")["data"]["STEEL_TRITON_MODEL"]
     assert triton["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{model}/ready"
     assert f"{model}/config.pbtxt" in script
     text = (K8S / "triton.yaml").read_text() + (K8S / "kustomization.yaml").read_text()
@@ -312,7 +280,7 @@ def test_triton_fetches_a_versioned_repository_from_object_storage_into_an_empty
 
 
 def test_triton_recreates_on_update_and_runs_on_gpu_nodes(k8s: list[dict[str, Any]]) -> None:
-    spec = _one(k8s, "Deployment", "steel-triton")["spec"]
+    spec = one(k8s, "Deployment", "steel-triton")["spec"]
     assert spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
@@ -328,7 +296,7 @@ def test_no_keda_scaled_target_sets_replicas(k8s: list[dict[str, Any]]) -> None:
     assert scaled
     for obj in scaled:
         ref = obj["spec"]["scaleTargetRef"]
-        target = _one(k8s, ref.get("kind", "Deployment"), ref["name"])
+        target = one(k8s, ref.get("kind", "Deployment"), ref["name"])
         assert "replicas" not in target["spec"], f"{ref['name']}: KEDA owns replicas"
         assert obj["spec"]["minReplicaCount"] >= 1
 
@@ -348,12 +316,12 @@ def test_worker_probes_use_livez_and_readyz_on_the_metrics_port(k8s: list[dict[s
 def test_dashboard_reaches_every_worker_through_the_headless_metrics_service(
     k8s: list[dict[str, Any]],
 ) -> None:
-    service = _one(k8s, "Service", "steel-worker-metrics")
+    service = one(k8s, "Service", "steel-worker-metrics")
     assert service["spec"]["clusterIP"] == "None"
     # A paused (not ready) worker's metrics are the ones an operator needs to see.
     assert service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics"}]
-    worker = _one(k8s, "Deployment", "steel-worker")
+    worker = one(k8s, "Deployment", "steel-worker")
     assert service["spec"]["selector"].items() <= _pod_labels(worker).items()
     dashboard = _container(k8s, "Deployment", "steel-dashboard")
     env = {e["name"]: e.get("value") for e in dashboard["env"]}
@@ -446,7 +414,7 @@ def _endpoints(value: str) -> Iterator[tuple[str, int]]:
 
 def _connections(k8s: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, str], str, int]]:
     """(workload, its pod labels, host, port) for every service a workload's configuration names."""
-    config = _one(k8s, "ConfigMap", "steel-config")["data"]
+    config = one(k8s, "ConfigMap", "steel-config")["data"]
     for doc, pod in _workloads(k8s):
         for container in [*pod.get("initContainers", []), *pod["containers"]]:
             values = [e["value"] for e in container.get("env", []) if "value" in e]
@@ -458,11 +426,11 @@ def _connections(k8s: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, str
 
 def _target(k8s: list[dict[str, Any]], host: str, port: int) -> tuple[dict[str, str], int]:
     """The labels of the pods behind a host name and the container port a connection reaches."""
-    kafka = _one(k8s, "Kafka")
+    kafka = one(k8s, "Kafka")
     if host == f"{kafka['metadata']['name']}-kafka-bootstrap":
         assert [x for x in kafka["spec"]["kafka"]["listeners"] if x["port"] == port], f"no listener on {port}"
         return {"strimzi.io/cluster": kafka["metadata"]["name"], "strimzi.io/kind": "Kafka"}, port
-    service = _one(k8s, "Service", host)
+    service = one(k8s, "Service", host)
     (service_port,) = [p for p in service["spec"]["ports"] if p["port"] == port]
     backends = [
         d
@@ -493,7 +461,7 @@ def test_network_policies_deny_by_default_and_allow_dns(k8s: list[dict[str, Any]
 
 def test_network_policies_allow_every_connection_the_configuration_names(k8s: list[dict[str, Any]]) -> None:
     policies = [d for d in k8s if d["kind"] == "NetworkPolicy"]
-    kafka = _one(k8s, "Kafka")
+    kafka = one(k8s, "Kafka")
     connections = list(_connections(k8s))
     named = {(name, host) for name, _, host, _ in connections}
     # The derivation sees what the brief of each component says it talks to.
@@ -523,7 +491,7 @@ def test_network_policies_allow_every_connection_the_configuration_names(k8s: li
             missing.append(f"{name} -> {host}:{port} ingress")
     assert missing == []
     # ... and nothing the configuration does not name: the actuator reaches Redis only.
-    actuator = _pod_labels(_one(k8s, "Deployment", "steel-actuator"))
+    actuator = _pod_labels(one(k8s, "Deployment", "steel-actuator"))
     assert not _allowed(policies, "Egress", actuator, {"app.kubernetes.io/name": "steel-postgres"}, 5432)
     assert not _allowed(policies, "Egress", actuator, {"strimzi.io/cluster": "steel-kafka"}, 9093)
 
@@ -556,14 +524,14 @@ def test_network_policies_let_prometheus_scrape_and_the_ingress_reach_the_dashbo
             else:
                 ports = STRIMZI_PORTS
             assert from_namespace("monitoring", labels, ports[endpoint["port"]]), monitor["metadata"]["name"]
-    dashboard = _pod_labels(_one(k8s, "Deployment", "steel-dashboard"))
+    dashboard = _pod_labels(one(k8s, "Deployment", "steel-dashboard"))
     assert from_namespace("ingress-nginx", dashboard, 8501)
 
 
 def test_object_storage_egress_for_model_fetch_and_backups(k8s: list[dict[str, Any]]) -> None:
     policies = [d for d in k8s if d["kind"] == "NetworkPolicy"]
     for kind, name in (("Deployment", "steel-triton"), ("StatefulSet", "steel-postgres")):
-        labels = _pod_labels(_one(k8s, kind, name))
+        labels = _pod_labels(one(k8s, kind, name))
         assert any(
             _selects(p["spec"]["podSelector"], labels)
             and any(
@@ -578,7 +546,7 @@ def test_object_storage_egress_for_model_fetch_and_backups(k8s: list[dict[str, A
 
 
 def test_postgres_archives_wal_and_takes_base_backups_to_object_storage(k8s: list[dict[str, Any]]) -> None:
-    statefulset = _one(k8s, "StatefulSet", "steel-postgres")
+    statefulset = one(k8s, "StatefulSet", "steel-postgres")
     pod = _pod(statefulset)
     containers = {c["name"]: c for c in pod["containers"]}
     server, backup = containers["postgres"], containers["backup"]
@@ -598,7 +566,7 @@ def test_postgres_archives_wal_and_takes_base_backups_to_object_storage(k8s: lis
     config_volume = {v["name"]: v for v in pod["volumes"]}
     mounts = [{m["mountPath"]: m["name"] for m in c["volumeMounts"]} for c in (server, backup)]
     assert mounts[0]["/etc/pgbackrest"] == mounts[1]["/etc/pgbackrest"]
-    config_map = _one(k8s, "ConfigMap", config_volume[mounts[0]["/etc/pgbackrest"]]["configMap"]["name"])
+    config_map = one(k8s, "ConfigMap", config_volume[mounts[0]["/etc/pgbackrest"]]["configMap"]["name"])
     conf = config_map["data"]["pgbackrest.conf"]
     pgdata = {e["name"]: e.get("value") for e in server["env"]}["PGDATA"]
     assert f"[{stanza[1]}]" in conf and f"pg1-path={pgdata}" in conf
@@ -615,7 +583,7 @@ def test_postgres_archives_wal_and_takes_base_backups_to_object_storage(k8s: lis
         } <= (secret_env)
     assert not re.search(r"(?m)^repo1-(s3-key|s3-key-secret|cipher-pass)=", conf)
     # The Service name and port every client uses are unchanged.
-    service = _one(k8s, "Service", "steel-postgres")
+    service = one(k8s, "Service", "steel-postgres")
     assert service["spec"]["ports"][0]["port"] == 5432
     assert (K8S / "postgres-image" / "Dockerfile").read_text().count("pgbackrest") >= 2
 
@@ -760,7 +728,7 @@ def test_alert_rules_cover_what_the_operators_asked_for(
 ) -> None:
     exprs = {r["alert"]: r["expr"] for g in alert_rules["groups"] for r in g["rules"]}
     text = " ".join(exprs.values())
-    config = _one(k8s, "ConfigMap", "steel-config")["data"]
+    config = one(k8s, "ConfigMap", "steel-config")["data"]
     # Worker down; latency target (the worker's event lag against the target it exports, 0.5 s by
     # default); consumer lag of the workers' group on the frames topic; dead letters; alarm stream
     # pending; Triton not ready; disk; Postgres; Redis.
@@ -793,5 +761,5 @@ def test_alert_rules_cover_what_the_operators_asked_for(
 def test_prometheus_rule_carries_exactly_the_groups_of_alerts_yml(
     monitoring: list[dict[str, Any]], alert_rules: dict[str, Any]
 ) -> None:
-    rule = _one(monitoring, "PrometheusRule")
+    rule = one(monitoring, "PrometheusRule")
     assert rule["spec"]["groups"] == alert_rules["groups"]

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 import yaml
+from deploy_files import COMPOSE_FILE, DEPLOY, K8S, one
 
 from dashboard.config import DashboardSettings
 from steelcore.paths import REPO_ROOT, TRITON_REPOSITORY
@@ -43,9 +44,6 @@ from steelcore.postgres.schema import TABLES
 from steelcore.settings import Settings
 from workers.worker_metrics import WorkerMetrics
 
-DEPLOY = REPO_ROOT / "deploy"
-K8S = DEPLOY / "k8s"
-COMPOSE_FILE = DEPLOY / "compose.yaml"
 COMPOSE_DIR = DEPLOY / "compose"
 KAFKA_ACLS_FILE = COMPOSE_DIR / "kafka-acls.txt"
 TRITON_PYTHON_MODELS = ("postprocess", "steel_cascade")  # python-backend models of the ONNX variant
@@ -82,35 +80,6 @@ _PLACEHOLDER = re.compile(r"\$\{[^}]*\}|\$\([A-Z0-9_]+\)")
 
 
 # --- loading --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
-
-
-@pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
-
-
-def _load_kustomization(folder: Path) -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    docs = []
-    for name in kustomization["resources"]:
-        docs.extend(d for d in yaml.safe_load_all((folder / name).read_text()) if d)
-    return docs
-
-
-@pytest.fixture(scope="module")
-def k8s() -> list[dict[str, Any]]:
-    return _load_kustomization(K8S)
-
-
-def _one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
@@ -168,7 +137,7 @@ def _container_env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dic
     secret read as a placeholder)."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        env.update(_one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+        env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
     for item in container.get("env", []):
         env[item["name"]] = item.get("value", f"$({item['name']})")
     return env
@@ -226,7 +195,7 @@ def test_probe_paths_match_what_the_services_serve(
     k8s: list[dict[str, Any]], services: dict[str, Any]
 ) -> None:
     def container(name: str) -> dict[str, Any]:
-        (c,) = _one(k8s, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        (c,) = one(k8s, "Deployment", name)["spec"]["template"]["spec"]["containers"]
         return c
 
     worker = container("steel-worker")
@@ -344,7 +313,7 @@ def test_k8s_urls_point_at_services(k8s: list[dict[str, Any]]) -> None:
     ports = {
         d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]} for d in k8s if d["kind"] == "Service"
     }
-    kafka = _one(k8s, "Kafka")
+    kafka = one(k8s, "Kafka")
     ports[f"{kafka['metadata']['name']}-kafka-bootstrap"] = {
         listener["port"] for listener in kafka["spec"]["kafka"]["listeners"]
     }
@@ -416,7 +385,7 @@ def test_topics_group_and_partitions_agree_everywhere(
     assert init_env["STEEL_FRAMES_PARTITIONS"] == worker_env["STEEL_FRAMES_PARTITIONS"]
 
     # Kubernetes: the KafkaTopics, the ConfigMap and KEDA agree.
-    config = _one(k8s, "ConfigMap", "steel-config")["data"]
+    config = one(k8s, "ConfigMap", "steel-config")["data"]
     topics = {d["spec"]["topicName"]: d["spec"] for d in k8s if d["kind"] == "KafkaTopic"}
     assert set(topics) == {config[v] for v in TOPIC_VARS}
     assert {t["partitions"] for t in topics.values()} == {int(config["STEEL_FRAMES_PARTITIONS"])}
@@ -450,27 +419,27 @@ def test_kafka_keeps_three_replicas_with_two_in_sync(
         "3",
     }
 
-    pool = _one(k8s, "KafkaNodePool")
+    pool = one(k8s, "KafkaNodePool")
     assert pool["spec"]["replicas"] == 3 and "broker" in pool["spec"]["roles"]
-    config = _one(k8s, "Kafka")["spec"]["kafka"]["config"]
+    config = one(k8s, "Kafka")["spec"]["kafka"]["config"]
     assert (config["default.replication.factor"], config["min.insync.replicas"]) == (3, 2)
     for topic in (d for d in k8s if d["kind"] == "KafkaTopic"):
         assert (topic["spec"]["replicas"], topic["spec"]["config"]["min.insync.replicas"]) == (3, 2)
 
 
 def test_workers_scale_on_consumer_lag(k8s: list[dict[str, Any]]) -> None:
-    config = _one(k8s, "ConfigMap", "steel-config")["data"]
-    scaled = _one(k8s, "ScaledObject")
-    worker = _one(k8s, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+    config = one(k8s, "ConfigMap", "steel-config")["data"]
+    scaled = one(k8s, "ScaledObject")
+    worker = one(k8s, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
     assert _k8s_role(worker["spec"]["template"]["spec"]["containers"][0]) == "work"
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "kafka" and int(trigger["metadata"]["lagThreshold"]) > 0
     assert trigger["metadata"]["consumerGroup"] == config["STEEL_CONSUMER_GROUP"]
     assert trigger["metadata"]["topic"] == config["STEEL_FRAMES_TOPIC"]
     assert trigger["metadata"]["bootstrapServers"] == config["STEEL_KAFKA_URL"]
-    _one(k8s, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    one(k8s, "TriggerAuthentication", trigger["authenticationRef"]["name"])
     assert scaled["spec"]["maxReplicaCount"] <= int(config["STEEL_FRAMES_PARTITIONS"])
-    pdb = _one(k8s, "PodDisruptionBudget")
+    pdb = one(k8s, "PodDisruptionBudget")
     assert (
         pdb["spec"]["selector"]["matchLabels"].items()
         <= worker["spec"]["template"]["metadata"]["labels"].items()
@@ -486,7 +455,7 @@ def test_triton_requests_a_gpu_and_serves_the_onnx_repository(
     devices = services["triton"]["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in d["capabilities"] and int(d.get("count", 1)) >= 1 for d in devices)
     # compose's model volume: tests/unit/test_deploy_compose.py
-    (container,) = _one(k8s, "Deployment", "steel-triton")["spec"]["template"]["spec"]["containers"]
+    (container,) = one(k8s, "Deployment", "steel-triton")["spec"]["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
     assert "--model-repository=/models" in container["args"]
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/models", "/dev/shm"}
@@ -684,8 +653,8 @@ def test_the_dashboard_gets_its_own_redis_user_never_the_default_one(
     assert "redis-password" not in K8S.joinpath("dashboard.yaml").read_text()
     # Both Redis servers define that user with exactly the embedded server's rules.
     stream = _environment(services["worker"])["STEEL_ALARM_STREAM"]
-    assert stream == _one(k8s, "ConfigMap", "steel-config")["data"]["STEEL_ALARM_STREAM"]
-    redis_pod = _one(k8s, "StatefulSet", "steel-redis")["spec"]["template"]["spec"]["containers"][0]
+    assert stream == one(k8s, "ConfigMap", "steel-config")["data"]["STEEL_ALARM_STREAM"]
+    redis_pod = one(k8s, "StatefulSet", "steel-redis")["spec"]["template"]["spec"]["containers"][0]
     for where, script in (
         ("compose", " ".join(_command(services["redis"]))),
         ("k8s", " ".join(redis_pod["args"])),
@@ -709,12 +678,12 @@ def _acls(user: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 def test_kafka_acls_per_principal_allow_each_role_only_what_it_does(k8s: list[dict[str, Any]]) -> None:
-    kafka = _one(k8s, "Kafka")["spec"]["kafka"]
+    kafka = one(k8s, "Kafka")["spec"]["kafka"]
     assert kafka["authorization"]["type"] == "simple"
     assert (
         "allow.everyone.if.no.acl.found" not in kafka["config"] and "superUsers" not in kafka["authorization"]
     )
-    config = _one(k8s, "ConfigMap", "steel-config")["data"]
+    config = one(k8s, "ConfigMap", "steel-config")["data"]
     assert "STEEL_KAFKA_SASL_USERNAME" not in config  # no shared principal
     frames, truth, dead = (config[v] for v in TOPIC_VARS)
     group = config["STEEL_CONSUMER_GROUP"]
@@ -752,7 +721,7 @@ def test_kafka_acls_per_principal_allow_each_role_only_what_it_does(k8s: list[di
             seen.add(role)
     assert seen == set(expected)
     # KEDA reads the group's lag as the workers' principal.
-    auth = _one(k8s, "TriggerAuthentication")["spec"]
+    auth = one(k8s, "TriggerAuthentication")["spec"]
     assert {r["name"] for r in auth["secretTargetRef"] if r["parameter"] == "password"} == {"steel-worker"}
 
 
