@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from stack import demo_scene_args
 from stack.demo_capacity import DEFAULT_SHARE
 from steelcore import exit_codes
 from steelcore.settings import Settings, get_settings
@@ -94,9 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --frames: longest run before giving up (default 900 s)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the final summary here")
-    from stack import demo_scene
-
-    demo_scene.add_arguments(parser)
+    demo_scene_args.add_arguments(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -114,9 +113,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             continue  # chosen from the machine's capacity
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-    from stack import demo_scene
-
-    demo_scene.check_arguments(args)
+    demo_scene_args.check_arguments(args)
 
 
 def frames_per_camera(total: int, cameras: int) -> list[int]:

@@ -37,18 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from stack.demo import Demo
+from stack.demo_scene_args import DRIFT_CAMERA
+from stack.demo_scene_reads import OPERATOR, SceneReads
+from stack.demo_screenshots import Screenshots
 from steelcore.errors import SteelError
-from steelcore.paths import REPO_ROOT
 from steelcore.settings import Settings
 
-SCENES = ("lifecycle",)
-OPERATOR = "demo-operator"
-SCREENSHOT_WIDTH = 1400
-# Tall enough for every section of a page: the health page's Models section sits below the charts.
-SCREENSHOT_HEIGHTS = {"live": 1900, "health": 3300}
-PAGE_WAIT_MS = 60_000
 SUMMARY_EVERY_S = 10.0
-DRIFT_CAMERA = 2  # cameras are cam1..camN; this one dims
 SETTLED_FRAMES = 20
 
 
@@ -60,77 +55,7 @@ class SceneInterrupted(SteelError, RuntimeError):
     pass
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    s = Settings()
-    group = parser.add_argument_group("--scene lifecycle")
-    group.add_argument(
-        "--scene",
-        choices=SCENES,
-        default=None,
-        help="run a scripted scene: lifecycle = drift alarm, operator verdicts, a candidate, a "
-        "shadow run and a promotion, with dashboard screenshots",
-    )
-    group.add_argument(
-        "--candidate",
-        default="retrain",
-        help="'retrain' (default): `steel retrain --from-db --epochs 1` on the reviewed frames; or a "
-        "bundle under models/ (e.g. synthetic) to shadow instead",
-    )
-    group.add_argument("--drift-after", type=int, default=30, help="camera 2 dims from this frame on (30)")
-    group.add_argument("--drift-gain", type=float, default=0.35, help="camera 2's gain after that (0.35)")
-    group.add_argument(
-        "--drift-window",
-        type=int,
-        default=10,
-        help=f"the workers' drift window, frames (default 10; settings: {s.drift_window_frames})",
-    )
-    group.add_argument(
-        "--review-frames",
-        type=int,
-        default=40,
-        help="frames with defects operators review before the candidate is made (default 40)",
-    )
-    group.add_argument(
-        "--shadow-share",
-        type=float,
-        default=0.5,
-        help=f"share of frames the shadow judges in the scene (default 0.5; settings: {s.shadow_share:g})",
-    )
-    group.add_argument(
-        "--no-force", action="store_true", help="when the gate refuses, stop there instead of forcing"
-    )
-    group.add_argument(
-        "--screenshots",
-        type=Path,
-        default=REPO_ROOT / "docs" / "lifecycle",
-        help="folder for the dashboard screenshots of each step (default docs/lifecycle)",
-    )
-    group.add_argument("--no-screenshots", action="store_true", help="take no screenshots")
-    group.add_argument(
-        "--step-timeout-s", type=float, default=900.0, help="longest wait for one step (default 900 s)"
-    )
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    if args.scene is None:
-        return
-    if args.frames is not None:
-        raise ValueError("--scene runs until its last step; leave out --frames")
-    if args.cameras < DRIFT_CAMERA:
-        raise ValueError(f"--scene lifecycle dims camera {DRIFT_CAMERA}: give --cameras >= {DRIFT_CAMERA}")
-    if args.drift_after < 0 or args.drift_window < 1 or args.review_frames < 1:
-        raise ValueError("--drift-after must be >= 0, --drift-window and --review-frames >= 1")
-    if not 0 < args.drift_gain < 1:
-        raise ValueError(f"--drift-gain must be in (0, 1) (a dimmer lamp), got {args.drift_gain}")
-    if not 0 < args.shadow_share <= 1:
-        raise ValueError(f"--shadow-share must be in (0, 1], got {args.shadow_share}")
-    if args.step_timeout_s <= 0:
-        raise ValueError("--step-timeout-s must be positive")
-    if args.no_dashboard and not args.no_screenshots:
-        raise ValueError("screenshots need the dashboard: drop --no-dashboard or add --no-screenshots")
-
-
-class LifecycleScene(Demo):
+class LifecycleScene(SceneReads, Demo):
     """The demo with the lifecycle script as its main loop."""
 
     def __init__(self, settings: Settings, args: argparse.Namespace) -> None:
@@ -363,91 +288,6 @@ class LifecycleScene(Demo):
         self.steps[-1].setdefault("screenshots", []).append(str(path))
         self._say(f"    screenshot {path}")
 
-    # --- what the scene reads and writes --------------------------------------------------------
-    def _inspection_alarm(self, camera: str) -> str | None:
-        from steelcore.redis.connection import redis_client
-        from steelcore.redis.entries import newest_entries
-
-        client = redis_client(self.settings, socket_timeout=5)
-        try:
-            entries = newest_entries(client, self.settings.inspection_alarm_stream, 50)
-        finally:
-            client.close()
-        for _, fields in entries:
-            if fields.get("camera") == camera:
-                return fields.get("message", "") if fields.get("state") == "raised" else None
-        return None
-
-    def _review(self) -> int:
-        """Judge each stored, unjudged defect of this run whose frame's truth is known; the number of
-        frames reviewed so far."""
-        from steelcore.postgres.verdicts import defects_without_verdict, record_feedback
-
-        engine = self.summary.engine
-        rows = defects_without_verdict(engine, self.args.line, self.started)
-        missing = [r.frame_id for r in rows if r.frame_id not in self._truth_cache]
-        self._truth_cache.update(self._scene_truth.take(missing))
-        for r in rows:
-            truth = self._truth_cache.get(r.frame_id)
-            if truth is None:
-                continue  # its truth message is still on the way
-            verdict = "confirmed" if truth[r.class_id - 1].strip() else "false"
-            record_feedback(engine, verdict=verdict, operator=OPERATOR, defect_id=r.defect_id)
-            self.verdicts[verdict] += 1
-            self.reviewed_frames.add(r.frame_id)
-        return len(self.reviewed_frames)
-
-    def _review_evidence(self, shadow: int, production: int | None) -> int:
-        """Review what is new; the verdict pairs on shadowed frames the gate would count."""
-        self._review()
-        return self._evidence(shadow, production).pairs
-
-    def _roles(self) -> Any:
-        from steelcore.postgres.model_registry import read_roles
-
-        return read_roles(self.summary.engine)
-
-    def _production_bundle(self) -> str:
-        from steelcore.postgres.model_registry import version_bundles
-
-        roles = self._roles()
-        if roles.production is None:
-            return self.settings.model_name
-        return version_bundles(self.summary.engine).get(roles.production, self.settings.model_name)
-
-    def _shadowed(self, version: int) -> int:
-        from steelcore.postgres.model_evidence import shadowed_frame_count
-
-        return shadowed_frame_count(self.summary.engine, version)
-
-    def _evidence(self, shadow: int, production: int | None) -> Any:
-        from steelcore.model_agreement import compare_verdicts
-        from steelcore.postgres.model_evidence import read_evidence
-
-        evidence = read_evidence(self.summary.engine, shadow, production_version=production)
-        return compare_verdicts(evidence.frames, evidence.verdicts)
-
-    def _judged_by(self, version: int) -> int:
-        from steelcore.postgres.line_reads import frames_judged_by
-
-        return frames_judged_by(self.summary.engine, self.args.line, self.started, version)
-
-    @staticmethod
-    def _retrain_note(out: Path) -> str:
-        """Where the candidate went and how it compares with production on each evaluated set."""
-        try:
-            report = json.loads((out / "retrain.json").read_text())
-        except (OSError, ValueError):
-            return f"written to {out}"
-        scores = []
-        for name, row in (report.get("comparison") or {}).items():
-            try:
-                before, after = row["production"]["mean_dice"], row["candidate"]["mean_dice"]
-                scores.append(f"{name} mean Dice {before:.4f} (production) -> {after:.4f}")
-            except (KeyError, TypeError):
-                continue
-        return f"written to {out}" + (f"; {'; '.join(scores)}" if scores else "")
-
     # --- report ---------------------------------------------------------------------------------
     def _report(self, final: dict[str, Any], code: int) -> int:
         final["scene"] = {"name": "lifecycle", "steps": self.steps, "verdicts": self.verdicts}
@@ -455,64 +295,6 @@ class LifecycleScene(Demo):
         path.write_text(json.dumps(final["scene"], indent=2, default=str) + "\n")
         self._say(f"steel demo: scene steps in {path}")
         return super()._report(final, code)
-
-
-class Screenshots:
-    """The dashboard in headless Chromium (Debian's package, driven by Playwright as in
-    tests/integration/test_dashboard_browser.py), one PNG per step."""
-
-    def __init__(self, base_url: str, folder: Path) -> None:
-        self.base_url, self.folder = base_url, folder
-        self._api: Any = None
-        self._browser: Any = None
-
-    def _page(self) -> Any:
-        if self._browser is None:
-            import subprocess
-
-            from playwright.sync_api import sync_playwright
-
-            found = subprocess.run(
-                ["bash", str(REPO_ROOT / "scripts" / "ensure_chromium.sh")],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if found.returncode != 0:
-                raise RuntimeError(f"no headless Chromium: {found.stderr.strip()}")
-            self._api = sync_playwright().start()
-            self._browser = self._api.chromium.launch(
-                executable_path=found.stdout.strip().splitlines()[-1], args=["--no-sandbox", "--disable-gpu"]
-            )
-        return self._browser.new_page(viewport={"width": SCREENSHOT_WIDTH, "height": 1000})
-
-    def take(self, name: str, page_name: str, wait_text: str) -> Path:
-        page = self._page()
-        try:
-            # The live page is the app's default page: it lives at the root, not at /live.
-            page.goto(f"{self.base_url}/{'' if page_name == 'live' else page_name}")
-            page.get_by_text(wait_text).first.wait_for(timeout=PAGE_WAIT_MS)
-            page.set_viewport_size({"width": SCREENSHOT_WIDTH, "height": SCREENSHOT_HEIGHTS[page_name]})
-            page.wait_for_timeout(2500)  # fragments and charts settle at the new size
-            self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / f"{name}.png"
-            # The health page's worker metrics (long tables of counters) tell nothing about the step.
-            cut = page.get_by_text("Worker metrics", exact=True)
-            box = cut.first.bounding_box() if cut.count() else None
-            if box is not None and box["y"] > 0:
-                clip = {"x": 0, "y": 0, "width": SCREENSHOT_WIDTH, "height": box["y"] - 8}
-                page.screenshot(path=str(path), clip=clip)
-            else:
-                page.screenshot(path=str(path))
-            return path
-        finally:
-            page.close()
-
-    def close(self) -> None:
-        if self._browser is not None:
-            self._browser.close()
-        if self._api is not None:
-            self._api.stop()
 
 
 def _f(value: float | None) -> str:

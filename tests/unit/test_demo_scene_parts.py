@@ -9,7 +9,8 @@ import os
 import pytest
 
 from stack.demo import add_arguments, check_arguments
-from stack.demo_scene import DRIFT_CAMERA, LifecycleScene
+from stack.demo_scene import LifecycleScene
+from stack.demo_scene_args import DRIFT_CAMERA
 from steelcore.settings import Settings
 
 
