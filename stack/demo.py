@@ -38,16 +38,12 @@ from typing import Any, TextIO
 
 from stack import demo_scene_args
 from stack.demo_capacity import DEFAULT_SHARE
+from stack.demo_start import DemoStart
+from stack.demo_stop import DemoStop
 from steelcore import exit_codes
 from steelcore.settings import Settings, get_settings
 
 log = logging.getLogger("steel.demo")
-
-WORKER_READY_TIMEOUT_S = 120.0
-BENCH_RESULT = Path("bench-results") / "pipeline.json"  # `steel bench pipeline`, run from the same folder
-PRODUCER_STOP_S = 30.0
-WORKER_STOP_S = 90.0  # a worker finishes its batch (one Triton request on CPU) and commits
-OTHER_STOP_S = 15.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,11 +112,6 @@ def check_arguments(args: argparse.Namespace) -> None:
     demo_scene_args.check_arguments(args)
 
 
-def frames_per_camera(total: int, cameras: int) -> list[int]:
-    """``total`` frames split over ``cameras`` (the first ones take the remainder)."""
-    return [total // cameras + (k < total % cameras) for k in range(cameras)]
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         check_arguments(args)
@@ -134,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
     return Demo(get_settings(), args).run()
 
 
-class Demo:
+class Demo(DemoStart, DemoStop):
+    """The demo's life: start (stack.demo_start), the live loop here, stop (stack.demo_stop)."""
+
     def __init__(self, settings: Settings, args: argparse.Namespace) -> None:
         self.settings, self.args = settings, args
         self.run_dir = Path(settings.run_dir).resolve()
@@ -187,165 +180,6 @@ class Demo:
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
-
-    # --- start ----------------------------------------------------------------------------------
-    def _start(self) -> int:
-        from stack.embedded_stack import EmbeddedStack
-        from steelcore.service_urls import ServiceUnavailableError
-
-        self._say(f"steel demo: starting the stack under {self.run_dir} ...")
-        self.stack = EmbeddedStack(self.settings)
-        try:
-            report = self.stack.up(timeout_s=120.0)
-        except ServiceUnavailableError as exc:
-            self._say(f"steel demo: {exc}")
-            return exit_codes.UNAVAILABLE
-        if not report.ok:
-            for name, exc in report.failures.items():
-                self._say(f"steel demo: {name} did not start: {exc}")
-            for h in report.health:
-                if not h.up:
-                    self._say(f"steel demo: {h.name} at {h.url} is not up: {h.detail}")
-            return exit_codes.UNAVAILABLE
-        for name, reason in report.skipped.items():
-            self._say(f"steel demo: {name} skipped: {reason}")
-        if self.stop.is_set():
-            return exit_codes.INTERRUPTED
-        try:
-            self._prepare_services()
-        except Exception as exc:  # any failure to reach a service: reported, then everything stops
-            self._say(f"steel demo: preparing the services failed: {type(exc).__name__}: {exc}")
-            return exit_codes.UNAVAILABLE
-        self.offer = self._choose_load()
-        self._say(f"steel demo: {self.offer.note}")
-        return self._start_children()
-
-    def _choose_load(self) -> Any:
-        """Frames/s per camera: --fps, else 70% of the capacity (stack.demo_capacity)."""
-        from stack.demo_capacity import bench_capacity, choose_offer, measure_capacity
-        from workers.worker_config import WorkerConfig
-
-        a, s = self.args, self.settings
-        capacity = None if a.probe else bench_capacity(BENCH_RESULT, a.workers, s.triton_repository)
-        if a.probe or (capacity is None and a.fps is None):
-            self._say("steel demo: measuring what this machine serves ...")
-            try:
-                capacity = measure_capacity(s, a.workers, WorkerConfig().batch_size)
-            except Exception as exc:  # the demo still runs, at settings.camera_fps
-                self._say(f"steel demo: capacity probe failed: {type(exc).__name__}: {exc}")
-        return choose_offer(capacity, a.cameras, a.fps, fallback_fps=s.camera_fps)
-
-    def _prepare_services(self) -> None:
-        from stack.demo_summary import LiveSummary
-        from stack.demo_truth import TruthReader
-        from stack.service import free_port
-        from steelcore.postgres.engine import create_db_engine
-        from steelcore.postgres.migrate import upgrade
-        from steelcore.redis.connection import redis_client
-        from steelcore.service_urls import postgres_url
-
-        s = self.settings
-        url = postgres_url(s)
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # keep the terminal for the summary
-        upgrade(url)
-        self._ensure_topics()
-        self.started = datetime.now(UTC)
-        self.truth = TruthReader(s, self.args.line, int(self.started.timestamp() * 1000))
-        self.truth.start()
-        self.metrics_ports = [free_port() for _ in range(self.args.workers)]
-        self.metrics_urls = [f"http://127.0.0.1:{p}/metrics" for p in self.metrics_ports]
-        self.summary = LiveSummary(
-            s,
-            line_id=self.args.line,
-            started=self.started,
-            engine=create_db_engine(url),
-            redis_client=redis_client(s, socket_timeout=5),
-            truth=self.truth,
-            metrics_urls=self.metrics_urls,
-            journal=self.journal,
-        )
-
-    def _ensure_topics(self) -> None:
-        """The dead-letter topic, and the frames and truth topics (with rotation: the current and
-        next buckets, so the workers are assigned them when they first join)."""
-        from producers.bucket_router import BucketRouter
-        from steelcore.kafka.clients import new_admin
-        from steelcore.kafka.topic_admin import ensure_topics
-        from steelcore.kafka.topic_rotation import rotation_seconds
-
-        s = self.settings
-        admin = new_admin(s)
-        ensure_topics(admin, [s.dead_letter_topic], s.frames_partitions)
-        rotation = rotation_seconds(s)
-        router = BucketRouter(
-            s.frames_topic,
-            s.truth_topic,
-            rotation,
-            lambda names: ensure_topics(admin, names, s.frames_partitions),
-        )
-        frames_topic, _ = router.route()
-        if rotation == 0:
-            ensure_topics(admin, [s.frames_topic, s.truth_topic], s.frames_partitions)
-        self._say(
-            f"steel demo: topics ready ({frames_topic}" + (f", {rotation:g} s buckets)" if rotation else ")")
-        )
-
-    def _start_children(self) -> int:
-        from stack.demo_children import Child, wait_for_log
-
-        a = self.args
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        self.others["actuator"] = Child(
-            "actuator", ["actuator", "--journal", str(self.journal)], self.log_dir
-        )
-        self.workers = [
-            Child(f"worker-{k + 1}", ["work", "--metrics-port", str(port)], self.log_dir)
-            for k, port in enumerate(self.metrics_ports)
-        ]
-        for child in [self.others["actuator"], *self.workers]:
-            child.start()
-        if self._dashboard_available() and not a.no_dashboard:
-            env = {"STEEL_DASHBOARD_WORKER_METRICS_URLS": json.dumps(self.metrics_urls)}
-            self.others["dashboard"] = Child("dashboard", ["dashboard"], self.log_dir, env)
-            self.others["dashboard"].start()
-            s = self.settings
-            self._say(f"steel demo: dashboard on http://{s.dashboard_address}:{s.dashboard_port}")
-        self._say(f"steel demo: waiting for {len(self.workers)} workers to join the group ...")
-        not_ready = wait_for_log(self.workers, "assigned", WORKER_READY_TIMEOUT_S)
-        if not_ready:
-            self.failure = "; ".join(
-                f"{c.name} did not join (log {c.log_path}): {c.log_tail(3)}" for c in not_ready
-            )
-            self._say(f"steel demo: {self.failure}")
-            return exit_codes.UNAVAILABLE
-        counts = frames_per_camera(a.frames, a.cameras) if a.frames is not None else [None] * a.cameras
-        fps = self.offer.camera_fps
-        for k, count in enumerate(counts):
-            name = f"camera-{k + 1}"
-            cli = ["produce", "--line", a.line, "--camera", f"cam{k + 1}", "--fps", f"{fps:g}"]
-            cli += ["--seed", str(a.seed + k), "--json", str(self.log_dir / f"{name}.json")]
-            cli += self._camera_args(k)
-            if count is not None:
-                cli += ["--frames", str(count)]
-            child = Child(name, cli, self.log_dir)
-            (self.log_dir / f"{name}.json").unlink(missing_ok=True)
-            child.start()
-            self.producers.append(child)
-        self._say(
-            f"steel demo: {a.cameras} cameras at {fps:g} frames/s each, {a.workers} workers; "
-            f"logs in {self.log_dir}"
-        )
-        return exit_codes.OK
-
-    def _camera_args(self, k: int) -> list[str]:
-        """Extra `steel produce` options of camera k (0-based): none here; a scene dims one."""
-        return []
-
-    @staticmethod
-    def _dashboard_available() -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("dashboard.launch") is not None
 
     # --- running --------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -405,95 +239,3 @@ class Demo:
                 return None
             total += int(json.loads(path.read_text())["delivery"]["truth_delivered"])
         return total
-
-    # --- stop -----------------------------------------------------------------------------------
-    def _shutdown(self) -> dict[str, Any] | None:
-        """Stop children in order, collect the final summary, stop the stack; None if nothing ran."""
-        for child in self.producers:
-            child.stop(PRODUCER_STOP_S)
-        final = None
-        produced, stages = 0, {}
-        if self.summary is not None:
-            produced = self._produced()
-            # The live Dice scores a stored frame once its truth has been read, and the truth reader
-            # can be seconds behind the workers (each rebalance of its group waits 3 s on the
-            # embedded broker): wait for the truth the cameras delivered too.
-            truth = self._truth_delivered()
-            deadline = time.monotonic() + self.args.drain_timeout_s
-            workers_alive = any(w.running for w in self.workers)
-            while workers_alive and not self.hurry.is_set() and time.monotonic() < deadline:
-                stored = self.summary.refresh(produced).stored
-                if stored >= produced and (truth is None or self.truth.seen >= truth):
-                    break
-                time.sleep(1.0)
-            self.summary.refresh(produced)  # the workers' metrics, before they stop
-            stages = self.summary.stage_seconds()
-        for worker in self.workers:
-            worker.terminate()  # all at once: they finish their batches in parallel
-        worker_codes = {w.name: w.stop(WORKER_STOP_S) for w in self.workers}
-        actuator = self.others.get("actuator")
-        if actuator is not None and self.summary is not None:
-            deadline = time.monotonic() + 10.0
-            while actuator.running and not self.hurry.is_set() and time.monotonic() < deadline:
-                latest = self.summary.refresh(produced)
-                if latest.actuator_acks >= latest.alarms:
-                    break
-                time.sleep(0.5)
-        for name in ("actuator", "dashboard"):
-            if name in self.others:
-                self.others[name].stop(OTHER_STOP_S)
-        if self.summary is not None:
-            snapshot = self.summary.refresh(produced)
-            final = {
-                **snapshot.to_json(),
-                "frames_per_s": self.summary.throughput(),
-                "frames_per_s_measured": "stored frames / (last stored_at - first captured_at)",
-                "camera_to_alarm_measured": "Redis stream entry time (alarm published) - captured_at",
-                "camera_to_actuator_measured": "actuator journal acted_at - captured_at",
-                "defects_total": sum(snapshot.defects.values()),
-                **self._offer_json(),
-                "worker_stage_seconds": stages,
-                "worker_exit_codes": worker_codes,
-                "failure": self.failure,
-                "run_dir": str(self.run_dir),
-            }
-        if self.truth is not None:
-            self.truth.stop()
-        if self.stack is not None and not self.args.keep_stack:
-            self.stack.down()
-            self._say("steel demo: stack stopped")
-        return final
-
-    def _offer_json(self) -> dict[str, Any]:
-        if self.offer is None:
-            return {}
-        capacity = self.offer.capacity
-        return {
-            "offered_frames_per_s": self.offer.total_fps,
-            "camera_fps": self.offer.camera_fps,
-            "camera_fps_chosen": self.offer.chosen,
-            "capacity_frames_per_s": capacity.frames_per_s if capacity is not None else None,
-            "capacity_source": capacity.source if capacity is not None else None,
-        }
-
-    def _report(self, final: dict[str, Any], code: int) -> int:
-        ok = self.failure is None and final["produced"] > 0 and final["stored"] == final["produced"]
-        final["ok"] = ok
-        text = json.dumps(final, indent=2, default=str)
-        (self.run_dir / "demo-summary.json").write_text(text + "\n")
-        if self.args.json is not None:
-            self.args.json.parent.mkdir(parents=True, exist_ok=True)
-            self.args.json.write_text(text + "\n")
-        if self.args.frames is not None:
-            print(text, flush=True)
-        else:
-            from stack.demo_summary import Snapshot, render
-
-            fields = {k: final[k] for k in Snapshot.__dataclass_fields__}
-            self._say(render(Snapshot(**fields), title="steel demo: final"))
-        if code != exit_codes.OK:
-            return code
-        if not ok:
-            self._say(f"steel demo: stored {final['stored']} of {final['produced']} frames produced")
-            return exit_codes.FAILURE
-        return exit_codes.OK

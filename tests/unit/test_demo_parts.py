@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stack.demo import add_arguments, check_arguments, frames_per_camera
+from stack.demo import add_arguments, check_arguments
+from stack.demo_start import frames_per_camera
 from stack.demo_summary import LiveSummary, frame_dice, percentiles
 from stack.demo_truth import TruthReader
 from steelcore import rle
