@@ -45,39 +45,26 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture(scope="module")
-def db_url(postgres_url: str) -> Iterator[str]:
-    with new_database(postgres_url) as url:
-        yield url
+def records(dashboard_owner: Engine):
+    return seed(dashboard_owner, NOW)
 
 
 @pytest.fixture(scope="module")
-def admin(db_url: str) -> Iterator[Engine]:
-    engine = create_db_engine(db_url)
+def reader(dashboard_db_url: str, records) -> Iterator[Engine]:
+    engine = open_reader(role_url(dashboard_db_url, DASHBOARD_ROLE))
     yield engine
     engine.dispose()
 
 
 @pytest.fixture(scope="module")
-def records(admin: Engine):
-    return seed(admin, NOW)
-
-
-@pytest.fixture(scope="module")
-def reader(db_url: str, records) -> Iterator[Engine]:
-    engine = open_reader(role_url(db_url, DASHBOARD_ROLE))
+def writer(dashboard_db_url: str, records) -> Iterator[Engine]:
+    engine = open_feedback_writer(role_url(dashboard_db_url, FEEDBACK_ROLE))
     yield engine
     engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def writer(db_url: str, records) -> Iterator[Engine]:
-    engine = open_feedback_writer(role_url(db_url, FEEDBACK_ROLE))
-    yield engine
-    engine.dispose()
-
-
-def _defect_ids(admin: Engine, frame_id: str) -> dict[int, int]:
-    with admin.connect() as conn:
+def _defect_ids(owner: Engine, frame_id: str) -> dict[int, int]:
+    with owner.connect() as conn:
         rows = conn.execute(
             select(schema.defects.c.class_id, schema.defects.c.defect_id).where(
                 schema.defects.c.frame_id == frame_id
@@ -164,16 +151,16 @@ def test_current_coil_and_its_strip_marks(reader: Engine, records) -> None:
 # --- roles and the narrow write path ---------------------------------------------------------------
 
 
-def test_the_dashboard_login_cannot_write_anything(reader: Engine, admin: Engine) -> None:
-    defect_id = next(iter(_defect_ids(admin, "L1-C1-seed-00000").values()))
+def test_the_dashboard_login_cannot_write_anything(reader: Engine, dashboard_owner: Engine) -> None:
+    defect_id = next(iter(_defect_ids(dashboard_owner, "L1-C1-seed-00000").values()))
     with pytest.raises(DBAPIError, match=r"read-only transaction|permission denied"):
         record_feedback(reader, verdict="confirmed", operator="ana", defect_id=defect_id)
 
 
-def test_the_feedback_login_may_only_insert_feedback(writer: Engine, admin: Engine) -> None:
-    defect_id = next(iter(_defect_ids(admin, "L1-C1-seed-00003").values()))
+def test_the_feedback_login_may_only_insert_feedback(writer: Engine, dashboard_owner: Engine) -> None:
+    defect_id = next(iter(_defect_ids(dashboard_owner, "L1-C1-seed-00003").values()))
     record_feedback(writer, verdict="false", operator=" ana ", defect_id=defect_id, note="oil")
-    with admin.connect() as conn:
+    with dashboard_owner.connect() as conn:
         row = conn.execute(
             select(schema.feedback).where(schema.feedback.c.defect_id == defect_id)
         ).one()
@@ -197,12 +184,12 @@ def test_feedback_on_something_missing_or_malformed_is_refused(writer: Engine) -
 
 
 def test_the_latest_verdict_wins_whether_on_the_alarm_or_the_defect(
-    writer: Engine, reader: Engine, admin: Engine, records
+    writer: Engine, reader: Engine, dashboard_owner: Engine, records
 ) -> None:
     frame = next(r for r in records if r.alarms and r.frame_id.startswith("L1-C2"))
     class_id = frame.alarms[0].class_id
-    defect_id = _defect_ids(admin, frame.frame_id)[class_id]
-    with admin.connect() as conn:
+    defect_id = _defect_ids(dashboard_owner, frame.frame_id)[class_id]
+    with dashboard_owner.connect() as conn:
         alarm_id = conn.execute(
             select(schema.alarms.c.alarm_id).where(
                 schema.alarms.c.frame_id == frame.frame_id, schema.alarms.c.class_id == class_id
@@ -220,7 +207,7 @@ def test_the_latest_verdict_wins_whether_on_the_alarm_or_the_defect(
 
 
 def test_the_retraining_export_holds_exactly_the_fully_reviewed_frames(
-    db_url: str, postgres_url: str, tmp_path: Path
+    dashboard_db_url: str, postgres_url: str, tmp_path: Path
 ) -> None:
     # A database of its own: the verdicts here must not mix with the other tests'.
     with new_database(postgres_url) as url:
@@ -300,8 +287,8 @@ def test_image_names_are_safe_file_names() -> None:
 # --- frame images ------------------------------------------------------------------------------------
 
 
-def test_images_are_kept_for_defective_frames_only_and_as_received(admin: Engine, records) -> None:
-    with admin.connect() as conn:
+def test_images_are_kept_for_defective_frames_only_and_as_received(dashboard_owner: Engine, records) -> None:
+    with dashboard_owner.connect() as conn:
         kept = dict(
             conn.execute(select(schema.frame_images.c.frame_id, schema.frame_images.c.image)).all()
         )
@@ -309,13 +296,15 @@ def test_images_are_kept_for_defective_frames_only_and_as_received(admin: Engine
     for r in records:
         if r.defects:
             assert bytes(kept[r.frame_id]) == r.image
-    stored = load_frame_image(admin, next(r.frame_id for r in records if r.defects))
+    stored = load_frame_image(dashboard_owner, next(r.frame_id for r in records if r.defects))
     assert stored is not None and stored.pixels().shape == (256, 1600)
-    assert load_frame_image(admin, next(r.frame_id for r in records if not r.defects)) is None
+    assert load_frame_image(dashboard_owner, next(r.frame_id for r in records if not r.defects)) is None
 
 
-def test_a_redelivered_frame_keeps_one_image_and_bad_bytes_are_refused(admin: Engine, records) -> None:
-    result = DefectStore(admin).write_batch([r for r in records if r.defects][:3])
+def test_a_redelivered_frame_keeps_one_image_and_bad_bytes_are_refused(
+    dashboard_owner: Engine, records
+) -> None:
+    result = DefectStore(dashboard_owner).write_batch([r for r in records if r.defects][:3])
     assert result.images_written == 0 and result.new_frame_ids == ()
     with pytest.raises(ValueError, match="neither JPEG, PNG nor raw"):
         replace(records[0], image=b"not an image")
@@ -376,19 +365,19 @@ def test_the_image_migration_goes_down_and_up(postgres_url: str) -> None:
 # --- role set-up -----------------------------------------------------------------------------------------
 
 
-def test_role_passwords_are_set_only_when_given(db_url: str, admin: Engine) -> None:
+def test_role_passwords_are_set_only_when_given(dashboard_db_url: str, dashboard_owner: Engine) -> None:
     query = text(
         "SELECT rolname, rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid "
         "WHERE rolname IN (:a, :b) ORDER BY 1"
     )
     try:
-        ensure_dashboard_roles(db_url, dashboard_password=SecretStr("pw-for-the-dashboard"))
-        ensure_dashboard_roles(db_url)  # again, and without a password: the one set stays
-        with admin.connect() as conn:
+        ensure_dashboard_roles(dashboard_db_url, dashboard_password=SecretStr("pw-for-the-dashboard"))
+        ensure_dashboard_roles(dashboard_db_url)  # again, and without a password: the one set stays
+        with dashboard_owner.connect() as conn:
             rows = dict(conn.execute(query, {"a": DASHBOARD_ROLE, "b": FEEDBACK_ROLE}).all())
         assert rows == {DASHBOARD_ROLE: True, FEEDBACK_ROLE: None}
     finally:
-        with admin.begin() as conn:
+        with dashboard_owner.begin() as conn:
             conn.execute(text(f"ALTER ROLE {DASHBOARD_ROLE} PASSWORD NULL"))
 
 
