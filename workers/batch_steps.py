@@ -41,13 +41,13 @@ import numpy as np
 
 from steelcore.kafka.clients import TopicPartition
 from steelcore.kafka.exceptions import KafkaException
-from steelcore.postgres.frame_records import StoreResult
+from steelcore.postgres.exceptions import is_db_outage, is_refused_row
+from steelcore.postgres.frame_records import StoreResult, merge_store_results
 from steelcore.postgres.model_registry import shadow_pick
 from steelcore.redis.exceptions import RedisError
 from steelcore.triton.exceptions import TritonClientError
 from steelcore.triton.inference_result import EnsembleResult
 from workers.frame_batch import Batch, Rejected, ValidFrame, build_records, next_offsets, validate_message
-from workers.postgres_store import is_db_outage, is_refused_row, merge_store_results
 from workers.shadow_runner import ShadowRunner
 from workers.worker_errors import DeadLetterError, Outage, is_kafka_step_outage
 

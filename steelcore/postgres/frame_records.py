@@ -6,6 +6,7 @@ transaction."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -177,3 +178,16 @@ class StoreResult:
     images_written: int = 0
     elapsed_ms: float = 0.0
     new_alarms: tuple[tuple[str, int], ...] = ()  # (frame_id, class_id) of the alarms written now
+
+
+def merge_store_results(results: Sequence[StoreResult]) -> StoreResult:
+    """One StoreResult for several writes of parts of a batch."""
+    return StoreResult(
+        new_frame_ids=tuple(sorted(f for r in results for f in r.new_frame_ids)),
+        duplicate_frame_ids=tuple(f for r in results for f in r.duplicate_frame_ids),
+        defects_written=sum(r.defects_written for r in results),
+        alarms_written=sum(r.alarms_written for r in results),
+        images_written=sum(r.images_written for r in results),
+        elapsed_ms=sum(r.elapsed_ms for r in results),
+        new_alarms=tuple(a for r in results for a in r.new_alarms),
+    )
