@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import re
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
