@@ -198,6 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _lifecycle() -> Any:
     from stack import model_lifecycle
+    from stack.lifecycle_errors import LifecycleError, TritonUnreachable
     from steelcore import service_urls
     from steelcore.postgres.engine import create_db_engine
     from steelcore.postgres.migrate import upgrade
@@ -206,7 +207,7 @@ def _lifecycle() -> Any:
     settings = get_settings()
     repository = model_lifecycle.serving_repository_path(settings)
     if not (repository / "repository.json").is_file():
-        raise model_lifecycle.LifecycleError(
+        raise LifecycleError(
             f"no serving repository at {repository}: start Triton with `steel up`, or set "
             "STEEL_TRITON_SERVING_REPOSITORY to the repository the server serves"
         )
@@ -215,17 +216,17 @@ def _lifecycle() -> Any:
         upgrade(url)  # the registry tables come with revision 0005
         engine = create_db_engine(url)
     except Exception as exc:
-        raise model_lifecycle.TritonUnreachable(f"the database cannot be reached: {exc}") from exc
+        raise TritonUnreachable(f"the database cannot be reached: {exc}") from exc
     try:
         triton_url = service_urls.triton_url(settings)
     except Exception as exc:
-        raise model_lifecycle.TritonUnreachable(str(exc)) from exc
+        raise TritonUnreachable(str(exc)) from exc
     control = model_lifecycle.triton_control(triton_url, settings.triton_protocol)
     return model_lifecycle.Lifecycle(engine, repository, control, settings)
 
 
 def run_action(args: argparse.Namespace) -> int:
-    from stack.model_lifecycle import LifecycleError
+    from stack.lifecycle_errors import LifecycleError
 
     actor = getattr(args, "by", None) or _actor()
     try:

@@ -20,9 +20,10 @@ import pytest
 import tritonclient.http as http
 from sqlalchemy import Engine, select, text
 
-from stack import model_lifecycle
+from stack import lifecycle_repository, model_lifecycle
 from stack.service import free_port
 from stack.triton_server import TritonServer
+from stack.version_configs import pinned_version, served_versions
 from steelcore.paths import REPO_ROOT, TRITON_REPOSITORY
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
@@ -31,6 +32,7 @@ from steelcore.postgres.roles import READER_ROLE, WRITER_ROLE, ensure_roles
 from steelcore.postgres.schema import model_audit, model_versions
 from steelcore.postgres.scratch import scratch_database
 from steelcore.settings import get_settings
+from steelcore.triton.model_names import VERSIONED_MODELS
 from training import zoo
 
 FRAMES = np.zeros((2, 256, 1600), np.uint8)
@@ -124,7 +126,7 @@ def test_shadow_promote_rollback_switch_what_answers(line: Line, capsys: pytest.
     assert steel_models("shadow", "synthetic", "--share", "0.5", "--by", "ana") == 0
     assert line.roles() == Roles(production=1, shadow=2, shadow_share=0.5)
     assert line.versions() == {1: "default", 2: "synthetic"}
-    for model in model_lifecycle.VERSIONED_MODELS:
+    for model in VERSIONED_MODELS:
         assert line.ready_versions(model) == [1, 2], model
     assert line.answer_version() == [1]  # production still answers
     assert line.answer_version("steel_cascade", "2") == [2]  # the shadow, through its own cascade
@@ -146,7 +148,7 @@ def test_shadow_promote_rollback_switch_what_answers(line: Line, capsys: pytest.
     assert line.audit()[-1] == ("promote", 2, 1, True)
     figures = line.audit_figures("promote")
     assert figures["gate"]["passed"] is False and figures["verdicts"]["shadow"]["pairs"] == 0
-    for model in model_lifecycle.VERSIONED_MODELS:
+    for model in VERSIONED_MODELS:
         assert line.ready_versions(model) == [2], model  # the old production unloaded after
 
     assert steel_models("rollback", "--by", "cy") == 0
@@ -166,13 +168,13 @@ def test_shadow_promote_rollback_switch_what_answers(line: Line, capsys: pytest.
 def test_a_shadow_that_fails_to_load_leaves_production_answering(
     line: Line, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real_export = model_lifecycle._export_bundle
+    real_export = lifecycle_repository._export_bundle
 
     def broken_export(name: str, out: Path, *args: object) -> None:
         real_export(name, out, *args)  # type: ignore[arg-type]
         (out / "segmenter" / "1" / "model.onnx").write_bytes(b"not an onnx file")
 
-    monkeypatch.setattr(model_lifecycle, "_export_bundle", broken_export)
+    monkeypatch.setattr(lifecycle_repository, "_export_bundle", broken_export)
     capsys.readouterr()
     assert steel_models("shadow", "synthetic") == 1
     err = capsys.readouterr().err
@@ -182,7 +184,7 @@ def test_a_shadow_that_fails_to_load_leaves_production_answering(
     assert line.roles().shadow is None
     assert line.audit() == []  # not even the bootstrap: the command changed nothing
     assert not (line.triton.repository / "segmenter" / "2").exists()
-    state = model_lifecycle.served_versions(
+    state = served_versions(
         (line.triton.repository / "segmenter" / "config.pbtxt").read_text()
     )
     assert state == [1]
@@ -361,13 +363,13 @@ def test_a_switch_triton_refuses_leaves_production_and_the_shadow_as_they_were(
     assert steel_models("promote", "synthetic", "--force") == 1
     assert "simulated" in capsys.readouterr().err
     assert line.answer_version() == [1]
-    assert model_lifecycle.pinned_version(ensemble_config.read_text()) == 1
+    assert pinned_version(ensemble_config.read_text()) == 1
     assert "promote" not in [a[0] for a in line.audit()]
     if shadowed:
         assert line.ready_versions("steel_cascade") == [1, 2]  # the shadow still runs
         assert line.roles() == Roles(production=1, shadow=2, shadow_share=0.1)
     else:  # the candidate loaded for the switch is unloaded and its files removed
-        for model in model_lifecycle.VERSIONED_MODELS:
+        for model in VERSIONED_MODELS:
             assert line.ready_versions(model) == [1], model
             assert not (line.triton.repository / model / "2").exists()
         assert line.versions() == {}

@@ -6,7 +6,7 @@ import pytest
 
 from dashboard.auth import AuthConfigError
 from stack.demo_scene import SceneFailed, SceneInterrupted
-from stack.model_lifecycle import BadCandidate, LifecycleError, LoadFailed, Refused, TritonUnreachable
+from stack.lifecycle_errors import BadCandidate, LifecycleError, LoadFailed, Refused, TritonUnreachable
 from stack.service import AddressInUseError, ServiceError, ServiceStartError
 from stack.triton_server import EmbeddedTritonUnavailableError, TritonError
 from steelcore.errors import ExternalServiceError, SteelError

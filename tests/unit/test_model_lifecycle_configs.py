@@ -1,4 +1,4 @@
-"""stack.model_lifecycle without Triton: config.pbtxt rewriting, bundle checks, all-or-nothing loads."""
+"""stack.model_lifecycle and its parts, no Triton: config rewriting, bundle checks, all-or-nothing loads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 
 from stack import model_lifecycle as ml
+from stack.bundle_signature import bundle_signature, check_compatible
+from stack.lifecycle_errors import BadCandidate, LoadFailed
+from stack.version_configs import pin_ensemble, pinned_version, served_versions, set_versions
 from steelcore.paths import TRITON_REPOSITORY
 from steelcore.settings import Settings
+from steelcore.triton.model_names import ENSEMBLE, VERSIONED_MODELS
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -23,43 +27,43 @@ def committed(model: str) -> str:
     return (TRITON_REPOSITORY / model / "config.pbtxt").read_text()
 
 
-@pytest.mark.parametrize("model", ml.VERSIONED_MODELS)
+@pytest.mark.parametrize("model", VERSIONED_MODELS)
 def test_set_versions_rewrites_the_committed_configs_and_nothing_else(model: str) -> None:
     before = committed(model)
-    after = ml.set_versions(before, [3, 1, 3])
+    after = set_versions(before, [3, 1, 3])
     assert list(parse(after).version_policy.specific.versions) == [1, 3]  # type: ignore[attr-defined]
-    assert ml.served_versions(after) == [1, 3]
+    assert served_versions(after) == [1, 3]
     # Everything but the policy line is untouched.
     changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
     assert len(changed) == 1 and "version_policy" in changed[0][0]
-    assert ml.set_versions(after, [1]) == before
+    assert set_versions(after, [1]) == before
 
 
 def test_set_versions_adds_a_missing_policy_and_refuses_nonsense() -> None:
     text = 'name: "postprocess"\nbackend: "python"\nmax_batch_size: 8\ninput [ ]\n'
-    added = ml.set_versions(text, [2])
-    assert ml.served_versions(added) == [2]
+    added = set_versions(text, [2])
+    assert served_versions(added) == [2]
     assert added.index("max_batch_size") < added.index("version_policy") < added.index("input")
     with pytest.raises(ValueError):
-        ml.set_versions(text, [])
+        set_versions(text, [])
     with pytest.raises(ValueError):
-        ml.set_versions(text, [0])
+        set_versions(text, [0])
 
 
 def test_a_latest_policy_lists_no_versions() -> None:
-    assert ml.served_versions("version_policy: { latest: { num_versions: 1 } }\n") == []
+    assert served_versions("version_policy: { latest: { num_versions: 1 } }\n") == []
 
 
 def test_pin_ensemble_pins_every_step() -> None:
-    before = committed(ml.ENSEMBLE)
-    assert ml.pinned_version(before) == 1
-    after = ml.pin_ensemble(before, 7)
+    before = committed(ENSEMBLE)
+    assert pinned_version(before) == 1
+    after = pin_ensemble(before, 7)
     steps = parse(after).ensemble_scheduling.step  # type: ignore[attr-defined]
     assert [s.model_version for s in steps] == [7, 7, 7]
-    assert ml.pinned_version(after) == 7
-    assert ml.pinned_version(after.replace("model_version: 7", "model_version: 2", 1)) is None
+    assert pinned_version(after) == 7
+    assert pinned_version(after.replace("model_version: 7", "model_version: 2", 1)) is None
     with pytest.raises(ValueError):
-        ml.pin_ensemble('name: "x"\n', 2)
+        pin_ensemble('name: "x"\n', 2)
 
 
 def _bundle(root: Path, name: str, **meta: object) -> None:
@@ -73,17 +77,17 @@ def test_bundle_signature_and_compatibility(tmp_path: Path) -> None:
     _bundle(tmp_path, "wide", input_shape=[256, 800])
     _bundle(tmp_path, "three", class_ids=[1, 2, 3])
     _bundle(tmp_path, "nogate", classifier=None)
-    prod = ml.bundle_signature("prod", settings)
+    prod = bundle_signature("prod", settings)
     assert prod.input_shape == "256x1600" and prod.class_ids == (1, 2, 3, 4) and prod.has_classifier
-    ml.check_compatible(ml.bundle_signature("prod", settings), prod)
+    check_compatible(bundle_signature("prod", settings), prod)
     for name, words in (("wide", "256x800"), ("three", "classes"), ("nogate", "classifier")):
-        with pytest.raises(ml.BadCandidate, match=words) as info:
-            ml.check_compatible(ml.bundle_signature(name, settings), prod)
+        with pytest.raises(BadCandidate, match=words) as info:
+            check_compatible(bundle_signature(name, settings), prod)
         assert info.value.exit_code == 3
-    with pytest.raises(ml.BadCandidate, match=r"no model bundle 'missing'.*prod"):
-        ml.bundle_signature("missing", settings)
-    with pytest.raises(ml.BadCandidate):
-        ml.bundle_signature("../prod", settings)
+    with pytest.raises(BadCandidate, match=r"no model bundle 'missing'.*prod"):
+        bundle_signature("missing", settings)
+    with pytest.raises(BadCandidate):
+        bundle_signature("../prod", settings)
 
 
 class FlakyTriton:
@@ -105,7 +109,7 @@ class FlakyTriton:
 
 def _repo_configs(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
-    for model in (*ml.VERSIONED_MODELS, ml.ENSEMBLE):
+    for model in (*VERSIONED_MODELS, ENSEMBLE):
         (repo / model).mkdir(parents=True)
         (repo / model / "config.pbtxt").write_text(committed(model))
     return repo
@@ -113,10 +117,10 @@ def _repo_configs(tmp_path: Path) -> Path:
 
 def test_a_failed_load_restores_every_config_and_reloads_them(tmp_path: Path) -> None:
     repo = _repo_configs(tmp_path)
-    before = {m: (repo / m / "config.pbtxt").read_text() for m in (*ml.VERSIONED_MODELS, ml.ENSEMBLE)}
+    before = {m: (repo / m / "config.pbtxt").read_text() for m in (*VERSIONED_MODELS, ENSEMBLE)}
     triton = FlakyTriton(repo, "postprocess", "[ 1, 2 ]")
     life = ml.Lifecycle(engine=None, repository=repo, triton=triton, settings=Settings(), say=lambda _: None)  # type: ignore[arg-type]
-    with pytest.raises(ml.LoadFailed, match=r"postprocess.*broken file") as info:
+    with pytest.raises(LoadFailed, match=r"postprocess.*broken file") as info:
         life._apply([1, 2], 1)
     assert info.value.exit_code == 1
     assert {m: (repo / m / "config.pbtxt").read_text() for m in before} == before
