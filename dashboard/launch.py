@@ -142,8 +142,8 @@ def _prepare_database(settings: DashboardSettings) -> int:
         if not (settings.dashboard_db_url and settings.dashboard_feedback_db_url):
             log.warning(
                 "external database: the dashboard logs in as steel_dashboard / steel_feedback; create them "
-                "with `python -m dashboard.prepare_database roles` (as the owner) or set STEEL_DASHBOARD_DB_URL and "
-                "STEEL_DASHBOARD_FEEDBACK_DB_URL"
+                "with `python -m dashboard.prepare_database roles` (as the owner) or set "
+                "STEEL_DASHBOARD_DB_URL and STEEL_DASHBOARD_FEEDBACK_DB_URL"
             )
         return exit_codes.OK
     try:
