@@ -20,13 +20,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
+import line_probes
 import numpy as np
 import pytest
 import redis
+from line_probes import committed_total, count
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -47,6 +49,7 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 300.0  # two workers, a shadow and model loads share 2 CPU cores
+wait_until = partial(line_probes.wait_until, timeout_s=WAIT_S)
 WORKER_STOP_S = 120.0
 CLI_TIMEOUT_S = 420.0  # exporting and loading a bundle's version on busy cores
 CONFIG = WorkerConfig(batch_size=4, batch_wait_s=0.2, backoff_initial_s=0.2, backoff_max_s=2.0)
@@ -85,19 +88,6 @@ def settings(
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.25)
-
-
-def scalar(engine: Engine, sql: str) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text(sql)).scalar_one())
-
-
 def steel_models(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """`steel models ARGS` as an operator runs it, against the test's database and Triton."""
     env = {
@@ -117,19 +107,6 @@ def steel_models(settings: Settings, *args: str) -> subprocess.CompletedProcess[
         text=True,
         timeout=CLI_TIMEOUT_S,
     )
-
-
-def committed_total(settings: Settings) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-    from confluent_kafka.admin import AdminClient
-
-    topic = AdminClient(admin_config(settings)).list_topics(settings.frames_topic, timeout=10).topics
-    partitions = [TopicPartition(settings.frames_topic, p) for p in topic[settings.frames_topic].partitions]
-    probe = Consumer(consumer_config(settings.consumer_group, settings))
-    try:
-        return sum(max(tp.offset, 0) for tp in probe.committed(partitions, timeout=10))
-    finally:
-        probe.close()
 
 
 def read_frames(settings: Settings, count: int, timeout_s: float = 60.0) -> dict[str, np.ndarray]:
@@ -211,8 +188,8 @@ def test_a_shadow_version_that_is_not_loaded_only_counts_failures(settings: Sett
     with engine.connect() as conn:
         labels = set(conn.execute(text("SELECT model_name, model_version FROM frames")))
     assert labels == {("default", "1")}
-    assert scalar(engine, "SELECT count(*) FROM frames") == n
-    assert scalar(engine, "SELECT count(*) FROM shadow_results") == 0
+    assert count(engine, "SELECT count(*) FROM frames") == n
+    assert count(engine, "SELECT count(*) FROM shadow_results") == 0
     assert shadow_metric(worker, "stored") == 0
 
 
@@ -241,11 +218,11 @@ def test_a_promotion_while_two_workers_run_stores_every_frame_once_with_its_vers
         workers = (first.worker, second.worker)
         wait_until(lambda: all(w._assigned for w in workers), timeout_s=60, what="both workers assigned")
         producer.start()
-        wait_until(lambda: scalar(engine, "SELECT count(*) FROM frames") >= 8, what="8 frames on version 1")
+        wait_until(lambda: count(engine, "SELECT count(*) FROM frames") >= 8, what="8 frames on version 1")
         promote = steel_models(settings, "promote", "--force", "--by", "switch-test")
         assert promote.returncode == 0, promote.stdout + promote.stderr
         wait_until(
-            lambda: scalar(engine, "SELECT count(*) FROM frames WHERE model_version = '2'") >= 6,
+            lambda: count(engine, "SELECT count(*) FROM frames WHERE model_version = '2'") >= 6,
             what="frames judged by the promoted version",
         )
         stop_producing.set()
@@ -270,7 +247,7 @@ def test_a_promotion_while_two_workers_run_stores_every_frame_once_with_its_vers
         ).all()
         shadow_rows = conn.execute(text("SELECT frame_id, version, class_probs FROM shadow_results")).all()
         alarms = {f"{f}:{c}" for f, c in conn.execute(text("SELECT frame_id, class_id FROM alarms"))}
-        alarmed_defects = scalar(
+        alarmed_defects = count(
             engine,
             "SELECT count(*) FROM alarms a JOIN defects d USING (frame_id, class_id)",
         )

@@ -21,14 +21,16 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import line_probes
 import numpy as np
 import pytest
 import redis
+from line_probes import committed_total, count
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -51,6 +53,7 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 180.0  # inference runs on 2 shared CPU cores
+wait_until = partial(line_probes.wait_until, timeout_s=WAIT_S)
 # Workers here may be retrying an outage when asked to stop.
 WORKER_STOP_S = 120.0
 CONFIG = WorkerConfig(batch_size=4, batch_wait_s=0.2, backoff_initial_s=0.2, backoff_max_s=2.0)
@@ -129,32 +132,6 @@ def ensemble_answer(
         f.header.frame_id: (result.probs[i].tolist(), result.rles[i], result.pixel_counts[i].tolist())
         for i, f in enumerate(frames)
     }
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.25)
-
-
-def count(engine: Engine, sql: str) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text(sql)).scalar_one())
-
-
-def committed_total(settings: Settings) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-    from confluent_kafka.admin import AdminClient
-
-    topic = AdminClient(admin_config(settings)).list_topics(settings.frames_topic, timeout=10).topics
-    partitions = [TopicPartition(settings.frames_topic, p) for p in topic[settings.frames_topic].partitions]
-    probe = Consumer(consumer_config(settings.consumer_group, settings))
-    try:
-        return sum(max(tp.offset, 0) for tp in probe.committed(partitions, timeout=10))
-    finally:
-        probe.close()
 
 
 def stream_alarm_ids(settings: Settings) -> list[str]:

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from line_probes import count
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -224,11 +225,6 @@ def wait_until(predicate: Any, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out after {WAIT_S:.0f} s waiting for {what}"
         time.sleep(0.2)
-
-
-def count(engine: Engine, sql: str) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text(sql)).scalar_one())
 
 
 def dead_letter_producer(settings: Settings, name: str) -> DeadLetterProducer:

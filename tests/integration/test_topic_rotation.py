@@ -11,12 +11,12 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from line_probes import wait_until
 from sqlalchemy import text
 from worker_thread import WorkerThread
 
@@ -108,14 +108,6 @@ def buckets(settings: Settings, topic: str) -> dict[int, int]:
     return {
         b: len(md.partitions) for name, md in listed.items() if (b := bucket_number(topic, name)) is not None
     }
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def wait_closed(settings: Settings, bucket_ids: list[int]) -> None:
