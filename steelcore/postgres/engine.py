@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from steelcore.postgres.exceptions import CommandLinePasswordError
+from steelcore.errors import SteelError
 from steelcore.settings import Settings, redact_url, reveal
 
 CONNECT_TIMEOUT_S = 5
@@ -29,6 +29,11 @@ READ_STATEMENT_TIMEOUT_MS = 15_000
 # Streamlit runs each browser session in its own thread; a few connections serve many viewers.
 READER_POOL_SIZE = 4
 READER_MAX_OVERFLOW = 4
+
+
+# A usage error, not a database outage (so not a PostgresError): nothing retries it.
+class CommandLinePasswordError(SteelError, ValueError):
+    """A database URL with a password was given as a command-line argument."""
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -11,7 +11,8 @@ from stack.service import AddressInUseError, ServiceError, ServiceStartError
 from stack.triton_server import EmbeddedTritonUnavailableError, TritonError
 from steelcore.errors import ExternalServiceError, SteelError
 from steelcore.frame_message import FrameMessageError
-from steelcore.postgres.exceptions import CommandLinePasswordError, PostgresError
+from steelcore.postgres.engine import CommandLinePasswordError
+from steelcore.postgres.exceptions import PostgresError
 from steelcore.postgres.verdicts import FeedbackError
 from steelcore.service_urls import ServiceUnavailableError
 from steelcore.triton.exceptions import (
