@@ -82,7 +82,7 @@ class TritonService(EmbeddedService):
     ) -> None:
         super().__init__(run_dir, grpc_port, host)
         self.repository = Path(repository)
-        # None: TritonServer serves a copy under run_dir (stack.triton_server.default_serving_repository).
+        # None: TritonServer serves a copy under run_dir (stack.serving_repository).
         self.serving_repository = serving_repository
         self.model = model
         self.http_port = http_port
@@ -131,7 +131,8 @@ class TritonService(EmbeddedService):
         )
 
     def _start_server(self, timeout_s: float) -> None:
-        from stack.triton_server import TritonError, TritonServer
+        from stack.triton_errors import TritonError
+        from stack.triton_server import TritonServer
 
         busy = [
             port

@@ -1,7 +1,7 @@
 """Model versions on the running Triton: shadow runs, promotion and rollback (issue 16).
 
 A registered bundle is version V of the classifier, segmenter, postprocess and steel_cascade models
-of the *serving* repository (the copy Triton serves, stack.triton_server; never triton_models/).
+of the *serving* repository (the copy Triton serves, stack.serving_repository; never triton_models/).
 ``steel_ensemble`` has one version and pins its steps to the production version, so production is
 whatever the ensemble is pinned to; a shadow is reached through ``steel_cascade`` at its version.
 
@@ -71,7 +71,7 @@ def triton_control(url: str, protocol: str = "http") -> ModelControl:
 # --- the serving repository -------------------------------------------------------------------------
 def serving_repository_path(settings: Settings | None = None) -> Path:
     """STEEL_TRITON_SERVING_REPOSITORY, else the embedded server's copy under run_dir."""
-    from stack.triton_server import default_serving_repository
+    from stack.serving_repository import default_serving_repository
 
     settings = settings or get_settings()
     if settings.triton_serving_repository is not None:

@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stack.triton_server import EmbeddedTritonUnavailableError, TritonError, TritonServer
+    from stack.triton_errors import EmbeddedTritonUnavailableError, TritonError
+    from stack.triton_server import TritonServer
 
     problems = repository_problems(args.repository, [args.model])
     if problems:

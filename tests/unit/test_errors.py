@@ -8,7 +8,7 @@ from dashboard.auth import AuthConfigError
 from stack.demo_scene import SceneFailed, SceneInterrupted
 from stack.lifecycle_errors import BadCandidate, LifecycleError, LoadFailed, Refused, TritonUnreachable
 from stack.service import AddressInUseError, ServiceError, ServiceStartError
-from stack.triton_server import EmbeddedTritonUnavailableError, TritonError
+from stack.triton_errors import EmbeddedTritonUnavailableError, TritonError
 from steelcore.errors import ExternalServiceError, SteelError
 from steelcore.frame_message import FrameMessageError
 from steelcore.postgres.engine import CommandLinePasswordError

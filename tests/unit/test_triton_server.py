@@ -1,4 +1,5 @@
-"""The embedded Triton launcher and `steel triton`, without starting a server."""
+"""The embedded Triton launcher (triton_server, triton_wheel, triton_shm, serving_repository) and
+`steel triton`, without starting a server."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from stack import triton_cli, triton_server
-from stack.triton_server import EmbeddedTritonUnavailableError, TritonServer, clean_stale_shm
+from stack import triton_cli, triton_wheel
+from stack.serving_repository import prepare_serving_repository
+from stack.triton_errors import EmbeddedTritonUnavailableError
+from stack.triton_server import TritonServer
+from stack.triton_shm import SHM_GLOB, clean_stale_shm
 from steelcore import exit_codes
 
 
@@ -31,7 +35,7 @@ def test_stale_shm_regions_are_removed_but_held_ones_kept(tmp_path: Path) -> Non
 def test_missing_library_gives_unavailable_with_external_server_hint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(triton_server, "_missing_libraries", lambda binary, env: ["libpython3.11.so.1.0"])
+    monkeypatch.setattr(triton_wheel, "_missing_libraries", lambda binary, env: ["libpython3.11.so.1.0"])
     (tmp_path / "repo" / "steel_ensemble").mkdir(parents=True)
     (tmp_path / "repo" / "steel_ensemble" / "config.pbtxt").write_text('name: "steel_ensemble"\n')
     server = TritonServer(tmp_path / "run", tmp_path / "repo", 1, 2, 3)
@@ -53,7 +57,7 @@ def test_server_command_uses_the_given_ports_and_its_own_shm_prefix(tmp_path: Pa
     command = server._command(tmp_path / "server")
     assert {"--http-port=18000", "--grpc-port=18001", "--metrics-port=18002"} <= set(command)
     prefix = next(a for a in command if "shm-region-prefix-name" in a).rsplit("=", 1)[1]
-    assert Path("/dev/shm", prefix + "x").match(triton_server.SHM_GLOB)
+    assert Path("/dev/shm", prefix + "x").match(SHM_GLOB)
     assert server.grpc_url == "127.0.0.1:18001" and server.metrics_url.endswith(":18002/metrics")
 
 
@@ -81,7 +85,7 @@ def test_cli_reports_an_incomplete_repository(tmp_path: Path, capsys: pytest.Cap
 def test_cli_exits_unavailable_when_the_binary_cannot_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(triton_server, "_missing_libraries", lambda binary, env: ["libpython3.11.so.1.0"])
+    monkeypatch.setattr(triton_wheel, "_missing_libraries", lambda binary, env: ["libpython3.11.so.1.0"])
     model = tmp_path / "repo" / "steel_ensemble"
     (model / "1").mkdir(parents=True)
     (model / "config.pbtxt").write_text('name: "steel_ensemble"\nplatform: "ensemble"\n')
@@ -105,15 +109,15 @@ def test_serving_repository_is_a_copy_kept_across_starts(tmp_path: Path) -> None
     (source / "segmenter" / "1").mkdir(parents=True)
     (source / "segmenter" / "config.pbtxt").write_text("a")
     (source / "repository.json").write_text('{"written_at": 1}')
-    serving = triton_server.prepare_serving_repository(source, tmp_path / "serving")
+    serving = prepare_serving_repository(source, tmp_path / "serving")
     assert (serving / "segmenter" / "config.pbtxt").read_text() == "a"
     # The lifecycle added version 2 and changed the config: a re-export of the source is not copied over it.
     (serving / "segmenter" / "2").mkdir()
     (serving / "segmenter" / "config.pbtxt").write_text("b")
     (source / "repository.json").write_text('{"written_at": 2}')
-    triton_server.prepare_serving_repository(source, serving)
+    prepare_serving_repository(source, serving)
     assert (serving / "segmenter" / "config.pbtxt").read_text() == "b"
     # A copy still holding version 1 alone follows a re-export of its source.
     (serving / "segmenter" / "2").rmdir()
-    triton_server.prepare_serving_repository(source, serving)
+    prepare_serving_repository(source, serving)
     assert (serving / "segmenter" / "config.pbtxt").read_text() == "a"
