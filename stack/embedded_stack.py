@@ -17,7 +17,8 @@ from typing import Any
 from stack.kafka_broker import KafkaBroker
 from stack.postgres_server import PostgresServer
 from stack.redis_server import RedisServer
-from stack.service import EmbeddedService, ServiceStartError
+from stack.service import EmbeddedService
+from stack.service_errors import ServiceStartError
 from stack.triton_service import TritonService, triton_launcher_available
 from steelcore.service_health import Health, probe_service
 from steelcore.service_urls import (

@@ -20,7 +20,8 @@ import logging
 import secrets
 from pathlib import Path
 
-from stack.service import EmbeddedService, process_tree_rss
+from stack.processes import process_tree_rss
+from stack.service import EmbeddedService
 from steelcore.kafka.clients import count_brokers
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from stack.service import LOCALHOST, EmbeddedService, ServiceStartError, start_failure
+from stack.service import LOCALHOST, EmbeddedService
+from stack.service_errors import ServiceStartError, start_failure
 from steelcore.postgres.probe import probe_dsn
 
 log = logging.getLogger(__name__)

@@ -11,80 +11,32 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 
-from steelcore.errors import SteelError
+from stack.processes import PidRecord, process_tree_rss, terminate
+from stack.service_errors import (
+    BIND_RETRY_ATTEMPTS,
+    BIND_RETRY_FIRST_DELAY_S,
+    AddressInUseError,
+    ServiceStartError,
+    retry_on_address_in_use,
+    start_failure,
+)
 from steelcore.service_health import Health
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 LOCALHOST = "127.0.0.1"
 PIDFILE_NAME = "service.pid"
 LOGFILE_NAME = "service.log"
-# A port left in TIME_WAIT by a previous run frees itself within a few seconds.
-BIND_RETRY_ATTEMPTS = 5
-BIND_RETRY_FIRST_DELAY_S = 0.25
-ADDRESS_IN_USE_PATTERN = re.compile(r"address (already )?in use", re.IGNORECASE)
-
-
-class ServiceError(SteelError, RuntimeError):
-    """A service could not be started, reached or stopped; the message says which and where to look."""
-
-
-class ServiceStartError(ServiceError):
-    def __init__(self, name: str, reason: str, log_path: Path | None) -> None:
-        where = f" (log: {log_path})" if log_path is not None else ""
-        super().__init__(f"{name} failed to start: {reason}{where}")
-        self.name = name
-        self.reason = reason
-        self.log_path = log_path
-
-
-class AddressInUseError(ServiceStartError):
-    """The port was taken; retrying later may succeed."""
-
-
-def start_failure(name: str, reason: str, log_tail: str, log_path: Path | None) -> ServiceStartError:
-    """The error for a failed start, quoting the end of its log; AddressInUseError when the log says so."""
-    error_type = AddressInUseError if ADDRESS_IN_USE_PATTERN.search(log_tail) else ServiceStartError
-    detail = log_tail[-400:].strip() or "(no output)"
-    return error_type(name, f"{reason}: {detail}", log_path)
-
-
-@dataclass(frozen=True)
-class PidRecord:
-    pid: int
-    create_time: float
-
-    @classmethod
-    def of(cls, pid: int) -> PidRecord:
-        return cls(pid=pid, create_time=psutil.Process(pid).create_time())
-
-    def process(self) -> psutil.Process | None:
-        """The live process this record names, or None when it exited or its pid was reused."""
-        try:
-            proc = psutil.Process(self.pid)
-            # Tolerance: create_time is derived from boot time and clock ticks.
-            if abs(proc.create_time() - self.create_time) > 1.0:
-                return None
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-        except psutil.NoSuchProcess:
-            return None
-        return proc
 
 
 def free_port(host: str = LOCALHOST) -> int:
@@ -101,85 +53,6 @@ def port_accepts(host: str, port: int, timeout_s: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def retry_on_address_in_use(
-    attempt: Callable[[], T],
-    *,
-    attempts: int = BIND_RETRY_ATTEMPTS,
-    first_delay_s: float = BIND_RETRY_FIRST_DELAY_S,
-) -> T:
-    """Run ``attempt`` again, with doubling delays, while it raises AddressInUseError."""
-    delay = first_delay_s
-    for number in range(1, attempts + 1):
-        try:
-            return attempt()
-        except AddressInUseError as exc:
-            if number == attempts:
-                raise
-            log.warning("%s; retrying in %.2f s (attempt %d of %d)", exc, delay, number + 1, attempts)
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def process_tree_rss(proc: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
-    total = 0
-    for member in [proc, *proc.children(recursive=True)]:
-        try:
-            total += member.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total
-
-
-def wait_gone(proc: psutil.Process, timeout_s: float) -> bool:
-    """Wait until the process has exited; True if it did within timeout_s.
-
-    A zombie counts as gone: a daemon whose parent has exited is reaped by init, which may take
-    its time (seconds on some container inits), and it holds no port or file any more.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-def terminate(
-    proc: psutil.Process, timeout_s: float, sig: int = signal.SIGTERM, whole_group: bool = True
-) -> None:
-    """Send ``sig`` to the process (and its session's group), SIGKILL whatever is left after timeout_s."""
-    try:
-        group = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        return
-    # Our services lead their own session, so their group holds exactly their helpers.
-    signal_group = whole_group and group == proc.pid
-    try:
-        if signal_group:
-            os.killpg(group, sig)
-        else:
-            proc.send_signal(sig)
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        return
-    if wait_gone(proc, timeout_s):
-        return
-    log.warning("pid %d did not stop within %.1f s; killing it", proc.pid, timeout_s)
-    try:
-        if signal_group:
-            os.killpg(group, signal.SIGKILL)
-        else:
-            proc.kill()
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        return
-    wait_gone(proc, 5.0)
 
 
 class EmbeddedService(ABC):

@@ -12,15 +12,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from stack.service import (
-    LOCALHOST,
-    AddressInUseError,
-    EmbeddedService,
-    ServiceStartError,
-    port_accepts,
-    retry_on_address_in_use,
-    terminate,
-)
+from stack.processes import terminate
+from stack.service import LOCALHOST, EmbeddedService, port_accepts
+from stack.service_errors import AddressInUseError, ServiceStartError, retry_on_address_in_use
 from steelcore.triton.readiness import probe_triton_http
 
 

@@ -24,7 +24,8 @@ from stack.embedded_stack import service_record
 from stack.kafka_broker import KafkaBroker
 from stack.postgres_server import PostgresServer
 from stack.redis_server import RedisServer
-from stack.service import EmbeddedService, ServiceError, free_port
+from stack.service import EmbeddedService, free_port
+from stack.service_errors import ServiceError
 from steelcore.service_urls import read_stack, write_stack
 from steelcore.settings import Settings
 

@@ -7,7 +7,7 @@ import pytest
 from dashboard.auth import AuthConfigError
 from stack.demo_scene import SceneFailed, SceneInterrupted
 from stack.lifecycle_errors import BadCandidate, LifecycleError, LoadFailed, Refused, TritonUnreachable
-from stack.service import AddressInUseError, ServiceError, ServiceStartError
+from stack.service_errors import AddressInUseError, ServiceError, ServiceStartError
 from stack.triton_errors import EmbeddedTritonUnavailableError, TritonError
 from steelcore.errors import ExternalServiceError, SteelError
 from steelcore.frame_message import FrameMessageError

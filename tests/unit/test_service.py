@@ -15,16 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from stack.service import (
-    AddressInUseError,
-    EmbeddedService,
-    Health,
-    PidRecord,
-    ServiceStartError,
-    free_port,
-    port_accepts,
-    retry_on_address_in_use,
-)
+from stack.processes import PidRecord
+from stack.service import EmbeddedService, free_port, port_accepts
+from stack.service_errors import AddressInUseError, ServiceStartError, retry_on_address_in_use
+from steelcore.service_health import Health
 
 
 class HttpService(EmbeddedService):
