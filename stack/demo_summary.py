@@ -216,10 +216,10 @@ class LiveSummary:
                     captured = datetime.fromisoformat(decoded["captured_at"])
                 except (KeyError, ValueError):
                     continue
-                alarm_id = decoded.get("alarm_id", self._last_entry)
-                if captured < self.started or alarm_id in self._alarms_seen:
+                alarm_key = decoded.get("alarm_id", self._last_entry)  # "frame:class" (Alarm.alarm_key)
+                if captured < self.started or alarm_key in self._alarms_seen:
                     continue
-                self._alarms_seen.add(alarm_id)
+                self._alarms_seen.add(alarm_key)
                 published_ms = int(self._last_entry.split("-", 1)[0])
                 self._alarm_latencies.append(published_ms - captured.timestamp() * 1000)
 
@@ -238,13 +238,13 @@ class LiveSummary:
                 acted = float(record["acted_at"])
             except (ValueError, KeyError, TypeError):
                 continue
-            alarm_id = str(record.get("alarm_id"))
+            alarm_key = str(record.get("alarm_id"))
             if (
                 record.get("line_id") == self.line_id
                 and captured >= self.started
-                and alarm_id not in self._acted_seen
+                and alarm_key not in self._acted_seen
             ):
-                self._acted_seen.add(alarm_id)
+                self._acted_seen.add(alarm_key)
                 self._acks += 1
                 self._act_latencies.append(acted * 1000 - captured.timestamp() * 1000)
 
