@@ -3,26 +3,12 @@
     steel demo --scene lifecycle                          # retrains a candidate (1 epoch)
     steel demo --scene lifecycle --candidate synthetic    # a shipped bundle as the candidate
 
-The usual demo (stack, two cameras, workers, actuator, dashboard; stack/demo.py) runs while the
-scene goes through the loop of issue 16, printing each step and saving a screenshot of the
-dashboard after each one (docs/lifecycle/ unless --screenshots says otherwise):
-
-1. drift: camera 2's lamp dims to --drift-gain from its --drift-after-th frame on; the workers raise
-   an inspection alarm for it (their drift window is shortened to --drift-window frames);
-2. operator verdicts: every stored defect is judged against the synthetic camera's ground truth
-   (the truth topic): 'confirmed' when the true mask has that class, else 'false' (feedback table,
-   as the dashboard's buttons write it);
-3. a candidate: `steel retrain --from-db --epochs 1` on the reviewed frames (or the bundle named
-   by --candidate);
-4. a shadow run: `steel models shadow CANDIDATE --share S`;
-5. evidence: verdicts go on until the promotion gate has promote_gate_min_verdicts verdicts on
-   shadowed frames;
-6. a promotion: `steel models promote --by demo-operator`; the new version judges the frames. When
-   the gate refuses, the scene says why and promotes with --force (audited as forced) unless
-   --no-force, and then:
-7. a rollback: `steel models rollback --by demo-operator` puts the previous production back.
-
-Then the demo stops as usual (exit 0 only when every frame produced was stored and each step ran).
+The usual demo (stack/demo.py) runs while the scene plays issue 16's loop, step by step in
+``_script``: a drift alarm, operator verdicts from the ground truth, a candidate, a shadow run,
+evidence for the promotion gate, a promotion (forced past the gate unless --no-force) and, after a
+forced one, a rollback. Each step is printed and followed by a dashboard screenshot
+(docs/lifecycle/README.md shows one run). The demo then stops as usual: exit 0 only when every
+frame produced was stored and each step ran.
 """
 
 from __future__ import annotations
