@@ -45,6 +45,22 @@ def engine(db_url: str) -> Iterator[Engine]:
         eng.dispose()
 
 
+@pytest.fixture()
+def own_names() -> dict[str, str]:
+    """Settings naming topics, a consumer group and Redis streams of the test's own (a random tag):
+    tests sharing the session's broker and Redis never read each other's frames or alarms."""
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "frames_topic": f"frames-{tag}",
+        "truth_topic": f"truth-{tag}",
+        "dead_letter_topic": f"dlq-{tag}",
+        "consumer_group": f"workers-{tag}",
+        "alarm_stream": f"steel:alarms:{tag}",
+        "alarm_channel": f"steel:alarms:live:{tag}",
+        "inspection_alarm_stream": f"steel:inspection:{tag}",
+    }
+
+
 @pytest.fixture(scope="module")
 def triton(stack_run_dir: Path) -> Iterator[TritonServer]:
     """Triton serving the committed repository (``settings.triton_repository``) from a copy of the

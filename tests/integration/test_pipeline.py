@@ -64,17 +64,16 @@ CONFIG = WorkerConfig(batch_size=4, batch_wait_s=0.2, backoff_initial_s=0.2, bac
 
 @pytest.fixture()
 def settings(
-    stack_settings: Settings, kafka_url: str, redis_url: str, db_url: str, triton: TritonServer
+    stack_settings: Settings,
+    own_names: dict[str, str],
+    kafka_url: str,
+    redis_url: str,
+    db_url: str,
+    triton: TritonServer,
 ) -> Settings:
-    tag = uuid.uuid4().hex[:10]
     return stack_settings.model_copy(
         update={
-            "frames_topic": f"frames-{tag}",
-            "truth_topic": f"truth-{tag}",
-            "dead_letter_topic": f"dlq-{tag}",
-            "consumer_group": f"workers-{tag}",
-            "alarm_stream": f"steel:alarms:{tag}",
-            "alarm_channel": f"steel:alarms:live:{tag}",
+            **own_names,
             "frames_partitions": 2,
             "topic_rotation_s": 0,  # one frames topic; rotation has tests of its own (test_topic_rotation)
             "postgres_url": db_url,

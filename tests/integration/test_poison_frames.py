@@ -100,15 +100,12 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture()
-def settings(stack_settings: Settings, kafka_url: str, redis_url: str, db_url: str) -> Settings:
-    tag = uuid.uuid4().hex[:10]
+def settings(
+    stack_settings: Settings, own_names: dict[str, str], kafka_url: str, redis_url: str, db_url: str
+) -> Settings:
     return stack_settings.model_copy(
         update={
-            "frames_topic": f"poison-{tag}",
-            "dead_letter_topic": f"poison-dlq-{tag}",
-            "consumer_group": f"poison-workers-{tag}",
-            "alarm_stream": f"steel:alarms:{tag}",
-            "alarm_channel": f"steel:alarms:live:{tag}",
+            **own_names,
             "frames_partitions": 2,
             "topic_rotation_s": 0,
             "postgres_url": db_url,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import uuid
 from concurrent.futures import Future
 from datetime import UTC, datetime
 
@@ -68,16 +67,12 @@ class FlatSource:
 
 
 @pytest.fixture()
-def settings(stack_settings: Settings, kafka_url: str, redis_url: str, db_url: str) -> Settings:
-    tag = uuid.uuid4().hex[:10]
+def settings(
+    stack_settings: Settings, own_names: dict[str, str], kafka_url: str, redis_url: str, db_url: str
+) -> Settings:
     return stack_settings.model_copy(
         update={
-            "frames_topic": f"rframes-{tag}",
-            "truth_topic": f"rtruth-{tag}",
-            "dead_letter_topic": f"rdlq-{tag}",
-            "consumer_group": f"rworkers-{tag}",
-            "alarm_stream": f"steel:alarms:{tag}",
-            "alarm_channel": f"steel:alarms:live:{tag}",
+            **own_names,
             "frames_partitions": 2,
             "postgres_url": db_url,
             "topic_rotation_s": ROTATION_S,
