@@ -46,19 +46,25 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture()
-def own_names() -> dict[str, str]:
-    """Settings naming topics, a consumer group and Redis streams of the test's own (a random tag):
-    tests sharing the session's broker and Redis never read each other's frames or alarms."""
+def line_settings(stack_settings: Settings, kafka_url: str, redis_url: str, db_url: str) -> Settings:
+    """Settings of a line of the test's own on the session's Kafka and Redis: topics (two partitions,
+    no rotation), consumer group and Redis streams named with a random tag, so tests never read each
+    other's frames or alarms, and the test's database (``db_url``)."""
     tag = uuid.uuid4().hex[:10]
-    return {
-        "frames_topic": f"frames-{tag}",
-        "truth_topic": f"truth-{tag}",
-        "dead_letter_topic": f"dlq-{tag}",
-        "consumer_group": f"workers-{tag}",
-        "alarm_stream": f"steel:alarms:{tag}",
-        "alarm_channel": f"steel:alarms:live:{tag}",
-        "inspection_alarm_stream": f"steel:inspection:{tag}",
-    }
+    return stack_settings.model_copy(
+        update={
+            "frames_topic": f"frames-{tag}",
+            "truth_topic": f"truth-{tag}",
+            "dead_letter_topic": f"dlq-{tag}",
+            "consumer_group": f"workers-{tag}",
+            "alarm_stream": f"steel:alarms:{tag}",
+            "alarm_channel": f"steel:alarms:live:{tag}",
+            "inspection_alarm_stream": f"steel:inspection:{tag}",
+            "frames_partitions": 2,
+            "topic_rotation_s": 0,
+            "postgres_url": db_url,
+        }
+    )
 
 
 @pytest.fixture(scope="module")

@@ -58,20 +58,9 @@ CAMERAS = ("top", "bottom")
 
 
 @pytest.fixture()
-def settings(
-    stack_settings: Settings,
-    own_names: dict[str, str],
-    kafka_url: str,
-    redis_url: str,
-    db_url: str,
-    triton: TritonServer,
-) -> Settings:
-    return stack_settings.model_copy(
+def settings(line_settings: Settings, triton: TritonServer) -> Settings:
+    return line_settings.model_copy(
         update={
-            **own_names,
-            "frames_partitions": 2,
-            "topic_rotation_s": 0,
-            "postgres_url": db_url,
             "triton_url": triton.grpc_url,
             "triton_protocol": "grpc",
             "triton_serving_repository": triton.repository,

@@ -63,24 +63,9 @@ CONFIG = WorkerConfig(batch_size=4, batch_wait_s=0.2, backoff_initial_s=0.2, bac
 
 
 @pytest.fixture()
-def settings(
-    stack_settings: Settings,
-    own_names: dict[str, str],
-    kafka_url: str,
-    redis_url: str,
-    db_url: str,
-    triton: TritonServer,
-) -> Settings:
-    return stack_settings.model_copy(
-        update={
-            **own_names,
-            "frames_partitions": 2,
-            "topic_rotation_s": 0,  # one frames topic; rotation has tests of its own (test_topic_rotation)
-            "postgres_url": db_url,
-            "triton_url": triton.grpc_url,
-            "triton_protocol": "grpc",
-        }
-    )
+def settings(line_settings: Settings, triton: TritonServer) -> Settings:
+    # line_settings has one frames topic (no rotation); rotation has tests of its own (test_topic_rotation).
+    return line_settings.model_copy(update={"triton_url": triton.grpc_url, "triton_protocol": "grpc"})
 
 
 # --- helpers -------------------------------------------------------------------------------------

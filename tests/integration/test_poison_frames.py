@@ -100,17 +100,8 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture()
-def settings(
-    stack_settings: Settings, own_names: dict[str, str], kafka_url: str, redis_url: str, db_url: str
-) -> Settings:
-    return stack_settings.model_copy(
-        update={
-            **own_names,
-            "frames_partitions": 2,
-            "topic_rotation_s": 0,
-            "postgres_url": db_url,
-        }
-    )
+def settings(line_settings: Settings) -> Settings:
+    return line_settings
 
 
 # --- the messages ------------------------------------------------------------------------------------

@@ -67,14 +67,9 @@ class FlatSource:
 
 
 @pytest.fixture()
-def settings(
-    stack_settings: Settings, own_names: dict[str, str], kafka_url: str, redis_url: str, db_url: str
-) -> Settings:
-    return stack_settings.model_copy(
+def settings(line_settings: Settings) -> Settings:
+    return line_settings.model_copy(
         update={
-            **own_names,
-            "frames_partitions": 2,
-            "postgres_url": db_url,
             "topic_rotation_s": ROTATION_S,
             "topic_close_grace_s": GRACE_S,
             "topic_janitor_interval_s": 0.5,
