@@ -133,18 +133,10 @@ class Actuator:
 
 @pytest.fixture()
 def db_url(postgres_url: str) -> Iterator[str]:
+    """Migrated at once: worker_engine grants on the tables whether or not engine has run yet."""
     with scratch_database(postgres_url, "steel_alarms") as url:
         migrate.upgrade(url)
         yield url
-
-
-@pytest.fixture()
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = create_db_engine(db_url)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def _settings(run_dir: Path, redis_url: str, db_url: str, **fields: object) -> Settings:
