@@ -5,6 +5,8 @@ from __future__ import annotations
 import urllib.request
 from typing import Any
 
+from steelcore.worker_metrics import metric_samples
+
 MODELS = ("classifier", "segmenter", "postprocess", "steel_ensemble", "steel_cascade")
 METRICS = {
     "requests": "nv_inference_request_success",
@@ -25,16 +27,13 @@ def scrape(metrics_url: str | None) -> dict[str, dict[str, float]]:
         text = response.read().decode()
     wanted = {metric: key for key, metric in METRICS.items()}
     values: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or "{" not in line:
+    for sample in metric_samples(text, skip_broken=True):
+        model = sample.labels.get("model")
+        if sample.name not in wanted or model is None:
             continue
-        metric, rest = line.split("{", 1)
-        if metric not in wanted or 'model="' not in rest:
-            continue
-        model = rest.split('model="', 1)[1].split('"', 1)[0]
-        value = float(line.rsplit(" ", 1)[1])
         per_model = values.setdefault(model, {})
-        per_model[wanted[metric]] = per_model.get(wanted[metric], 0.0) + value
+        key = wanted[sample.name]
+        per_model[key] = per_model.get(key, 0.0) + sample.value
     return values
 
 
