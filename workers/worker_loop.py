@@ -109,7 +109,7 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
         self._redis: Any = None
         self._last_log = time.monotonic()
         self._embedded_kafka = True
-        # The embedded broker's restarts (see the module docstring): the incarnation last seen, a
+        # The embedded broker's restarts (see workers.consumer_session): the incarnation last seen, a
         # counter of those seen, and the assigned partitions still to seek to the new log's start.
         self._incarnation: BrokerIncarnation | None = None
         self._log_epoch = 0
