@@ -1,5 +1,6 @@
 """Model bundles with random "small"-preset weights, for the tests that export, serve or run a bundle
-without waiting for a training run (the shipped model is trained separately).
+without waiting for a training run (the shipped model is trained separately), and synthetic frames
+to run them on.
 
 The weights depend only on ``seed``: the classifier is built first (when there is one), then the
 segmenter, right after ``torch.manual_seed(seed)``.
@@ -9,14 +10,17 @@ Importable from every test folder: pytest puts tests/ on sys.path because tests/
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from producers.synthetic_camera import SyntheticCamera
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
-from training.model_bundle import PostprocessParams, save_bundle
+from training.inference import predict_probs
+from training.model_bundle import PostprocessParams, load_bundle, save_bundle
 from training.networks import build_model, preset
 
 RANDOM_PROVENANCE = {"test": "random weights"}
@@ -51,3 +55,23 @@ def random_bundle_fields(
 def save_random_bundle(path: Path, *, postprocess: PostprocessParams, **fields: Any) -> Path:
     """Save a random-weight bundle to ``path`` (``fields`` as random_bundle_fields takes them)."""
     return save_bundle(path, postprocess=postprocess, **random_bundle_fields(**fields))
+
+
+def synthetic_frames(count: int, seed: int) -> np.ndarray:
+    """``count`` frames of the synthetic camera, uint8 [count, 256, 1600]."""
+    camera = SyntheticCamera(seed=seed)
+    return np.stack([camera.frame(i).image for i in range(count)])
+
+
+def save_tuned_bundle(
+    path: Path,
+    fields: Mapping[str, Any],
+    frames: np.ndarray,
+    tune: Callable[[np.ndarray | None, np.ndarray], PostprocessParams],
+) -> Path:
+    """Save a bundle whose post-processing is set from its own outputs: saved first with neutral
+    thresholds, run in process on ``frames``, saved again with ``tune(cls_probs, seg_probs)``
+    (cls_probs None without a classifier)."""
+    save_bundle(path, postprocess=PostprocessParams.neutral(len(fields["class_ids"])), **fields)
+    cls_probs, seg_probs = predict_probs(load_bundle(path), frames)
+    return save_bundle(path, postprocess=tune(cls_probs, seg_probs), **fields)

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fault_model import sample_frames, write_tiny_repository
+from fault_model import write_tiny_repository
 from fault_stack import FaultCase
+from random_bundle import synthetic_frames
 
 from stack.service import free_port
 from stack.triton_server import TritonServer
@@ -31,7 +32,7 @@ OUTCOMES_FILE = "fault-outcomes.json"
 
 @pytest.fixture(scope="session")
 def fault_images() -> np.ndarray:
-    return sample_frames()
+    return synthetic_frames(6, seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -32,21 +32,13 @@ PIXEL_PERCENTILE = 99.7
 MIN_AREA_PX = 16
 
 
-def sample_frames(count: int = 6, seed: int = 3) -> np.ndarray:
-    """``count`` synthetic camera frames, uint8 [count, 256, 1600]."""
-    from producers.synthetic_camera import SyntheticCamera
-
-    camera = SyntheticCamera(seed=seed)
-    return np.stack([camera.frame(i).image for i in range(count)])
-
-
 def write_tiny_repository(root: Path, frames: np.ndarray, seed: int = 7) -> Path:
     """Save the random bundle under ``root/bundle`` and its Triton repository under ``root/repo``."""
     import torch
+    from random_bundle import save_tuned_bundle
 
     from steelcore.severstal import CLASS_IDS, CLASS_NAMES
-    from training.inference import predict_probs
-    from training.model_bundle import PostprocessParams, load_bundle, save_bundle
+    from training.model_bundle import PostprocessParams
     from training.networks import build_model
     from training.triton_export import write_repository
 
@@ -64,10 +56,10 @@ def write_tiny_repository(root: Path, frames: np.ndarray, seed: int = 7) -> Path
         segmenter_state=segmenter.state_dict(),
         provenance={"test": "random weights"},
     )
-    bundle = root / "bundle"
-    save_bundle(bundle, postprocess=PostprocessParams.neutral(len(CLASS_IDS)), **fields)
-    _, seg_probs = predict_probs(load_bundle(bundle), frames)
-    pixel = [float(np.percentile(seg_probs[:, c], PIXEL_PERCENTILE)) for c in range(len(CLASS_IDS))]
-    params = PostprocessParams([0.0] * len(CLASS_IDS), pixel, [MIN_AREA_PX] * len(CLASS_IDS))
-    save_bundle(bundle, postprocess=params, **fields)
+
+    def tune(_cls_probs: np.ndarray | None, seg_probs: np.ndarray) -> PostprocessParams:
+        pixel = [float(np.percentile(seg_probs[:, c], PIXEL_PERCENTILE)) for c in range(len(CLASS_IDS))]
+        return PostprocessParams([0.0] * len(CLASS_IDS), pixel, [MIN_AREA_PX] * len(CLASS_IDS))
+
+    bundle = save_tuned_bundle(root / "bundle", fields, frames, tune)
     return write_repository(bundle, root / "repo")

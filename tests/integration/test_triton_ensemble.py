@@ -21,17 +21,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from random_bundle import random_bundle_fields
+from random_bundle import random_bundle_fields, save_tuned_bundle, synthetic_frames
 
-from producers.synthetic_camera import SyntheticCamera
 from stack.service import free_port
 from stack.triton_server import TritonServer
 from steelcore.kaggle_csv import read_labels
 from steelcore.postprocess import apply_postprocess, class_areas
-from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from steelcore.triton.ensemble_client import TritonEnsembleClient
 from training.inference import predict_probs
-from training.model_bundle import PostprocessParams, load_bundle, save_bundle
+from training.model_bundle import PostprocessParams, load_bundle
 from training.predict import predict_submission
 from training.triton_export import write_repository
 
@@ -62,8 +61,7 @@ def tuned_params(cls_probs: np.ndarray, seg_probs: np.ndarray) -> PostprocessPar
 
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
-    camera = SyntheticCamera(seed=11)
-    return np.stack([camera.frame(i).image for i in range(N_FRAMES)])
+    return synthetic_frames(N_FRAMES, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +71,7 @@ def bundle_path(tmp_path_factory: pytest.TempPathFactory, frames: np.ndarray) ->
     fields = random_bundle_fields(
         name="random-serving", description="random weights for the Triton integration test", seed=5
     )
-    save_bundle(path, postprocess=PostprocessParams.neutral(len(CLASS_IDS)), **fields)
-    cls_probs, seg_probs = predict_probs(load_bundle(path), frames)
-    return save_bundle(path, postprocess=tuned_params(cls_probs, seg_probs), **fields)
+    return save_tuned_bundle(path, fields, frames, tuned_params)
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from random_bundle import random_bundle_fields
+from random_bundle import random_bundle_fields, save_tuned_bundle, synthetic_frames
 
-from producers.synthetic_camera import SyntheticCamera
 from stack.service import free_port
 from stack.triton_server import TritonServer
 from steelcore.postprocess import apply_postprocess, class_areas
 from steelcore.rle import encode_stack
-from steelcore.severstal import CLASS_IDS
 from steelcore.triton.ensemble_client import TritonEnsembleClient
 from training.inference import predict_probs
-from training.model_bundle import PostprocessParams, load_bundle, save_bundle
+from training.model_bundle import PostprocessParams, load_bundle
 from training.triton_export import ServingLayout, write_repository
 
 pytestmark = [pytest.mark.integration, pytest.mark.openvino]
@@ -36,8 +34,13 @@ MODELS = ("steel_ensemble", "steel_cascade")
 
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
-    camera = SyntheticCamera(seed=12)
-    return np.stack([camera.frame(i).image for i in range(N_FRAMES)])
+    return synthetic_frames(N_FRAMES, seed=12)
+
+
+def top_pixels(cls_probs: np.ndarray, seg_probs: np.ndarray) -> PostprocessParams:
+    """Pixel thresholds keep the top 1% of each class's pixels: non-trivial masks; gates open."""
+    pixel = [float(np.percentile(seg_probs[:, c], 99.0)) for c in range(seg_probs.shape[1])]
+    return PostprocessParams([0.0] * 4, pixel, [16] * 4)
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +50,7 @@ def bundle_path(tmp_path_factory: pytest.TempPathFactory, frames: np.ndarray) ->
     fields = random_bundle_fields(
         name="random-openvino", description="random weights for the OpenVINO Triton test", seed=6
     )
-    save_bundle(path, postprocess=PostprocessParams.neutral(len(CLASS_IDS)), **fields)
-    _, seg = predict_probs(load_bundle(path), frames)
-    # Pixel thresholds keep the top 1% of each class's pixels: non-trivial masks; gates open.
-    pixel = [float(np.percentile(seg[:, c], 99.0)) for c in range(seg.shape[1])]
-    return save_bundle(path, postprocess=PostprocessParams([0.0] * 4, pixel, [16] * 4), **fields)
+    return save_tuned_bundle(path, fields, frames, top_pixels)
 
 
 @pytest.fixture(scope="module")
