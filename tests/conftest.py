@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from running_server import running
 
 from stack.embedded_stack import service_record
 from stack.kafka_broker import KafkaBroker
@@ -64,31 +65,23 @@ def fresh_run_dir() -> Iterator[Path]:
     yield from _make_run_dir()
 
 
-def _private(service: S) -> Iterator[S]:
-    """Start ``service`` for one test and stop it afterwards (not recorded in stack.json)."""
-    service.start(timeout_s=SERVICE_START_TIMEOUT_S)
-    try:
-        yield service
-    finally:
-        service.stop()
-
-
 @pytest.fixture()
 def private_broker(fresh_run_dir: Path) -> Iterator[KafkaBroker]:
     """A Kafka broker of the test's own (cases that kill and restart it)."""
-    yield from _private(KafkaBroker(fresh_run_dir, free_port()))
+    yield from running(KafkaBroker(fresh_run_dir, free_port()), SERVICE_START_TIMEOUT_S, "a private broker")
 
 
 @pytest.fixture()
 def private_postgres(fresh_run_dir: Path) -> Iterator[PostgresServer]:
     """A Postgres server of the test's own (cases that stop it)."""
-    yield from _private(PostgresServer(fresh_run_dir, free_port()))
+    server = PostgresServer(fresh_run_dir, free_port())
+    yield from running(server, SERVICE_START_TIMEOUT_S, "a private postgres")
 
 
 @pytest.fixture()
 def private_redis(fresh_run_dir: Path) -> Iterator[RedisServer]:
     """A Redis server of the test's own (cases that stop it)."""
-    yield from _private(RedisServer(fresh_run_dir, free_port()))
+    yield from running(RedisServer(fresh_run_dir, free_port()), SERVICE_START_TIMEOUT_S, "a private redis")
 
 
 def _serve(service: S) -> Iterator[S]:

@@ -21,6 +21,7 @@ import pytest
 from fault_model import write_tiny_repository
 from fault_stack import FaultCase
 from random_bundle import synthetic_frames
+from running_server import running
 
 from stack.service import free_port
 from stack.triton_server import TritonServer
@@ -49,14 +50,7 @@ def fault_triton(
         free_port(),
         extra_args=["--model-control-mode=explicit", "--load-model=steel_ensemble"],
     )
-    try:
-        server.start(timeout_s=240)
-    except Exception as exc:
-        pytest.fail(f"Triton could not serve the fault model: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running(server, 240, "Triton serving the fault model")
 
 
 @pytest.fixture()

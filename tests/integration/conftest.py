@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from running_server import running
 from sqlalchemy import Engine
 
 from stack.service import free_port
@@ -74,14 +75,7 @@ def triton(stack_run_dir: Path) -> Iterator[TritonServer]:
     repository = Settings().triton_repository
     run_dir = stack_run_dir / f"triton-{uuid.uuid4().hex[:6]}"
     server = TritonServer(run_dir, repository, free_port(), free_port(), free_port())
-    try:
-        server.start(timeout_s=TRITON_START_TIMEOUT_S)
-    except Exception as exc:
-        pytest.fail(f"Triton could not serve {repository}: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running(server, TRITON_START_TIMEOUT_S, f"Triton serving {repository}")
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from random_bundle import random_bundle_fields, save_tuned_bundle, synthetic_frames
+from running_server import running
 
 from stack.service import free_port
 from stack.triton_server import TritonServer
@@ -79,11 +80,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, bundle_path: Path) -> Itera
     repo = write_repository(bundle_path, tmp_path_factory.mktemp("triton-repo"))
     ports = [free_port() for _ in range(3)]
     triton = TritonServer(tmp_path_factory.mktemp("triton-run"), repo, *ports, wait_for=MODELS)
-    triton.start(timeout_s=SERVER_START_TIMEOUT_S)
-    try:
-        yield triton
-    finally:
-        triton.stop()
+    yield from running(triton, SERVER_START_TIMEOUT_S, "Triton serving the random bundle")
 
 
 @pytest.fixture(scope="module")

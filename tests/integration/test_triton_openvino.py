@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from random_bundle import random_bundle_fields, save_tuned_bundle, synthetic_frames
+from running_server import running
 
 from stack.service import free_port
 from stack.triton_server import TritonServer
@@ -61,11 +62,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, bundle_path: Path) -> Itera
     triton = TritonServer(
         tmp_path_factory.mktemp("ov-run"), repo, *[free_port() for _ in range(3)], wait_for=MODELS
     )
-    triton.start(timeout_s=180)
-    try:
-        yield triton
-    finally:
-        triton.stop()
+    yield from running(triton, 180, "Triton serving the OpenVINO repository")
 
 
 def test_openvino_ensemble_equals_the_in_process_runtime(
