@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from test_worker_logic import FAST, FakeMessage, frame_value, make_worker
+from worker_fakes import FAST, FakeMessage, frame_value, make_worker
 
 from workers.batch_policy import BatchPolicy, OverloadDetector
 

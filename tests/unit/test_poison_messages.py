@@ -24,7 +24,7 @@ from confluent_kafka import KafkaError, KafkaException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import DataError, IntegrityError
-from test_worker_logic import TOPIC, FakeMessage, frame_value, make_worker, stage_order
+from worker_fakes import TOPIC, FakeMessage, frame_value, make_worker, stage_order
 
 from steelcore.frame_message import (
     MAGIC,

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from test_worker_logic import good_messages, make_worker
+from worker_fakes import good_messages, make_worker
 
 from stack.service import free_port
 from workers.worker_errors import BatchAbandonedError

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_worker_logic import (
+from worker_fakes import (
     FAST,
     TOPIC,
     FakeAlarms,
