@@ -36,7 +36,6 @@ from workers.frame_batch import (
 )
 from workers.worker_errors import BatchAbandonedError
 
-
 # --- pure logic ----------------------------------------------------------------------------------
 
 
