@@ -666,6 +666,28 @@ def test_the_dashboard_gets_its_own_redis_user_never_the_default_one(
     assert any(e["name"] == "REDIS_DASHBOARD_PASSWORD" for e in redis_pod["env"])
 
 
+def _role_acls(frames: str, truth: str, dead: str, group: str) -> dict[str, set[tuple[str, str, str]]]:
+    """(resource type, name, operation) each role's principal is allowed: cameras write frames and
+    truth, workers read frames in their group and write dead letters, the dashboard only describes."""
+    return {
+        "steel-producer": {
+            ("topic", frames, "Write"),
+            ("topic", frames, "Describe"),
+            ("topic", truth, "Write"),
+            ("topic", truth, "Describe"),
+        },
+        "steel-worker": {
+            ("topic", frames, "Read"),
+            ("topic", frames, "Describe"),
+            ("group", group, "Read"),
+            ("group", group, "Describe"),
+            ("topic", dead, "Write"),
+            ("topic", dead, "Describe"),
+        },
+        "steel-dashboard": {("topic", t, "Describe") for t in (frames, truth, dead)},
+    }
+
+
 def _acls(user: dict[str, Any]) -> set[tuple[str, str, str]]:
     """(resource type, name, operation) of every ACL of a KafkaUser; only literal names allowed."""
     found = set()
@@ -689,21 +711,7 @@ def test_kafka_acls_per_principal_allow_each_role_only_what_it_does(k8s: list[di
     group = config["STEEL_CONSUMER_GROUP"]
     users = {d["metadata"]["name"]: d for d in k8s if d["kind"] == "KafkaUser"}
     assert set(users) == {"steel-producer", "steel-worker", "steel-dashboard"}
-    assert _acls(users["steel-producer"]) == {
-        ("topic", frames, "Write"),
-        ("topic", frames, "Describe"),
-        ("topic", truth, "Write"),
-        ("topic", truth, "Describe"),
-    }
-    assert _acls(users["steel-worker"]) == {
-        ("topic", frames, "Read"),
-        ("topic", frames, "Describe"),
-        ("group", group, "Read"),
-        ("group", group, "Describe"),
-        ("topic", dead, "Write"),
-        ("topic", dead, "Describe"),
-    }
-    assert _acls(users["steel-dashboard"]) == {("topic", t, "Describe") for t in (frames, truth, dead)}
+    assert {name: _acls(user) for name, user in users.items()} == _role_acls(frames, truth, dead, group)
 
     # Each role logs in as its own principal, with that principal's password.
     expected = {"work": "steel-worker", "produce": "steel-producer", "dashboard": "steel-dashboard"}
@@ -862,27 +870,13 @@ def test_compose_kafka_acls_per_principal_allow_each_role_only_what_it_does(
     # The producers of cameras and workers (dead letters) are idempotent on a real Kafka, so those
     # two principals may also InitProducerId (IdempotentWrite on the cluster).
     assert producer_config(Settings(kafka_url="kafka-1:9092"))["enable.idempotence"] is True
-    assert acls == {
-        "steel-producer": {
-            ("topic", frames, "Write"),
-            ("topic", frames, "Describe"),
-            ("topic", truth, "Write"),
-            ("topic", truth, "Describe"),
-            IDEMPOTENT_WRITE,
-        },
-        "steel-worker": {
-            ("topic", frames, "Read"),
-            ("topic", frames, "Describe"),
-            ("group", group, "Read"),
-            ("group", group, "Describe"),
-            ("topic", dead, "Write"),
-            ("topic", dead, "Describe"),
-            IDEMPOTENT_WRITE,
-        },
-        "steel-dashboard": {("topic", t, "Describe") for t in (frames, truth, dead)},
-        "steel-exporter": {("topic", t, "Describe") for t in (frames, truth, dead)}
-        | {("group", group, "Describe")},
+    expected = _role_acls(frames, truth, dead, group)
+    expected["steel-producer"].add(IDEMPOTENT_WRITE)
+    expected["steel-worker"].add(IDEMPOTENT_WRITE)
+    expected["steel-exporter"] = {("topic", t, "Describe") for t in (frames, truth, dead)} | {
+        ("group", group, "Describe")
     }
+    assert acls == expected
     # The same principals and ACLs as the Kubernetes KafkaUsers (where Strimzi runs the exporter),
     # apart from IdempotentWrite.
     users = {d["metadata"]["name"]: _acls(d) for d in k8s if d["kind"] == "KafkaUser"}
