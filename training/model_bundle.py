@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from steelcore.settings import get_settings
+from training.json_files import atomic_write
 from training.networks import build_model
 
 FORMAT_VERSION = 1
@@ -234,20 +234,8 @@ def load_bundle(name_or_path: str | Path, *, device: torch.device | str = "cpu")
     )
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write via a temporary file in the same folder and rename, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: Any) -> None:
-    _atomic_write_bytes(path, lambda h: h.write((json.dumps(data, indent=2) + "\n").encode()))
+    atomic_write(path, lambda h: h.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def save_bundle(
@@ -305,9 +293,9 @@ def save_bundle(
         "segmenter": {"config": segmenter_config},
         "provenance": provenance,
     }
-    _atomic_write_bytes(path / SEGMENTER_WEIGHTS, lambda h: torch.save(dict(segmenter_state), h))
+    atomic_write(path / SEGMENTER_WEIGHTS, lambda h: torch.save(dict(segmenter_state), h))
     if classifier_state is not None:
-        _atomic_write_bytes(path / CLASSIFIER_WEIGHTS, lambda h: torch.save(dict(classifier_state), h))
+        atomic_write(path / CLASSIFIER_WEIGHTS, lambda h: torch.save(dict(classifier_state), h))
     else:
         (path / CLASSIFIER_WEIGHTS).unlink(missing_ok=True)
     _write_json(path / POSTPROCESS_JSON, postprocess.to_json())
