@@ -16,6 +16,9 @@ from training.datasets import in_val_split, open_dataset
 from training.run_config import TrainConfig
 from training.trainer import train_run
 
+# One epoch of the "tiny" preset (each test shrinks it) on one thread, without a progress bar.
+TINY_RUN = ["--preset", "tiny", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress"]
+
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
@@ -150,23 +153,15 @@ def test_cli_trains_and_refuses_to_overwrite(
         str(kaggle_root),
         "--out",
         str(run),
-        "--preset",
-        "tiny",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
+        *TINY_RUN,
         "--crop",
         "32x64",
-        "--threads",
-        "1",
         "--workers",
         "0",
         "--max-images",
         "4",
         "--max-val-images",
         "1",
-        "--no-progress",
     ]
     assert main(argv) == exit_codes.OK
     config = json.loads((run / "config.json").read_text())
@@ -196,15 +191,7 @@ def test_train_all_segmenter_only_writes_a_bundle(tmp_path: Path, monkeypatch: p
         "--out",
         str(bundle),
         "--no-classifier",
-        "--preset",
-        "tiny",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--threads",
-        "1",
-        "--no-progress",
+        *TINY_RUN,
     ]
     assert main(argv) == exit_codes.OK
     assert (bundle / "runs" / "segmenter" / "model.pt").is_file()
