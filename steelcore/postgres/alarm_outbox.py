@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, Select, and_, bindparam, select, update
+from sqlalchemy import Engine, Select, bindparam, select, update
 
 from steelcore.frame_message import FrameIdentity
 from steelcore.postgres.frame_records import require_aware
-from steelcore.postgres.schema import alarms, defects, frames
+from steelcore.postgres.schema import alarm_columns, alarm_defect, alarms, defects, frames
 
 
 @dataclass(frozen=True)
@@ -35,20 +35,8 @@ def _unpublished(limit: int, raised_before: datetime | None = None) -> Select:
     if limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
     stmt = (
-        select(
-            alarms.c.alarm_id,
-            alarms.c.frame_id,
-            alarms.c.class_id,
-            alarms.c.probability,
-            alarms.c.area_px,
-            alarms.c.raised_at,
-            defects.c.line_id,
-            defects.c.camera_id,
-            defects.c.coil_id,
-            defects.c.captured_at,
-            frames.c.position_m,
-        )
-        .join(defects, and_(defects.c.frame_id == alarms.c.frame_id, defects.c.class_id == alarms.c.class_id))
+        select(*alarm_columns, defects.c.captured_at, frames.c.position_m)
+        .join(defects, alarm_defect)
         .join(frames, frames.c.frame_id == alarms.c.frame_id)
         .where(alarms.c.published_at.is_(None))
         .order_by(alarms.c.raised_at, alarms.c.alarm_id)

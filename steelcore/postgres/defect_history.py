@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, Select, event, func, select
 
 from steelcore.frame_message import FrameIdentity
-from steelcore.postgres.schema import defect_frame, defects, frames
+from steelcore.postgres.schema import defect_frame, defect_measures, defects, frames
 
 # Rows returned when a caller gives no limit; `steel query --limit 0` asks for all.
 DEFAULT_LIMIT = 1000
@@ -128,13 +128,7 @@ def defects_select(filters: DefectFilters) -> Select:
             defects.c.camera_id,
             defects.c.coil_id,
             frames.c.position_m,
-            defects.c.area_px,
-            defects.c.bbox_x0,
-            defects.c.bbox_y0,
-            defects.c.bbox_x1,
-            defects.c.bbox_y1,
-            defects.c.probability,
-            defects.c.severity,
+            *defect_measures,
             defects.c.rle,
             frames.c.height,
             frames.c.width,

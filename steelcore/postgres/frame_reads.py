@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import Engine, select
 
 from steelcore.frame_message import FrameIdentity
-from steelcore.postgres.schema import defect_frame, defects, frames
+from steelcore.postgres.schema import defect_frame, defect_measures, defects, frames
 
 # Enough rows to draw, few enough to move every refresh.
 MAX_STRIP_MARKS = 5000
@@ -100,13 +100,7 @@ def frame_details(engine: Engine, frame_ids: Sequence[str]) -> dict[str, FrameDe
             defects.c.frame_id,
             defects.c.class_id,
             defects.c.rle,
-            defects.c.area_px,
-            defects.c.bbox_x0,
-            defects.c.bbox_y0,
-            defects.c.bbox_x1,
-            defects.c.bbox_y1,
-            defects.c.probability,
-            defects.c.severity,
+            *defect_measures,
         )
         .where(defects.c.frame_id.in_(ids))
         .order_by(defects.c.frame_id, defects.c.class_id)

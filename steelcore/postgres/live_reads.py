@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, func, select
 
-from steelcore.postgres.schema import alarms, cameras, coils, defects, frames
+from steelcore.postgres.schema import alarm_columns, alarm_defect, alarms, cameras, coils, defects, frames
 from steelcore.severstal import CLASS_IDS
 
 # Shortest span a rate is computed over: the first frames of a new line do not read as a burst.
@@ -171,20 +171,12 @@ def recent_alarms(engine: Engine, limit: int = 20, *, line_id: str | None = None
         raise ValueError(f"limit must be positive, got {limit}")
     stmt = (
         select(
-            alarms.c.alarm_id,
+            *alarm_columns,
             defects.c.defect_id,
-            alarms.c.frame_id,
-            alarms.c.class_id,
-            alarms.c.probability,
-            alarms.c.area_px,
-            alarms.c.raised_at,
-            defects.c.line_id,
-            defects.c.camera_id,
-            defects.c.coil_id,
             alarms.c.published_at.is_not(None).label("published"),
             alarms.c.acknowledged_by,
         )
-        .join(defects, and_(defects.c.frame_id == alarms.c.frame_id, defects.c.class_id == alarms.c.class_id))
+        .join(defects, alarm_defect)
         .order_by(alarms.c.raised_at.desc(), alarms.c.alarm_id.desc())
         .limit(limit)
     )

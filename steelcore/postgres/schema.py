@@ -168,6 +168,17 @@ defects = Table(
 # the defect's week instead of probing every partition's index for the frame_id.
 defect_frame = and_(frames.c.frame_id == defects.c.frame_id, frames.c.captured_at == defects.c.captured_at)
 
+# What the mask said about a defect: read with the defect history and with a frame's details.
+defect_measures = (
+    defects.c.area_px,
+    defects.c.bbox_x0,
+    defects.c.bbox_y0,
+    defects.c.bbox_x1,
+    defects.c.bbox_y1,
+    defects.c.probability,
+    defects.c.severity,
+)
+
 alarms = Table(
     "alarms",
     metadata,
@@ -190,6 +201,21 @@ alarms = Table(
     CheckConstraint("(acknowledged_at IS NULL) = (acknowledged_by IS NULL)", name="ack_complete"),
     Index(None, "raised_at"),
     Index("ix_alarms_unpublished", "raised_at", postgresql_where=text("published_at IS NULL")),
+)
+
+# How an alarm meets the defect that fired it, and an alarm with where that defect was seen: what
+# the outbox relays and what the live page lists.
+alarm_defect = and_(defects.c.frame_id == alarms.c.frame_id, defects.c.class_id == alarms.c.class_id)
+alarm_columns = (
+    alarms.c.alarm_id,
+    alarms.c.frame_id,
+    alarms.c.class_id,
+    alarms.c.probability,
+    alarms.c.area_px,
+    alarms.c.raised_at,
+    defects.c.line_id,
+    defects.c.camera_id,
+    defects.c.coil_id,
 )
 
 feedback = Table(

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Engine, Row, Select, and_, func, insert, literal, select, union_all
+from sqlalchemy import ColumnElement, Engine, Row, Select, func, insert, literal, select, union_all
 from sqlalchemy.exc import IntegrityError
 
 from steelcore.errors import SteelError
-from steelcore.postgres.schema import VERDICTS, alarms, defects, feedback
+from steelcore.postgres.schema import VERDICTS, alarm_defect, alarms, defects, feedback
 
 Verdict = Literal["confirmed", "false"]
 MAX_OPERATOR_CHARS = 64
@@ -113,10 +113,7 @@ def latest_verdicts(*conditions: ColumnElement[bool]) -> Select:
     on_alarm = (
         select(*columns, literal("alarm").label("via"))
         .select_from(
-            feedback.join(alarms, alarms.c.alarm_id == feedback.c.alarm_id).join(
-                defects,
-                and_(defects.c.frame_id == alarms.c.frame_id, defects.c.class_id == alarms.c.class_id),
-            )
+            feedback.join(alarms, alarms.c.alarm_id == feedback.c.alarm_id).join(defects, alarm_defect)
         )
         .where(*conditions)
     )
