@@ -21,10 +21,8 @@ from steelcore.triton.model_names import (
     CASCADE,
     CLASSIFIER,
     ENSEMBLE,
-    MODELS,
     POSTPROCESS,
     SEGMENTER,
-    VERSIONED_MODELS,
 )
 
 Format = Literal["torchscript", "onnx", "openvino"]

@@ -47,6 +47,7 @@ import torch
 
 from steelcore.paths import TRITON_REPOSITORY
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
+from steelcore.triton.model_names import MODELS
 from training.export import script_module, write_onnx
 from training.triton_config import (
     CASCADE,
@@ -56,7 +57,6 @@ from training.triton_config import (
     FORMATS,
     GPU_LAYOUT,
     KINDS,
-    MODELS,
     ONNX_FILE,
     POSTPROCESS,
     PYTHON_NETWORK_FORMATS,

@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from steelcore.redis.exceptions import RedisError
     from steelcore.settings import get_settings
     from workers.worker_config import WorkerConfig
-    from workers.worker_loop import InferenceWorker
     from workers.worker_errors import BatchAbandonedError
+    from workers.worker_loop import InferenceWorker
 
     try:
         config = WorkerConfig(
