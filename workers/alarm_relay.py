@@ -16,7 +16,6 @@ publishing all of it.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -104,23 +103,3 @@ class AlarmRelay:
                 self.metrics.errors.labels(stage).inc()
                 log.warning("alarm %s failed (%s); next try in the next pass", stage, exc)
 
-
-class AlarmRelayThread:
-    """Runs ``relay.run_once`` every ``interval_s`` in the background until stopped."""
-
-    def __init__(self, relay: AlarmRelay, interval_s: float) -> None:
-        self.relay, self.interval_s = relay, interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="alarm-relay", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.relay.run_once()
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)

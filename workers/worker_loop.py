@@ -31,7 +31,7 @@ from steelcore.kafka.clients import BrokerIncarnation
 from steelcore.kafka.consumed_buckets import ConsumedBucketDeleter
 from steelcore.kafka.topic_rotation import rotation_seconds
 from steelcore.settings import Settings, get_settings
-from workers.alarm_relay import AlarmRelay, AlarmRelayThread
+from workers.alarm_relay import AlarmRelay
 from workers.alarm_rules import AlarmRule
 from workers.backoff import Backoff
 from workers.batch_policy import BatchPolicy, OverloadDetector
@@ -40,8 +40,8 @@ from workers.consumer_session import ConsumerSession
 from workers.drift_watch import DriftWatch
 from workers.frame_batch import Batch
 from workers.model_roles import RoleWatch
+from workers.periodic_thread import PeriodicThread
 from workers.shadow_runner import ShadowRunner
-from workers.topic_janitor import JanitorThread
 from workers.worker_config import WorkerConfig
 from workers.worker_errors import BatchAbandonedError, Outage
 from workers.worker_load import WorkerLoad
@@ -93,9 +93,9 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
         # Model versions (issue 16): which bundle each version is, and the shadow run if one is set.
         self.roles = roles
         self.shadow = shadow
-        self._relay_thread: AlarmRelayThread | None = None
+        self._relay_thread: PeriodicThread | None = None
         self.rotation_s = rotation_seconds(self.settings)
-        self._janitor_thread: JanitorThread | None = None
+        self._janitor_thread: PeriodicThread | None = None
         self._floor: int | None = None  # bucket subscription floor, with topic rotation
         self.rule = AlarmRule.from_settings(self.settings)
         self.model_version = self.config.model_version or self.settings.triton_model

@@ -4,6 +4,7 @@ teardown() closes them one step at a time, leaving behind a step that hangs."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -12,12 +13,13 @@ from typing import Any
 from steelcore.kafka.clients import BrokerIncarnation
 from steelcore.kafka.consumed_buckets import deleter_from_settings
 from steelcore.redis.alarm_stream import AlarmStream
-from workers.alarm_relay import AlarmRelay, AlarmRelayThread
+from workers.alarm_relay import AlarmRelay
 from workers.consumer_session import BROKER_CHECK_TIMEOUT_S
 from workers.drift_watch import DriftWatch, client_of
 from workers.model_roles import RoleWatch
+from workers.periodic_thread import PeriodicThread
 from workers.postgres_store import PostgresStore
-from workers.topic_janitor import JanitorThread
+from workers.topic_janitor import delete_consumed_buckets
 
 log = logging.getLogger("steel.worker")
 
@@ -77,7 +79,8 @@ class WorkerWiring:
                 relay = AlarmRelay.from_settings(self.store.engine, self.alarm_publisher, self.metrics, s)
                 self.alarm_relay = relay
         if self.alarm_relay is not None:  # the outbox's stale rows, and the stream's trimming
-            self._relay_thread = AlarmRelayThread(self.alarm_relay, s.alarm_relay_interval_s)
+            relay_pass = self.alarm_relay.run_once
+            self._relay_thread = PeriodicThread("alarm-relay", relay_pass, s.alarm_relay_interval_s)
             self._relay_thread.start()
         if self.dead_letters is None or self.consumer is None:
             self._setup_kafka()
@@ -85,7 +88,8 @@ class WorkerWiring:
             if self.janitor is None:
                 self.janitor = deleter_from_settings(s, self.group_id, self.rotation_s, self.worker_id)
             self.janitor.delete_consumed()  # the floor, before the first subscription
-            self._janitor_thread = JanitorThread(self.janitor, s.topic_janitor_interval_s)
+            janitor = functools.partial(delete_consumed_buckets, self.janitor)
+            self._janitor_thread = PeriodicThread("bucket-janitor", janitor, s.topic_janitor_interval_s)
             self._janitor_thread.start()
         self.probes.beat()
         self._subscribe()
