@@ -1,6 +1,6 @@
 """`steel bench model`'s runtime comparison: one bundle's classifier + segmenter pair on uint8 frames
 as ``predict_probs`` runs it in eager torch, against the OpenVINO CPU runtime that ``triton_models/``
-serves (``training.cpu_runtime``) at f32 and at its "auto" precision (bf16 where the CPU computes it
+serves (``training.openvino_bundle``) at f32 and at its "auto" precision (bf16 where the CPU computes it
 natively), timed in the same rounds as the networks, with output parity on one frame.
 """
 
@@ -23,9 +23,9 @@ def _bind(fn: Callable[[Any], object], frames: Any) -> Callable[[], object]:
 
 def runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> tuple[list[Case], dict]:
     """Eager torch vs OpenVINO (f32, auto) on one bundle's pair; and the precision each case ran at."""
-    from training.cpu_runtime import openvino_pair
     from training.inference import predict_probs
     from training.model_bundle import load_bundle
+    from training.openvino_bundle import openvino_pair
 
     bundle = load_bundle(bundle_name)
     candidates: dict[str, Any] = {"torch": lambda f: predict_probs(bundle, f)}
@@ -47,9 +47,9 @@ def runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> 
 def runtime_rows(by_name: dict[str, Case], info: dict[str, Any], frame_u8: Any) -> list[dict[str, Any]]:
     import numpy as np
 
-    from training.cpu_runtime import openvino_pair
     from training.inference import predict_probs
     from training.model_bundle import load_bundle
+    from training.openvino_bundle import openvino_pair
 
     # Output parity on one frame, next to the speed: the largest probability difference.
     bundle = load_bundle(info["bundle_path"])

@@ -44,14 +44,14 @@ def in_process_call(
 ) -> Callable[[np.ndarray], object]:
     """predict_probs + apply_postprocess + RLE, the work the ensemble does, in this process.
 
-    ``runtime``: "torch" (eager) or "openvino" (training.cpu_runtime, as the openvino repository
+    ``runtime``: "torch" (eager) or "openvino" (training.openvino_bundle, as the openvino repository
     serves the networks), so the ratio measures serving overhead, not a change of runtime.
     """
     from steelcore.postprocess import apply_postprocess, class_areas
     from steelcore.rle import encode_stack
-    from training.cpu_runtime import attach_runtime
     from training.inference import predict_probs
     from training.model_bundle import load_bundle
+    from training.openvino_bundle import attach_runtime
 
     bundle = attach_runtime(load_bundle(bundle_path), runtime, threads)
 

@@ -68,7 +68,7 @@ def evaluate_bundle(
 
     bundle = load_bundle(model, device=device)
     if runtime != "torch":
-        from training.cpu_runtime import attach_runtime
+        from training.openvino_bundle import attach_runtime
 
         attach_runtime(bundle, runtime, precision=precision)
     dataset = open_mixed(data if isinstance(data, list) else [str(data)], split=split)

@@ -37,7 +37,7 @@ def predict_probs(bundle: ModelBundle, frames: np.ndarray) -> tuple[np.ndarray |
         raise ValueError(f"frames must be uint8 [B, H, W]; got shape {frames.shape}")
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8; got {frames.dtype}")
-    if getattr(bundle, "runtime", None) is not None:  # training.cpu_runtime.attach_runtime
+    if getattr(bundle, "runtime", None) is not None:  # training.openvino_bundle.attach_runtime
         cls, seg = bundle.runtime(frames)
         _check_seg_shape(bundle, frames, seg)
         return cls, seg

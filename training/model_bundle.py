@@ -117,7 +117,7 @@ class ModelBundle:
     segmenter: nn.Module
     postprocess: PostprocessParams
     metrics: dict[str, Any] | None = field(default=None)
-    # Set by training.cpu_runtime.attach_runtime: a callable frames -> (cls_probs, seg_probs) that
+    # Set by training.openvino_bundle.attach_runtime: a callable frames -> (cls_probs, seg_probs) that
     # predict_probs runs instead of the eager networks (the OpenVINO CPU runtime).
     runtime: Any = field(default=None)
 

@@ -1,7 +1,7 @@
 """The embedded Triton server serving the OpenVINO CPU repository (`--format openvino`, as triton_models/).
 
 The networks run in the python-backend model through steelcore.cpu_runtime; written at f32
-here, so that served results can be held to the in-process OpenVINO pair (training.cpu_runtime)
+here, so that served results can be held to the in-process OpenVINO pair (training.openvino_bundle)
 exactly and to eager torch within float rounding. The shipped repository's "auto" precision
 (bf16 where the CPU has it) is measured against torch by `steel eval --runtime openvino`.
 """
@@ -68,7 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, bundle_path: Path) -> Itera
 def test_openvino_ensemble_equals_the_in_process_runtime(
     server: TritonServer, frames: np.ndarray, bundle_path: Path
 ) -> None:
-    from training.cpu_runtime import attach_runtime
+    from training.openvino_bundle import attach_runtime
 
     bundle = attach_runtime(load_bundle(bundle_path), "openvino", threads=1, precision="f32")
     cls, seg = predict_probs(bundle, frames)

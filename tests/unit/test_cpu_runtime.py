@@ -1,4 +1,4 @@
-"""The OpenVINO CPU runtime (steelcore.cpu_runtime, training.cpu_runtime) against eager torch.
+"""The OpenVINO CPU runtime (steelcore.cpu_runtime, training.openvino_bundle) against eager torch.
 
 Speed is the benchmark's (`steel bench model`); here only outputs: at f32 the runtime must give
 eager torch's probabilities to float rounding, at "auto" (bf16 on CPUs that have it) within a
@@ -22,7 +22,7 @@ from training.model_bundle import PostprocessParams, load_bundle
 pytest.importorskip("openvino")
 
 from steelcore.cpu_runtime import OpenVINONetwork
-from training import cpu_runtime
+from training import openvino_bundle
 
 pytestmark = pytest.mark.openvino
 
@@ -59,7 +59,7 @@ def reference(bundle_path: Path, frames: np.ndarray) -> tuple[np.ndarray, np.nda
 def test_f32_runtime_equals_eager_torch(
     bundle_path: Path, frames: np.ndarray, reference: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    pair = cpu_runtime.openvino_pair(load_bundle(bundle_path), threads=1, precision="f32")
+    pair = openvino_bundle.openvino_pair(load_bundle(bundle_path), threads=1, precision="f32")
     assert pair.precision == "f32"
     cls, seg = pair(frames)
     assert cls is not None and cls.dtype == seg.dtype == np.float32
@@ -71,7 +71,7 @@ def test_f32_runtime_equals_eager_torch(
 def test_auto_precision_stays_close_to_eager_torch(
     bundle_path: Path, frames: np.ndarray, reference: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    pair = cpu_runtime.openvino_pair(load_bundle(bundle_path), threads=1, precision="auto")
+    pair = openvino_bundle.openvino_pair(load_bundle(bundle_path), threads=1, precision="auto")
     assert pair.precision in ("f32", "bf16")
     cls, seg = pair(frames)
     # bf16 keeps 8 bits of mantissa: probabilities move by a few hundredths at most, on average far less.
@@ -83,7 +83,7 @@ def test_auto_precision_stays_close_to_eager_torch(
 
 
 def test_each_call_returns_its_own_array(bundle_path: Path, frames: np.ndarray, tmp_path: Path) -> None:
-    path = cpu_runtime.export_onnx_networks(load_bundle(bundle_path), tmp_path)["classifier"]
+    path = openvino_bundle.export_onnx_networks(load_bundle(bundle_path), tmp_path)["classifier"]
     network = OpenVINONetwork(path, threads=1, precision="f32")
     first = network(frames[:1])
     kept = first.copy()
@@ -93,21 +93,21 @@ def test_each_call_returns_its_own_array(bundle_path: Path, frames: np.ndarray, 
 
 
 def test_attach_runtime_routes_predict_probs(bundle_path: Path, frames: np.ndarray) -> None:
-    bundle = cpu_runtime.attach_runtime(load_bundle(bundle_path), "openvino", threads=1, precision="f32")
-    assert isinstance(bundle.runtime, cpu_runtime.OpenVINOPair)
+    bundle = openvino_bundle.attach_runtime(load_bundle(bundle_path), "openvino", threads=1, precision="f32")
+    assert isinstance(bundle.runtime, openvino_bundle.OpenVINOPair)
     calls = []
     runtime = bundle.runtime
     bundle.runtime = lambda f: calls.append(len(f)) or runtime(f)
     cls, seg = predict_probs(bundle, frames[:2])
     assert calls == [2] and cls is not None and seg.shape == (2, 4, FRAME_HEIGHT, FRAME_WIDTH)
-    assert cpu_runtime.attach_runtime(bundle, "torch").runtime is None
+    assert openvino_bundle.attach_runtime(bundle, "torch").runtime is None
     with pytest.raises(ValueError, match="runtime must be one of"):
-        cpu_runtime.attach_runtime(bundle, "tensorrt")
+        openvino_bundle.attach_runtime(bundle, "tensorrt")
 
 
 def test_bundle_without_classifier(tmp_path: Path, frames: np.ndarray) -> None:
     bundle = load_bundle(make_bundle(tmp_path / "seg-only", classifier=False))
-    pair = cpu_runtime.openvino_pair(bundle, threads=1, precision="f32")
+    pair = openvino_bundle.openvino_pair(bundle, threads=1, precision="f32")
     cls, seg = pair(frames[:1])
     assert cls is None and seg.shape == (1, 4, FRAME_HEIGHT, FRAME_WIDTH)
 
