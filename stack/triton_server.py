@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from stack.serving_repository import default_serving_repository, prepare_serving_repository
+from stack.triton_addresses import TritonAddresses
 from stack.triton_errors import TritonError
 from stack.triton_shm import SHM_DIR, clean_stale_shm
 from stack.triton_wheel import assemble_server, preflight, server_environment
@@ -49,7 +50,7 @@ def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-class TritonServer:
+class TritonServer(TritonAddresses):
     """One embedded ``tritonserver`` process serving ``repository``.
 
     ``start`` returns once the server is live and every model in ``wait_for`` is ready;
@@ -90,19 +91,6 @@ class TritonServer:
         self.shm_prefix = f"triton_python_backend_shm_region_steel{grpc_port}_"
         self.startup_s: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
-
-    # --- addresses -------------------------------------------------------------------------
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:

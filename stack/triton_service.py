@@ -14,7 +14,8 @@ from typing import Any
 
 from stack.processes import terminate
 from stack.service import LOCALHOST, EmbeddedService, port_accepts
-from stack.service_errors import AddressInUseError, ServiceStartError, retry_on_address_in_use
+from stack.service_errors import AddressInUseError, ServiceStartError
+from stack.triton_addresses import TritonAddresses
 from steelcore.triton.readiness import probe_triton_http
 
 
@@ -33,7 +34,7 @@ def first_triton_error(log_text: str, max_chars: int = 300) -> str:
     return message.split("\\n", 1)[0][:max_chars]
 
 
-class TritonService(EmbeddedService):
+class TritonService(TritonAddresses, EmbeddedService):
     """Wraps stack.triton_server.TritonServer (it builds the command line and owns its log)."""
 
     name = "triton"
@@ -63,18 +64,6 @@ class TritonService(EmbeddedService):
         self._server: Any = None
 
     @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
-
-    @property
     def url(self) -> str:
         return self.grpc_url if self.protocol == "grpc" else self.http_url
 
@@ -90,18 +79,9 @@ class TritonService(EmbeddedService):
         return probe_triton_http(self.http_url, self.model, timeout_s)
 
     def start(self, timeout_s: float = 60.0) -> None:
-        if self.process() is not None:
-            self.wait_until_healthy(timeout_s)
-            return
-        self.remove_stale_pidfile()
-        self.prepare()
-        retry_on_address_in_use(
-            lambda: self._start_server(timeout_s),
-            attempts=self.bind_retry_attempts,
-            first_delay_s=self.bind_retry_first_delay_s,
-        )
+        super().start(timeout_s)
 
-    def _start_server(self, timeout_s: float) -> None:
+    def _start_once(self, timeout_s: float) -> None:
         from stack.triton_errors import TritonError
         from stack.triton_server import TritonServer
 
