@@ -6,6 +6,7 @@ These rules are what issue 15's redesign bought; each failure names the module t
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,15 @@ def test_no_module_outside_tests_is_over_the_size_limit() -> None:
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}
+
+
+def test_every_module_the_readme_map_names_exists() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    tracked = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*") if ".venv" not in p.parts]
+    missing = []
+    for name in re.findall(r"`([\w/.*]+(?:\.py|/))`", section):
+        pattern = re.escape(name.rstrip("/")).replace(r"\*", r"\w*")
+        if not any(re.fullmatch(rf"(.*/)?{pattern}", path) for path in tracked):
+            missing.append(name)
+    assert missing == [], f"README's map names what the tree lacks: {missing}"
