@@ -19,10 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from stack.embedded_stack import EmbeddedStack
 
-    try:
-        settings = settings_for(args)
-    except ValueError as exc:  # pydantic's ValidationError: a malformed STEEL_* variable
-        print(f"steel down: bad settings: {exc}")
+    if (settings := settings_for(args, "down")) is None:
         return exit_codes.BAD_INPUT
     stack = EmbeddedStack(settings)
     report = stack.down()

@@ -10,6 +10,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from steelcore import exit_codes
 from steelcore.service_health import Health
@@ -26,8 +27,14 @@ def add_run_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_for(args: argparse.Namespace) -> Settings:
-    settings = get_settings()
+def settings_for(args: argparse.Namespace, command: str, file: TextIO | None = None) -> Settings | None:
+    """Settings with ``--run-dir`` applied, or None after printing why they are malformed (to
+    ``file``, default stdout) as ``steel <command>: bad settings: ...``."""
+    try:
+        settings = get_settings()
+    except ValueError as exc:  # pydantic's ValidationError: a malformed STEEL_* variable
+        print(f"steel {command}: bad settings: {exc}", file=file)
+        return None
     if args.run_dir is not None:
         settings = settings.model_copy(update={"run_dir": args.run_dir.resolve()})
     return settings
@@ -59,10 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from stack.embedded_stack import EmbeddedStack
 
-    try:
-        settings = settings_for(args)
-    except ValueError as exc:  # pydantic's ValidationError: a malformed STEEL_* variable
-        print(f"steel status: bad settings: {exc}")
+    if (settings := settings_for(args, "status")) is None:
         return exit_codes.BAD_INPUT
     stack = EmbeddedStack(settings)
     try:

@@ -36,10 +36,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.USAGE
     from stack.embedded_stack import EmbeddedStack
 
-    try:
-        settings = settings_for(args)
-    except ValueError as exc:  # pydantic's ValidationError: a malformed STEEL_* variable
-        print(f"steel up: bad settings: {exc}", file=sys.stderr)
+    if (settings := settings_for(args, "up", file=sys.stderr)) is None:
         return exit_codes.BAD_INPUT
     stack = EmbeddedStack(settings, include_triton=not args.no_triton)
     try:
