@@ -12,13 +12,12 @@ the fixtures' services, so code under test resolves them exactly as it would aft
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from passable_dirs import passable_temp_dir
 from running_server import running
 
 from stack.embedded_stack import service_record
@@ -39,18 +38,8 @@ S = TypeVar("S", bound=EmbeddedService)
 
 
 def _make_run_dir() -> Iterator[Path]:
-    # Not under pytest's basetemp: as root, PostgreSQL runs as another user that must traverse the
-    # folders above its data, and every pytest session starting meanwhile (another checkout, a
-    # second terminal) resets /tmp/pytest-of-<user> to mode 0700.
-    run_dir = Path(tempfile.mkdtemp(prefix="steel-test-run-"))
-    # mkdtemp makes it 0700; as root the server user must pass it to keep its data here (else
-    # stack.postgres_server keeps the data under embedded_postgres_home, where it would outlive
-    # the test). Only this folder, made by the test, is opened; nothing above it is changed.
-    run_dir.chmod(0o755)
-    try:
+    with passable_temp_dir("steel-test-run-") as run_dir:
         yield run_dir
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from passable_dirs import passable_temp_dir
 
 from stack import postgres_server
 from stack.postgres_server import PostgresServer, others_can_reach
@@ -55,12 +56,8 @@ def private_checkout(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 @pytest.fixture()
 def home() -> Iterator[Path]:
     """Stands in for /var/lib/steel-embedded-postgres: root's, and others may pass."""
-    folder = Path(tempfile.mkdtemp(prefix="steel-pg-home-"))
-    folder.chmod(0o755)
-    try:
+    with passable_temp_dir("steel-pg-home-") as folder:
         yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize("run_dir_inside", [True, False], ids=["run-dir-in-checkout", "run-dir-elsewhere"])
