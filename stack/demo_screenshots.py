@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,20 @@ SCREENSHOT_WIDTH = 1400
 # Tall enough for every section of a page: the health page's Models section sits below the charts.
 SCREENSHOT_HEIGHTS = {"live": 1900, "health": 3300}
 PAGE_WAIT_MS = 60_000
+
+
+def chromium_path() -> str:
+    """The headless Chromium that scripts/ensure_chromium.sh finds (or installs); RuntimeError with
+    the script's reason when there is none."""
+    found = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "ensure_chromium.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        raise RuntimeError(f"no headless Chromium: {found.stderr.strip()}")
+    return found.stdout.strip().splitlines()[-1]
 
 
 class Screenshots:
@@ -24,21 +39,12 @@ class Screenshots:
 
     def _page(self) -> Any:
         if self._browser is None:
-            import subprocess
-
             from playwright.sync_api import sync_playwright
 
-            found = subprocess.run(
-                ["bash", str(REPO_ROOT / "scripts" / "ensure_chromium.sh")],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if found.returncode != 0:
-                raise RuntimeError(f"no headless Chromium: {found.stderr.strip()}")
+            executable = chromium_path()
             self._api = sync_playwright().start()
             self._browser = self._api.chromium.launch(
-                executable_path=found.stdout.strip().splitlines()[-1], args=["--no-sandbox", "--disable-gpu"]
+                executable_path=executable, args=["--no-sandbox", "--disable-gpu"]
             )
         return self._browser.new_page(viewport={"width": SCREENSHOT_WIDTH, "height": 1000})
 

@@ -24,6 +24,7 @@ from dashboard_seed import RECENT_COIL, seed, seed_models
 from sqlalchemy import Engine, select
 
 from dashboard.launch import streamlit_command
+from stack.demo_screenshots import chromium_path
 from stack.service import free_port
 from steelcore.paths import REPO_ROOT
 from steelcore.postgres import schema
@@ -39,15 +40,10 @@ SCREENSHOT_HEIGHTS = {"live": 2250, "history": 1950, "health": 2500}
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    result = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "ensure_chromium.sh")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"no headless Chromium: {result.stderr.strip()}", pytrace=False)
-    return result.stdout.strip().splitlines()[-1]
+    try:
+        return chromium_path()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import Future
 from datetime import UTC, datetime
 
 import numpy as np
@@ -19,6 +18,7 @@ from line_probes import wait_until
 from sqlalchemy import text
 from worker_thread import WorkerThread
 
+from benchmarks.broker_bench import BlankInference
 from producers.camera_producer import CameraProducer, publish_run
 from producers.frame_sources import CameraSpec, LineGeometry, SourceFrame
 from steelcore.kafka.client_config import admin_config
@@ -27,7 +27,6 @@ from steelcore.kafka.topic_rotation import bucket_number, is_closed
 from steelcore.postgres import migrate
 from steelcore.postgres.engine import create_db_engine
 from steelcore.settings import Settings, reveal
-from steelcore.triton.inference_result import EnsembleResult
 from workers.worker_config import WorkerConfig
 
 pytestmark = pytest.mark.integration
@@ -35,21 +34,6 @@ pytestmark = pytest.mark.integration
 ROTATION_S = 2.0
 GRACE_S = 0.5
 CONFIG = WorkerConfig(batch_size=8, batch_wait_s=0.1, backoff_initial_s=0.2, backoff_max_s=1.0)
-
-
-class BlankInference:
-    """Answers 'no defect' for every frame at once."""
-
-    def infer_async(self, frames: np.ndarray) -> Future[EnsembleResult]:
-        n = len(frames)
-        future: Future[EnsembleResult] = Future()
-        future.set_result(
-            EnsembleResult(np.zeros((n, 4), np.float32), np.zeros((n, 4), np.int64), [[""] * 4] * n)
-        )
-        return future
-
-    def close(self) -> None:
-        pass
 
 
 class FlatSource:
