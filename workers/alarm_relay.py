@@ -26,8 +26,7 @@ from steelcore.postgres.alarm_outbox import PendingAlarm, relay_unpublished_alar
 from steelcore.redis.alarm_stream import AlarmStream, TrimResult
 from steelcore.redis.exceptions import RedisError
 from steelcore.settings import Settings
-from steelcore.severstal import CLASS_NAMES
-from workers.alarm_rules import alarm_key_for
+from workers.alarm_rules import frame_alarm
 from workers.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -35,20 +34,7 @@ log = logging.getLogger(__name__)
 
 def alarm_of(pending: PendingAlarm) -> Alarm:
     """The stream alarm of a stored row: the same fields and id the worker would have published."""
-    return Alarm(
-        alarm_key=alarm_key_for(pending.frame_id, pending.class_id),
-        frame_id=pending.frame_id,
-        class_id=pending.class_id,
-        class_name=CLASS_NAMES.get(pending.class_id, f"class {pending.class_id}"),
-        # REAL columns: round as the alarm rule did, so a relayed alarm reads like a direct one.
-        probability=round(float(pending.probability), 4),
-        area_px=pending.area_px,
-        line_id=pending.line_id,
-        camera_id=pending.camera_id,
-        coil_id=pending.coil_id,
-        position_m=float(pending.position_m),
-        captured_at=pending.captured_at.isoformat(),
-    )
+    return frame_alarm(pending, pending.class_id, pending.probability, pending.area_px)
 
 
 class AlarmRelay:

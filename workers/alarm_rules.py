@@ -34,6 +34,24 @@ def alarm_key_for(frame_id: str, class_id: int) -> str:
     return f"{frame_id}:{class_id}"
 
 
+def frame_alarm(identity: FrameIdentity, class_id: int, probability: float, area_px: int) -> Alarm:
+    """The stream alarm of one class of a frame, whoever publishes it (the worker or the relay)."""
+    return Alarm(
+        alarm_key=alarm_key_for(identity.frame_id, class_id),
+        frame_id=identity.frame_id,
+        class_id=class_id,
+        class_name=CLASS_NAMES.get(class_id, f"class {class_id}"),
+        # Stored as REAL: rounded here, a relayed alarm reads like a direct one.
+        probability=round(float(probability), 4),
+        area_px=int(area_px),
+        line_id=identity.line_id,
+        camera_id=identity.camera_id,
+        coil_id=identity.coil_id,
+        position_m=float(identity.position_m),
+        captured_at=identity.captured_at.isoformat(),
+    )
+
+
 def alarms_for_frame(
     rule: AlarmRule,
     identity: FrameIdentity,
@@ -45,19 +63,5 @@ def alarms_for_frame(
     alarms = []
     for index, class_id in enumerate(CLASS_IDS):
         if rule.fires(index, float(probabilities[index]), int(areas_px[index])):
-            alarms.append(
-                Alarm(
-                    alarm_key=alarm_key_for(identity.frame_id, class_id),
-                    frame_id=identity.frame_id,
-                    class_id=class_id,
-                    class_name=CLASS_NAMES[class_id],
-                    probability=round(float(probabilities[index]), 4),
-                    area_px=int(areas_px[index]),
-                    line_id=identity.line_id,
-                    camera_id=identity.camera_id,
-                    coil_id=identity.coil_id,
-                    position_m=identity.position_m,
-                    captured_at=identity.captured_at.isoformat(),
-                )
-            )
+            alarms.append(frame_alarm(identity, class_id, probabilities[index], areas_px[index]))
     return alarms
