@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from fake_clock import FakeClock
 from pydantic import SecretStr
 
 from dashboard import auth
@@ -13,14 +14,6 @@ from dashboard.auth import LoginThrottle, check_login, client_address
 
 APP = Path(auth.__file__).with_name("app.py")
 PASSWORD = SecretStr("correct horse")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_parallel_attempts_from_one_address_get_one_password_check() -> None:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 from worker_fakes import good_messages, make_worker
 
 from stack.service import free_port
@@ -37,16 +38,8 @@ def served(metrics: WorkerMetrics, probes: WorkerProbes) -> Iterator[int]:
         metrics.close()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_livez_turns_503_once_the_heartbeat_is_older_than_the_timeout() -> None:
-    clock = Clock()
+    clock = FakeClock()
     probes = WorkerProbes(60.0, clock=clock)
     with served(WorkerMetrics(), probes) as port:
         assert get(port, "/livez") == (200, "ok\n")
@@ -121,7 +114,7 @@ def test_readyz_is_503_with_a_reason_until_the_partitions_are_assigned() -> None
 
 
 def test_readiness_is_cached_and_a_failing_check_is_a_reason_not_an_error() -> None:
-    clock = Clock()
+    clock = FakeClock()
     calls: list[int] = []
 
     def flaky() -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fake_clock import FakeClock
 from worker_fakes import (
     FAST,
     TOPIC,
@@ -139,20 +140,12 @@ class Registry:
         return dict(self.bundles)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def watch(registry: Registry, clock: Clock | None = None, fallback: str = "fallback") -> RoleWatch:
-    return RoleWatch(registry.read_roles, registry.read_bundles, 5.0, fallback, clock=clock or Clock())
+def watch(registry: Registry, clock: FakeClock | None = None, fallback: str = "fallback") -> RoleWatch:
+    return RoleWatch(registry.read_roles, registry.read_bundles, 5.0, fallback, clock=clock or FakeClock(0.0))
 
 
 def test_roles_are_read_on_the_period_and_kept_through_an_unreadable_registry() -> None:
-    registry, clock = Registry(), Clock()
+    registry, clock = Registry(), FakeClock(0.0)
     view = watch(registry, clock)
     view.poll()
     assert view.roles.production == 1 and view.shadow() is None
