@@ -24,7 +24,7 @@ from confluent_kafka import KafkaError, KafkaException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import DataError, IntegrityError
-from worker_fakes import TOPIC, FakeMessage, frame_value, make_worker, stage_order
+from worker_fakes import TOPIC, FakeMessage, frame_value, make_worker, records_of, stage_order
 
 from steelcore.frame_message import (
     MAGIC,
@@ -39,8 +39,7 @@ from steelcore.kafka.dead_letter import DLQ_HEADER_PREFIX, FALLBACK_VALUE_BYTES,
 from steelcore.postgres.defect_writes import _image_row
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from steelcore.triton.inference_result import EnsembleResult
-from workers.alarm_rules import AlarmRule
-from workers.frame_batch import Rejected, ValidFrame, build_records, validate_message
+from workers.frame_batch import Rejected, ValidFrame, validate_message
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -249,15 +248,7 @@ def test_a_raw_frame_starting_with_jpeg_magic_is_stored_as_raw() -> None:
     result = EnsembleResult(
         np.array([[0.9, 0, 0, 0]], np.float32), np.array([[300, 0, 0, 0]]), [[rle.encode(mask), "", "", ""]]
     )
-    [record], _, rejects = build_records(
-        [frame],
-        result,
-        AlarmRule((0.5,) * 4, (1,) * 4),
-        received_at=NOW,
-        infer_s=0.0,
-        model_name="m",
-        model_version="1",
-    )
+    [record], _, rejects = records_of([frame], result, NOW)
     assert not rejects and record.keeps_image
     assert _image_row(record)["encoding"] == "raw"
 

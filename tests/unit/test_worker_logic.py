@@ -17,6 +17,7 @@ from worker_fakes import (
     frame_value,
     good_messages,
     make_worker,
+    records_of,
     stage_order,
 )
 
@@ -140,15 +141,7 @@ def test_a_result_that_cannot_be_stored_rejects_only_its_frame() -> None:
         pixel_counts=np.zeros((2, 4), np.int64),
         rles=[["", "", "", ""], ["", "", "", ""]],
     )
-    records, _, rejects = build_records(
-        frames,  # type: ignore[arg-type]
-        result,
-        AlarmRule((0.5,) * 4, (1,) * 4),
-        received_at=T0,
-        infer_s=0.0,
-        model_name="m",
-        model_version="1",
-    )
+    records, _, rejects = records_of(frames, result, T0)  # type: ignore[arg-type]
     assert [r.frame_id for r in records] == ["L1-cam-1-00000001"]
     assert len(rejects) == 1 and "not storable" in rejects[0].reason
 

@@ -14,12 +14,14 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from steelcore import rle
+from steelcore.alarm_message import Alarm
 from steelcore.frame_message import FrameHeader, encode_frame, encode_image
 from steelcore.postgres.frame_records import FrameRecord, StoreResult
 from steelcore.settings import Settings
 from steelcore.triton.exceptions import TritonUnavailableError
 from steelcore.triton.inference_result import EnsembleResult
-from workers.frame_batch import Rejected
+from workers.alarm_rules import AlarmRule
+from workers.frame_batch import Rejected, ValidFrame, build_records
 from workers.worker_config import WorkerConfig
 from workers.worker_loop import InferenceWorker
 
@@ -275,3 +277,18 @@ def stage_order(journal: Journal) -> list[str]:
 
 def good_messages(n: int) -> list[FakeMessage]:
     return [FakeMessage(frame_value(i), i % 2, 10 + i // 2) for i in range(n)]
+
+
+def records_of(
+    frames: Sequence[ValidFrame], result: EnsembleResult, received_at: datetime
+) -> tuple[list[FrameRecord], list[Alarm], list[Rejected]]:
+    """build_records as model "m" version "1", under a rule that any 1 px at 0.5 fires."""
+    return build_records(
+        frames,
+        result,
+        AlarmRule((0.5,) * 4, (1,) * 4),
+        received_at=received_at,
+        infer_s=0.0,
+        model_name="m",
+        model_version="1",
+    )
