@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steelcore import exit_codes
+from training.cli_options import add_network_run_options
 from training.json_files import write_json
 
 if TYPE_CHECKING:
@@ -216,8 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("val", "all", "train"), default="val")
     parser.add_argument("--json", type=Path, required=True, help="where to write the metrics JSON")
     parser.add_argument("--plot", type=Path, help="PNG of per-class results")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--device", default="cpu", help="torch device for the networks, e.g. cuda")
+    add_network_run_options(parser, BATCH_SIZE)
     parser.add_argument(
         "--robustness",
         action="store_true",
@@ -235,7 +235,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="openvino precision (auto: bf16 where the CPU has it natively, else f32)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

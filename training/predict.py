@@ -15,6 +15,7 @@ from pathlib import Path
 
 from steelcore import exit_codes
 from steelcore.settings import get_settings
+from training.cli_options import add_network_run_options
 
 BATCH_SIZE = 8
 
@@ -64,9 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", help="bundle name or path (default: settings model_name, STEEL_MODEL_NAME)"
     )
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--device", default="cpu", help="torch device for the networks, e.g. cuda")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_network_run_options(parser, BATCH_SIZE)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from steelcore import exit_codes
+from training.cli_options import add_network_run_options
 from training.postprocess_search import (
     GATE_THRESHOLDS,
     MIN_AREA_FRACTIONS,
@@ -185,10 +186,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write, e.g. models/default")
     parser.add_argument("--name", help="bundle name (default: the --out folder name)")
     parser.add_argument("--description", help="one-line description stored in model.json")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--device", default="cpu", help="torch device for the networks, e.g. cuda")
+    add_network_run_options(parser, BATCH_SIZE)
     parser.add_argument("--cache-mb", type=float, default=CACHE_MB, help="memory for cached probabilities")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
