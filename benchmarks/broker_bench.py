@@ -201,10 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--grace", type=float, default=2.0, help="bucket close grace, s (compressed from the default)"
     )
     parser.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period, s (default 5)")
-    parser.add_argument(
-        "--json", type=Path, default=None, help="results file (default bench-results/broker.json)"
-    )
-    parser.add_argument("--no-plot", action="store_true", help="no PNG chart")
+    report.add_output_arguments(parser, "broker")
 
 
 def run(args: argparse.Namespace) -> int:

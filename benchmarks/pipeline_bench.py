@@ -51,10 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--steady-fraction", type=float, default=0.7, help="steady rate as a share of the backlog throughput"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="worker batch size (default 8)")
-    parser.add_argument(
-        "--json", type=Path, default=None, help="results file (default bench-results/pipeline.json)"
-    )
-    parser.add_argument("--no-plot", action="store_true", help="no PNG charts")
+    report.add_output_arguments(parser, "pipeline")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -124,8 +124,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, repeats: int = 20, 
         "--repeats", type=int, default=repeats, help=f"timed samples per case (default {repeats})"
     )
     parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls first (default {warmup})")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, name: str = "<benchmark>") -> None:
+    """--json (where results_path writes when it is not given) and --no-plot."""
     parser.add_argument(
-        "--json", type=Path, default=None, help="results file (default bench-results/<benchmark>.json)"
+        "--json", type=Path, default=None, help=f"results file (default bench-results/{name}.json)"
     )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG chart next to the JSON")
 

@@ -88,10 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch-threads", type=int, default=None, help="in-process torch threads (default: all cores)"
     )
-    parser.add_argument(
-        "--json", type=Path, default=None, help="results file (default bench-results/triton.json)"
-    )
-    parser.add_argument("--no-plot", action="store_true", help="no PNG chart")
+    report.add_output_arguments(parser, "triton")
 
 
 def _start_server(bundle_path: Path, work: Path, fmt: str = "openvino") -> Any:
