@@ -73,12 +73,18 @@ class FoldPlan:
 
 
 def plan_folds(
-    mixed: MixedDataset, cv_part: int, folds: int, seed: int, synthetic_on_real: float = 0.0
+    mixed: MixedDataset,
+    cv_part: int,
+    folds: int,
+    seed: int,
+    synthetic_on_real: float = 0.0,
+    real_paste: float = 0.0,
 ) -> tuple[list[FoldPlan], np.ndarray]:
     """Training and held-out data per fold, the cross-validated dataset being part cv_part of mixed.
 
     synthetic_on_real > 0 adds synthetic defects painted on the fold's own training frames, drawn
-    that many times per real training frame and epoch (never on held-out frames).
+    that many times per real training frame and epoch (never on held-out frames); real_paste > 0
+    likewise adds the fold's training frames with real defects of its other training frames pasted in.
     """
     target = mixed.parts[cv_part]
     assignment = assign_folds(target.image_ids, target.class_presence(), folds, seed)
@@ -87,8 +93,8 @@ def plan_folds(
         kept = [i for i in range(len(target)) if assignment[i] != k]
         held = [i for i in range(len(target)) if assignment[i] == k]
         parts = [target.subset(kept) if p == cv_part else part for p, part in enumerate(mixed.parts)]
-        train = with_synthetic_on_real(
-            MixedDataset(parts, mixed.factors, "train"), cv_part, synthetic_on_real, seed
+        train = with_variants(
+            MixedDataset(parts, mixed.factors, "train"), cv_part, synthetic_on_real, real_paste, seed
         )
         plans.append(FoldPlan(k, train, target.subset(held), held))
     return plans, assignment
@@ -160,6 +166,19 @@ def with_synthetic_on_real(mixed: MixedDataset, part: int, per_frame: float, see
     copies = SYNTHETIC_COPIES
     painted = SyntheticOnReal(mixed.parts[part], copies=copies, seed=seed)
     return MixedDataset([*mixed.parts, painted], [*mixed.factors, per_frame / copies], mixed.split)
+
+
+def with_variants(
+    mixed: MixedDataset, part: int, synthetic_on_real: float, real_paste: float, seed: int
+) -> MixedDataset:
+    """mixed plus the painted (synthetic defects) and pasted (real defects) variants of mixed.parts[part]."""
+    from training.real_paste import RealDefectPaste
+
+    mixed = with_synthetic_on_real(mixed, part, synthetic_on_real, seed)
+    if real_paste <= 0:
+        return mixed
+    pasted = RealDefectPaste(mixed.parts[part], copies=SYNTHETIC_COPIES, seed=seed)
+    return MixedDataset([*mixed.parts, pasted], [*mixed.factors, real_paste / SYNTHETIC_COPIES], mixed.split)
 
 
 # Distinct painted variants kept per real frame (the epoch draws among them).

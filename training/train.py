@@ -71,6 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "more rare-class examples), DRAWS per real frame and epoch (default 0: off)",
     )
     parser.add_argument(
+        "--real-paste",
+        type=float,
+        default=0.0,
+        metavar="DRAWS",
+        help="--cv: also train on the real training frames with real defects cut from the other training "
+        "frames pasted in (real texture and real defects), DRAWS per real frame and epoch (default 0: off)",
+    )
+    parser.add_argument(
         "--init",
         help="start from these weights: a run folder of the same task or a model bundle (name or path)",
     )

@@ -25,7 +25,7 @@ from training.cross_validation import (
     nested_predictions,
     plan_folds,
     score_cache,
-    with_synthetic_on_real,
+    with_variants,
 )
 from training.robustness import PERTURBATIONS, PerturbedDataset, robustness_summary
 
@@ -108,7 +108,8 @@ def train_all_cv(args: argparse.Namespace) -> Path:
     check_dataset(mixed, progress=not args.no_progress)
     seed = args.seed if args.seed is not None else 0
     on_real = float(getattr(args, "synthetic_on_real", 0.0) or 0.0)
-    plans, assignment = plan_folds(mixed, cv_index, args.folds, seed, on_real)
+    pasted = float(getattr(args, "real_paste", 0.0) or 0.0)
+    plans, assignment = plan_folds(mixed, cv_index, args.folds, seed, on_real, pasted)
     target = mixed.parts[cv_index]
     class_ids, class_names = list(mixed.class_ids), dict(mixed.class_names)
     tasks = ["segmenter"] if args.no_classifier else ["classifier", "segmenter"]
@@ -159,7 +160,7 @@ def train_all_cv(args: argparse.Namespace) -> Path:
         return bundle_dir
 
     log.info("final training on all %d frames of %s and the other datasets", len(target), target.root)
-    full = with_synthetic_on_real(MixedDataset(mixed.parts, mixed.factors, "train"), cv_index, on_real, seed)
+    full = with_variants(MixedDataset(mixed.parts, mixed.factors, "train"), cv_index, on_real, pasted, seed)
     final_runs = _train_pair(args, tasks, runs / "final", (full, target.subset([])))
     net = {task: init_weights(str(final_runs[task]), task) for task in tasks}
     post = scores["postprocessed"]
@@ -283,6 +284,8 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
         "augment",
         "seed",
         "folds",
+        "synthetic_on_real",
+        "real_paste",
     )
     recipe = {k: getattr(args, k, None) for k in keys}
     recipe["crop"] = list(args.crop) if getattr(args, "crop", None) else None
