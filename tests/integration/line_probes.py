@@ -4,7 +4,9 @@ embedded stack."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -41,3 +43,24 @@ def committed_total(settings: Settings) -> int:
         return sum(max(tp.offset, 0) for tp in probe.committed(partitions, timeout=10))
     finally:
         probe.close()
+
+
+def read_topic(
+    settings: Settings, topic: str, count: int, timeout_s: float = 30.0, linger_s: float = 0.0
+) -> list[Any]:
+    """Every message of ``topic`` through a group of its own: until ``count`` have come (then
+    ``linger_s`` more, so an extra copy would be seen too) or ``timeout_s`` has passed."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(consumer_config(f"reader-{uuid.uuid4().hex[:8]}", settings))
+    consumer.subscribe([topic])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and (len(out) < count or linger_s > 0):
+            out.extend(m for m in consumer.consume(num_messages=64, timeout=0.5) if m.error() is None)
+            if len(out) >= count:
+                deadline = min(deadline, time.monotonic() + linger_s)
+    finally:
+        consumer.close()
+    return out

@@ -30,7 +30,7 @@ import line_probes
 import numpy as np
 import pytest
 import redis
-from line_probes import committed_total, count
+from line_probes import committed_total, count, read_topic
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -86,22 +86,6 @@ def produce_synthetic(settings: Settings, frames: int, cameras: tuple[str, ...] 
     )
     assert result.stats.ok, result.stats
     return sources, result
-
-
-def read_topic(settings: Settings, topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
-    """Every message of ``topic`` (until ``count`` are read), through a group of its own."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(consumer_config(f"reader-{uuid.uuid4().hex[:8]}", settings))
-    consumer.subscribe([topic])
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(out) < count and time.monotonic() < deadline:
-            out.extend(m for m in consumer.consume(num_messages=64, timeout=0.5) if m.error() is None)
-    finally:
-        consumer.close()
-    return out
 
 
 def ensemble_answer(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import struct
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from line_probes import count
+from line_probes import count, read_topic
 from sqlalchemy import Engine, text
 from worker_thread import WorkerThread
 
@@ -175,22 +174,6 @@ def publish(settings: Settings, items: list[tuple[str, bytes, list]]) -> dict[in
     return ends
 
 
-def read_all(settings: Settings, topic: str, count: int, linger_s: float = 2.0) -> list[Any]:
-    """Every message of ``topic``: until ``count`` arrived, then ``linger_s`` more for any extra."""
-    consumer = Consumer(consumer_config(f"reader-{uuid.uuid4().hex[:8]}", settings))
-    consumer.subscribe([topic])
-    out: list[Any] = []
-    deadline = time.monotonic() + WAIT_S
-    try:
-        while time.monotonic() < deadline:
-            out.extend(m for m in consumer.consume(num_messages=64, timeout=0.5) if m.error() is None)
-            if len(out) >= count:
-                deadline = min(deadline, time.monotonic() + linger_s)
-    finally:
-        consumer.close()
-    return out
-
-
 def committed(settings: Settings) -> dict[int, int]:
     consumer = Consumer(consumer_config(settings.consumer_group, settings))
     try:
@@ -262,7 +245,7 @@ def test_poison_frames_in_a_batch_of_good_ones_with_two_workers(settings: Settin
             lambda: {p: o for p, o in committed(settings).items() if p in ends} == ends,
             f"offsets {ends} committed",
         )
-        letters = read_all(settings, settings.dead_letter_topic, len(poison))
+        letters = read_topic(settings, settings.dead_letter_topic, len(poison), WAIT_S, linger_s=2.0)
         alive = [w.thread.is_alive() for w in workers]
         handled = [
             sum(

@@ -12,9 +12,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from line_probes import read_topic
 
 from steelcore.frame_message import decode_frame
-from steelcore.kafka.client_config import admin_config, consumer_config
+from steelcore.kafka.client_config import admin_config
 from steelcore.paths import SEVERSTAL_SAMPLE_DIR
 from steelcore.settings import Settings
 
@@ -50,21 +51,6 @@ def produce(settings: Settings, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def read_all(settings: Settings, topic: str, expected: int) -> list:
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(consumer_config(f"reader-{uuid.uuid4().hex[:8]}", settings))
-    consumer.subscribe([topic])
-    out: list = []
-    deadline = time.monotonic() + 30
-    try:
-        while len(out) < expected and time.monotonic() < deadline:
-            out.extend(m for m in consumer.consume(64, 0.5) if m.error() is None)
-    finally:
-        consumer.close()
-    return out
-
-
 def test_two_synthetic_cameras_publish_keyed_frames_and_truth(topics: Settings, tmp_path: Path) -> None:
     from confluent_kafka.admin import AdminClient
 
@@ -80,7 +66,7 @@ def test_two_synthetic_cameras_publish_keyed_frames_and_truth(topics: Settings, 
     assert summary["delivery"]["frames_delivered"] == 6 and summary["delivery"]["truth_delivered"] == 6
     metadata = AdminClient(admin_config(topics)).list_topics(timeout=10).topics
     assert len(metadata[topics.frames_topic].partitions) == 3
-    frames = read_all(topics, topics.frames_topic, 6)
+    frames = read_topic(topics, topics.frames_topic, 6)
     headers = [decode_frame(m.value()).header for m in frames]
     assert sorted(h.frame_id[-8:] + h.camera_id for h in headers) == sorted(
         f"{i:08d}{c}" for i in range(3) for c in "ab"
@@ -97,7 +83,7 @@ def test_replay_of_the_kaggle_sample_publishes_its_labels_as_truth(topics: Setti
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     images = sorted((SEVERSTAL_SAMPLE_DIR / "images").iterdir())
-    truth = read_all(topics, topics.truth_topic, len(images))
+    truth = read_topic(topics, topics.truth_topic, len(images))
     assert sorted(json.loads(m.value())["source_ref"] for m in truth) == [p.name for p in images]
     assert f"published {len(images)} frames ({len(images)} delivered" in out
 
@@ -120,7 +106,7 @@ def test_ctrl_c_stops_an_endless_run_with_everything_delivered(topics: Settings,
     delivery = summary["delivery"]
     assert delivery["frames_sent"] >= 2 and delivery["frames_delivered"] == delivery["frames_sent"]
     assert delivery["pending"] == 0
-    assert len(read_all(topics, topics.frames_topic, delivery["frames_sent"])) == delivery["frames_sent"]
+    assert len(read_topic(topics, topics.frames_topic, delivery["frames_sent"])) == delivery["frames_sent"]
 
 
 def test_bad_options_exit_with_bad_input(topics: Settings, tmp_path: Path) -> None:
@@ -155,7 +141,7 @@ def test_with_rotation_frames_go_to_time_buckets_created_with_the_partitions_ask
     listed = AdminClient(admin_config(topics)).list_topics(timeout=10).topics
     assert topics.frames_topic not in listed  # nothing goes to the un-bucketed topic
     assert all(len(listed[f"{topics.frames_topic}.{b}"].partitions) == 3 for b in written)
-    frames = read_all(topics, subscription_pattern(topics.frames_topic, min(written)), 8)
+    frames = read_topic(topics, subscription_pattern(topics.frames_topic, min(written)), 8)
     assert sorted(decode_frame(m.value()).header.frame_id[-8:] for m in frames) == [
         f"{i:08d}" for i in range(8)
     ]
