@@ -39,6 +39,25 @@ def _net(task: str, num_classes: int) -> dict:
     return {"num_classes": num_classes, **TINY, **extra}
 
 
+def _segmenter_bundle(path: Path, name: str, class_names: dict[int, str]) -> Path:
+    """A bundle of a tiny random segmenter (seed 0) for these classes: no classifier, neutral thresholds."""
+    torch.manual_seed(0)
+    net = _net("segmenter", len(class_names))
+    return save_bundle(
+        path,
+        name=name,
+        description="tiny",
+        class_ids=list(class_names),
+        class_names=class_names,
+        classifier_config=None,
+        classifier_state=None,
+        segmenter_config=net,
+        segmenter_state=build_model("segmenter", net).state_dict(),
+        postprocess=PostprocessParams.neutral(len(class_names)),
+        provenance={},
+    )
+
+
 def _write_run(path: Path, task: str, class_ids: list[int], seed: int) -> Path:
     torch.manual_seed(seed)
     net = _net(task, len(class_ids))
@@ -212,21 +231,7 @@ def test_eval_on_pairs_dataset_without_classifier_and_class_mismatch(
         cv2.imwrite(str(root / "masks" / f"{i:06d}.png"), labels)
     (root / "train.txt").write_text("000000\n")
     (root / "val.txt").write_text("000001\n000002\n")
-    torch.manual_seed(0)
-    net = _net("segmenter", 3)
-    bundle = save_bundle(
-        tmp_path / "neu_bundle",
-        name="neu",
-        description="tiny",
-        class_ids=[1, 2, 3],
-        class_names={1: "inclusion", 2: "patches", 3: "scratches"},
-        classifier_config=None,
-        classifier_state=None,
-        segmenter_config=net,
-        segmenter_state=build_model("segmenter", net).state_dict(),
-        postprocess=PostprocessParams.neutral(3),
-        provenance={},
-    )
+    bundle = _segmenter_bundle(tmp_path / "neu_bundle", "neu", {1: "inclusion", 2: "patches", 3: "scratches"})
     report = evaluate_bundle(bundle, root, "val", tmp_path / "neu.json", progress=False)
     assert report["images"] == 2 and report["auc_score"] == "max pixel probability"
     assert report["summary"]["miou"] is not None
@@ -291,20 +296,8 @@ def test_models_lists_bundle_with_metrics(
 @pytest.mark.skipif(not SEVERSTAL_SAMPLE_DIR.is_dir(), reason="shared Severstal sample not present")
 def test_eval_reads_the_real_severstal_sample(tmp_path: Path) -> None:
     # 4 real 256x1600 frames (.png and .jpg); 000789191.png has no row in train.csv, i.e. it is clean.
-    torch.manual_seed(0)
-    net = _net("segmenter", 4)
-    bundle = save_bundle(
-        tmp_path / "b",
-        name="b",
-        description="tiny",
-        class_ids=[1, 2, 3, 4],
-        class_names={1: "pitting", 2: "inclusion", 3: "scratches", 4: "patches"},
-        classifier_config=None,
-        classifier_state=None,
-        segmenter_config=net,
-        segmenter_state=build_model("segmenter", net).state_dict(),
-        postprocess=PostprocessParams.neutral(4),
-        provenance={},
+    bundle = _segmenter_bundle(
+        tmp_path / "b", "b", {1: "pitting", 2: "inclusion", 3: "scratches", 4: "patches"}
     )
     rows = [line.split(",")[:2] for line in (SEVERSTAL_SAMPLE_DIR / "train.csv").read_text().splitlines()[1:]]
     expected = {str(c): sum(int(cid) == c for _, cid in rows) for c in (1, 2, 3, 4)}
