@@ -136,43 +136,52 @@ def open_mixed(specs: Sequence[str | DataSpec] | str, split: str = "all") -> Mix
     return MixedDataset(parts, [s.factor for s in parsed], split)
 
 
-class SyntheticOnReal(SteelDataset):
-    """``copies`` variants of each frame of a real dataset with synthetic defects painted on
-    (producers.synth_on_real); variant k of a frame is the same in every epoch and on every machine."""
+class FrameVariants(SteelDataset):
+    """``copies`` variants of each frame of a real dataset, each made by ``vary``; variant k of a frame
+    is the same in every epoch and on every machine (its generator is seeded by the frame's id)."""
 
-    layout = "synthetic-on-real"
+    suffix = "variant"
+    salt: tuple[int, ...] = ()
 
     def __init__(self, real: SteelDataset, copies: int = 4, seed: int = 0) -> None:
-        from producers.synth_on_real import DefectPainter
-
         if copies < 1:
             raise ValueError(f"copies must be >= 1; got {copies}")
         self.real = real
         self.seed = seed
-        self.painter = DefectPainter()
         self._keys = [(k, i) for k in range(copies) for i in range(len(real))]
-        ids = [f"{real.image_ids[i]}#synthetic{k}" for k, i in self._keys]
+        ids = [f"{real.image_ids[i]}#{self.suffix}{k}" for k, i in self._keys]
         super().__init__(real.root, real.split, ids, real.class_ids, real.class_names)
+
+    def source_frame(self, index: int) -> int:
+        """The index, in the real dataset, of the frame variant ``index`` is made from."""
+        return self._keys[index][1]
 
     def _rng(self, index: int) -> np.random.Generator:
         k, i = self._keys[index]
         digest = int.from_bytes(hashlib.sha1(self.real.image_ids[i].encode()).digest()[:4], "big")
-        return np.random.default_rng([self.seed, digest, k])
+        return np.random.default_rng([self.seed, digest, k, *self.salt])
+
+    def added_channels(self, rng: np.random.Generator, frame: int) -> list[int]:
+        """The class channels a variant adds: decided by the generator's first draws."""
+        raise NotImplementedError
+
+    def vary(self, image: np.ndarray, masks: np.ndarray, frame: int, rng: np.random.Generator) -> Sample:
+        raise NotImplementedError
 
     def __getitem__(self, index: int) -> Sample:
-        _k, i = self._keys[index]
-        image, masks, _ = self.real[i]
-        image, masks = self.painter.paint(image, masks, self._rng(index))
+        frame = self.source_frame(index)
+        image, masks, _ = self.real[frame]
+        image, masks, _ = self.vary(image, masks, frame, self._rng(index))
         return image, masks, self.image_ids[index]
 
     def class_presence(self) -> np.ndarray:
         if self._presence is None:
             real = self.real.class_presence()
             rows = []
-            for index, (_k, i) in enumerate(self._keys):
-                row = real[i].copy()
-                for c in self.painter.classes(self._rng(index)):  # the painter's first draw
-                    row[self.class_ids.index(c)] = True
+            for index in range(len(self._keys)):
+                frame = self.source_frame(index)
+                row = real[frame].copy()
+                row[self.added_channels(self._rng(index), frame)] = True
                 rows.append(row)
             self._presence = np.array(rows, dtype=bool).reshape(len(rows), self.num_classes)
         return self._presence
@@ -184,3 +193,23 @@ class SyntheticOnReal(SteelDataset):
         clone.image_ids = [self.image_ids[i] for i in indices]
         clone._presence = None
         return clone
+
+
+class SyntheticOnReal(FrameVariants):
+    """Variants of real frames with synthetic defects painted on (producers.synth_on_real)."""
+
+    layout = "synthetic-on-real"
+    suffix = "synthetic"
+
+    def __init__(self, real: SteelDataset, copies: int = 4, seed: int = 0) -> None:
+        from producers.synth_on_real import DefectPainter
+
+        self.painter = DefectPainter()
+        super().__init__(real, copies, seed)
+
+    def added_channels(self, rng: np.random.Generator, frame: int) -> list[int]:
+        return [self.class_ids.index(c) for c in self.painter.classes(rng)]
+
+    def vary(self, image: np.ndarray, masks: np.ndarray, frame: int, rng: np.random.Generator) -> Sample:
+        image, masks = self.painter.paint(image, masks, rng)
+        return image, masks, ""

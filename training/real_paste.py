@@ -11,7 +11,6 @@ only their own training frames' defects.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 
 from training.datasets import Sample, SteelDataset
+from training.mixed_data import FrameVariants
 
 # Rare classes first: each variant pastes a class with this probability when it has donors.
 PASTE_FREQUENCIES = (0.5, 0.5, 0.3, 0.3)
@@ -83,11 +83,12 @@ def paste(
     masks[channel, y0 : y0 + h, x0 : x0 + w] |= inside.astype(masks.dtype)
 
 
-class RealDefectPaste(SteelDataset):
-    """``copies`` variants of each frame of a real dataset, each with real defects of the dataset's
-    other frames pasted in; variant k of a frame is the same in every epoch and on every machine."""
+class RealDefectPaste(FrameVariants):
+    """Variants of real frames with real defects of the dataset's other frames pasted in."""
 
     layout = "real-paste"
+    suffix = "paste"
+    salt = (7,)
 
     def __init__(
         self,
@@ -96,15 +97,9 @@ class RealDefectPaste(SteelDataset):
         seed: int = 0,
         frequencies: Sequence[float] = PASTE_FREQUENCIES,
     ) -> None:
-        if copies < 1:
-            raise ValueError(f"copies must be >= 1; got {copies}")
-        self.real = real
-        self.seed = seed
         self.frequencies = tuple(float(f) for f in frequencies)
         self._donors: list[list[Donor]] | None = None
-        self._keys = [(k, i) for k in range(copies) for i in range(len(real))]
-        ids = [f"{real.image_ids[i]}#paste{k}" for k, i in self._keys]
-        super().__init__(real.root, real.split, ids, real.class_ids, real.class_names)
+        super().__init__(real, copies, seed)
 
     @property
     def donors(self) -> list[list[Donor]]:
@@ -112,13 +107,7 @@ class RealDefectPaste(SteelDataset):
             self._donors = find_donors(self.real)
         return self._donors
 
-    def _rng(self, index: int) -> np.random.Generator:
-        k, i = self._keys[index]
-        digest = int.from_bytes(hashlib.sha1(self.real.image_ids[i].encode()).digest()[:4], "big")
-        return np.random.default_rng([self.seed, digest, k, 7])
-
-    def _channels(self, rng: np.random.Generator, frame: int) -> list[int]:
-        """The class channels this variant pastes: the rng's first draws, one per channel."""
+    def added_channels(self, rng: np.random.Generator, frame: int) -> list[int]:
         draws = rng.random(len(self.frequencies))
         return [
             c
@@ -126,13 +115,10 @@ class RealDefectPaste(SteelDataset):
             if u < f and any(d.frame != frame for d in self.donors[c])
         ]
 
-    def __getitem__(self, index: int) -> Sample:
-        _k, i = self._keys[index]
-        image, masks, _ = self.real[i]
+    def vary(self, image: np.ndarray, masks: np.ndarray, frame: int, rng: np.random.Generator) -> Sample:
         image, masks = image.copy(), masks.copy()
-        rng = self._rng(index)
-        for channel in self._channels(rng, i):
-            choices = [d for d in self.donors[channel] if d.frame != i]
+        for channel in self.added_channels(rng, frame):
+            choices = [d for d in self.donors[channel] if d.frame != frame]
             donor = choices[int(rng.integers(len(choices)))]
             donor_image, donor_masks, _ = self.real[donor.frame]
             _n, labels = cv2.connectedComponents(donor_masks[channel].astype(np.uint8), connectivity=8)
@@ -140,46 +126,28 @@ class RealDefectPaste(SteelDataset):
             piece, region = donor_image[box], (labels[box] == donor.label).astype(np.uint8)
             if rng.random() < 0.5:
                 piece, region = piece[:, ::-1], region[:, ::-1]
-            self._place(image, masks, piece, region, channel, donor.y0, rng)
-        return image, masks, self.image_ids[index]
+            _place(image, masks, piece, region, channel, donor.y0, rng)
+        return image, masks, ""
 
-    @staticmethod
-    def _place(
-        image: np.ndarray,
-        masks: np.ndarray,
-        piece: np.ndarray,
-        region: np.ndarray,
-        channel: int,
-        y0: int,
-        rng: np.random.Generator,
-    ) -> None:
-        h, w = region.shape
-        if w > image.shape[1] or y0 + h > image.shape[0]:
-            return
-        taken = masks.any(axis=0)
-        for _ in range(PLACEMENT_TRIES):
-            x0 = int(rng.integers(image.shape[1] - w + 1))
-            window = np.s_[y0 : y0 + h, x0 : x0 + w]
-            if taken[window].any() or float((image[window] < MIN_TARGET_GRAY).mean()) > MAX_DARK_SHARE:
-                continue
-            paste(image, masks, piece, region, channel, y0, x0)
-            return
 
-    def class_presence(self) -> np.ndarray:
-        if self._presence is None:
-            real = self.real.class_presence()
-            rows = []
-            for index, (_k, i) in enumerate(self._keys):
-                row = real[i].copy()
-                row[self._channels(self._rng(index), i)] = True
-                rows.append(row)
-            self._presence = np.array(rows, dtype=bool).reshape(len(rows), self.num_classes)
-        return self._presence
-
-    def subset(self, indices: Sequence[int]) -> SteelDataset:
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone._keys = [self._keys[i] for i in indices]
-        clone.image_ids = [self.image_ids[i] for i in indices]
-        clone._presence = None
-        return clone
+def _place(
+    image: np.ndarray,
+    masks: np.ndarray,
+    piece: np.ndarray,
+    region: np.ndarray,
+    channel: int,
+    y0: int,
+    rng: np.random.Generator,
+) -> None:
+    """Paste at the first of a few random places along the strip that is lit and free of defects."""
+    h, w = region.shape
+    if w > image.shape[1] or y0 + h > image.shape[0]:
+        return
+    taken = masks.any(axis=0)
+    for _ in range(PLACEMENT_TRIES):
+        x0 = int(rng.integers(image.shape[1] - w + 1))
+        window = np.s_[y0 : y0 + h, x0 : x0 + w]
+        if taken[window].any() or float((image[window] < MIN_TARGET_GRAY).mean()) > MAX_DARK_SHARE:
+            continue
+        paste(image, masks, piece, region, channel, y0, x0)
+        return

@@ -23,7 +23,7 @@ def test_pasted_defects_are_real_defect_pixels_labelled_with_their_class(tmp_pat
     added_somewhere = 0
     for index in range(len(pasted)):
         image, masks, image_id = pasted[index]
-        frame = pasted._keys[index][1]
+        frame = pasted.source_frame(index)
         real_image, real_masks, _ = real[frame]
         assert image_id.startswith(real.image_ids[frame])
         assert (masks >= real_masks).all(), "a real label was lost"
@@ -49,7 +49,7 @@ def test_a_frame_is_never_its_own_donor(tmp_path: Path) -> None:
     pasted = RealDefectPaste(pair, copies=4, seed=0, frequencies=ALWAYS)
     for index in range(len(pasted)):
         _image, masks, image_id = pasted[index]
-        receiver = pasted._keys[index][1]
+        receiver = pasted.source_frame(index)
         _real_image, real_masks, _ = pair[receiver]
         gained = (masks[0].astype(bool) & ~real_masks[0].astype(bool)).any()
         if receiver == 0:
