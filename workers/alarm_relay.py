@@ -88,4 +88,3 @@ class AlarmRelay:
             except (RedisError, SQLAlchemyError) as exc:
                 self.metrics.errors.labels(stage).inc()
                 log.warning("alarm %s failed (%s); next try in the next pass", stage, exc)
-

@@ -87,9 +87,7 @@ class DriftWatch:
         self.model = bundle
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, client: Client, metrics: WorkerMetrics
-    ) -> DriftWatch | None:
+    def from_settings(cls, settings: Settings, client: Client, metrics: WorkerMetrics) -> DriftWatch | None:
         """None, with a warning, when the served model has no drift reference."""
         path = reference_path(settings)
         reference, reason = read_reference(path)

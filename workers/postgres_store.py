@@ -29,4 +29,3 @@ class PostgresStore:
 
     def close(self) -> None:
         self.engine.dispose()
-

@@ -33,6 +33,7 @@ class EpisodeEvent(Protocol):
     @property
     def message(self) -> str: ...
 
+
 # KEYS[1] episodes hash, KEYS[2] stream; ARGV[1] "raised"|"cleared", ARGV[2] camera, ARGV[3]
 # episode JSON, ARGV[4] stream maxlen, then field/value pairs for XADD. Returns the entry id or false.
 _PUBLISH = """

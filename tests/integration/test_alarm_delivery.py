@@ -269,9 +269,7 @@ def worker_engine(db_url: str) -> Iterator[Engine]:
     admin = create_db_engine(db_url)
     with admin.begin() as conn:
         conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE {WRITER_ROLE}"))  # a generated name
-    eng = create_db_engine(
-        make_url(db_url).set(username=login).render_as_string(hide_password=False)
-    )
+    eng = create_db_engine(make_url(db_url).set(username=login).render_as_string(hide_password=False))
     try:
         yield eng
     finally:

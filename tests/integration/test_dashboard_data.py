@@ -161,9 +161,7 @@ def test_the_feedback_login_may_only_insert_feedback(writer: Engine, dashboard_o
     defect_id = next(iter(_defect_ids(dashboard_owner, "L1-C1-seed-00003").values()))
     record_feedback(writer, verdict="false", operator=" ana ", defect_id=defect_id, note="oil")
     with dashboard_owner.connect() as conn:
-        row = conn.execute(
-            select(schema.feedback).where(schema.feedback.c.defect_id == defect_id)
-        ).one()
+        row = conn.execute(select(schema.feedback).where(schema.feedback.c.defect_id == defect_id)).one()
     assert (row.verdict, row.operator, row.note) == ("false", "ana", "oil")
     for statement in ("SELECT count(*) FROM feedback", "SELECT count(*) FROM defects"):
         with pytest.raises(ProgrammingError, match="permission denied"), writer.connect() as conn:
@@ -235,9 +233,7 @@ def test_the_retraining_export_holds_exactly_the_fully_reviewed_frames(
                 record_feedback(writer, verdict="confirmed", operator="ana", defect_id=defect_id)
             with owner.begin() as conn:
                 conn.execute(
-                    schema.frame_images.delete().where(
-                        schema.frame_images.c.frame_id == purged.frame_id
-                    )
+                    schema.frame_images.delete().where(schema.frame_images.c.frame_id == purged.frame_id)
                 )
 
             summary = export_retraining_dataset(reader, tmp_path / "reviewed")
@@ -289,9 +285,7 @@ def test_image_names_are_safe_file_names() -> None:
 
 def test_images_are_kept_for_defective_frames_only_and_as_received(dashboard_owner: Engine, records) -> None:
     with dashboard_owner.connect() as conn:
-        kept = dict(
-            conn.execute(select(schema.frame_images.c.frame_id, schema.frame_images.c.image)).all()
-        )
+        kept = dict(conn.execute(select(schema.frame_images.c.frame_id, schema.frame_images.c.image)).all())
     assert set(kept) == {r.frame_id for r in records if r.defects}
     for r in records:
         if r.defects:

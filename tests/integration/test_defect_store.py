@@ -156,9 +156,7 @@ def test_a_batch_stores_its_frames_defects_and_alarms(engine: Engine) -> None:
 
     sample = batch[5]
     with engine.connect() as conn:
-        frame = conn.execute(
-            select(schema.frames).where(schema.frames.c.frame_id == sample.frame_id)
-        ).one()
+        frame = conn.execute(select(schema.frames).where(schema.frames.c.frame_id == sample.frame_id)).one()
         stored = conn.execute(
             select(schema.defects).where(schema.defects.c.frame_id == sample.frame_id)
         ).all()
@@ -325,9 +323,7 @@ def test_reader_role_can_select_but_not_write(engine: Engine, db_url: str) -> No
     login = f"dash_{uuid.uuid4().hex[:8]}"
     with engine.begin() as conn:
         conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE {READER_ROLE}"))
-    reader = create_db_engine(
-        make_url(db_url).set(username=login, password=None).render_as_string()
-    )
+    reader = create_db_engine(make_url(db_url).set(username=login, password=None).render_as_string())
     try:
         with reader.connect() as conn:
             assert conn.execute(select(func.count()).select_from(schema.frames)).scalar_one() == 1

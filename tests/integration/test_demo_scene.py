@@ -22,7 +22,6 @@ from steelcore.settings import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-
 def test_lifecycle_scene_runs_the_loop_and_leaves_its_trace(fresh_run_dir: Path) -> None:
     env = own_stack_env(fresh_run_dir, STEEL_PROMOTE_GATE_MIN_VERDICTS="5")
     try:

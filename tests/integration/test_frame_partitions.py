@@ -93,10 +93,7 @@ def test_maintain_drops_old_weeks_with_their_rows_and_keeps_newer_ones(engine: E
     assert image_frames == {"recent"}  # 3 days old: within the image retention
     # This week and the two after it exist.
     for k in range(3):
-        assert (
-            partitions.partition_name(partitions.week_start(NOW) + k * partitions.WEEK)
-            in names
-        )
+        assert partitions.partition_name(partitions.week_start(NOW) + k * partitions.WEEK) in names
     assert maintain_once(settings, weeks_ahead=2, now=NOW) == exit_codes.OK  # a second run: nothing to do
 
 

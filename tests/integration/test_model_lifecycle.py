@@ -184,9 +184,7 @@ def test_a_shadow_that_fails_to_load_leaves_production_answering(
     assert line.roles().shadow is None
     assert line.audit() == []  # not even the bootstrap: the command changed nothing
     assert not (line.triton.repository / "segmenter" / "2").exists()
-    state = served_versions(
-        (line.triton.repository / "segmenter" / "config.pbtxt").read_text()
-    )
+    state = served_versions((line.triton.repository / "segmenter" / "config.pbtxt").read_text())
     assert state == [1]
 
 

@@ -84,9 +84,7 @@ def test_alarm_points_at_its_defect_and_feedback_at_exactly_one_target() -> None
 def test_ddl_compiles_for_postgres() -> None:
     dialect = postgresql.dialect()
     ddl = "\n".join(str(CreateTable(t).compile(dialect=dialect)) for t in schema.TABLES)
-    ddl += "\n".join(
-        str(CreateIndex(ix).compile(dialect=dialect)) for t in schema.TABLES for ix in t.indexes
-    )
+    ddl += "\n".join(str(CreateIndex(ix).compile(dialect=dialect)) for t in schema.TABLES for ix in t.indexes)
     assert "class_probs REAL[]" in ddl
     assert "WHERE published_at IS NULL" in ddl
     assert ddl.count("TIMESTAMP WITH TIME ZONE") >= 10
