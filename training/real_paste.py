@@ -29,17 +29,17 @@ MAX_DARK_SHARE = 0.05
 PLACEMENT_TRIES = 12
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Donor:
-    """One connected defect region of one class in one frame: its bounding box and component label."""
+    """One connected defect region of one class in one frame: its bounding box and, inside it, the
+    region's own pixels (another region of the same class may share the box)."""
 
     frame: int
-    channel: int
-    label: int
     y0: int
     y1: int
     x0: int
     x1: int
+    region: np.ndarray  # uint8 (y1 - y0, x1 - x0), 1 on the region
 
 
 def find_donors(real: SteelDataset, min_px: int = MIN_DONOR_PX) -> list[list[Donor]]:
@@ -51,11 +51,12 @@ def find_donors(real: SteelDataset, min_px: int = MIN_DONOR_PX) -> list[list[Don
             continue
         _image, masks, _id = real[frame]
         for channel in np.flatnonzero(presence[frame]):
-            count, _labels, stats, _ = cv2.connectedComponentsWithStats(masks[channel].astype(np.uint8), 8)
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(masks[channel].astype(np.uint8), 8)
             for label in range(1, count):
                 x, y, w, h, area = (int(v) for v in stats[label])
                 if area >= min_px:
-                    donors[int(channel)].append(Donor(frame, int(channel), label, y, y + h, x, x + w))
+                    region = (labels[y : y + h, x : x + w] == label).astype(np.uint8)
+                    donors[int(channel)].append(Donor(frame, y, y + h, x, x + w, region))
     return donors
 
 
@@ -120,10 +121,8 @@ class RealDefectPaste(FrameVariants):
         for channel in self.added_channels(rng, frame):
             choices = [d for d in self.donors[channel] if d.frame != frame]
             donor = choices[int(rng.integers(len(choices)))]
-            donor_image, donor_masks, _ = self.real[donor.frame]
-            _n, labels = cv2.connectedComponents(donor_masks[channel].astype(np.uint8), connectivity=8)
-            box = np.s_[donor.y0 : donor.y1, donor.x0 : donor.x1]
-            piece, region = donor_image[box], (labels[box] == donor.label).astype(np.uint8)
+            donor_image, _masks, _ = self.real[donor.frame]
+            piece, region = donor_image[donor.y0 : donor.y1, donor.x0 : donor.x1], donor.region
             if rng.random() < 0.5:
                 piece, region = piece[:, ::-1], region[:, ::-1]
             _place(image, masks, piece, region, channel, donor.y0, rng)
