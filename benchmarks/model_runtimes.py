@@ -1,7 +1,8 @@
 """`steel bench model`'s runtime comparison: one bundle's classifier + segmenter pair on uint8 frames
-as ``predict_probs`` runs it in eager torch, against the OpenVINO CPU runtime that ``triton_models/``
-serves (``training.openvino_bundle``) at f32 and at its "auto" precision (bf16 where the CPU computes it
-natively), timed in the same rounds as the networks, with output parity on one frame.
+in eager torch with float32 maps (the baseline issue 14 set: ``eager_fp32_maps``), against the
+OpenVINO CPU runtime that ``triton_models/`` serves (``training.openvino_bundle``) at f32 and at its
+"auto" precision (bf16 where the CPU computes it natively), timed in the same rounds as the
+networks, with output parity on one frame.
 """
 
 from __future__ import annotations
@@ -21,20 +22,33 @@ def _bind(fn: Callable[[Any], object], frames: Any) -> Callable[[], object]:
     return lambda: fn(frames)
 
 
+def eager_fp32_maps(bundle: Any, frames: Any) -> tuple[Any, Any]:
+    """The baseline issue 14 measures against: eager torch as ``predict_probs`` ran it before the
+    segmenter answered uint8 codes (sigmoid over the full-resolution float32 logits)."""
+    import numpy as np
+    import torch
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(frames)).unsqueeze(1).float().div_(255.0)
+        seg = torch.sigmoid(bundle.segmenter(x)).float().numpy()
+        cls = torch.sigmoid(bundle.classifier(x)).float().numpy() if bundle.classifier is not None else None
+    return cls, seg
+
+
 def runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> tuple[list[Case], dict]:
     """Eager torch vs OpenVINO (f32, auto) on one bundle's pair; and the precision each case ran at."""
-    from training.inference import predict_probs
     from training.model_bundle import load_bundle
     from training.openvino_bundle import openvino_pair
 
     bundle = load_bundle(bundle_name)
-    candidates: dict[str, Any] = {"torch": lambda f: predict_probs(bundle, f)}
+    candidates: dict[str, Any] = {"torch": lambda f: eager_fp32_maps(bundle, f)}
     precisions = {"torch": "f32"}
     for precision in ("f32", "auto"):
         pair = openvino_pair(bundle, threads, precision)
         if precision == "auto" and pair.precision == precisions.get("openvino-f32"):
             continue  # this CPU has no faster precision: "auto" is f32 again
-        candidates[f"openvino-{precision}"] = pair
+        # Timed as served: the segmenter's uint8 codes, not converted back to float.
+        candidates[f"openvino-{precision}"] = pair.served
         precisions[f"openvino-{precision}"] = pair.precision
     cases = [
         Case(f"{RUNTIME_PREFIX}{name}@b{b}", b, _bind(fn, frames_u8[b]))
@@ -47,13 +61,13 @@ def runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> 
 def runtime_rows(by_name: dict[str, Case], info: dict[str, Any], frame_u8: Any) -> list[dict[str, Any]]:
     import numpy as np
 
-    from training.inference import predict_probs
     from training.model_bundle import load_bundle
     from training.openvino_bundle import openvino_pair
 
-    # Output parity on one frame, next to the speed: the largest probability difference.
+    # Output parity on one frame, next to the speed: the largest probability difference from
+    # eager torch's float32 maps (the codes' rounding, 0.5/255, included).
     bundle = load_bundle(info["bundle_path"])
-    _, reference = predict_probs(bundle, frame_u8)
+    _, reference = eager_fp32_maps(bundle, frame_u8)
     rows = []
     torch_ms = {b: by_name[f"{RUNTIME_PREFIX}torch@b{b}"].median_ms for b in BATCH_SIZES}
     for name, precision in info["precisions"].items():

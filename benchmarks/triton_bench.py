@@ -56,7 +56,10 @@ def in_process_call(
     bundle = attach_runtime(load_bundle(bundle_path), runtime, threads)
 
     def call(frames: np.ndarray) -> object:
-        cls_probs, seg_probs = predict_probs(bundle, frames)
+        if bundle.runtime is not None:  # the segmenter's uint8 codes, as the repository passes them on
+            cls_probs, seg_probs = bundle.runtime.served(frames)
+        else:
+            cls_probs, seg_probs = predict_probs(bundle, frames)
         masks = apply_postprocess(cls_probs, seg_probs, bundle.postprocess)
         return class_areas(masks), [encode_stack(m) for m in masks]
 

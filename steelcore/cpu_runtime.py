@@ -1,14 +1,15 @@
 """The CPU runtime of the served networks: OpenVINO running the exported ONNX networks.
 
-The networks are exported as ``training.triton_export.FramesToProbs`` (uint8 frames [B, H, W] in,
-sigmoid probabilities out), so a compiled network is a drop-in for the TorchScript one: the same
-input, the same output. This module imports numpy and openvino only (no torch): Triton's python
-backend stubs load it without the 400-550 MB that torch costs each of them.
+The networks are exported as ``training.triton_export.served_module`` wraps them (uint8 frames [B,
+H, W] in; sigmoid probabilities out, the segmenter's as uint8 codes round(255 p)), so a compiled
+network is a drop-in for the TorchScript one: the same input, the same output. This module imports
+numpy and openvino only (no torch): Triton's python backend stubs load it without the 400-550 MB
+that torch costs each of them.
 
 Precision: ``"auto"`` leaves OpenVINO's CPU default, bf16 where the CPU computes it natively
-(AVX512-BF16 or AMX) and f32 elsewhere; ``"f32"`` forces full precision (results equal eager
-torch to about 1e-6). ``steel bench model`` and ``steel eval --runtime openvino`` measure what
-each choice costs and gains on the machine at hand.
+(AVX512-BF16 or AMX) and f32 elsewhere; ``"f32"`` forces full precision (results equal eager torch
+to about 1e-6, the segmenter's codes within one code). ``steel bench model`` and ``steel eval
+--runtime openvino`` measure what each choice costs and gains on the machine at hand.
 
 Threads: OpenVINO's thread pinning is switched off, because several stub processes with one
 thread each would otherwise all pin to the first cores.
@@ -25,7 +26,8 @@ PRECISIONS: tuple[str, ...] = ("auto", "f32", "bf16")
 
 
 class OpenVINONetwork:
-    """One compiled network; ``net(frames)`` returns float32 probabilities as a new numpy array.
+    """One compiled network; ``net(frames)`` returns its output as a new numpy array, in the
+    network's own type (classifier: float32 probabilities; segmenter: uint8 probability codes).
 
     Not thread-safe (one infer request); give each thread its own instance.
     """
@@ -60,4 +62,4 @@ class OpenVINONetwork:
         frames = np.ascontiguousarray(frames, dtype=np.uint8)
         output = self.request.infer({0: frames}, share_inputs=True, share_outputs=True)[0]
         # share_outputs hands out the request's own buffer, which the next call overwrites.
-        return np.array(output, dtype=np.float32, copy=True)
+        return np.array(output, copy=True)

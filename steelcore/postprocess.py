@@ -11,6 +11,10 @@ Order of operations, per class c:
 4. overlaps (on by default): Severstal and NEU masks never overlap, so a pixel claimed by
    several classes keeps only the class with the highest segmenter probability. This runs last
    so that steps 1-3 stay per-class (what `steel tune` optimises class by class).
+
+Segmenter maps come as float probabilities in [0, 1] (``predict_probs``) or as uint8 codes
+round(255 p), which the served segmenter answers (a quarter of the bytes); a code c stands for
+c / 255, and both give the same masks for the same probabilities up to that rounding.
 """
 
 from __future__ import annotations
@@ -22,6 +26,28 @@ import numpy as np
 
 if TYPE_CHECKING:  # model_bundle imports torch; Triton's postprocess model must not.
     from training.model_bundle import PostprocessParams
+
+# Full scale of the uint8 probability codes the served segmenter answers: code = round(255 p).
+PROBABILITY_CODES = 255
+
+
+def probabilities(seg_probs: np.ndarray) -> np.ndarray:
+    """float32 probabilities from float probabilities or uint8 codes (see the module doc)."""
+    seg_probs = np.asarray(seg_probs)
+    if seg_probs.dtype == np.uint8:
+        return seg_probs.astype(np.float32) / np.float32(PROBABILITY_CODES)
+    return seg_probs.astype(np.float32, copy=False)
+
+
+def _pixel_thresholds(params: PostprocessParams, dtype: np.dtype) -> np.ndarray:
+    thresholds = np.asarray(params.pixel_threshold, dtype=np.float32).reshape(1, -1, 1, 1)
+    if dtype == np.uint8:
+        # The lowest code whose probability (as ``probabilities`` computes it, in float32) meets
+        # the threshold: codes then give exactly the masks of their float probabilities, also for
+        # thresholds tuned on such probabilities (k / 255 in float32 is not k / 255).
+        scale = probabilities(np.arange(PROBABILITY_CODES + 1, dtype=np.uint8))
+        return np.searchsorted(scale, thresholds, side="left")
+    return thresholds
 
 
 def _validate(cls_probs: np.ndarray | None, seg_probs: np.ndarray, params: PostprocessParams) -> None:
@@ -52,7 +78,8 @@ def resolve_overlaps(masks: np.ndarray, seg_probs: np.ndarray) -> np.ndarray:
     overlap = masks.sum(axis=1) > 1
     if not overlap.any():
         return masks
-    winner = np.where(masks, seg_probs, -np.inf).argmax(axis=1)
+    # -1 is below every probability and every code.
+    winner = np.where(masks, seg_probs.astype(np.float32, copy=False), -1.0).argmax(axis=1)
     classes = np.arange(masks.shape[1]).reshape(1, -1, 1, 1)
     return masks & ((classes == winner[:, None]) | ~overlap[:, None])
 
@@ -64,14 +91,14 @@ def apply_postprocess(
     *,
     overlaps: bool = True,
 ) -> np.ndarray:
-    """Masks uint8 0/1 [B, C, H, W] from seg_probs float [B, C, H, W] and optional cls_probs [B, C].
+    """Masks uint8 0/1 [B, C, H, W] from seg_probs [B, C, H, W] (float probabilities or uint8
+    codes) and optional cls_probs [B, C].
 
     ``overlaps=False`` leaves pixels claimed by several classes as they are.
     """
     seg_probs = np.asarray(seg_probs)
     _validate(cls_probs, seg_probs, params)
-    thresholds = np.asarray(params.pixel_threshold, dtype=np.float32).reshape(1, -1, 1, 1)
-    masks = seg_probs >= thresholds
+    masks = seg_probs >= _pixel_thresholds(params, seg_probs.dtype)
     if cls_probs is not None:
         open_gate = np.asarray(cls_probs) >= np.asarray(params.gate_threshold, dtype=np.float32)
         masks &= open_gate[:, :, None, None]

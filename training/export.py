@@ -68,6 +68,9 @@ def write_onnx(
     with torch.no_grad(), warnings.catch_warnings():
         # The legacy exporter warns that it is legacy; that choice is made and explained above.
         warnings.simplefilter("ignore", DeprecationWarning)
+        # An export freezes the frame size (the repository's dims are fixed): branches on sizes,
+        # such as ResUNet.probabilities leaving out a crop that keeps everything, are meant to freeze.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module,
             (example,),

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, TypeVar
 import cv2
 import numpy as np
 
+from steelcore.postprocess import PROBABILITY_CODES, probabilities
+
 if TYPE_CHECKING:
     from training.model_bundle import ModelBundle
 
@@ -28,7 +30,10 @@ def _model_device(module: object) -> object:
 def predict_probs(bundle: ModelBundle, frames: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     """(cls_probs float32 [B, C] or None, seg_probs float32 [B, C, H, W]) for frames uint8 [B, H, W].
 
-    Sigmoid outputs: the classes are independent labels (a frame may hold several defects).
+    Sigmoid outputs: the classes are independent labels (a frame may hold several defects). The
+    segmenter's are rounded to the uint8 codes Triton's segmenter answers (code / 255, see
+    ``steelcore.postprocess``), so evaluation, tuning and `steel predict` see what serving sees and
+    their masks equal the served ones exactly.
     """
     import torch
 
@@ -45,7 +50,7 @@ def predict_probs(bundle: ModelBundle, frames: np.ndarray) -> tuple[np.ndarray |
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
         x = x.unsqueeze(1).float().div_(255.0)
-        seg = torch.sigmoid(bundle.segmenter(x)).float().cpu().numpy()
+        seg = probabilities(bundle.segmenter.probabilities(x, PROBABILITY_CODES).cpu().numpy())
         cls = None
         if bundle.classifier is not None:
             cls = torch.sigmoid(bundle.classifier(x)).float().cpu().numpy()

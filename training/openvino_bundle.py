@@ -1,11 +1,11 @@
 """A model bundle's networks on the CPU runtime (OpenVINO), for `steel eval`, `steel predict` and benches.
 
 ``openvino_pair(bundle)`` exports the bundle's classifier and segmenter to ONNX the way the Triton
-repository does (``training.triton_export.export_onnx_network``: uint8 frames in, probabilities
-out) and compiles them with ``steelcore.cpu_runtime.OpenVINONetwork``. ``attach_runtime`` hangs
-the pair on the bundle, and ``training.inference.predict_probs`` then runs it instead of eager
-torch, so every consumer of ``predict_probs`` (evaluation, prediction) can be checked on the
-runtime that serves.
+repository does (``training.triton_export.export_onnx_network``: uint8 frames in, probabilities out,
+the segmenter's as uint8 codes) and compiles them with ``steelcore.cpu_runtime.OpenVINONetwork``.
+``attach_runtime`` hangs the pair on the bundle, and ``training.inference.predict_probs`` then runs
+it instead of eager torch, so every consumer of ``predict_probs`` (evaluation, prediction) can be
+checked on the runtime that serves.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from steelcore.postprocess import probabilities
 
 if TYPE_CHECKING:
     from steelcore.cpu_runtime import OpenVINONetwork
@@ -41,10 +43,16 @@ class OpenVINOPair:
     def precision(self) -> str:
         return self.segmenter.precision
 
-    def __call__(self, frames: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    def served(self, frames: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(classifier probabilities, segmenter uint8 codes) as Triton's networks answer them."""
         seg = self.segmenter(frames)
         cls = self.classifier(frames) if self.classifier is not None else None
         return cls, seg
+
+    def __call__(self, frames: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """As ``predict_probs`` answers: float32 probabilities (the codes / 255)."""
+        cls, seg = self.served(frames)
+        return cls, probabilities(seg)
 
 
 def export_onnx_networks(bundle: ModelBundle, out_dir: Path) -> dict[str, Path]:

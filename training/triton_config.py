@@ -132,10 +132,11 @@ def _result_outputs(config: pb.ModelConfig, num_classes: int) -> None:
 
 
 def network_config(name: str, num_classes: int, fmt: Format, kind: Kind, layout: ServingLayout) -> str:
-    output_name, dims = (
-        ("CLS_PROBS", (num_classes,))
+    # The segmenter answers uint8 probability codes (training.triton_export.FramesToProbCodes).
+    output_name, dtype, dims = (
+        ("CLS_PROBS", pb.TYPE_FP32, (num_classes,))
         if name == CLASSIFIER
-        else ("SEG_PROBS", (num_classes, FRAME_HEIGHT, FRAME_WIDTH))
+        else ("SEG_PROBS", pb.TYPE_UINT8, (num_classes, FRAME_HEIGHT, FRAME_WIDTH))
     )
     instance_kind = "KIND_GPU" if kind == "gpu" else "KIND_CPU"
     if fmt in PYTHON_NETWORK_FORMATS:
@@ -143,7 +144,7 @@ def network_config(name: str, num_classes: int, fmt: Format, kind: Kind, layout:
     else:
         config = _model(name, layout.max_batch_size, platform="onnxruntime_onnx")
     _frames_input(config)
-    config.output.add(**_tensor(output_name, pb.TYPE_FP32, dims))
+    config.output.add(**_tensor(output_name, dtype, dims))
     _schedule(config, layout, layout.network_instances, instance_kind, layout.network_queue_delay_us)
     if fmt == "torchscript":
         _parameters(
@@ -176,7 +177,7 @@ def postprocess_config(num_classes: int, has_classifier: bool, layout: ServingLa
     config = _model(POSTPROCESS, layout.max_batch_size, backend="python")
     # Optional so that a bundle without a classifier serves the same ensemble interface.
     config.input.add(**_tensor("CLS_PROBS", pb.TYPE_FP32, (num_classes,), optional=not has_classifier))
-    config.input.add(**_tensor("SEG_PROBS", pb.TYPE_FP32, (num_classes, FRAME_HEIGHT, FRAME_WIDTH)))
+    config.input.add(**_tensor("SEG_PROBS", pb.TYPE_UINT8, (num_classes, FRAME_HEIGHT, FRAME_WIDTH)))
     _result_outputs(config, num_classes)
     _schedule(config, layout, layout.postprocess_instances, "KIND_CPU", layout.postprocess_queue_delay_us)
     return config_text(config)

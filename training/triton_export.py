@@ -23,7 +23,8 @@ them in and rewrites ``version_policy``). ``postprocess`` and ``steel_cascade`` 
 ``MODEL_VERSION`` through; steel_cascade version V calls the other models at version V. A fresh
 export holds version 1 only. The networks are exported wrapped in :class:`FramesToProbs`, which does what
 ``training.inference.predict_probs`` does around them (uint8 -> [0, 1] float, sigmoid), so
-served probabilities equal in-process ones. The bundle's ``postprocess.json`` is copied into the
+served probabilities equal in-process ones; the segmenter in :class:`FramesToProbCodes`, whose
+uint8 codes (round(255 p)) are within 0.5/255 of them. The bundle's ``postprocess.json`` is copied into the
 version folders of ``postprocess`` and ``steel_cascade``: thresholds live in the bundle only.
 
 The ``model.py`` files are the committed ones in ``steelcore.paths.TRITON_REPOSITORY`` (the
@@ -46,9 +47,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from steelcore.paths import TRITON_REPOSITORY
+from steelcore.postprocess import PROBABILITY_CODES
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
 from steelcore.triton.model_names import MODELS
 from training.export import script_module, write_onnx
+from training.networks.resunet import ResUNet
 from training.triton_config import (
     CASCADE,
     CLASSIFIER,
@@ -92,17 +95,43 @@ class FramesToProbs(torch.nn.Module):
         return torch.sigmoid(self.net(x)).float()
 
 
+class FramesToProbCodes(torch.nn.Module):
+    """uint8 frames [B, H, W] -> the segmenter's probabilities as uint8 codes, round(255 p).
+
+    A quarter of the bytes of float32 maps (1.6 instead of 6.5 MB per frame) for the runtime to
+    write and Triton to copy to ``postprocess``, which thresholds codes directly
+    (``steelcore.postprocess``); a code is within 0.5/255 of the probability. Sigmoid and rounding
+    come before the pixel shuffle (``ResUNet.probabilities``), where the runtime fuses them.
+    """
+
+    def __init__(self, net: ResUNet) -> None:
+        super().__init__()
+        self.net = net
+        self.codes = int(PROBABILITY_CODES)  # an attribute: TorchScript reads no module globals
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.unsqueeze(1).float().div(255.0)
+        return self.net.probabilities(x, self.codes)
+
+
+def served_module(network: torch.nn.Module) -> torch.nn.Module:
+    """The network as Triton serves it: a segmenter answers probability codes, a classifier probabilities."""
+    if isinstance(network, ResUNet):
+        return FramesToProbCodes(network)
+    return FramesToProbs(network)
+
+
 def export_torchscript_network(network: torch.nn.Module, path: Path) -> Path:
-    """Script ``network`` wrapped in FramesToProbs and save it (CPU weights) to ``path``."""
-    scripted = script_module(FramesToProbs(network).cpu().eval())
+    """Script ``network`` as ``served_module`` wraps it and save it (CPU weights) to ``path``."""
+    scripted = script_module(served_module(network).cpu().eval())
     path.parent.mkdir(parents=True, exist_ok=True)
     scripted.save(str(path))
     return path
 
 
 def export_onnx_network(network: torch.nn.Module, path: Path, input_name: str, output_name: str) -> Path:
-    """Export ``network`` wrapped in FramesToProbs to ONNX with a dynamic batch dimension."""
-    module = FramesToProbs(network).cpu().eval()
+    """Export ``network`` as ``served_module`` wraps it to ONNX with a dynamic batch dimension."""
+    module = served_module(network).cpu().eval()
     example = torch.zeros((1, FRAME_HEIGHT, FRAME_WIDTH), dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     axes = {input_name: {0: "batch"}, output_name: {0: "batch"}}

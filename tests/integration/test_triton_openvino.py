@@ -76,7 +76,10 @@ def test_openvino_ensemble_equals_the_in_process_runtime(
     assert masks.any(), "test setup: the masks should not all be empty"
     expected_rles = [[r for r in encode_stack(m)] for m in masks]
     _, torch_seg = predict_probs(load_bundle(bundle_path), frames)
-    np.testing.assert_allclose(seg, torch_seg, rtol=0, atol=1e-5)  # the runtime itself, at f32
+    # The runtime itself, at f32: the same uint8 codes as eager torch, give or take a code where
+    # float rounding tips a probability near a half code.
+    np.testing.assert_allclose(seg, torch_seg, rtol=0, atol=1 / 255 + 1e-6)
+    assert np.mean(seg == torch_seg) > 0.999
 
     for model in MODELS:
         with TritonEnsembleClient(server.grpc_url, "grpc", model, timeout_s=120) as client:

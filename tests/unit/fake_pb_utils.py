@@ -153,7 +153,7 @@ def run_cascade_with_gpu_networks(model_dir: Path, classifier: str = "classifier
     SERVED.clear()
     SERVED[classifier] = lambda inputs: {"CLS_PROBS": cls[: inputs["FRAMES"].shape[0]]}
     SERVED["segmenter"] = lambda inputs: {
-        "SEG_PROBS": np.zeros((inputs["FRAMES"].shape[0], n_classes, 4, 4), np.float32)
+        "SEG_PROBS": np.zeros((inputs["FRAMES"].shape[0], n_classes, 4, 4), np.uint8)
     }
     SERVED["postprocess"] = lambda inputs: {
         "PROBS": inputs["CLS_PROBS"],

@@ -13,6 +13,7 @@ import pytest
 import torch
 from random_bundle import save_random_bundle
 
+from steelcore.postprocess import probabilities
 from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH
 from training import triton_export
 from training.inference import predict_probs
@@ -89,7 +90,11 @@ def test_onnxruntime_equals_torch(repo: Path, bundle_path: Path, batch: int) -> 
         sess = session(repo / name / "1" / triton_export.ONNX_FILE)
         (served,) = sess.run(None, {"FRAMES": frames})  # type: ignore[attr-defined]
         assert served.shape == reference.shape
-        np.testing.assert_allclose(served, reference, rtol=0, atol=1e-5)
+        # The segmenter answers uint8 codes round(255 p), as predict_probs rounds them: float
+        # rounding may tip a probability near a half code into the next one.
+        assert served.dtype == (np.float32 if name == "classifier" else np.uint8)
+        atol = 1e-5 if name == "classifier" else 1 / 255 + 1e-6
+        np.testing.assert_allclose(probabilities(served), reference, rtol=0, atol=atol)
 
 
 def test_python_models_of_the_gpu_repository_take_bls_outputs_in_cpu_memory(repo: Path) -> None:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from steelcore.postprocess import apply_postprocess, class_areas, remove_small_components
+from steelcore.postprocess import apply_postprocess, class_areas, probabilities, remove_small_components
 from training.model_bundle import PostprocessParams
 
 
@@ -70,6 +70,28 @@ def test_shape_mismatches_are_named() -> None:
         apply_postprocess(np.zeros((1, 3)), seg, _params([0, 0], [0.5, 0.5], [0, 0]))
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         apply_postprocess(None, seg[0], _params([0, 0], [0.5, 0.5], [0, 0]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_uint8_codes_give_the_masks_of_the_probabilities_they_stand_for(seed: int) -> None:
+    """The served segmenter answers round(255 p): masks on codes equal masks on codes / 255,
+    thresholds that fall exactly on a code included, overlaps resolved the same way."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 256, (2, 4, 24, 40), dtype=np.uint8)
+    codes[:, :, :8] = 153  # exactly at 0.6 = 153 / 255, for every class
+    codes[:, 2, 8:10] = 3
+    cls = rng.random((2, 4)).astype(np.float32)
+    cls[0, 2] = 0.9  # frame 0 passes class 3's gate
+    # 3 / 255 as float32 lies above 3 / 255: thresholds tuned on probabilities are such values.
+    params = _params([0.3, 0.0, 0.5, 0.2], [0.5, 0.6, float(np.float32(3 / 255)), 153 / 255], [0, 5, 20, 0])
+    as_float = probabilities(codes)
+    assert as_float.dtype == np.float32 and as_float.max() <= 1.0
+    np.testing.assert_array_equal(probabilities(np.array([0, 51, 255], np.uint8)), np.float32([0, 0.2, 1]))
+    for overlaps in (True, False):
+        on_codes = apply_postprocess(cls, codes, params, overlaps=overlaps)
+        np.testing.assert_array_equal(on_codes, apply_postprocess(cls, as_float, params, overlaps=overlaps))
+    assert on_codes[:, 1, :8].all()  # code 153 meets the 0.6 threshold (class 2 has no gate)
+    assert (on_codes[0, 2, 8:10] == 1).all()  # code 3 meets float32(3 / 255)
 
 
 def test_module_does_not_import_torch() -> None:

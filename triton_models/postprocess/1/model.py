@@ -1,8 +1,8 @@
 """Triton python-backend model: classifier gating, pixel thresholds, minimum areas, RLE per class.
 
 Inputs CLS_PROBS [B, C] (optional: a bundle without a classifier has no gate) and SEG_PROBS
-[B, C, H, W]; outputs PROBS [B, C] FP32, PIXEL_COUNTS [B, C] INT64, RLE [B, C] strings and
-MODEL_VERSION [B, 1] INT32: this model's own version, the number of the bundle whose thresholds
+[B, C, H, W] UINT8 (probability codes, round(255 p)); outputs PROBS [B, C] FP32, PIXEL_COUNTS
+[B, C] INT64, RLE [B, C] strings and MODEL_VERSION [B, 1] INT32: this model's own version, the number of the bundle whose thresholds
 judged the frame (issue 16). Read from the answer, it is exact even while production switches.
 The thresholds come from ``postprocess.json`` beside this file, copied from the model bundle by
 ``training/triton_export.py``; nothing here is tuned by hand.
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from steelcore.postprocess import apply_postprocess, class_areas
+from steelcore.postprocess import apply_postprocess, class_areas, probabilities
 from steelcore.rle import encode_stack
 
 
@@ -53,7 +53,7 @@ class TritonPythonModel:
     def _run(self, cls_probs, seg_probs):
         masks = apply_postprocess(cls_probs, seg_probs, self.params)
         # Without a classifier the probability of a class is its most confident pixel.
-        probs = cls_probs if cls_probs is not None else seg_probs.max(axis=(2, 3))
+        probs = cls_probs if cls_probs is not None else probabilities(seg_probs.max(axis=(2, 3)))
         rles = np.array([[r.encode() for r in encode_stack(frame)] for frame in masks], dtype=np.object_)
         return probs.astype(np.float32, copy=False), class_areas(masks), rles
 
