@@ -28,10 +28,15 @@ class Child:
         self.env = dict(env) if env is not None else None
         self.proc: subprocess.Popen[bytes] | None = None
         self._terminating = False
+        # Where this run's output starts: the log file keeps earlier runs' (appended), and a line of
+        # theirs must never be taken for this child's ("assigned" of a previous demo's worker let
+        # the cameras start seconds before the workers had joined).
+        self._log_offset = 0
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            self._log_offset = log.tell()
             log.write(f"$ {' '.join(self.command)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
@@ -52,8 +57,11 @@ class Child:
         return None if self.proc is None else self.proc.poll()
 
     def log_text(self) -> str:
+        """This run's output (since ``start``), not that of earlier runs in the same file."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_offset)
+                return log.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 

@@ -176,3 +176,17 @@ def test_the_actuator_journal_counts_this_runs_acts_and_their_latency(tmp_path: 
         fh.write(act("L1", T0, 0.5, "a2")[20:] + "\n")
     summary._read_journal()
     assert summary._acks == 2 and summary._act_latencies == pytest.approx([250.0, 500.0])
+
+
+def test_a_child_is_judged_by_its_own_run_of_the_log_only(tmp_path: Path) -> None:
+    """Logs are appended run after run: an earlier run's "assigned" must not count as this one's."""
+    from stack.demo_children import Child, wait_for_log
+
+    log = tmp_path / "worker-1.log"
+    log.write_text("$ steel work\n2026-01-01 INFO steel.worker: assigned steel.frames[0]\n")
+    child = Child("worker-1", ["--help"], tmp_path)  # prints usage and exits, never "assigned"
+    child.start()
+    assert child.wait(60) == 0
+    assert wait_for_log([child], "assigned", timeout_s=5) == [child]
+    assert wait_for_log([child], "usage: steel", timeout_s=5) == []
+    assert "steel.frames[0]" not in child.log_text() and "steel.frames[0]" in log.read_text()
