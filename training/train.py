@@ -79,6 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "frames pasted in (real texture and real defects), DRAWS per real frame and epoch (default 0: off)",
     )
     parser.add_argument(
+        "--pseudo-label",
+        metavar="DIR[:FACTOR]",
+        help="--cv with --teacher: also train on the unlabelled frames in DIR, labelled by the teacher "
+        "(fold k's by the teacher's fold-k pair, which never saw fold k), FACTOR draws each per epoch "
+        "(default 1)",
+    )
+    parser.add_argument(
+        "--teacher",
+        metavar="BUNDLE",
+        help="--pseudo-label: a `steel train all --cv` bundle over the same --cv frames, --folds and --seed",
+    )
+    parser.add_argument(
         "--init",
         help="start from these weights: a run folder of the same task or a model bundle (name or path)",
     )
@@ -184,6 +196,8 @@ def train_all(args: argparse.Namespace) -> Path:
         from training.train_cv import train_all_cv
 
         return train_all_cv(args)
+    if getattr(args, "pseudo_label", None) or getattr(args, "teacher", None):
+        raise ValueError("--pseudo-label and --teacher need --cv: the teacher's folds keep the labels honest")
     bundle = Path(args.out)
     runs = bundle / "runs"
     tasks = ["segmenter"] if args.no_classifier else ["classifier", "segmenter"]

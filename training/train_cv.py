@@ -40,7 +40,7 @@ def _cv_part(specs: list[Any], cv: str) -> int:
     raise ValueError(f"--cv {cv} must be one of the --data folders ({', '.join(str(s) for s in specs)})")
 
 
-def _bundle_of(
+def bundle_of(
     run_dirs: dict[str, Path], class_ids: list[int], class_names: dict[int, str], device: str
 ) -> Any:
     from training.model_bundle import ModelBundle, PostprocessParams
@@ -81,6 +81,26 @@ def _train_pair(
     return run_dirs
 
 
+def _pseudo_label_spec(args: argparse.Namespace) -> Any:
+    """--pseudo-label DIR[:FACTOR] as a DataSpec (None without it); ValueError without --teacher."""
+    from training.mixed_data import DataSpec
+
+    given, teacher = getattr(args, "pseudo_label", None), getattr(args, "teacher", None)
+    if not given:
+        if teacher:
+            raise ValueError("--teacher is for --pseudo-label")
+        return None
+    if not teacher:
+        raise ValueError("--pseudo-label needs --teacher (a cross-validated bundle)")
+    return DataSpec.parse(given)
+
+
+def _with_part(train: Any, part: Any, factor: float) -> Any:
+    from training.mixed_data import MixedDataset
+
+    return MixedDataset([*train.parts, part], [*train.factors, factor], train.split)
+
+
 def _ordered(pieces: list[tuple[list[int], Any]], total: int) -> Any:
     """One cache in the cross-validated dataset's frame order from per-fold caches."""
     from training.probability_cache import merge_caches, subset_cache
@@ -112,6 +132,12 @@ def train_all_cv(args: argparse.Namespace) -> Path:
     plans, assignment = plan_folds(mixed, cv_index, args.folds, seed, on_real, pasted)
     target = mixed.parts[cv_index]
     class_ids, class_names = list(mixed.class_ids), dict(mixed.class_names)
+    pseudo = _pseudo_label_spec(args)
+    if pseudo is not None:
+        from training.pseudo_labels import check_teacher_folds
+
+        check_teacher_folds(Path(args.teacher), target.image_ids, assignment)
+        frame_shape = target.read_image(target.image_ids[0]).shape
     tasks = ["segmenter"] if args.no_classifier else ["classifier", "segmenter"]
     bundle_dir = Path(args.out)
     runs = bundle_dir / "runs"
@@ -130,9 +156,16 @@ def train_all_cv(args: argparse.Namespace) -> Path:
             target.root,
             len(plan.heldout),
         )
-        run_dirs = _train_pair(args, tasks, runs / f"fold-{plan.fold}", (plan.train, plan.heldout))
+        train = plan.train
+        if pseudo is not None:
+            from training.pseudo_labels import fold_teacher, label_frames
+
+            teacher = fold_teacher(Path(args.teacher), plan.fold, class_ids, class_names, device)
+            labelled = label_frames(teacher, Path(pseudo.path), frame_shape, progress)
+            train = _with_part(train, labelled, pseudo.factor)
+        run_dirs = _train_pair(args, tasks, runs / f"fold-{plan.fold}", (train, plan.heldout))
         fold_runs.append(run_dirs)
-        bundle = _bundle_of(run_dirs, class_ids, class_names, device)
+        bundle = bundle_of(run_dirs, class_ids, class_names, device)
         pieces["base"].append(
             (plan.heldout_indices, collect_probabilities(bundle, plan.heldout, progress=progress, factor=1))
         )
@@ -161,6 +194,13 @@ def train_all_cv(args: argparse.Namespace) -> Path:
 
     log.info("final training on all %d frames of %s and the other datasets", len(target), target.root)
     full = with_variants(MixedDataset(mixed.parts, mixed.factors, "train"), cv_index, on_real, pasted, seed)
+    if pseudo is not None:
+        from training.model_bundle import load_bundle
+        from training.pseudo_labels import label_frames
+
+        teacher = load_bundle(args.teacher, device=device)
+        labelled = label_frames(teacher, Path(pseudo.path), frame_shape, progress)
+        full = _with_part(full, labelled, pseudo.factor)
     final_runs = _train_pair(args, tasks, runs / "final", (full, target.subset([])))
     net = {task: init_weights(str(final_runs[task]), task) for task in tasks}
     post = scores["postprocessed"]
@@ -286,6 +326,8 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
         "folds",
         "synthetic_on_real",
         "real_paste",
+        "pseudo_label",
+        "teacher",
     )
     recipe = {k: getattr(args, k, None) for k in keys}
     recipe["crop"] = list(args.crop) if getattr(args, "crop", None) else None
