@@ -27,5 +27,15 @@ class LoadFailed(LifecycleError):
     """Triton did not load the new configuration; the previous one serves again."""
 
 
-class TritonUnreachable(LifecycleError):
+class ServiceUnreachable(LifecycleError):
+    """A service the command needs did not answer; nothing was changed."""
+
     exit_code = exit_codes.UNAVAILABLE
+
+
+class TritonUnreachable(ServiceUnreachable):
+    pass
+
+
+class DatabaseUnreachable(ServiceUnreachable):
+    """The model registry's database (Postgres) did not answer."""

@@ -198,7 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _lifecycle() -> Any:
     from stack import model_lifecycle
-    from stack.lifecycle_errors import LifecycleError, TritonUnreachable
+    from stack.lifecycle_errors import DatabaseUnreachable, LifecycleError, TritonUnreachable
     from steelcore import service_urls
     from steelcore.postgres.engine import create_db_engine
     from steelcore.postgres.migrate import upgrade
@@ -216,7 +216,7 @@ def _lifecycle() -> Any:
         upgrade(url)  # the registry tables come with revision 0005
         engine = create_db_engine(url)
     except Exception as exc:
-        raise TritonUnreachable(f"the database cannot be reached: {exc}") from exc
+        raise DatabaseUnreachable(f"the database cannot be reached: {exc}") from exc
     try:
         triton_url = service_urls.triton_url(settings)
     except Exception as exc:

@@ -6,7 +6,15 @@ import pytest
 
 from dashboard.auth import AuthConfigError
 from stack.demo_scene import SceneFailed, SceneInterrupted
-from stack.lifecycle_errors import BadCandidate, LifecycleError, LoadFailed, Refused, TritonUnreachable
+from stack.lifecycle_errors import (
+    BadCandidate,
+    DatabaseUnreachable,
+    LifecycleError,
+    LoadFailed,
+    Refused,
+    ServiceUnreachable,
+    TritonUnreachable,
+)
 from stack.service_errors import AddressInUseError, ServiceError, ServiceStartError
 from stack.triton_errors import EmbeddedTritonUnavailableError, TritonError
 from steelcore.errors import ExternalServiceError, SteelError
@@ -33,6 +41,8 @@ PROJECT_ERRORS = [
     Refused,
     LoadFailed,
     TritonUnreachable,
+    DatabaseUnreachable,
+    ServiceUnreachable,
     ServiceError,
     ServiceStartError,
     AddressInUseError,
@@ -73,3 +83,12 @@ def test_external_service_errors_are_the_ones_steel_work_reports_unavailable() -
     assert not issubclass(Outage, ExternalServiceError)
     # One "no Triton to talk to": the embedded launcher's verdict is the client's TritonUnavailableError.
     assert issubclass(EmbeddedTritonUnavailableError, TritonUnavailableError)
+
+
+def test_lifecycle_commands_name_the_service_that_did_not_answer() -> None:
+    from steelcore import exit_codes
+
+    for unreachable in (TritonUnreachable, DatabaseUnreachable):
+        assert issubclass(unreachable, ServiceUnreachable)
+        assert unreachable("x").exit_code == exit_codes.UNAVAILABLE
+    assert not issubclass(DatabaseUnreachable, TritonUnreachable)
