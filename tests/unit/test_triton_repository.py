@@ -152,6 +152,14 @@ def torch_thread_budget(configs: dict[str, object]) -> int:
     return total
 
 
+def check_openvino_threads(configs: dict[str, object]) -> None:
+    """One instance per OpenVINO network, each with at most a thread per core: their pools do not
+    pin and the classifier is short, so the two networks share the cores (ServingLayout)."""
+    for name in TORCH_MODELS:
+        assert torch_thread_budget({name: configs[name]}) <= CPU_CORES, name
+        assert sum(g.count for g in configs[name].instance_group) == 1, name  # type: ignore[attr-defined]
+
+
 def test_instances_times_threads_fit_the_cores(configs: dict[str, object]) -> None:
     # The ensemble runs classifier and segmenter side by side, so their budgets add up.
     assert torch_thread_budget(configs) <= CPU_CORES
@@ -259,7 +267,7 @@ def test_committed_repository_is_complete_and_consistent() -> None:
             "triton_models/ has no configs yet: run `steel export --model default --repo triton_models`"
         )
     check_ensemble_wiring(configs, "steel_ensemble")
-    assert torch_thread_budget(configs) <= CPU_CORES
+    check_openvino_threads(configs)
     # The shipped CPU repository runs the networks on OpenVINO (issue 14): ONNX files, no TorchScript.
     manifest = json.loads((TRITON_REPOSITORY / triton_export.MANIFEST).read_text())
     assert manifest["format"] == "openvino" and manifest["kind"] == "cpu"
@@ -279,11 +287,7 @@ def test_openvino_repository_configs(openvino_repo: Path) -> None:
     configs = load_configs(openvino_repo)
     assert set(configs) == set(triton_export.MODELS)
     check_ensemble_wiring(configs, "steel_ensemble")
-    # One instance per network, each with at most a thread per core: OpenVINO's pools do not pin
-    # and the classifier is short, so the two networks share the cores (ServingLayout).
-    for name in TORCH_MODELS:
-        assert torch_thread_budget({name: configs[name]}) <= CPU_CORES, name
-        assert sum(g.count for g in configs[name].instance_group) == 1, name  # type: ignore[attr-defined]
+    check_openvino_threads(configs)
     for name in TORCH_MODELS:
         config = configs[name]
         assert config.backend == "python"  # type: ignore[attr-defined]
