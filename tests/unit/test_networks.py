@@ -197,3 +197,18 @@ def test_resizing_to_half_resolution_cannot_resolve_them() -> None:
     config = {**preset("small", "segmenter"), "input_scale": 0.5, "space_to_depth": 1}
     dice = _fit_fine_scratches(config)
     assert dice < 0.85, f"Dice {dice:.3f}"
+
+
+@pytest.mark.parametrize("shape", [(256, 1600), (200, 200), (65, 161)])
+def test_half_scale_input_is_the_bilinear_resize_it_replaces(shape: tuple[int, int]) -> None:
+    """InputAdapter at input_scale 0.5 pools 2x2 blocks: the values bilinear resizing gives, odd sizes too."""
+    from training.networks.blocks import InputAdapter
+
+    adapter = InputAdapter(1, mean=0.4, std=0.2, input_scale=0.5, space_to_depth=1)
+    x = torch.rand(2, 1, *shape)
+    got, height, width = adapter(x)
+    expected = F.interpolate(
+        (x - 0.4) / 0.2, scale_factor=0.5, mode="bilinear", align_corners=False, recompute_scale_factor=False
+    )
+    assert (height, width) == tuple(expected.shape[-2:])
+    torch.testing.assert_close(got[..., :height, :width], expected, rtol=0, atol=1e-5)
