@@ -9,6 +9,7 @@ import pytest
 
 from steelcore import exit_codes
 from steelcore.cli import main
+from steelcore.postprocess import PROBABILITY_CODES
 from training.networks import build_model, preset
 
 
@@ -81,7 +82,8 @@ def test_bench_model_compares_the_cpu_runtime_with_eager_torch(
     assert rows["torch"]["speedup_vs_torch_b8"] == pytest.approx(1.0)
     f32 = rows["openvino-f32"]
     assert f32["precision"] == "f32" and f32["target_speedup"] == 2.5
-    assert f32["max_abs_diff_seg_probs"] < 1e-5  # same outputs as eager torch
+    # Eager torch's float32 maps, less only the rounding to the uint8 codes the runtime answers.
+    assert f32["max_abs_diff_seg_probs"] < 0.5 / PROBABILITY_CODES + 1e-5
     for b in (1, 8):
         assert f32[f"ms_per_frame_b{b}"] > 0 and f32[f"speedup_vs_torch_b{b}"] > 0
     assert "CPU runtime vs eager torch" in capsys.readouterr().out
