@@ -42,6 +42,11 @@ EMBEDDED_FETCH_WAIT_MAX_MS = 10
 CONSUMER_PREFETCH_MESSAGES = 16
 CONSUMER_PREFETCH_KBYTES = 16 * 1024
 CONSUMER_FETCH_MAX_BYTES = 4 * 1024 * 1024
+# Once a partition's queue reaches those bounds, librdkafka postpones its next fetch by
+# fetch.queue.backoff.ms, 1000 ms by default: with bounds this low a worker emptied the queue in
+# a third of that and then waited (a backlog drained at half the ensemble's speed, in bursts of a
+# second). Checking again after a short wait keeps the queue fed; the bounds stay as they are.
+CONSUMER_FETCH_QUEUE_BACKOFF_MS = 20
 
 SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.keystore.password"})
 _SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
@@ -94,6 +99,7 @@ def consumer_config(
             "queued.min.messages": CONSUMER_PREFETCH_MESSAGES,
             "queued.max.messages.kbytes": CONSUMER_PREFETCH_KBYTES,
             "fetch.max.bytes": CONSUMER_FETCH_MAX_BYTES,
+            "fetch.queue.backoff.ms": CONSUMER_FETCH_QUEUE_BACKOFF_MS,
         }
     )
     if is_embedded("kafka", settings):
