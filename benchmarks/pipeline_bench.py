@@ -12,7 +12,8 @@ serving settings.triton_repository) and, for each worker count W:
    entry time - captured_at; the workers' alarm rule is set to fire on every detection so that
    every defective frame is measured) p50/p99;
 3. the ensemble alone: ``steel bench triton``'s closed loop, batches of the worker batch size at
-   concurrency W, on the same frames, same server;
+   concurrency W and 2W (a worker inferring ahead keeps two requests in flight), the faster of
+   the two as the reference, same server;
 4. per-stage time per frame (decode, infer, store, alarm, commit) from the workers' own
    ``steel_worker_stage_seconds`` histograms, and Kafka wait (received_at - captured_at).
 
@@ -45,12 +46,30 @@ WAIT_S = 900.0  # CPU inference on a shared machine
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
-    parser.add_argument("--frames", type=int, default=48, help="backlog frames per case (default 48)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=240,
+        help="backlog frames per case (default 240: many fetches, so the consumer's refetching counts)",
+    )
     parser.add_argument("--steady-s", type=float, default=45.0, help="steady-rate publishing per case, s")
     parser.add_argument(
         "--steady-fraction", type=float, default=0.7, help="steady rate as a share of the backlog throughput"
     )
+    parser.add_argument(
+        "--steady-fps",
+        type=float,
+        default=None,
+        help="steady rate in frames/s, all cameras together (default: --steady-fraction of each case's "
+        "backlog throughput); one rate for every case compares their latency at the same load",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="worker batch size (default 8)")
+    parser.add_argument(
+        "--compare-infer-ahead",
+        action="store_true",
+        help="run each worker count a second time with `steel work --no-infer-ahead` (one batch at a "
+        "time), side by side in the same run",
+    )
     report.add_output_arguments(parser, "pipeline")
 
 
@@ -67,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must list positive worker counts, got {args.workers!r}")
     if args.frames < 2 * args.batch_size or args.steady_s <= 0 or not 0 < args.steady_fraction <= 1:
         raise ValueError("need --frames >= 2 x --batch-size, --steady-s > 0 and 0 < --steady-fraction <= 1")
+    if args.steady_fps is not None and not args.steady_fps > 0:
+        raise ValueError(f"--steady-fps must be positive, got {args.steady_fps}")
 
     with tempfile.TemporaryDirectory(prefix="steel-bench-pipeline-") as tmp:
         ports = {
@@ -101,11 +122,14 @@ def run(args: argparse.Namespace) -> int:
             engine = create_db_engine(postgres_url(settings))
             results = []
             for workers in counts:
-                print(f"case: {workers} worker(s)", flush=True)
-                row = pipeline_case(workers, args, env, settings, engine)
-                row.update(ensemble_alone(settings, workers, args))
-                row["pipeline_vs_ensemble"] = row["backlog_frames_per_s"] / row["ensemble_frames_per_s"]
-                results.append(row)
+                alone: dict[str, Any] = {}
+                for ahead in (True, False) if args.compare_infer_ahead else (True,):
+                    print(f"case: {workers} worker(s), infer ahead {'on' if ahead else 'off'}", flush=True)
+                    row = pipeline_case(workers, args, env, settings, engine, infer_ahead=ahead)
+                    alone = alone or ensemble_alone(settings, workers, args)
+                    row.update(alone)
+                    row["pipeline_vs_ensemble"] = row["backlog_frames_per_s"] / row["ensemble_frames_per_s"]
+                    results.append(row)
             engine.dispose()
         finally:
             stack.down()
@@ -120,9 +144,15 @@ def run(args: argparse.Namespace) -> int:
 
 # --- the pipeline ------------------------------------------------------------------------------------
 def pipeline_case(
-    workers: int, args: argparse.Namespace, env: Mapping[str, str], settings: Any, engine: Any
+    workers: int,
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    settings: Any,
+    engine: Any,
+    *,
+    infer_ahead: bool = True,
 ) -> dict[str, Any]:
-    tag = f"w{workers}-{uuid.uuid4().hex[:6]}"
+    tag = f"w{workers}{'' if infer_ahead else 'n'}-{uuid.uuid4().hex[:6]}"
     case_env = {
         **env,
         "STEEL_FRAMES_TOPIC": f"bench.{tag}.frames",
@@ -135,14 +165,16 @@ def pipeline_case(
         "STEEL_ALARM_MIN_PROBABILITY": "[0, 0, 0, 0]",
         "STEEL_ALARM_MIN_AREA_PX": "[1, 1, 1, 1]",
     }
-    backlog_line, steady_line = f"B{workers}", f"S{workers}"
+    backlog_line, steady_line = (f"{kind}{workers}{'' if infer_ahead else 'n'}" for kind in "BS")
     half = args.frames // 2
     _steel(case_env, "produce", "--line", backlog_line, "--camera", "c1", "--camera", "c2", "--burst",
            "--frames", str(half))  # fmt: skip
     ports = [_free_port() for _ in range(workers)]
+    work = [*STEEL, "work", "--batch-size", str(args.batch_size)]
+    work += [] if infer_ahead else ["--no-infer-ahead"]
     procs = [
         subprocess.Popen(
-            [*STEEL, "work", "--metrics-port", str(p), "--batch-size", str(args.batch_size)],
+            [*work, "--metrics-port", str(p)],
             env=case_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -153,7 +185,7 @@ def pipeline_case(
         _wait_stored(engine, backlog_line, 2 * half, procs)
         backlog = backlog_throughput(engine, backlog_line)
         print(f"  backlog: {backlog:.2f} frames/s", flush=True)
-        rate = args.steady_fraction * backlog
+        rate = args.steady_fps or args.steady_fraction * backlog
         per_camera = round(args.steady_s * rate / 2)
         began = time.monotonic()
         _steel(case_env, "produce", "--line", steady_line, "--camera", "c1", "--camera", "c2", "--fps",
@@ -176,6 +208,7 @@ def pipeline_case(
     print(f"  steady: offered {rate:.2f} frames/s, camera->stored {stored} ms")
     return {
         "workers": workers,
+        "infer_ahead": infer_ahead,
         "backlog_frames": 2 * half,
         "backlog_frames_per_s": backlog,
         "steady_offered_frames_per_s": rate,
@@ -243,32 +276,40 @@ def scrape_stages(urls: Sequence[str]) -> dict[str, dict[str, float]]:
 
 
 # --- the ensemble alone ------------------------------------------------------------------------------
-def ensemble_alone(settings: Any, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
-    """``steel bench triton``'s closed loop on the stack's Triton: worker-sized batches, W callers."""
+def ensemble_alone(settings: Any, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``steel bench triton``'s closed loop on the stack's Triton: worker-sized batches from W callers
+    and from 2W (a worker inferring ahead has two requests in flight); the faster is the reference."""
     from benchmarks.closed_loop import batches_of, closed_loop, synthetic_frames
     from steelcore.service_urls import triton_url
     from steelcore.triton.ensemble_client import TritonEnsembleClient
 
     frames, _clean = synthetic_frames(0, 16)
     batches = batches_of(frames, args.batch_size, args.frames)
-    with TritonEnsembleClient(
-        triton_url(settings),
-        settings.triton_protocol,
-        settings.triton_model,
-        timeout_s=300,
-        max_in_flight=concurrency,
-    ) as client:
-        client.infer(batches[0])  # warm-up
-        measured = closed_loop(client.infer, batches, concurrency)
-    print(
-        f"  ensemble alone: {measured['frames_per_s']:.2f} frames/s (batch {args.batch_size} x{concurrency})"
-    )
+    by_concurrency: dict[int, dict[str, Any]] = {}
+    for concurrency in (workers, 2 * workers):
+        with TritonEnsembleClient(
+            triton_url(settings),
+            settings.triton_protocol,
+            settings.triton_model,
+            timeout_s=300,
+            max_in_flight=concurrency,
+        ) as client:
+            client.infer(batches[0])  # warm-up
+            measured = by_concurrency[concurrency] = closed_loop(client.infer, batches, concurrency)
+        print(
+            f"  ensemble alone: {measured['frames_per_s']:.2f} frames/s "
+            f"(batch {args.batch_size} x{concurrency})"
+        )
+    best = max(by_concurrency, key=lambda c: by_concurrency[c]["frames_per_s"])
     return {
-        "ensemble_frames_per_s": measured["frames_per_s"],
-        "ensemble_p50_ms": measured["p50_ms"],
-        "ensemble_p99_ms": measured["p99_ms"],
+        "ensemble_frames_per_s": by_concurrency[best]["frames_per_s"],
+        "ensemble_p50_ms": by_concurrency[best]["p50_ms"],
+        "ensemble_p99_ms": by_concurrency[best]["p99_ms"],
         "ensemble_batch": args.batch_size,
-        "ensemble_concurrency": concurrency,
+        "ensemble_concurrency": best,
+        "ensemble_frames_per_s_by_concurrency": {
+            str(c): m["frames_per_s"] for c, m in by_concurrency.items()
+        },
     }
 
 

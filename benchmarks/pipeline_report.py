@@ -16,7 +16,7 @@ def print_results(results: Sequence[dict[str, Any]]) -> None:
     for r in results:
         rows.append(
             [
-                r["workers"],
+                case_label(r),
                 r["backlog_frames_per_s"],
                 r["ensemble_frames_per_s"],
                 r["pipeline_vs_ensemble"],
@@ -27,16 +27,21 @@ def print_results(results: Sequence[dict[str, Any]]) -> None:
             ]
         )
     report.print_table(
-        ["workers", "pipeline f/s", "ensemble f/s", "ratio", "steady offered", "steady achieved",
+        ["case", "pipeline f/s", "ensemble f/s", "ratio", "steady offered", "steady achieved",
          "camera->stored p50/p99 ms", "camera->alarm p50/p99 ms"],
         rows,
         title="pipeline (backlog) vs Triton ensemble alone, same server, same run",
     )  # fmt: skip
     report.print_table(
-        ["workers", *STAGES],
-        [[r["workers"], *(r["stage_ms_per_frame"].get(s, float("nan")) for s in STAGES)] for r in results],
+        ["case", *STAGES],
+        [[case_label(r), *(r["stage_ms_per_frame"].get(s, float("nan")) for s in STAGES)] for r in results],
         title="worker stage time, ms per frame (from the workers' metrics)",
     )
+
+
+def case_label(r: Mapping[str, Any]) -> str:
+    """'1 worker(s)', with ', one batch at a time' for a case run with --no-infer-ahead."""
+    return f"{r['workers']} worker(s)" + ("" if r.get("infer_ahead", True) else ", one batch at a time")
 
 
 def latency_pair(d: Mapping[str, Any]) -> str:
@@ -44,7 +49,7 @@ def latency_pair(d: Mapping[str, Any]) -> str:
 
 
 def plot_results(results: Sequence[dict[str, Any]], path: Path) -> None:
-    labels = [f"{r['workers']} worker(s)" for r in results]
+    labels = [case_label(r) for r in results]
     report.save_bar_chart(
         path.with_suffix(".png"),
         "Pipeline vs Triton ensemble alone",

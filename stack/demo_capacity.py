@@ -92,7 +92,8 @@ def bench_capacity(path: Path, workers: int, repository: Path) -> Capacity | Non
     try:
         data = json.loads(path.read_text())
         machine, config = data["machine"], data["config"]
-        rows = [r for r in data["results"] if int(r["workers"]) == workers]
+        # The demo's workers infer ahead (the default); a --compare-infer-ahead run also holds rows without.
+        rows = [r for r in data["results"] if int(r["workers"]) == workers and r.get("infer_ahead", True)]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if machine.get("hostname") != platform.node() or machine.get("cpu_count") != os.cpu_count():

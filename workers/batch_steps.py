@@ -111,20 +111,7 @@ class BatchSteps:
 
     def _advance(self, batch: Batch) -> None:
         """Run the steps not done yet; raises Outage from the first that meets an unreachable service."""
-        if batch.records is None:
-            if batch.valid:
-                result, infer_s = self._step("infer", TritonClientError, self._infer, batch.valid)
-                records, alarms, bad = build_records(
-                    batch.valid, result, self.rule, received_at=batch.received_at, infer_s=infer_s,
-                    model_name=self.settings.model_name, model_version=self.model_version,
-                    labels=self._labels(result),
-                )  # fmt: skip
-                batch.rejects.extend(bad)
-                refused = {id(r.message) for r in bad}
-                batch.sources = [f.message for f in batch.valid if id(f.message) not in refused]
-                batch.records, batch.alarms = records, alarms
-            else:
-                batch.records = []
+        self._await_inference(batch)
         if batch.dead_letters_pending is None:
             batch.dead_letters_pending = list(batch.rejects)
         self._dead_letter(batch)
@@ -146,6 +133,24 @@ class BatchSteps:
         if not batch.committed:
             self._step("commit", is_kafka_step_outage, self._commit, batch)
             batch.committed = True
+
+    def _await_inference(self, batch: Batch) -> None:
+        """Step 2: the batch's records and alarms from Triton's answer (once)."""
+        if batch.records is not None:
+            return
+        if not batch.valid:
+            batch.records = []
+            return
+        result, infer_s = self._step("infer", TritonClientError, self._infer, batch)
+        records, alarms, bad = build_records(
+            batch.valid, result, self.rule, received_at=batch.received_at, infer_s=infer_s,
+            model_name=self.settings.model_name, model_version=self.model_version,
+            labels=self._labels(result),
+        )  # fmt: skip
+        batch.rejects.extend(bad)
+        refused = {id(r.message) for r in bad}
+        batch.sources = [f.message for f in batch.valid if id(f.message) not in refused]
+        batch.records, batch.alarms = records, alarms
 
     def _labels(self, result: EnsembleResult) -> list[tuple[str, str]] | None:
         """(model_name, model_version) per frame from the version each answer says judged it: exact
@@ -240,11 +245,28 @@ class BatchSteps:
         self.metrics.observe_stage(stage, time.perf_counter() - started)
         return out
 
-    def _infer(self, frames: Sequence[ValidFrame]) -> tuple[EnsembleResult, float]:
+    def _request(self, batch: Batch) -> None:
+        """Ask Triton for the batch's answer now; its infer step collects it. A request that cannot
+        even be sent is left to the infer step, which sends it again and meets the error there."""
         assert self.inference is not None
-        started = time.perf_counter()
-        result = self.inference.infer_async(np.stack([f.pixels for f in frames])).result()
-        return result, time.perf_counter() - started
+        if not batch.valid:
+            return
+        batch.requested_at = time.perf_counter()
+        try:
+            batch.inference = self.inference.infer_async(_pixels(batch.valid))
+        except Exception as exc:
+            log.debug("inference request not sent now (the infer step sends it again): %s", exc)
+
+    def _infer(self, batch: Batch) -> tuple[EnsembleResult, float]:
+        """Triton's answer for the batch, and the seconds from its request to the answer (for a
+        batch taken ahead, that includes its wait behind the one before in Triton's queue)."""
+        assert self.inference is not None
+        future, batch.inference = batch.inference, None  # an answer is used once: a retry asks again
+        if future is None:
+            batch.requested_at = time.perf_counter()
+            future = self.inference.infer_async(_pixels(batch.valid))
+        result = future.result()
+        return result, time.perf_counter() - batch.requested_at
 
     def _commit(self, batch: Batch) -> None:
         assert self.consumer is not None
@@ -285,6 +307,10 @@ class BatchSteps:
         current = self.consumer.committed([TopicPartition(t, p) for t, p in offsets], timeout=10)
         committed = {(tp.topic, tp.partition): tp.offset for tp in current}
         return {k: v for k, v in offsets.items() if v > committed.get(k, -1)}
+
+
+def _pixels(frames: Sequence[ValidFrame]) -> np.ndarray:
+    return np.stack([f.pixels for f in frames])
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ import logging
 import struct
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -236,3 +237,7 @@ class Batch:
     alarm_entries: list[str] | None = None
     alarms_marked_published: bool = False
     committed: bool = False
+    # Triton's answer, requested before the batch's turn (WorkerConfig.infer_ahead); taken by the
+    # infer step, which asks again after an outage. requested_at: perf_counter of that request.
+    inference: Future[EnsembleResult] | None = None
+    requested_at: float = 0.0

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest wait to fill a batch (default %(default)s)",
     )
     parser.add_argument(
+        "--no-infer-ahead",
+        action="store_true",
+        help="send a batch to Triton only after the one before is committed (default: the next batch "
+        "is sent while this one is stored, so Triton is not idle between batches)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=get_settings().worker_metrics_port,
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         config = WorkerConfig(
             batch_size=args.batch_size,
             batch_wait_s=args.batch_wait_ms / 1000.0,
+            infer_ahead=not args.no_infer_ahead,
             metrics_port=args.metrics_port,
             backoff_max_s=args.max_backoff_s,
             backoff_initial_s=min(WorkerConfig().backoff_initial_s, args.max_backoff_s),

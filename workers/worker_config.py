@@ -13,6 +13,9 @@ class WorkerConfig:
     # size of each batch up to it, from the backlog and settings.latency_target_s.
     batch_size: int = 8
     batch_wait_s: float = 0.2  # how long consume() waits for a first frame before the loop goes round
+    # Once Triton answered a batch, take the next one (the frames waiting) and send it before
+    # storing this one, so Triton infers it while this batch is stored (workers.worker_loop).
+    infer_ahead: bool = True
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
     shutdown_grace_s: float = 30.0  # after a stop request, how long an outage may still delay exit

@@ -11,6 +11,16 @@ one batch), workers.worker_load (batch timing, overload, metrics of each batch),
 workers.worker_readiness (/readyz checks) and workers.worker_wiring (building the parts from
 settings in setup, closing them in teardown). This module holds its life, its loop and outages.
 
+Inference ahead (WorkerConfig.infer_ahead): the frames waiting are taken as the next batch,
+decoded and sent to Triton before the batch in hand is stored, alarmed and committed, so Triton
+infers the next batch meanwhile instead of waiting for it. When the worker is catching up (frames
+wait by the batchful, workers.batch_policy) the next batch is sent as soon as the one in hand is,
+so Triton always has one queued; otherwise once Triton has answered the one in hand, so that the
+next batch holds the frames that arrived during a whole inference rather than the one or two there
+at its start (small batches cost more per frame and let a steady load fall behind). Batches are
+still finished and committed one after the other, in offset order, so a worker that dies leaves
+both uncommitted and they are redelivered (the idempotent write absorbs the repeat).
+
 Outages (Triton, Postgres, Redis or Kafka unreachable): the batch stays in hand, the assignment is
 paused, and the failed step is retried with capped exponential backoff while the consumer keeps
 being served, so the group membership survives; consumption resumes once the batch is through.
@@ -104,6 +114,7 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
         self._paused = False
         # Fetched while paused, with the log epoch they were read in; handled before consuming more.
         self._carry: list[tuple[int, Any]] = []
+        self._ahead: Batch | None = None  # the next batch, already sent to Triton (infer_ahead)
         self._rebalances = 0
         self._stop_deadline: float | None = None
         self._redis: Any = None
@@ -145,7 +156,8 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
         """setup, batches until stop_event, teardown (also after an error)."""
         try:
             self.setup()
-            while not self.stop_event.is_set():
+            # A batch taken ahead is finished on stop too: its answer is on the way.
+            while not self.stop_event.is_set() or self._ahead is not None:
                 self.run_once()
         finally:
             self.teardown()
@@ -157,36 +169,69 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
         self.probes.beat()
         if self.roles is not None:
             self.roles.poll()
-        janitor = self.janitor if self.rotation_s > 0 else None
-        if janitor is not None and janitor.floor != self._floor and not self._carry:
+        if self._resubscribe_due() and not self._carry and self._ahead is None:
             self._subscribe()  # drained buckets leave the assignment (rebalance) before deletion
         if self._incarnation is not None and (self._unreset or time.monotonic() >= self._next_broker_check):
             self._check_broker(quiet=True)
+        batch, self._ahead = self._ahead, None
+        if batch is None:
+            batch = self._take(self.config.batch_wait_s)
+        if batch is not None:
+            self.metrics.batch_frames.observe(len(batch.messages))
+            started, self._held = time.monotonic(), False
+            self._process(batch)
+            self._judge_load(batch, time.monotonic() - started)
+        self._maybe_log()
+        return len(batch.messages) if batch is not None else 0
+
+    def _resubscribe_due(self) -> bool:
+        janitor = self.janitor if self.rotation_s > 0 else None
+        return janitor is not None and janitor.floor != self._floor
+
+    def _take(self, wait_s: float, *, ahead: bool = False) -> Batch | None:
+        """The next batch, decoded and sent to Triton: the messages kept while held first (one
+        batch never mixes messages of two logs), else a fetch waiting up to wait_s."""
         if self._carry:
-            epoch = self._carry[0][0]  # one batch never mixes messages of two logs
+            epoch = self._carry[0][0]
             taken = list(itertools.takewhile(lambda c: c[0] == epoch, self._carry[: self.config.batch_size]))
             self._carry = self._carry[len(taken) :]
             usable = [message for _, message in taken]
         else:
             epoch = self._log_epoch
-            usable = self._fetch()
-        if usable:
-            batch = Batch(usable, datetime.now(UTC), self._rebalances, log_epoch=epoch)
-            self.metrics.batch_frames.observe(len(usable))
-            started, self._held = time.monotonic(), False
-            self._process(batch)
-            self._judge_load(batch, time.monotonic() - started)
-        self._maybe_log()
-        return len(usable)
+            usable = self._fetch(wait_s, ahead=ahead)
+        if not usable:
+            return None
+        batch = Batch(usable, datetime.now(UTC), self._rebalances, log_epoch=epoch)
+        self._decode(batch)
+        self._request(batch)
+        return batch
 
-    def _fetch(self) -> list[Any]:
-        """Wait up to batch_wait_s for a frame, then take the frames already waiting, as many as the
+    def _take_ahead(self) -> None:
+        """Take the frames waiting as the next batch and send it to Triton now, so that it is
+        inferred while the batch in hand is stored. Not while held or stopping, not before the
+        messages kept while held (they come first), not before a pending resubscription."""
+        if not self.config.infer_ahead or self._ahead is not None or self._paused or self._carry:
+            return
+        if self.stop_event.is_set() or self._resubscribe_due():
+            return
+        self._ahead = self._take(0.0, ahead=True)
+
+    def _catching_up(self, batch: Batch) -> bool:
+        """The batch's oldest frame is late enough that the batch policy takes the largest batches."""
+        if not batch.valid:
+            return False
+        oldest = min(f.header.captured_at for f in batch.valid)
+        return self.batching.catching_up((datetime.now(UTC) - oldest).total_seconds())
+
+    def _fetch(self, wait_s: float, *, ahead: bool = False) -> list[Any]:
+        """Wait up to wait_s for a frame, then take the frames already waiting, as many as the
         batch policy allows for the first one's lag (workers.batch_policy)."""
         assert self.consumer is not None
-        fetched = self.consumer.consume(num_messages=1, timeout=self.config.batch_wait_s)
+        fetched = self.consumer.consume(num_messages=1, timeout=wait_s)
         usable = [m for m in fetched if not self._is_error(m)]
         if not usable:
-            if not fetched and self.overload.idle(time.monotonic()):
+            # A look ahead that finds nothing says nothing of idleness: a batch is in hand.
+            if not fetched and not ahead and self.overload.idle(time.monotonic()):
                 self.metrics.overloaded.set(0)  # nothing waits: whatever the lag was, it is gone
                 log.warning("load back within what this worker serves: nothing waiting")
             return usable
@@ -198,10 +243,13 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
         return usable
 
     def _process(self, batch: Batch) -> None:
-        self._decode(batch)
         self._backoff.reset()
+        if self._catching_up(batch):
+            self._take_ahead()  # frames wait by the batchful: Triton gets the next one at once
         while True:
             try:
+                self._await_inference(batch)
+                self._take_ahead()
                 self._advance(batch)
                 break
             except Outage as outage:

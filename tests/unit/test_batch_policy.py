@@ -9,9 +9,10 @@ import time
 from typing import Any
 
 import pytest
-from worker_fakes import FAST, FakeMessage, frame_value, make_worker
+from worker_fakes import AHEAD, FAST, FakeMessage, frame_value, make_worker
 
 from workers.batch_policy import BatchPolicy, OverloadDetector
+from workers.worker_config import WorkerConfig
 
 
 def policy(frame_s: float = 0.1, target_s: float = 0.5, max_batch: int = 8) -> BatchPolicy:
@@ -138,8 +139,12 @@ def test_the_worker_takes_few_fresh_frames_and_many_late_ones() -> None:
     assert worker.metrics.value("steel_worker_latency_target_seconds") == 0.5
 
 
-def test_the_worker_reports_an_overload_loudly_and_clears_it(caplog: pytest.LogCaptureFixture) -> None:
-    worker, _journal, parts = make_worker([])
+@pytest.mark.parametrize("config", [FAST, AHEAD], ids=["one-batch", "infer-ahead"])
+def test_the_worker_reports_an_overload_loudly_and_clears_it(
+    config: WorkerConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Inference ahead: a look ahead that finds nothing is not idleness (a batch is in hand).
+    worker, _journal, parts = make_worker([], config=config)
     worker.overload.hold_s = 0.05
     worker.overload.idle_s = 0.05
     consumer = parts["consumer"]

@@ -49,7 +49,12 @@ def test_an_unknown_capacity_falls_back_to_the_settings(capacity: Capacity | Non
 def write_bench(path: Path, repository: Path, **machine: Any) -> None:
     info = {"hostname": platform.node(), "cpu_count": os.cpu_count(), "timestamp": "2026-12-04T19:00:00"}
     info.update(machine)
-    rows = [{"workers": 1, "backlog_frames_per_s": 11.0}, {"workers": 2, "backlog_frames_per_s": 12.5}]
+    rows = [
+        {"workers": 1, "backlog_frames_per_s": 11.0},
+        {"workers": 2, "infer_ahead": True, "backlog_frames_per_s": 12.5},
+        # --compare-infer-ahead: the same count without, which the demo's workers do not run
+        {"workers": 2, "infer_ahead": False, "backlog_frames_per_s": 10.5},
+    ]
     config = {"triton_repository": str(repository)}
     path.write_text(json.dumps({"benchmark": "pipeline", "machine": info, "config": config, "results": rows}))
 

@@ -48,7 +48,11 @@ def test_a_backlog_stored_in_one_batch_cannot_be_timed() -> None:
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--workers", "0"], "positive worker counts"), (["--frames", "4"], "--frames >= 2 x --batch-size")],
+    [
+        (["--workers", "0"], "positive worker counts"),
+        (["--frames", "4"], "--frames >= 2 x --batch-size"),
+        (["--steady-fps", "0"], "--steady-fps must be positive"),
+    ],
 )
 def test_bad_options_are_refused_before_anything_starts(argv: list[str], message: str) -> None:
     parser = argparse.ArgumentParser()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -66,7 +67,14 @@ class FakeMessage:
         return self._error
 
 
-def frame_value(seq: int, pixels: np.ndarray | None = None, width: int = 1600, height: int = 256) -> bytes:
+def frame_value(
+    seq: int,
+    pixels: np.ndarray | None = None,
+    width: int = 1600,
+    height: int = 256,
+    captured_at: datetime | None = None,
+) -> bytes:
+    """A frame message; captured at T0 + seq seconds (long ago: late) unless captured_at says."""
     pixels = np.zeros((height, width), np.uint8) if pixels is None else pixels
     header = FrameHeader(
         frame_id=f"L1-cam-1-{seq:08d}",
@@ -74,7 +82,7 @@ def frame_value(seq: int, pixels: np.ndarray | None = None, width: int = 1600, h
         camera_id="cam",
         coil_id="K1",
         position_m=float(seq),
-        captured_at=T0 + timedelta(seconds=seq),
+        captured_at=captured_at or T0 + timedelta(seconds=seq),
         encoding="png",
         width=width,
         height=height,
@@ -235,9 +243,13 @@ class FakeDeadLetters:
         pass
 
 
+# One batch per run_once (no inference ahead), so that a test can say which batch a step belongs to;
+# tests/unit/test_infer_ahead.py drives the worker's default, AHEAD.
 FAST = WorkerConfig(
-    batch_size=8, batch_wait_s=0, backoff_initial_s=0.001, backoff_max_s=0.004, shutdown_grace_s=0
-)
+    batch_size=8, batch_wait_s=0, backoff_initial_s=0.001, backoff_max_s=0.004, shutdown_grace_s=0,
+    infer_ahead=False,
+)  # fmt: skip
+AHEAD = replace(FAST, infer_ahead=True)
 
 
 def make_worker(
