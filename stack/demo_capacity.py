@@ -10,6 +10,13 @@ What the machine serves comes from, in this order:
    frames back to back by as many callers as there are workers (the pipeline runs at the speed of
    the ensemble: docs/demo.md).
 
+Either figure is of the pipeline alone, but the demo's cameras render and encode their synthetic
+frames on the same cores. Their time per frame is measured at start and taken off, one for one
+(:func:`with_cameras`): with Triton's OpenVINO threads on every core, a camera's work stalls
+inference about one for one. Measured (docs/demo.md): the pipeline alone served 45 frames/s, the
+cameras took 15 ms per frame, and the pipeline with its cameras kept up at 24 frames/s but fell
+behind at 29-32; 1 / (1/45 + 0.015) = 26.9.
+
 ``--fps`` overrides the choice; the demo then still says when the load is more than the machine
 serves.
 """
@@ -29,6 +36,7 @@ from typing import Any
 DEFAULT_SHARE = 0.7
 PROBE_S = 4.0
 PROBE_FRAMES = 8  # distinct synthetic frames sent round and round
+CAMERA_SAMPLE_FRAMES = 4  # frames a camera renders and encodes to time it
 MIN_CAMERA_FPS = 0.1
 
 
@@ -105,6 +113,32 @@ def bench_capacity(path: Path, workers: int, repository: Path) -> Capacity | Non
         return None
     when = str(machine.get("timestamp", "?"))[:16].replace("T", " ")
     return Capacity(fps, f"`steel bench pipeline` of {when}, {workers} workers")
+
+
+def camera_seconds(frames: int = CAMERA_SAMPLE_FRAMES) -> float:
+    """Seconds the demo's synthetic camera spends on a frame: render, JPEG and the truth masks' RLE."""
+    from producers.synthetic_camera import SyntheticCamera
+    from steelcore.frame_message import encode_image
+    from steelcore.rle import encode
+
+    camera = SyntheticCamera(seed=0)
+    camera.frame(0)  # its one-off set-up is not a per-frame cost
+    began = time.perf_counter()
+    for index in range(1, frames + 1):
+        frame = camera.frame(index)
+        encode_image(frame.image, "jpeg")
+        for mask in frame.masks:
+            encode(mask)
+    return (time.perf_counter() - began) / frames
+
+
+def with_cameras(capacity: Capacity, camera_s: float) -> Capacity:
+    """What the machine serves when its own cameras also take ``camera_s`` per frame of its time."""
+    if not (math.isfinite(camera_s) and camera_s >= 0):
+        raise ValueError(f"camera seconds per frame must be a finite number >= 0, got {camera_s}")
+    fps = 1.0 / (1.0 / capacity.frames_per_s + camera_s)
+    source = f"{capacity.source}, less the demo cameras' {1000 * camera_s:.0f} ms per frame"
+    return Capacity(fps, source)
 
 
 def probe_capacity(client: Any, frames: Any, concurrency: int, seconds: float = PROBE_S) -> float:

@@ -63,8 +63,15 @@ class DemoStart:
         return self._start_children()
 
     def _choose_load(self) -> Any:
-        """Frames/s per camera: --fps, else 70% of the capacity (stack.demo_capacity)."""
-        from stack.demo_capacity import bench_capacity, choose_offer, measure_capacity
+        """Frames/s per camera: --fps, else 70% of the capacity with the cameras on this machine
+        (stack.demo_capacity)."""
+        from stack.demo_capacity import (
+            bench_capacity,
+            camera_seconds,
+            choose_offer,
+            measure_capacity,
+            with_cameras,
+        )
         from workers.worker_config import WorkerConfig
 
         a, s = self.args, self.settings
@@ -75,6 +82,8 @@ class DemoStart:
                 capacity = measure_capacity(s, a.workers, WorkerConfig().batch_size)
             except Exception as exc:  # the demo still runs, at settings.camera_fps
                 self._say(f"steel demo: capacity probe failed: {type(exc).__name__}: {exc}")
+        if capacity is not None and capacity.frames_per_s > 0:  # not NaN either
+            capacity = with_cameras(capacity, camera_seconds())
         return choose_offer(capacity, a.cameras, a.fps, fallback_fps=s.camera_fps)
 
     def _prepare_services(self) -> None:

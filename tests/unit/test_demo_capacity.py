@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stack.demo_capacity import Capacity, bench_capacity, choose_offer, probe_capacity
+from stack.demo_capacity import (
+    Capacity,
+    bench_capacity,
+    camera_seconds,
+    choose_offer,
+    probe_capacity,
+    with_cameras,
+)
 
 MEASURED = Capacity(20.0, "probe")
 
@@ -23,6 +30,25 @@ def test_the_default_offer_is_seventy_percent_of_the_capacity_over_the_cameras()
     offer = choose_offer(MEASURED, cameras=2, fps=None, fallback_fps=4.0)
     assert offer.chosen and offer.camera_fps == 7.0 and offer.total_fps == 14.0
     assert "serves about 20.0 frames/s (probe)" in offer.note and "2 x 7 frames/s" in offer.note
+
+
+def test_the_cameras_time_is_taken_off_the_pipelines_capacity() -> None:
+    # The measured case of docs/demo.md: 45 frames/s alone, 15 ms per frame for the cameras.
+    served = with_cameras(Capacity(45.0, "bench"), 0.015)
+    assert served.frames_per_s == pytest.approx(1 / (1 / 45 + 0.015)) and 26 < served.frames_per_s < 27
+    assert served.source == "bench, less the demo cameras' 15 ms per frame"
+    assert with_cameras(Capacity(45.0, "bench"), 0.0).frames_per_s == pytest.approx(45.0)
+    offer = choose_offer(served, cameras=2, fps=None, fallback_fps=4.0)
+    assert offer.camera_fps == 9.4  # 70% of 26.9 over two cameras, rounded down
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        with_cameras(Capacity(45.0, "bench"), float("nan"))
+
+
+def test_the_demo_camera_is_timed_on_real_frames() -> None:
+    one, four = camera_seconds(1), camera_seconds(4)
+    # Rendering a 1600x256 frame with its defects, JPEG and four RLE masks: milliseconds, not
+    # nothing (a timing of no work) and not seconds.
+    assert 0.001 < one < 1.0 and 0.001 < four < 1.0
 
 
 def test_the_offer_rounds_down_and_never_reaches_zero() -> None:
