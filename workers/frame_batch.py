@@ -241,3 +241,8 @@ class Batch:
     # infer step, which asks again after an outage. requested_at: perf_counter of that request.
     inference: Future[EnsembleResult] | None = None
     requested_at: float = 0.0
+
+    def oldest_lag_s(self) -> float:
+        """Seconds from the capture of the batch's oldest valid frame to now (it has one)."""
+        oldest = min(f.header.captured_at for f in self.valid)
+        return (datetime.now(UTC) - oldest).total_seconds()

@@ -44,8 +44,7 @@ class WorkerLoad:
             return
         if not self._held:
             self.batching.observe(len(batch.messages), seconds)
-        oldest = min(f.header.captured_at for f in batch.valid)
-        latency = (datetime.now(UTC) - oldest).total_seconds()
+        latency = batch.oldest_lag_s()
         self.metrics.frame_latency.set(latency)
         self._served.append((time.monotonic(), len(batch.valid)))
         was = self.overload.overloaded

@@ -218,10 +218,7 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
 
     def _catching_up(self, batch: Batch) -> bool:
         """The batch's oldest frame is late enough that the batch policy takes the largest batches."""
-        if not batch.valid:
-            return False
-        oldest = min(f.header.captured_at for f in batch.valid)
-        return self.batching.catching_up((datetime.now(UTC) - oldest).total_seconds())
+        return bool(batch.valid) and self.batching.catching_up(batch.oldest_lag_s())
 
     def _fetch(self, wait_s: float, *, ahead: bool = False) -> list[Any]:
         """Wait up to wait_s for a frame, then take the frames already waiting, as many as the
