@@ -1,7 +1,8 @@
 """`steel bench model`'s runtime comparison: one bundle's classifier + segmenter pair on uint8 frames
 in eager torch with float32 maps (the baseline issue 14 set: ``eager_fp32_maps``), against the
 OpenVINO CPU runtime that ``triton_models/`` serves (``training.openvino_bundle``) at f32 and at its
-"auto" precision (bf16 where the CPU computes it natively), timed in the same rounds as the
+"auto" precision (bf16 where the CPU computes it natively) and, when the bundle has them, its int8
+networks (``steel quantize``), timed in the same rounds as the
 networks, with output parity on one frame.
 """
 
@@ -38,12 +39,15 @@ def eager_fp32_maps(bundle: Any, frames: Any) -> tuple[Any, Any]:
 def runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> tuple[list[Case], dict]:
     """Eager torch vs OpenVINO (f32, auto) on one bundle's pair; and the precision each case ran at."""
     from training.model_bundle import load_bundle
-    from training.openvino_bundle import openvino_pair
+    from training.openvino_bundle import INT8, openvino_pair
+    from training.quantize import int8_files
 
     bundle = load_bundle(bundle_name)
     candidates: dict[str, Any] = {"torch": lambda f: eager_fp32_maps(bundle, f)}
     precisions = {"torch": "f32"}
-    for precision in ("f32", "auto"):
+    for precision in ("f32", "auto", INT8):
+        if precision == INT8 and not int8_files(bundle.path):
+            continue  # never quantised (`steel quantize`)
         pair = openvino_pair(bundle, threads, precision)
         if precision == "auto" and pair.precision == precisions.get("openvino-f32"):
             continue  # this CPU has no faster precision: "auto" is f32 again

@@ -37,6 +37,9 @@ COMMANDS: dict[str, Command] = {
     "models": Command(
         "training.zoo", "model bundles and versions; shadow, promote, roll back on the running Triton"
     ),
+    "quantize": Command(
+        "training.quantize", "int8-quantise a model's networks for the CPU runtime (calibrated on frames)"
+    ),
     "export": Command("training.export", "export a model to TorchScript / ONNX or a Triton repository"),
     "triton": Command("stack.triton_cli", "serve the model repository with the embedded Triton server"),
     "up": Command("stack.up_cli", "start the embedded stack (Kafka, Triton, Postgres, Redis)"),

@@ -11,6 +11,9 @@ Precision: ``"auto"`` leaves OpenVINO's CPU default, bf16 where the CPU computes
 to about 1e-6, the segmenter's codes within one code). ``steel bench model`` and ``steel eval
 --runtime openvino`` measure what each choice costs and gains on the machine at hand.
 
+Int8: a network quantised by ``training.quantize`` (OpenVINO IR, ``.xml`` + ``.bin``) loads the
+same way; its quantised operations run in int8 and the rest at the precision above.
+
 Threads: OpenVINO's thread pinning is switched off, because several stub processes with one
 thread each would otherwise all pin to the first cores.
 """
@@ -51,11 +54,15 @@ class OpenVINONetwork:
         if precision != "auto":
             config["INFERENCE_PRECISION_HINT"] = precision
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(model_file)), "CPU", config)
+        model = core.read_model(str(model_file))
+        # An int8 network (training.quantize) carries its quantisers as FakeQuantize operations.
+        quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        # What the CPU plugin chose ("bf16" or "f32"), for reports.
+        # What the CPU plugin chose ("bf16" or "f32") for what is not int8, for reports.
         chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.precision = chosen.to_string() if hasattr(chosen, "to_string") else str(chosen).lower()
+        chosen = chosen.to_string() if hasattr(chosen, "to_string") else str(chosen).lower()
+        self.precision = f"int8+{chosen}" if quantized else chosen
         self.threads = int(threads)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from steelcore import exit_codes
 from training.cli_options import add_network_run_options
 from training.json_files import write_json
+from training.openvino_bundle import PRECISIONS
 
 if TYPE_CHECKING:
     from training.datasets import SteelDataset
@@ -231,9 +232,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("auto", "f32", "bf16"),
+        choices=PRECISIONS,
         default="auto",
-        help="openvino precision (auto: bf16 where the CPU has it natively, else f32)",
+        help="openvino precision (auto: bf16 where the CPU has it natively, else f32; "
+        "int8: the networks `steel quantize` wrote into the bundle)",
     )
 
 

@@ -199,6 +199,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Triton instance kind with --repo (default: the writer's, cpu for torchscript, gpu for onnx)",
     )
+    parser.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="openvino --repo: serve the int8 networks of `steel quantize` (default: when the bundle "
+        "has them for its current weights; --int8 requires them, --no-int8 serves full precision)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     model_name = args.model or get_settings().model_name
     try:
         if args.repo is not None:
-            return _write_repository(model_name, args.repo, args.format, args.kind)
+            return _write_repository(model_name, args.repo, args.format, args.kind, args.int8)
         if args.format not in FORMATS:
             raise ValueError(f"--format {args.format} writes a Triton repository (--repo); --out takes onnx")
         diffs = export_bundle(model_name, args.format, args.out)
@@ -224,15 +231,17 @@ def run(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
-def _write_repository(model_name: str, out_dir: Path, fmt: str, kind: str | None) -> int:
+def _write_repository(model_name: str, out_dir: Path, fmt: str, kind: str | None, int8: bool | None) -> int:
     from training.model_bundle import load_bundle
 
     try:
-        from training.triton_export import write_repository
+        from training.triton_export import MANIFEST, write_repository
     except ImportError as exc:
         print(f"steel export --repo: cannot import training.triton_export (the repository writer): {exc}")
         return exit_codes.FAILURE
     bundle = load_bundle(model_name)
-    write_repository(bundle, out_dir, fmt, kind)
-    print(f"wrote Triton repository for {bundle.name} ({fmt}, {kind or 'default kind'}) to {out_dir}")
+    write_repository(bundle, out_dir, fmt, kind, int8=int8)
+    manifest = json.loads((out_dir / MANIFEST).read_text())
+    served = f"{fmt}, int8 {' + '.join(manifest['int8'])}" if manifest.get("int8") else fmt
+    print(f"wrote Triton repository for {bundle.name} ({served}, {kind or 'default kind'}) to {out_dir}")
     return exit_codes.OK

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from steelcore.cpu_runtime import PRECISIONS as CPU_PRECISIONS
 from steelcore.postprocess import probabilities
 
 if TYPE_CHECKING:
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from training.model_bundle import ModelBundle
 
 RUNTIMES: tuple[str, ...] = ("torch", "openvino")
+INT8 = "int8"
+# OpenVINO's precisions (steelcore.cpu_runtime) and the bundle's int8 networks (training.quantize).
+PRECISIONS: tuple[str, ...] = (*CPU_PRECISIONS, INT8)
 
 
 def default_threads() -> int:
@@ -69,9 +73,19 @@ def export_onnx_networks(bundle: ModelBundle, out_dir: Path) -> dict[str, Path]:
 
 
 def openvino_pair(bundle: ModelBundle, threads: int | None = None, precision: str = "auto") -> OpenVINOPair:
+    """The bundle's networks compiled at ``precision``: one of ``PRECISIONS``; "int8" runs the
+    networks ``steel quantize`` wrote into the bundle (the rest of each network at "auto")."""
     from steelcore.cpu_runtime import OpenVINONetwork
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     threads = threads or default_threads()
+    if precision == INT8:
+        from training.quantize import load_int8_files
+
+        files = load_int8_files(bundle.path)
+        networks = {task: OpenVINONetwork(path, threads, "auto") for task, path in files.items()}
+        return OpenVINOPair(networks.get("classifier"), networks["segmenter"])
     with tempfile.TemporaryDirectory(prefix="steel-openvino-") as work:
         paths = export_onnx_networks(bundle, Path(work))
         # Compiled networks keep their weights in memory: the files may go.

@@ -35,6 +35,9 @@ KINDS: tuple[str, ...] = ("cpu", "gpu")
 VERSION = "1"
 TORCHSCRIPT_FILES = {CLASSIFIER: "classifier.pt", SEGMENTER: "segmenter.pt"}
 ONNX_FILE = "model.onnx"  # the onnxruntime backend's default file name
+# A version folder's int8 network (training.quantize), OpenVINO IR: served instead of ONNX_FILE
+# when present, so versions with and without it share one config.pbtxt (stack.lifecycle_repository).
+INT8_FILE = "model.xml"
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ def network_config(name: str, num_classes: int, fmt: Format, kind: Kind, layout:
             {
                 "runtime": "openvino",
                 "model_file": ONNX_FILE,
+                "int8_file": INT8_FILE,
                 "input_name": "FRAMES",
                 "output_name": output_name,
                 "threads": str(layout.openvino_threads),

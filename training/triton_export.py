@@ -5,7 +5,8 @@ Three variants share one interface (``steel_ensemble`` and ``steel_cascade``: FR
 
 * ``fmt="openvino"`` (the committed ``triton_models/``, served by the embedded server, CPU only):
   the classifier and segmenter are python-backend models running the ONNX networks with
-  OpenVINO (``steelcore.cpu_runtime``), precision "auto" (bf16 where the CPU has it);
+  OpenVINO (``steelcore.cpu_runtime``), precision "auto" (bf16 where the CPU has it), and the
+  bundle's int8 networks (``training.quantize``) beside them when it has them;
 * ``fmt="torchscript"``: the same python-backend models running TorchScript (eager torch's
   exact results), KIND_CPU by default.
 * ``fmt="onnx"`` (the GPU production repository used by deploy/): the networks are
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -59,6 +61,7 @@ from training.triton_config import (
     ENSEMBLE,
     FORMATS,
     GPU_LAYOUT,
+    INT8_FILE,
     KINDS,
     ONNX_FILE,
     POSTPROCESS,
@@ -74,6 +77,8 @@ from training.triton_config import (
     network_config,
     postprocess_config,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from training.model_bundle import ModelBundle
@@ -157,9 +162,16 @@ def _templates(source: Path, has_classifier: bool, fmt: Format) -> dict[str, str
 
 
 def _write_models(
-    loaded: ModelBundle, out: Path, fmt: Format, kind: Kind, layout: ServingLayout, texts: dict[str, str]
+    loaded: ModelBundle,
+    out: Path,
+    fmt: Format,
+    kind: Kind,
+    layout: ServingLayout,
+    texts: dict[str, str],
+    int8: dict[str, Path],
 ) -> None:
-    """Every model folder of the repository into ``out`` (an empty folder)."""
+    """Every model folder of the repository into ``out`` (an empty folder); ``int8``: the bundle's
+    int8 network files to serve, per network."""
     num_classes = loaded.num_classes
     has_classifier = loaded.classifier is not None
     for name in MODELS:
@@ -185,6 +197,11 @@ def _write_models(
         else:  # onnx (the onnxruntime backend) and openvino (the python model) read the same file
             output_name = "CLS_PROBS" if name == CLASSIFIER else "SEG_PROBS"
             export_onnx_network(network, out / name / VERSION / ONNX_FILE, "FRAMES", output_name)
+        if name in int8:
+            # The IR's weights live in the .bin of the same stem, which OpenVINO finds beside it.
+            for suffix in (".xml", ".bin"):
+                target = (out / name / VERSION / INT8_FILE).with_suffix(suffix)
+                shutil.copyfile(int8[name].with_suffix(suffix), target)
 
     params = json.dumps(loaded.postprocess.to_json(), indent=2) + "\n"
     for name in (POSTPROCESS, CASCADE):
@@ -202,10 +219,13 @@ def write_repository(
     *,
     layout: ServingLayout | None = None,
     templates: Path = TRITON_REPOSITORY,
+    int8: bool | None = None,
 ) -> Path:
     """Write the Triton repository of ``bundle`` (a loaded bundle, a name or a path) to ``out_dir``.
 
-    ``kind`` defaults to "cpu" for TorchScript and OpenVINO and "gpu" for ONNX. Only the five model folders of
+    ``kind`` defaults to "cpu" for TorchScript and OpenVINO and "gpu" for ONNX. ``int8`` (OpenVINO
+    only): serve the networks ``steel quantize`` wrote into the bundle; None does so when the bundle
+    has them for its current weights, True requires them. Only the five model folders of
     the repository are replaced; anything else in ``out_dir`` is left alone. Returns ``out_dir``.
     """
     if fmt not in FORMATS:
@@ -225,13 +245,14 @@ def write_repository(
     out = Path(out_dir)
     has_classifier = loaded.classifier is not None
     texts = _templates(Path(templates), has_classifier, fmt)
+    int8_networks = _int8_networks(loaded, fmt, int8)
 
     out.mkdir(parents=True, exist_ok=True)
     # Build next to out_dir, then swap the model folders in: a failed export (a network that does
     # not script, a full disk) leaves the previous repository intact.
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-writing-", dir=out.parent))
     try:
-        _write_models(loaded, staging, fmt, kind, layout, texts)
+        _write_models(loaded, staging, fmt, kind, layout, texts, int8_networks)
         for name in MODELS:
             if (out / name).exists():
                 shutil.rmtree(out / name)
@@ -245,11 +266,28 @@ def write_repository(
         "class_ids": loaded.class_ids,
         "format": fmt,
         "kind": kind,
+        "int8": sorted(int8_networks),
         "models": [n for n in MODELS if (out / n).is_dir()],
         "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _int8_networks(loaded: ModelBundle, fmt: Format, int8: bool | None) -> dict[str, Path]:
+    from training.quantize import StaleQuantization, int8_files, load_int8_files
+
+    if int8 is False or (int8 is None and (fmt != "openvino" or not int8_files(loaded.path))):
+        return {}
+    if fmt != "openvino":
+        raise ValueError("int8 networks are served by the openvino format only")
+    try:
+        return load_int8_files(loaded.path)
+    except StaleQuantization as exc:
+        if int8:
+            raise
+        log.warning("serving full precision: %s", exc)
+        return {}
 
 
 def _display_path(path: Path) -> str:

@@ -4,6 +4,8 @@ The networks run in the python-backend model through steelcore.cpu_runtime; writ
 here, so that served results can be held to the in-process OpenVINO pair (training.openvino_bundle)
 exactly and to eager torch within float rounding. The shipped repository's "auto" precision
 (bf16 where the CPU has it) is measured against torch by `steel eval --runtime openvino`.
+A quantised copy of the bundle (`steel quantize`) is served too: its version folders hold the int8
+networks beside the ONNX files, and the served answers must be the in-process int8 pair's.
 """
 
 from __future__ import annotations
@@ -84,6 +86,46 @@ def test_openvino_ensemble_equals_the_in_process_runtime(
     for model in MODELS:
         with TritonEnsembleClient(server.grpc_url, "grpc", model, timeout_s=120) as client:
             result = client.infer(frames)  # one request, the batch the reference used
+        np.testing.assert_allclose(result.probs, cls, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(result.pixel_counts, class_areas(masks))
+        assert result.rles == expected_rles, model
+
+
+@pytest.fixture(scope="module")
+def int8_bundle_path(tmp_path_factory: pytest.TempPathFactory, bundle_path: Path, frames: np.ndarray) -> Path:
+    import shutil
+
+    pytest.importorskip("nncf")
+    from training.quantize import quantize_bundle
+
+    path = tmp_path_factory.mktemp("bundle-int8") / "random-openvino-int8"
+    shutil.copytree(bundle_path, path)
+    quantize_bundle(load_bundle(path), [], synthetic=4)
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8_server(tmp_path_factory: pytest.TempPathFactory, int8_bundle_path: Path) -> Iterator[TritonServer]:
+    repo = write_repository(int8_bundle_path, tmp_path_factory.mktemp("ov-int8-repo"), "openvino")
+    triton = TritonServer(
+        tmp_path_factory.mktemp("ov-int8-run"), repo, *[free_port() for _ in range(3)], wait_for=MODELS
+    )
+    yield from running(triton, 180, "Triton serving the int8 OpenVINO repository")
+
+
+def test_int8_ensemble_equals_the_in_process_int8_pair(
+    int8_server: TritonServer, frames: np.ndarray, int8_bundle_path: Path
+) -> None:
+    from training.openvino_bundle import attach_runtime
+
+    bundle = attach_runtime(load_bundle(int8_bundle_path), "openvino", threads=1, precision="int8")
+    assert bundle.runtime.precision.startswith("int8+")
+    cls, seg = predict_probs(bundle, frames)
+    masks = apply_postprocess(cls, seg, bundle.postprocess)
+    expected_rles = [[r for r in encode_stack(m)] for m in masks]
+    for model in MODELS:
+        with TritonEnsembleClient(int8_server.grpc_url, "grpc", model, timeout_s=120) as client:
+            result = client.infer(frames)
         np.testing.assert_allclose(result.probs, cls, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(result.pixel_counts, class_areas(masks))
         assert result.rles == expected_rles, model

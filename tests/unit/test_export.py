@@ -96,12 +96,20 @@ def test_cli_repo_delegates_to_the_triton_writer(
     import training.triton_export
 
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(training.triton_export, "write_repository", lambda *args: calls.append(args))
+
+    def write(*args: Any, int8: bool | None) -> None:
+        calls.append((*args, int8))
+        args[1].mkdir(exist_ok=True)
+        (args[1] / training.triton_export.MANIFEST).write_text('{"int8": []}')
+
+    monkeypatch.setattr(training.triton_export, "write_repository", write)
     repo = tmp_path / "repo"
     args = ["export", "--model", str(bundle_path), "--format", "onnx", "--repo", str(repo), "--kind", "cpu"]
     assert main(args) == exit_codes.OK
-    ((bundle, out_dir, fmt, kind),) = calls
+    assert main([*args, "--no-int8"]) == exit_codes.OK
+    (bundle, out_dir, fmt, kind, int8), (*_, no_int8) = calls
     assert (bundle.name, out_dir, fmt, kind) == ("tiny", repo, "onnx", "cpu")
+    assert int8 is None and no_int8 is False  # None: int8 when the bundle has it
 
 
 def test_cli_repo_without_the_writer_fails_clearly(

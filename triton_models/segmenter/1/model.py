@@ -7,7 +7,8 @@ output tensors, and the thread count. Two runtimes:
 
 * ``runtime: openvino`` (the committed CPU repository): ``model.onnx`` compiled by OpenVINO
   through ``steelcore.cpu_runtime`` (precision from the ``precision`` parameter; this stub then
-  imports no torch, about 400 MB less per stub);
+  imports no torch, about 400 MB less per stub), or the version's int8 network (``int8_file``,
+  OpenVINO IR written by ``steel quantize``) where the export put one;
 * ``runtime: torchscript`` (the default when the parameter is absent): a TorchScript file.
 
 Either network takes uint8 frames [B, H, W] and returns sigmoid probabilities, the
@@ -47,7 +48,13 @@ class TritonPythonModel:
         self.output_name = _parameter(config, "output_name")
         output = next(o for o in config["output"] if o["name"] == self.output_name)
         self.output_dtype = pb_utils.triton_string_to_numpy(output["data_type"])
-        model_file = Path(args["model_repository"]) / args["model_version"] / _parameter(config, "model_file")
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        model_file = version_dir / _parameter(config, "model_file")
+        # A version exported with its int8 networks (`steel quantize`) serves those; other versions
+        # of the same model keep the full-precision file.
+        int8_file = _parameter(config, "int8_file", "")
+        if self.runtime == "openvino" and int8_file and (version_dir / int8_file).is_file():
+            model_file = version_dir / int8_file
         if not model_file.is_file():
             raise pb_utils.TritonModelException(
                 f"{model_file} is missing: write the repository with "
