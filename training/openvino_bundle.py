@@ -74,22 +74,25 @@ def export_onnx_networks(bundle: ModelBundle, out_dir: Path) -> dict[str, Path]:
 
 def openvino_pair(bundle: ModelBundle, threads: int | None = None, precision: str = "auto") -> OpenVINOPair:
     """The bundle's networks compiled at ``precision``: one of ``PRECISIONS``; "int8" runs the
-    networks ``steel quantize`` wrote into the bundle (the rest of each network at "auto")."""
+    networks ``steel quantize`` wrote into the bundle, and the others (and what is not quantised
+    inside them) at "auto", as Triton's CPU repository serves them."""
     from steelcore.cpu_runtime import OpenVINONetwork
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     threads = threads or default_threads()
+    int8: dict[str, Path] = {}
     if precision == INT8:
         from training.quantize import load_int8_files
 
-        files = load_int8_files(bundle.path)
-        networks = {task: OpenVINONetwork(path, threads, "auto") for task, path in files.items()}
-        return OpenVINOPair(networks.get("classifier"), networks["segmenter"])
+        int8 = load_int8_files(bundle.path)
+        precision = "auto"  # for what is not int8, as Triton's repository runs it
     with tempfile.TemporaryDirectory(prefix="steel-openvino-") as work:
         paths = export_onnx_networks(bundle, Path(work))
         # Compiled networks keep their weights in memory: the files may go.
-        networks = {task: OpenVINONetwork(path, threads, precision) for task, path in paths.items()}
+        networks = {
+            task: OpenVINONetwork(int8.get(task, path), threads, precision) for task, path in paths.items()
+        }
     return OpenVINOPair(networks.get("classifier"), networks["segmenter"])
 
 

@@ -100,7 +100,8 @@ def int8_bundle_path(tmp_path_factory: pytest.TempPathFactory, bundle_path: Path
 
     path = tmp_path_factory.mktemp("bundle-int8") / "random-openvino-int8"
     shutil.copytree(bundle_path, path)
-    quantize_bundle(load_bundle(path), [], synthetic=4)
+    # Both networks, so that a served full-precision network in place of either shows.
+    quantize_bundle(load_bundle(path), [], synthetic=4, networks=("classifier", "segmenter"))
     return path
 
 

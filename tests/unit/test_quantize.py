@@ -27,6 +27,8 @@ pytest.importorskip("nncf")
 from training import quantize, triton_export  # noqa: E402  (needs nncf's skip first)
 from training.openvino_bundle import openvino_pair  # noqa: E402
 
+NETWORKS = ("classifier", "segmenter")
+
 
 def _random_bundle(path: Path, seed: int = 3) -> Path:
     return save_random_bundle(
@@ -54,7 +56,7 @@ def calibration_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def quantized(tmp_path_factory: pytest.TempPathFactory, calibration_folder: Path) -> Path:
     torch.set_num_threads(1)
     path = _random_bundle(tmp_path_factory.mktemp("bundles") / "random-int8")
-    quantize.quantize_bundle(load_bundle(path), [calibration_folder], synthetic=2)
+    quantize.quantize_bundle(load_bundle(path), [calibration_folder], synthetic=2, networks=NETWORKS)
     return path
 
 
@@ -143,6 +145,16 @@ def test_steel_quantize_command(
     assert main([*args, "--synthetic", "-1"]) == exit_codes.BAD_INPUT
     assert not quantize.int8_files(bundle_path)
 
+    assert main([*args, "--networks", "segmenter,decoder"]) == exit_codes.BAD_INPUT
+    assert not quantize.int8_files(bundle_path)
+
     assert main([*args, "--calibration", str(calibration_folder), "--synthetic", "1"]) == exit_codes.OK
     assert "3 real + 1 synthetic frames, 2 skipped" in capsys.readouterr().out
-    assert set(quantize.load_int8_files(bundle_path)) == {"classifier", "segmenter"}
+    # By default the segmenter only; the classifier keeps full precision.
+    assert set(quantize.load_int8_files(bundle_path)) == {"segmenter"}
+    pair = openvino_pair(load_bundle(bundle_path), 1, "int8")
+    assert pair.segmenter.precision.startswith("int8+")
+    assert pair.classifier is not None and not pair.classifier.precision.startswith("int8")
+    # Quantising again replaces what was there.
+    assert main([*args, "--synthetic", "1", "--networks", "classifier"]) == exit_codes.OK
+    assert set(quantize.load_int8_files(bundle_path)) == {"classifier"}
