@@ -44,16 +44,20 @@ def in_process_call(
 ) -> Callable[[np.ndarray], object]:
     """predict_probs + apply_postprocess + RLE, the work the ensemble does, in this process.
 
-    ``runtime``: "torch" (eager) or "openvino" (training.openvino_bundle, as the openvino repository
-    serves the networks), so the ratio measures serving overhead, not a change of runtime.
+    ``runtime``: "torch" (eager) or "openvino" (training.openvino_bundle, the networks the openvino
+    repository serves: the bundle's int8 ones where it has them), so the ratio measures serving
+    overhead, not a change of runtime.
     """
     from steelcore.postprocess import apply_postprocess, class_areas
     from steelcore.rle import encode_stack
     from training.inference import predict_probs
     from training.model_bundle import load_bundle
-    from training.openvino_bundle import attach_runtime
+    from training.openvino_bundle import attach_runtime, serving_precision
 
-    bundle = attach_runtime(load_bundle(bundle_path), runtime, threads)
+    bundle = load_bundle(bundle_path)
+    bundle = attach_runtime(
+        bundle, runtime, threads, serving_precision(bundle) if runtime != "torch" else "auto"
+    )
 
     def call(frames: np.ndarray) -> object:
         if bundle.runtime is not None:  # the segmenter's uint8 codes, as the repository passes them on
@@ -221,8 +225,12 @@ def _case(
 def _ensemble_vs_in_process(
     client: Any, bundle_path: Path, frames: np.ndarray, metrics_url: str | None, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
+    from training.model_bundle import load_bundle
+    from training.openvino_bundle import serving_precision
+
     runtime = "openvino" if args.format == "openvino" else "torch"
-    print(f"ensemble vs in-process ({runtime})", flush=True)
+    precision = serving_precision(load_bundle(bundle_path)) if runtime == "openvino" else "f32"
+    print(f"ensemble vs in-process ({runtime}, {precision})", flush=True)
     local = in_process_call(bundle_path, runtime, args.torch_threads)
     # With OpenVINO serving, eager torch in-process is measured too: the gain of the whole change.
     eager = in_process_call(bundle_path, "torch", args.torch_threads) if runtime != "torch" else None
@@ -231,7 +239,7 @@ def _ensemble_vs_in_process(
         batches = batches_of(frames, batch, args.frames_per_case)
         baseline = _case("in-process", local, batches, 1, None)
         baseline["comparison"] = "ensemble_vs_in_process"
-        baseline["runtime"] = runtime
+        baseline.update(runtime=runtime, precision=precision)
         rows.append(baseline)
         torch_row = None
         if eager is not None:
@@ -244,7 +252,7 @@ def _ensemble_vs_in_process(
         for concurrency in CONCURRENCY:
             row = _case("triton-ensemble", client.infer, batches, concurrency, metrics_url)
             row["comparison"] = "ensemble_vs_in_process"
-            row["runtime"] = runtime
+            row.update(runtime=runtime, precision=precision)
             row["ratio_vs_in_process"] = report.ratio(1 / baseline["frames_per_s"], 1 / row["frames_per_s"])
             if torch_row is not None:
                 row["ratio_vs_in_process_torch"] = report.ratio(

@@ -96,6 +96,19 @@ def openvino_pair(bundle: ModelBundle, threads: int | None = None, precision: st
     return OpenVINOPair(networks.get("classifier"), networks["segmenter"])
 
 
+def serving_precision(bundle: ModelBundle) -> str:
+    """The precision Triton's CPU repository serves ``bundle`` at when exported by default
+    (``training.triton_export.write_repository``): "int8" where the bundle has int8 networks made
+    from its current weights, else "auto"."""
+    from training.quantize import StaleQuantization, load_int8_files
+
+    try:
+        load_int8_files(bundle.path)
+    except (FileNotFoundError, StaleQuantization):
+        return "auto"
+    return INT8
+
+
 def attach_runtime(
     bundle: ModelBundle, runtime: str, threads: int | None = None, precision: str = "auto"
 ) -> ModelBundle:

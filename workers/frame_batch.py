@@ -17,7 +17,7 @@ import numpy as np
 from steelcore import rle
 from steelcore.alarm_message import Alarm
 from steelcore.frame_message import FrameHeader, FrameMessageError, decode_frame, decode_image
-from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord, StoreResult, mask_box
+from steelcore.postgres.frame_records import AlarmRecord, DefectRecord, FrameRecord, StoreResult
 from steelcore.severstal import CLASS_IDS, FRAME_HEIGHT, FRAME_WIDTH, NUM_CLASSES
 from steelcore.triton.inference_result import EnsembleResult
 from workers.alarm_rules import AlarmRule, alarms_for_frame
@@ -144,12 +144,12 @@ def _where(message: Any) -> str:
 
 
 def defects_of(probs: Sequence[float], rles: Sequence[str]) -> list[DefectRecord]:
-    """One DefectRecord per class with a non-empty mask (area and bounding box from the mask)."""
+    """One DefectRecord per class with a non-empty mask (area and bounding box from its runs)."""
     found = []
     for k, class_id in enumerate(CLASS_IDS):
         if not rles[k]:
             continue
-        box = mask_box(rle.decode(rles[k]))
+        box = rle.area_and_box(rles[k])
         if box is not None:
             area, bbox = box
             found.append(DefectRecord(class_id, rles[k], area, bbox, float(probs[k])))
