@@ -96,19 +96,23 @@ class ConsumerSession:
                 )
                 for tp in partitions
             ]
-        consumer.assign(partitions)
+        # Cooperative rebalancing (steelcore.kafka.client_config): ``partitions`` are added to
+        # what the worker keeps consuming; the others were never stopped.
+        consumer.incremental_assign(partitions)
         self._assigned = True
         # A new assignment starts from the offsets committed in the broker's current log (or, just
         # after a restart was noticed, from its beginning).
         self._unreset -= {(tp.topic, tp.partition) for tp in partitions}
         if self._paused:
-            # The eager protocol drops the pause state with the old assignment: pause the new one.
+            # Newly assigned partitions start unpaused: held like the rest while the worker is paused.
             consumer.pause(partitions)
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
-        self._assigned = False
+        consumer.incremental_unassign(partitions)
+        # An empty assignment after a revocation: readiness waits for the next one.
+        self._assigned = bool(consumer.assignment())
         log.info("revoked %s", _describe(partitions))
 
     def _check_broker(self, *, quiet: bool) -> None:
