@@ -25,7 +25,7 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 from training import quantize, triton_export  # noqa: E402  (needs nncf's skip first)
-from training.openvino_bundle import openvino_pair  # noqa: E402
+from training.openvino_bundle import openvino_pair, serving_precision  # noqa: E402
 
 NETWORKS = ("classifier", "segmenter")
 
@@ -113,6 +113,8 @@ def test_changed_weights_make_the_int8_networks_stale(quantized: Path, tmp_path:
     other = _random_bundle(tmp_path / "other", seed=4)
     shutil.copyfile(other / "segmenter.pt", bundle_path / "segmenter.pt")
 
+    assert serving_precision(load_bundle(quantized)) == "int8"
+    assert serving_precision(load_bundle(bundle_path)) == "auto"  # what the export then serves
     with pytest.raises(quantize.StaleQuantization, match="steel quantize"):
         openvino_pair(load_bundle(bundle_path), 1, "int8")
     with pytest.raises(quantize.StaleQuantization):
@@ -125,6 +127,7 @@ def test_changed_weights_make_the_int8_networks_stale(quantized: Path, tmp_path:
 
 def test_a_bundle_never_quantised(tmp_path: Path) -> None:
     bundle_path = _random_bundle(tmp_path / "plain")
+    assert serving_precision(load_bundle(bundle_path)) == "auto"
     with pytest.raises(FileNotFoundError, match="steel quantize"):
         openvino_pair(load_bundle(bundle_path), 1, "int8")
     with pytest.raises(FileNotFoundError):
