@@ -96,23 +96,19 @@ class ConsumerSession:
                 )
                 for tp in partitions
             ]
-        # Cooperative rebalancing (steelcore.kafka.client_config): ``partitions`` are added to
-        # what the worker keeps consuming; the others were never stopped.
-        consumer.incremental_assign(partitions)
+        consumer.assign(partitions)
         self._assigned = True
         # A new assignment starts from the offsets committed in the broker's current log (or, just
         # after a restart was noticed, from its beginning).
         self._unreset -= {(tp.topic, tp.partition) for tp in partitions}
         if self._paused:
-            # Newly assigned partitions start unpaused: held like the rest while the worker is paused.
+            # The eager protocol drops the pause state with the old assignment: pause the new one.
             consumer.pause(partitions)
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
-        consumer.incremental_unassign(partitions)
-        # An empty assignment after a revocation: readiness waits for the next one.
-        self._assigned = bool(consumer.assignment())
+        self._assigned = False
         log.info("revoked %s", _describe(partitions))
 
     def _check_broker(self, *, quiet: bool) -> None:

@@ -47,12 +47,6 @@ CONSUMER_FETCH_MAX_BYTES = 4 * 1024 * 1024
 # a third of that and then waited (a backlog drained at half the ensemble's speed, in bursts of a
 # second). Checking again after a short wait keeps the queue fed; the bounds stay as they are.
 CONSUMER_FETCH_QUEUE_BACKOFF_MS = 20
-# Cooperative rebalancing: a rebalance moves only the partitions that change owner, and the others
-# are consumed throughout. With the eager protocol every rebalance stopped the whole group: on the
-# embedded broker for 3 s at every new topic bucket (every 5 min), a p99 of 3 s at a steady 24
-# frames/s; on Kafka whenever a worker joins or leaves. A group switched from an eager strategy
-# must be restarted as a whole (members of both kinds cannot share a group).
-CONSUMER_ASSIGNMENT_STRATEGY = "cooperative-sticky"
 
 SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.keystore.password"})
 _SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
@@ -106,7 +100,6 @@ def consumer_config(
             "queued.max.messages.kbytes": CONSUMER_PREFETCH_KBYTES,
             "fetch.max.bytes": CONSUMER_FETCH_MAX_BYTES,
             "fetch.queue.backoff.ms": CONSUMER_FETCH_QUEUE_BACKOFF_MS,
-            "partition.assignment.strategy": CONSUMER_ASSIGNMENT_STRATEGY,
         }
     )
     if is_embedded("kafka", settings):

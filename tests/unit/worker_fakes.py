@@ -106,7 +106,6 @@ class FakeConsumer:
         self.closed = False
         self.consumes = 0
         self.revoke: tuple[int, int] | None = None  # (at consume call number, partition)
-        self.grant: tuple[int, int] | None = None  # (at consume call number, partition newly assigned)
         self.subscriptions: list[list[str]] = []
         self.cluster_id = "steel-first"  # what the broker answers; a restarted embedded broker has a new one
         self.seeks: list[tuple[int, int]] = []
@@ -118,13 +117,9 @@ class FakeConsumer:
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
         self.consumes += 1
         if self.revoke is not None and self.revoke[0] == self.consumes:
-            # Cooperative: only the partition that changes owner is revoked; the rest stay assigned.
-            gone = [tp for tp in self.assigned if tp.partition == self.revoke[1]]
-            self.callbacks["on_revoke"](self, gone)
-        if self.grant is not None and self.grant[0] == self.consumes:
-            from confluent_kafka import TopicPartition
-
-            self.callbacks["on_assign"](self, [TopicPartition(TOPIC, self.grant[1])])
+            kept = [tp for tp in self.assigned if tp.partition != self.revoke[1]]
+            self.callbacks["on_revoke"](self, self.assigned)
+            self.callbacks["on_assign"](self, kept)
         out = [m for m in self.pending if m.partition() not in self.paused][:num_messages]
         for m in out:
             self.pending.remove(m)
@@ -133,14 +128,9 @@ class FakeConsumer:
     def assignment(self) -> list[Any]:
         return list(self.assigned)
 
-    def incremental_assign(self, partitions: list[Any]) -> None:
-        self.assigned += list(partitions)
-        self.paused -= {tp.partition for tp in partitions}  # newly assigned partitions start unpaused
-
-    def incremental_unassign(self, partitions: list[Any]) -> None:
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        self.assigned = [tp for tp in self.assigned if (tp.topic, tp.partition) not in gone]
-        self.paused -= {tp.partition for tp in partitions}  # its pause goes with the partition
+    def assign(self, partitions: list[Any]) -> None:
+        self.assigned = list(partitions)
+        self.paused = set()  # as with the eager protocol: a new assignment is not paused
 
     def pause(self, partitions: list[Any]) -> None:
         self.journal.append("pause")
