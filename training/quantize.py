@@ -132,8 +132,8 @@ def quantize_bundle(
     max_real: int = DEFAULT_MAX_REAL_FRAMES,
     networks: tuple[str, ...] = DEFAULT_NETWORKS,
 ) -> dict[str, Any]:
-    """Quantise ``networks`` of ``bundle`` into ``bundle.path/int8/`` (what was there before goes);
-    returns the record written there."""
+    """Quantise ``networks`` of ``bundle`` into ``bundle.path/int8/``, replacing what was there once
+    every network is done; returns the record written there."""
     import shutil
 
     import nncf
@@ -153,33 +153,45 @@ def quantize_bundle(
     if not frames:
         raise ValueError("no calibration frames: give --calibration folders or --synthetic N > 0")
     out = Path(bundle.path) / INT8_DIR
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
     core = ov.Core()
-    with tempfile.TemporaryDirectory(prefix="steel-quantize-") as work:
+    # Written beside the bundle's int8/ and swapped in at the end: a failed run leaves what was there.
+    with tempfile.TemporaryDirectory(prefix=".int8-writing-", dir=bundle.path) as work:
         onnx_files = export_onnx_networks(bundle, Path(work))
         onnx_files = {task: path for task, path in onnx_files.items() if task in networks}
+        staging = Path(work) / INT8_DIR
+        staging.mkdir()
         for task, onnx_file in onnx_files.items():
             dataset = nncf.Dataset([frame[None] for frame in frames])
             quantized = nncf.quantize(core.read_model(str(onnx_file)), dataset, subset_size=len(frames))
-            ov.save_model(quantized, str(out / f"{task}.xml"))
-    record = {
+            ov.save_model(quantized, str(staging / f"{task}.xml"))
+        record = _record(bundle, folders, len(real), len(skipped), synthetic, sorted(onnx_files))
+        (staging / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        staging.rename(out)
+    return record
+
+
+def _record(
+    bundle: ModelBundle, folders: list[Path], real: int, skipped: int, synthetic: int, networks: list[str]
+) -> dict[str, Any]:
+    import nncf
+    import openvino as ov
+
+    return {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "method": "nncf.quantize, post-training, its defaults (preset performance, fast bias correction)",
         "nncf": nncf.__version__,
         "openvino": ov.__version__,
         "calibration": {
             "folders": [str(f) for f in folders],
-            "real_frames": len(real),
-            "skipped": len(skipped),
+            "real_frames": real,
+            "skipped": skipped,
             "synthetic_frames": synthetic,
             "synthetic_seed": SYNTHETIC_SEED,
         },
-        "networks": sorted(onnx_files),
+        "networks": networks,
         "weights_sha256": _weights_digests(Path(bundle.path)),
     }
-    (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -218,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic < 0 or args.max_real < 0:
         print("steel quantize: --synthetic and --max-real must not be negative", file=sys.stderr)
         return exit_codes.BAD_INPUT
+    try:
+        import nncf  # noqa: F401  (checked first: an install without the models extra lacks it)
+    except ImportError:
+        print("steel quantize: needs nncf (pip install -e '.[models]')", file=sys.stderr)
+        return exit_codes.FAILURE
     try:
         bundle = load_bundle(args.model or get_settings().model_name)
         networks = tuple(n.strip() for n in args.networks.split(",") if n.strip())

@@ -54,6 +54,6 @@ def test_int8_keeps_eager_torchs_dice_on_synthetic_frames(tmp_path: Path) -> Non
     from producers.synth_dataset import SynthConfig, write_dataset
 
     data = tmp_path / "synth"
-    write_dataset(data, SynthConfig(n=200, seed=2), progress=False)
+    write_dataset(data, SynthConfig(n=120, seed=2), jobs=2, progress=False)
     torch_dice, int8_dice = _dice(data, "torch", tmp_path), _dice(data, "openvino", tmp_path)
     assert abs(int8_dice - torch_dice) <= DICE_BOUND, (torch_dice, int8_dice)

@@ -105,6 +105,24 @@ def test_the_repository_serves_the_int8_networks(quantized: Path, tmp_path: Path
     assert not (plain / "segmenter" / "1" / triton_export.INT8_FILE).exists()
 
 
+def test_a_failed_quantisation_leaves_the_earlier_networks(
+    quantized: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nncf
+
+    folder = quantized / quantize.INT8_DIR
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("quantisation failed")
+
+    monkeypatch.setattr(nncf, "quantize", fail)
+    with pytest.raises(RuntimeError, match="quantisation failed"):
+        quantize.quantize_bundle(load_bundle(quantized), [], synthetic=1)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not [p for p in quantized.iterdir() if p.name.startswith(".int8-writing-")]
+
+
 def test_changed_weights_make_the_int8_networks_stale(quantized: Path, tmp_path: Path) -> None:
     import shutil
 
