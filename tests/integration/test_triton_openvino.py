@@ -25,7 +25,7 @@ from steelcore.postprocess import apply_postprocess, class_areas
 from steelcore.rle import encode_stack
 from steelcore.triton.ensemble_client import TritonEnsembleClient
 from training.inference import predict_probs
-from training.model_bundle import PostprocessParams, load_bundle
+from training.model_bundle import ModelBundle, PostprocessParams, load_bundle
 from training.triton_export import ServingLayout, write_repository
 
 pytestmark = [pytest.mark.integration, pytest.mark.openvino]
@@ -56,15 +56,36 @@ def bundle_path(tmp_path_factory: pytest.TempPathFactory, frames: np.ndarray) ->
     return save_tuned_bundle(path, fields, frames, top_pixels)
 
 
+def _serving(repo: Path, tmp_path_factory: pytest.TempPathFactory, what: str) -> Iterator[TritonServer]:
+    triton = TritonServer(
+        tmp_path_factory.mktemp("ov-run"), repo, *[free_port() for _ in range(3)], wait_for=MODELS
+    )
+    yield from running(triton, 180, what)
+
+
+def assert_served_as_in_process(
+    server: TritonServer, frames: np.ndarray, bundle: ModelBundle
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both served models answer what ``bundle``'s in-process runtime, post-processing and RLE
+    answer, exactly; returns the in-process (segmenter probabilities, masks)."""
+    cls, seg = predict_probs(bundle, frames)
+    masks = apply_postprocess(cls, seg, bundle.postprocess)
+    expected_rles = [list(encode_stack(m)) for m in masks]
+    for model in MODELS:
+        with TritonEnsembleClient(server.grpc_url, "grpc", model, timeout_s=120) as client:
+            result = client.infer(frames)  # one request, the batch the reference used
+        np.testing.assert_allclose(result.probs, cls, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(result.pixel_counts, class_areas(masks))
+        assert result.rles == expected_rles, model
+    return seg, masks
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, bundle_path: Path) -> Iterator[TritonServer]:
     repo = write_repository(
         bundle_path, tmp_path_factory.mktemp("ov-repo"), "openvino", layout=ServingLayout(precision="f32")
     )
-    triton = TritonServer(
-        tmp_path_factory.mktemp("ov-run"), repo, *[free_port() for _ in range(3)], wait_for=MODELS
-    )
-    yield from running(triton, 180, "Triton serving the OpenVINO repository")
+    yield from _serving(repo, tmp_path_factory, "Triton serving the OpenVINO repository")
 
 
 def test_openvino_ensemble_equals_the_in_process_runtime(
@@ -73,26 +94,17 @@ def test_openvino_ensemble_equals_the_in_process_runtime(
     from training.openvino_bundle import attach_runtime
 
     bundle = attach_runtime(load_bundle(bundle_path), "openvino", threads=1, precision="f32")
-    cls, seg = predict_probs(bundle, frames)
-    masks = apply_postprocess(cls, seg, bundle.postprocess)
+    seg, masks = assert_served_as_in_process(server, frames, bundle)
     assert masks.any(), "test setup: the masks should not all be empty"
-    expected_rles = [[r for r in encode_stack(m)] for m in masks]
     _, torch_seg = predict_probs(load_bundle(bundle_path), frames)
     # The runtime itself, at f32: the same uint8 codes as eager torch, give or take a code where
     # float rounding tips a probability near a half code.
     np.testing.assert_allclose(seg, torch_seg, rtol=0, atol=1 / 255 + 1e-6)
     assert np.mean(seg == torch_seg) > 0.999
 
-    for model in MODELS:
-        with TritonEnsembleClient(server.grpc_url, "grpc", model, timeout_s=120) as client:
-            result = client.infer(frames)  # one request, the batch the reference used
-        np.testing.assert_allclose(result.probs, cls, rtol=0, atol=1e-6)
-        np.testing.assert_array_equal(result.pixel_counts, class_areas(masks))
-        assert result.rles == expected_rles, model
-
 
 @pytest.fixture(scope="module")
-def int8_bundle_path(tmp_path_factory: pytest.TempPathFactory, bundle_path: Path, frames: np.ndarray) -> Path:
+def int8_bundle_path(tmp_path_factory: pytest.TempPathFactory, bundle_path: Path) -> Path:
     import shutil
 
     pytest.importorskip("nncf")
@@ -108,10 +120,7 @@ def int8_bundle_path(tmp_path_factory: pytest.TempPathFactory, bundle_path: Path
 @pytest.fixture(scope="module")
 def int8_server(tmp_path_factory: pytest.TempPathFactory, int8_bundle_path: Path) -> Iterator[TritonServer]:
     repo = write_repository(int8_bundle_path, tmp_path_factory.mktemp("ov-int8-repo"), "openvino")
-    triton = TritonServer(
-        tmp_path_factory.mktemp("ov-int8-run"), repo, *[free_port() for _ in range(3)], wait_for=MODELS
-    )
-    yield from running(triton, 180, "Triton serving the int8 OpenVINO repository")
+    yield from _serving(repo, tmp_path_factory, "Triton serving the int8 OpenVINO repository")
 
 
 def test_int8_ensemble_equals_the_in_process_int8_pair(
@@ -121,12 +130,4 @@ def test_int8_ensemble_equals_the_in_process_int8_pair(
 
     bundle = attach_runtime(load_bundle(int8_bundle_path), "openvino", threads=1, precision="int8")
     assert bundle.runtime.precision.startswith("int8+")
-    cls, seg = predict_probs(bundle, frames)
-    masks = apply_postprocess(cls, seg, bundle.postprocess)
-    expected_rles = [[r for r in encode_stack(m)] for m in masks]
-    for model in MODELS:
-        with TritonEnsembleClient(int8_server.grpc_url, "grpc", model, timeout_s=120) as client:
-            result = client.infer(frames)
-        np.testing.assert_allclose(result.probs, cls, rtol=0, atol=1e-6)
-        np.testing.assert_array_equal(result.pixel_counts, class_areas(masks))
-        assert result.rles == expected_rles, model
+    assert_served_as_in_process(int8_server, frames, bundle)
