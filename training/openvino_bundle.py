@@ -11,6 +11,7 @@ checked on the runtime that serves.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from steelcore.postprocess import probabilities
 if TYPE_CHECKING:
     from steelcore.cpu_runtime import OpenVINONetwork
     from training.model_bundle import ModelBundle
+
+log = logging.getLogger(__name__)
 
 RUNTIMES: tuple[str, ...] = ("torch", "openvino")
 INT8 = "int8"
@@ -104,7 +107,10 @@ def serving_precision(bundle: ModelBundle) -> str:
 
     try:
         load_int8_files(bundle.path)
-    except (FileNotFoundError, StaleQuantization):
+    except FileNotFoundError:
+        return "auto"
+    except StaleQuantization as exc:
+        log.warning("serving full precision: %s", exc)
         return "auto"
     return INT8
 

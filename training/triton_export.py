@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -77,8 +76,6 @@ from training.triton_config import (
     network_config,
     postprocess_config,
 )
-
-log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from training.model_bundle import ModelBundle
@@ -275,19 +272,16 @@ def write_repository(
 
 
 def _int8_networks(loaded: ModelBundle, fmt: Format, int8: bool | None) -> dict[str, Path]:
-    from training.quantize import StaleQuantization, int8_files, load_int8_files
+    from training.openvino_bundle import INT8, serving_precision
+    from training.quantize import load_int8_files
 
-    if int8 is False or (int8 is None and (fmt != "openvino" or not int8_files(loaded.path))):
+    if int8 is None:
+        int8 = fmt == "openvino" and serving_precision(loaded) == INT8
+    if not int8:
         return {}
     if fmt != "openvino":
         raise ValueError("int8 networks are served by the openvino format only")
-    try:
-        return load_int8_files(loaded.path)
-    except StaleQuantization as exc:
-        if int8:
-            raise
-        log.warning("serving full precision: %s", exc)
-        return {}
+    return load_int8_files(loaded.path)
 
 
 def _display_path(path: Path) -> str:
