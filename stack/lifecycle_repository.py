@@ -15,12 +15,11 @@ from typing import Any
 from stack.lifecycle_errors import BadCandidate, LoadFailed, TritonUnreachable
 from stack.version_configs import pin_ensemble, pinned_version, served_versions, set_versions
 from steelcore.settings import Settings
-from steelcore.triton.model_names import CASCADE, ENSEMBLE, VERSIONED_MODELS
+from steelcore.triton.model_names import CASCADE, ENSEMBLE, MANIFEST, VERSIONED_MODELS
 from steelcore.triton.repository import error_reason
 
 log = logging.getLogger("stack.model_lifecycle")  # the lifecycle's one log, as before the split
 
-MANIFEST = "repository.json"
 CONFIG = "config.pbtxt"
 
 

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from stack.bundle_signature import BundleSignature, bundle_signature, check_compatible
 from stack.lifecycle_errors import BadCandidate, LifecycleError, Refused, TritonUnreachable
-from stack.lifecycle_repository import CONFIG, MANIFEST, LifecycleRepository
+from stack.lifecycle_repository import CONFIG, LifecycleRepository
 from steelcore import model_agreement
 from steelcore.postgres import model_evidence
 from steelcore.postgres.model_registry import Roles, read_roles, version_bundles
@@ -50,10 +50,7 @@ from steelcore.postgres.model_registry_writes import (
 )
 from steelcore.settings import Settings, get_settings
 from steelcore.triton.exceptions import TritonUnavailableError
-from steelcore.triton.model_names import (
-    CLASSIFIER,
-    VERSIONED_MODELS,
-)
+from steelcore.triton.model_names import CLASSIFIER, MANIFEST, VERSIONED_MODELS
 from steelcore.triton.repository import ModelControl, model_control
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,11 @@ import logging
 import shutil
 from pathlib import Path
 
+from steelcore.triton.model_names import MANIFEST
+
 log = logging.getLogger("stack.triton_server")  # the launcher's log, as before the split
 
 SERVING_REPOSITORY = "triton_repository"
-MANIFEST = "repository.json"
 
 
 def default_serving_repository(run_dir: Path) -> Path:

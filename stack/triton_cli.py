@@ -20,6 +20,7 @@ from types import FrameType
 
 from steelcore import exit_codes
 from steelcore.settings import get_settings
+from steelcore.triton.model_names import MANIFEST
 
 _MODEL_FILE = re.compile(r'key:\s*"model_file"\s*value:\s*\{\s*string_value:\s*"([^"]+)"')
 _VERSION = "1"
@@ -30,8 +31,8 @@ def repository_problems(repository: Path, models: list[str]) -> list[str]:
     if not repository.is_dir():
         return [f"model repository {repository} does not exist"]
     problems = []
-    if not (repository / "repository.json").is_file():
-        problems.append(f"{repository / 'repository.json'} is missing: no model was exported into it")
+    if not (repository / MANIFEST).is_file():
+        problems.append(f"{repository / MANIFEST} is missing: no model was exported into it")
     for name in models:
         if not (repository / name / "config.pbtxt").is_file():
             problems.append(f"{repository / name / 'config.pbtxt'} is missing")

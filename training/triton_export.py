@@ -50,7 +50,7 @@ import torch
 from steelcore.paths import TRITON_REPOSITORY
 from steelcore.postprocess import PROBABILITY_CODES
 from steelcore.severstal import FRAME_HEIGHT, FRAME_WIDTH
-from steelcore.triton.model_names import MODELS
+from steelcore.triton.model_names import MANIFEST, MODELS
 from training.export import script_module, write_onnx
 from training.networks.resunet import ResUNet
 from training.triton_config import (
@@ -81,7 +81,6 @@ if TYPE_CHECKING:
     from training.model_bundle import ModelBundle
 
 POSTPROCESS_FILE = "postprocess.json"
-MANIFEST = "repository.json"
 
 
 # --- exported networks ----------------------------------------------------------------------------

@@ -203,10 +203,11 @@ def _lifecycle() -> Any:
     from steelcore.postgres.engine import create_db_engine
     from steelcore.postgres.migrate import upgrade
     from steelcore.settings import get_settings
+    from steelcore.triton.model_names import MANIFEST
 
     settings = get_settings()
     repository = model_lifecycle.serving_repository_path(settings)
-    if not (repository / "repository.json").is_file():
+    if not (repository / MANIFEST).is_file():
         raise LifecycleError(
             f"no serving repository at {repository}: start Triton with `steel up`, or set "
             "STEEL_TRITON_SERVING_REPOSITORY to the repository the server serves"

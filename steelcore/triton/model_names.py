@@ -12,5 +12,7 @@ CLASSIFIER = "classifier"
 SEGMENTER = "segmenter"
 POSTPROCESS = "postprocess"
 MODELS: tuple[str, ...] = (CLASSIFIER, SEGMENTER, POSTPROCESS, ENSEMBLE, CASCADE)
+# What the exporter wrote into a repository (bundle, networks, int8), at the repository's root.
+MANIFEST = "repository.json"
 # The models that hold one version per registered bundle (not the ensemble, which has one version).
 VERSIONED_MODELS: tuple[str, ...] = (CLASSIFIER, SEGMENTER, POSTPROCESS, CASCADE)
