@@ -108,10 +108,31 @@ def batches_by_shape(
 
 
 def predict_folder(
-    bundle: ModelBundle, paths: Iterable[Path], batch_size: int = 8
+    bundle: ModelBundle,
+    paths: Iterable[Path],
+    batch_size: int = 8,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> Iterator[tuple[list[Path], np.ndarray | None, np.ndarray]]:
-    """(paths, cls_probs, seg_probs) batch by batch for image files; ValueError names an unreadable file."""
-    pairs = ((path, read_frame(path)) for path in paths)
+    """(paths, cls_probs, seg_probs) batch by batch for image files.
+
+    An unreadable file raises ValueError naming it, unless ``unreadable`` is given: it is then
+    appended there as (path, reason) and skipped, so a caller can name every bad file at once.
+    """
+    pairs = _readable_frames(paths, unreadable)
     for keys, frames in batches_by_shape(pairs, batch_size):
         cls, seg = predict_probs(bundle, frames)
         yield keys, cls, seg
+
+
+def _readable_frames(
+    paths: Iterable[Path], unreadable: list[tuple[Path, str]] | None
+) -> Iterator[tuple[Path, np.ndarray]]:
+    for path in paths:
+        try:
+            frame = read_frame(path)
+        except ValueError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((path, str(exc)))
+            continue
+        yield path, frame

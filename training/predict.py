@@ -1,8 +1,9 @@
 """`steel predict`: a Kaggle submission CSV (ImageId,ClassId,EncodedPixels) for a folder of frames.
 
 One row per (image, class) of the model, EncodedPixels empty when the class is absent; the RLE
-covers each image's own size. An unreadable image stops the job with an error naming the file
-and no CSV is written (a partial submission would be silently scored as defect-free frames).
+covers each image's own size. Unreadable images fail the job and no CSV is written (a partial
+submission would be silently scored as defect-free frames); every readable image is still read, so
+the error names all the bad files at once instead of one per run.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def predict_submission(
     paths = list_images(Path(images))
     bundle = load_bundle(model or get_settings().model_name, device=device)
     found: Counter[int] = Counter()
+    unreadable: list[tuple[Path, str]] = []
 
     def rows() -> Iterator[tuple[str, int, str]]:
         with tqdm(total=len(paths), desc=f"predict {bundle.name}", unit="frame", disable=not progress) as bar:
-            for batch_paths, cls, seg in predict_folder(bundle, paths, batch_size):
+            for batch_paths, cls, seg in predict_folder(bundle, paths, batch_size, unreadable):
                 masks = apply_postprocess(cls, seg, bundle.postprocess)
                 for path, image_masks in zip(batch_paths, masks, strict=True):
                     for class_id, mask in zip(bundle.class_ids, image_masks, strict=True):
@@ -52,11 +54,21 @@ def predict_submission(
                         found[class_id] += bool(encoded)
                         yield path.name, class_id, encoded
                 bar.update(len(batch_paths))
+        if unreadable:  # raised inside the rows, so write_submission discards its half-written file
+            raise ValueError(_unreadable_message(unreadable, len(paths), Path(out)))
 
     write_submission(out, rows())
     counts = {str(c): found[c] for c in bundle.class_ids}
     print(f"{len(paths)} images -> {out}; images with a defect per class: {counts}")
     return counts
+
+
+def _unreadable_message(unreadable: list[tuple[Path, str]], total: int, out: Path, shown: int = 20) -> str:
+    lines = [f"{len(unreadable)} of {total} images are unreadable; {out} was not written:"]
+    lines += [f"  {reason}" for _, reason in unreadable[:shown]]
+    if len(unreadable) > shown:
+        lines.append(f"  ... and {len(unreadable) - shown} more")
+    return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

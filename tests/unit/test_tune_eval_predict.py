@@ -268,13 +268,16 @@ def test_predict_unreadable_image_is_bad_input_and_writes_nothing(
     folder.mkdir()
     cv2.imwrite(str(folder / "good.png"), np.zeros((H, W), np.uint8))
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (folder / "empty.png").write_bytes(b"")
     out = tmp_path / "sub.csv"
     rc = main(
         ["predict", "--images", str(folder), "--out", str(out), "--model", str(tuned_bundle), "--no-progress"]
     )
     assert rc == exit_codes.BAD_INPUT
-    assert "broken.jpg" in capsys.readouterr().err
-    assert not out.exists()
+    err = capsys.readouterr().err
+    assert "2 of 3 images are unreadable" in err  # every bad file named in one run
+    assert "broken.jpg" in err and "empty.png" in err and "good.png" not in err
+    assert not out.exists() and list(tmp_path.glob(".sub.csv.*")) == []
 
 
 def test_models_lists_bundle_with_metrics(
