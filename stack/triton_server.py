@@ -149,12 +149,16 @@ class TritonServer(TritonAddresses):
         self.startup_s = time.monotonic() - began
         log.info("tritonserver ready in %.1f s", self.startup_s)
 
-    def stop(self) -> None:
-        """SIGTERM, wait up to ``stop_timeout_s``, then SIGKILL the server's process group."""
+    def stop(self, *, graceful: bool = True) -> None:
+        """SIGTERM, wait up to ``stop_timeout_s``, then SIGKILL the server's process group.
+
+        ``graceful=False`` skips the SIGTERM: Triton unloads its models one poll second at a time
+        (4-6 s for this repository), which a caller with nothing in flight (a test's teardown)
+        need not wait for."""
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
+        if graceful and process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
             try:

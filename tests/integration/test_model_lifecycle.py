@@ -115,7 +115,7 @@ def line(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> 
         finally:
             monkeypatch.undo()
             get_settings.cache_clear()
-            triton.stop()
+            triton.stop(graceful=False)  # a fresh server per test: nothing to drain
             engine.dispose()
 
 
