@@ -30,7 +30,7 @@ class DemoStop:
         if self.summary is not None:
             produced = self._produced()
             # The live Dice scores a stored frame once its truth has been read, and the truth reader
-            # can be seconds behind the workers (each rebalance of its group waits 3 s on the
+            # can be seconds behind the workers (each rebalance of its group waits 1 s on the
             # embedded broker): wait for the truth the cameras delivered too.
             truth = self._truth_delivered()
             deadline = time.monotonic() + self.args.drain_timeout_s
