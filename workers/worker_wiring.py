@@ -89,7 +89,9 @@ class WorkerWiring:
                 self.janitor = deleter_from_settings(s, self.group_id, self.rotation_s, self.worker_id)
             self.janitor.delete_consumed()  # the floor, before the first subscription
             janitor = functools.partial(delete_consumed_buckets, self.janitor)
-            self._janitor_thread = PeriodicThread("bucket-janitor", janitor, s.topic_janitor_interval_s)
+            self._janitor_thread = PeriodicThread(
+                "bucket-janitor", janitor, s.topic_janitor_interval_s, on_clock_multiples=True
+            )
             self._janitor_thread.start()
         self.probes.beat()
         self._subscribe()
