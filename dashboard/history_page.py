@@ -14,7 +14,6 @@ import streamlit as st
 from sqlalchemy import Engine
 
 from dashboard import ui
-from dashboard.retraining_export import retraining_zip_file
 from steelcore.defect_export import kaggle_text, write_csv
 from steelcore.postgres import frame_reads, live_reads
 from steelcore.postgres.defect_history import (
@@ -26,6 +25,7 @@ from steelcore.postgres.defect_history import (
     query_defects,
 )
 from steelcore.postgres.verdicts import defect_verdicts
+from steelcore.retraining_export import retraining_zip_file
 from steelcore.severstal import CLASS_IDS, CLASS_NAMES
 
 PERIODS = {

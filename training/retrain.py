@@ -89,8 +89,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def export_from_db(out: Path) -> Path:
     """The reviewed frames of the defect database (STEEL_POSTGRES_URL), as the dashboard exports them."""
-    from dashboard.retraining_export import export_retraining_dataset
     from steelcore.postgres.engine import create_db_engine
+    from steelcore.retraining_export import export_retraining_dataset
     from steelcore.service_urls import postgres_url
     from steelcore.settings import get_settings
 

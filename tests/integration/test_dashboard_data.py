@@ -18,7 +18,6 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from dashboard.config import DashboardSettings
 from dashboard.prepare_database import prepare_embedded_database
-from dashboard.retraining_export import export_retraining_dataset, image_name, retraining_zip_file
 from steelcore import exit_codes
 from steelcore.kaggle_csv import read_labels
 from steelcore.postgres import frame_reads, live_reads, migrate, schema
@@ -36,6 +35,7 @@ from steelcore.postgres.frame_images import load_frame_image, purge_frame_images
 from steelcore.postgres.frame_images import main as frame_images_main
 from steelcore.postgres.roles import ensure_dashboard_roles
 from steelcore.postgres.verdicts import FeedbackError, defect_verdicts, record_feedback
+from steelcore.retraining_export import export_retraining_dataset, image_name, retraining_zip_file
 from steelcore.rle import decode
 from steelcore.severstal import CLASS_IDS
 

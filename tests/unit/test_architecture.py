@@ -102,6 +102,19 @@ def test_dashboard_imports_no_worker_or_stack_module() -> None:
     assert offenders == []
 
 
+def test_nothing_outside_the_dashboard_imports_it() -> None:
+    # The dashboard shows what the rest produces; code that training or a worker needs from it
+    # belongs in steelcore (as the retraining export moved there in session 8).
+    offenders = [
+        f"{_rel(p)} -> {name}"
+        for p in _modules()
+        if not _rel(p).startswith(("dashboard/", "tests/"))
+        for name in _imported(p)
+        if _top(name) == "dashboard"
+    ]
+    assert offenders == []
+
+
 def test_every_system_package_has_its_exceptions_under_the_root_error() -> None:
     from steelcore.errors import ExternalServiceError
 

@@ -397,7 +397,7 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored(error: 
 def test_the_export_skips_and_reports_an_image_that_does_not_decode(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from dashboard import retraining_export as export
+    from steelcore import retraining_export as export
     from steelcore.postgres.frame_images import StoredImage
 
     good_png = encode_image(np.full((8, 12), 90, np.uint8), "png")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from dashboard import retraining_export
-from dashboard.retraining_export import CSV_NAME, IMAGES_DIR, retraining_zip_file, write_retraining_zip
+from steelcore import retraining_export
 from steelcore.postgres.frame_reads import DefectMark, FrameDetail
 from steelcore.postgres.verdicts import DefectVerdict
+from steelcore.retraining_export import CSV_NAME, IMAGES_DIR, retraining_zip_file, write_retraining_zip
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 IMAGE_BYTES = 1 << 20  # 1 MiB per "image"

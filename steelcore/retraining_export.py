@@ -11,7 +11,7 @@ background. Frames whose image was not kept or already purged are skipped too, a
 whose stored image does not decode (one bad image must not abort the whole export); the summary
 counts each kind and names the bad images.
 
-    from dashboard.retraining_export import export_retraining_dataset
+    from steelcore.retraining_export import export_retraining_dataset
     export_retraining_dataset(reader_engine, Path("data/reviewed"))
 
 The dashboard's download builds the zip into a temporary file (``retraining_zip_file``), one
