@@ -13,6 +13,14 @@ clock), so all workers reach the same verdicts, and deleting a topic twice is ha
    intervals: by then every live worker has run its own check and dropped them), and truth buckets
    older than TRUTH_KEEP_BUCKETS.
 
+When the floor moves, the check first creates the next PREPARE_AHEAD_BUCKETS buckets (frames and
+truth). On the embedded broker every change of the subscribed topic set is a rebalance of the whole
+group that stalls consumption for seconds; created here, a new bucket joins the subscription in the
+same rebalance as the floor move (the janitors of all workers step at the same wall-clock instants,
+workers.periodic_thread), and the producers, who create their current and next bucket at each
+boundary (producers.bucket_router), find both there and change nothing. Without a floor move (no
+worker, or a backlog) the producers still create each bucket one period ahead.
+
 Why the floor and the wait: a consumer fetching from a topic at the moment it is deleted on the
 embedded broker crashes librdkafka (a segmentation fault in its metadata cache, seen with
 librdkafka 2.16 against Tansu 0.6), so no consumer may still be assigned a bucket when it goes.
@@ -34,7 +42,7 @@ from typing import Any
 from confluent_kafka import KafkaException, TopicPartition
 
 from steelcore.kafka.clients import new_admin, new_consumer
-from steelcore.kafka.topic_admin import delete_topics
+from steelcore.kafka.topic_admin import delete_topics, ensure_topics
 from steelcore.kafka.topic_rotation import (
     TRUTH_KEEP_BUCKETS,
     bucket_number,
@@ -51,6 +59,9 @@ Partition = tuple[str, int]
 # A bucket leaves the worker's subscription within one check interval of being proven consumed;
 # deleting after three leaves two intervals for a slow check or a rebalance.
 RETIRE_AFTER_INTERVALS = 3
+# Buckets after the current one created at a floor move: the producers' next boundary creates the
+# bucket it starts and the one after, so two here leave it nothing to create.
+PREPARE_AHEAD_BUCKETS = 2
 
 
 class DrainProbe:
@@ -136,6 +147,7 @@ class DeletionReport:
     proven: list[int] = field(default_factory=list)  # buckets proven consumed by this check
     undecided: list[int] = field(default_factory=list)  # closed buckets the probe could not settle
     deleted: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)  # buckets created ahead, at a floor move
 
 
 class ConsumedBucketDeleter:
@@ -200,6 +212,8 @@ class ConsumedBucketDeleter:
         floor = min(pending) if pending else max(proven_here) + 1 if proven_here else self.floor
         if self._floor_known:
             floor = max(floor, self.floor)  # proofs are never withdrawn: the floor only rises
+            if floor > self.floor:  # before the floor is published: the worker re-subscribes on it
+                report.created = self._create_ahead(current)
         self.floor, self._floor_known = floor, True
         report.floor = floor
         for b in frames:
@@ -221,6 +235,22 @@ class ConsumedBucketDeleter:
         self._proven &= set(frames)
         self._below_floor_since = {b: t for b, t in self._below_floor_since.items() if b in frames}
         return report
+
+    def _create_ahead(self, current: int) -> list[str]:
+        s = self.settings
+        names = [
+            bucket_topic(topic, b)
+            for b in range(current + 1, current + 1 + PREPARE_AHEAD_BUCKETS)
+            for topic in (s.frames_topic, s.truth_topic)
+        ]
+        try:
+            created = ensure_topics(self.admin, names, s.frames_partitions)
+        except (KafkaException, TimeoutError) as exc:  # the producers create them at the boundary
+            log.warning("could not create the next buckets %s: %s", names, exc)
+            return []
+        if created:
+            log.info("created the next buckets %s with the floor move", created)
+        return created
 
     def _closed(self, bucket: int, now: float) -> bool:
         return is_closed(bucket, self.rotation_s, self.settings.topic_close_grace_s, now)

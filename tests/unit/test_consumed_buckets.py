@@ -41,6 +41,7 @@ class FakeBroker:
         self.topics: dict[str, int] = {}  # name -> partitions
         self.committed: dict[tuple[str, int], int] = {}
         self.deleted: list[str] = []
+        self.created: list[str] = []
 
     def add_topic(self, name: str, partitions: int = 2) -> None:
         self.topics[name] = partitions
@@ -67,6 +68,16 @@ class FakeAdmin:
                 for name, n in self.broker.topics.items()
             }
         )
+
+    def create_topics(self, new_topics: list[Any], **_: Any) -> dict[str, Future]:
+        out = {}
+        for topic in new_topics:
+            self.broker.add_topic(topic.topic, topic.num_partitions)
+            self.broker.created.append(topic.topic)
+            future: Future = Future()
+            future.set_result(None)
+            out[topic.topic] = future
+        return out
 
     def delete_topics(self, names: list[str], **_: Any) -> dict[str, Future]:
         out = {}
@@ -183,7 +194,50 @@ def test_consumed_buckets_leave_the_floor_and_are_deleted_only_after_the_retire_
     assert (report.floor, report.proven) == (12, [11])
     now[0] += janitor.retire_after_s
     assert janitor.delete_consumed().deleted == ["fr.11"]
-    assert set(broker.topics) == {"fr.12", "fr.13"}  # the current and the next bucket stay
+    # The current bucket and those after it stay (fr.14 and the truth buckets: see the next test).
+    assert {"fr.12", "fr.13", "fr.14"} <= set(broker.topics) and "fr.11" not in broker.topics
+
+
+def test_a_floor_move_creates_the_next_two_buckets_before_the_worker_resubscribes() -> None:
+    broker = FakeBroker()
+    for b in (11, 12, 13):
+        broker.add_topic(f"fr.{b}")
+    now = [12 * ROTATION_S + 5.0]  # bucket 12 is current; 11 closed, not yet consumed
+    broker.write("fr.11", 0, 3)
+    janitor = make_janitor(broker, now)
+    first = janitor.delete_consumed()
+    assert (first.floor, first.created) == (11, [])  # the worker's first subscription: no move
+    assert janitor.delete_consumed().created == []  # nothing proven: no move, nothing created
+
+    broker.committed[("fr.11", 0)] = 3
+    report = janitor.delete_consumed()
+    assert report.floor == 12
+    # In one rebalance with the floor move; the producers' next boundary then creates nothing.
+    assert sorted(report.created) == ["fr.14", "tr.13", "tr.14"]  # fr.13 existed already
+    assert broker.topics["fr.14"] == janitor.settings.frames_partitions
+    assert janitor.delete_consumed().created == []  # no move: nothing more
+
+
+def test_a_broker_that_refuses_the_creation_still_lets_the_floor_move() -> None:
+    from steelcore.kafka.exceptions import KafkaException
+
+    broker = FakeBroker()
+    broker.add_topic("fr.11")
+    broker.write("fr.11", 0, 2)
+    now = [12 * ROTATION_S + 5.0]
+    janitor = make_janitor(broker, now)
+    assert janitor.delete_consumed().floor == 11
+    broker.committed[("fr.11", 0)] = 2
+    refused = []
+
+    def refuse(new_topics: list[Any], **_: Any) -> None:
+        refused.extend(t.topic for t in new_topics)
+        raise KafkaException("broker away")
+
+    janitor.admin.create_topics = refuse  # type: ignore[method-assign]
+    report = janitor.delete_consumed()
+    assert (report.floor, report.created) == (12, [])  # the producers create them at the boundary
+    assert sorted(refused) == ["fr.13", "fr.14", "tr.13", "tr.14"]
 
 
 def test_a_bucket_still_in_its_grace_period_is_neither_probed_nor_deleted() -> None:
