@@ -3,10 +3,11 @@ attributes it uses): Kafka clients, subscription with or without topic rotation,
 callbacks, the embedded broker's restarts, and pausing while an outage holds a batch.
 
 Topic rotation (steelcore.kafka.topic_rotation, on by default for the embedded broker): the worker
-subscribes with a pattern to the frames buckets from a floor upwards; its janitor thread
-(workers.topic_janitor) raises the floor past buckets the group has consumed and deletes them
-once every worker has had time to drop them. The worker re-subscribes between batches when the
-floor moves.
+subscribes to the buckets' membership topic alone, and assigns itself its share of the buckets'
+partitions from a floor upwards (its membership partitions say which): it lists the topics every
+SUBSCRIPTION_REFRESH_MS for new buckets and drops those below the floor between batches, all
+without a rebalance of the group. Its janitor thread (workers.topic_janitor) raises the floor past
+buckets the group has consumed and deletes them once every worker has had time to drop them.
 
 A restart of the embedded (memory) broker loses its log, topics and committed offsets, but the
 consumer goes on fetching at its old positions, which in the new log skip whatever was written
@@ -25,11 +26,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from steelcore.kafka.clients import OFFSET_BEGINNING, TopicPartition, new_admin, new_consumer
+from steelcore.kafka.clients import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition, new_admin, new_consumer
 from steelcore.kafka.dead_letter import dead_letter_producer
-from steelcore.kafka.exceptions import KafkaException, is_partition_eof
+from steelcore.kafka.exceptions import KafkaException, TopicsNotVisibleError, is_partition_eof
 from steelcore.kafka.topic_admin import ensure_topics
-from steelcore.kafka.topic_rotation import SUBSCRIPTION_REFRESH_MS, subscription_pattern
+from steelcore.kafka.topic_rotation import SUBSCRIPTION_REFRESH_MS, bucket_partitions, members_topic
 
 log = logging.getLogger("steel.worker")
 
@@ -42,10 +43,12 @@ BROKER_CHECK_TIMEOUT_S = 2.0
 # refused may still have left a stale offset behind (seen once: the group resumed past frames it
 # never read), and the rejoin that follows a restart comes within seconds.
 BROKER_REWIND_S = 60.0
+# How long the loop waits for the topic list (with rotation) before leaving it for the next try.
+TOPIC_LIST_TIMEOUT_S = 1.0
 
 
 class ConsumerSession:
-    """Subscription, rotation floor, rebalance callbacks, broker-restart seeking, pause/resume."""
+    """Subscription, the buckets' partitions, rebalance callbacks, broker-restart seeking, pause/resume."""
 
     settings: Any
     config: Any
@@ -56,13 +59,16 @@ class ConsumerSession:
     janitor: Any
 
     def _subscribe(self) -> None:
-        """Subscribe to the frames topic, or with rotation to its buckets from the janitor's floor up."""
+        """Subscribe to the frames topic, or with rotation to its buckets' membership topic."""
         assert self.consumer is not None
         s = self.settings
-        if self.rotation_s > 0 and self.janitor is not None:
+        if self._rotating():
             self._floor = self.janitor.floor
-            topics = [subscription_pattern(s.frames_topic, self._floor)]
-            what = f"buckets of {s.frames_topic} from {self._floor} ({self.rotation_s:g} s each)"
+            topics = [members_topic(s.frames_topic)]
+            what = (
+                f"buckets of {s.frames_topic} from {self._floor} ({self.rotation_s:g} s each), "
+                f"shared out through {topics[0]}"
+            )
         else:
             topics, what = [s.frames_topic], s.frames_topic
         self.consumer.subscribe(
@@ -70,46 +76,131 @@ class ConsumerSession:
         )
         log.info("worker %s consuming %s in group %s", self.worker_id, what, self.group_id)
 
+    def _rotating(self) -> bool:
+        return self.rotation_s > 0 and self.janitor is not None
+
     def _setup_kafka(self) -> None:
         s = self.settings
         # With rotation the producers create the buckets; the dead-letter topic never rotates.
-        topics = [s.dead_letter_topic] if self.rotation_s > 0 else [s.frames_topic, s.dead_letter_topic]
+        topics = [s.dead_letter_topic]
+        topics += [members_topic(s.frames_topic)] if self.rotation_s > 0 else [s.frames_topic]
         ensure_topics(new_admin(s), topics, s.frames_partitions)
         if self.dead_letters is None:
             self.dead_letters = dead_letter_producer(s, self.worker_id, self.config.dead_letter_timeout_s)
         if self.consumer is None:
             overrides: dict[str, Any] = {"client.id": f"steel-worker-{self.worker_id}"}
             if self.rotation_s > 0:
-                # A pattern subscription sees new buckets at each metadata refresh.
+                # The membership topic, recreated after a broker restart, is seen within seconds.
                 overrides["topic.metadata.refresh.interval.ms"] = SUBSCRIPTION_REFRESH_MS
             self.consumer = new_consumer(self.group_id, s, overrides)
 
     # --- rebalance callbacks (run inside consume) -----------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
-        if time.monotonic() < self._rewind_until:
-            partitions = [
-                TopicPartition(
-                    tp.topic,
-                    tp.partition,
-                    self._committed_in_log.get((tp.topic, tp.partition), OFFSET_BEGINNING),
-                )
-                for tp in partitions
-            ]
-        consumer.assign(partitions)
+        if self._rotating():
+            self._members = {tp.partition for tp in partitions}
+            self._list_topics()
+            wanted = self._bucket_share()
+        else:
+            wanted = [(tp.topic, tp.partition) for tp in partitions]
+        self._assign(wanted, kept=set())
         self._assigned = True
-        # A new assignment starts from the offsets committed in the broker's current log (or, just
-        # after a restart was noticed, from its beginning).
-        self._unreset -= {(tp.topic, tp.partition) for tp in partitions}
-        if self._paused:
-            # The eager protocol drops the pause state with the old assignment: pause the new one.
-            consumer.pause(partitions)
-        log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
         self._assigned = False
-        log.info("revoked %s", _describe(partitions))
+        self._members = set()
+        log.info("revoked %s", _describe(consumer.assignment() if self._rotating() else partitions))
+        # The whole assignment goes: with rotation it is the buckets' partitions, not ``partitions``.
+        consumer.unassign()
+
+    # --- the buckets' partitions (with rotation) ------------------------------------------------
+    def _floor_move_due(self) -> bool:
+        return self._rotating() and self.janitor.floor != self._floor
+
+    def _follow_buckets(self) -> None:
+        """Between batches: take up new buckets (every SUBSCRIPTION_REFRESH_MS) and, when nothing
+        of theirs is in hand, drop the buckets below a raised floor. No rebalance either way."""
+        if not self._rotating():
+            return
+        floor_due = self._floor_move_due() and not self._carry and self._ahead is None
+        if not floor_due and time.monotonic() < self._next_topic_list:
+            return
+        if not self._list_topics():
+            return
+        if floor_due:
+            self._floor = self.janitor.floor
+        if not self._members:
+            return  # revoked: the next assignment takes the buckets up
+        assert self.consumer is not None
+        current = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        wanted = self._bucket_share()
+        if set(wanted) != current:
+            self._assign(wanted, kept=current)
+
+    def _list_topics(self) -> bool:
+        """Read the topics and their partition counts; recreate the membership topic where a broker
+        restart lost it. False (kept for the next try) when the broker does not answer."""
+        assert self.consumer is not None
+        self._next_topic_list = time.monotonic() + SUBSCRIPTION_REFRESH_MS / 1000
+        try:
+            listed = self.consumer.list_topics(timeout=TOPIC_LIST_TIMEOUT_S).topics
+        except KafkaException as exc:
+            log.debug("listing topics: %s", exc)
+            return False
+        self._topic_partitions = {
+            name: len(md.partitions) for name, md in listed.items() if md.error is None and md.partitions
+        }
+        members = members_topic(self.settings.frames_topic)
+        if members not in self._topic_partitions:
+            try:
+                ensure_topics(
+                    new_admin(self.settings), [members], self.settings.frames_partitions, timeout_s=5.0
+                )
+            except (KafkaException, TopicsNotVisibleError) as exc:
+                log.info("recreating %s failed (%s); trying again", members, exc)
+        return True
+
+    def _bucket_share(self) -> list[tuple[str, int]]:
+        """This worker's partitions of the buckets from the floor up, by its membership partitions."""
+        s = self.settings
+        count = self._topic_partitions.get(members_topic(s.frames_topic), s.frames_partitions)
+        assert self._floor is not None
+        return bucket_partitions(s.frames_topic, self._topic_partitions, self._floor, self._members, count)
+
+    def _assign(self, wanted: list[tuple[str, int]], kept: set[tuple[str, int]]) -> None:
+        """Assign ``wanted``: the ``kept`` partitions go on from the position reached; the others
+        start from the offsets committed in the broker's current log (just after a restart was
+        noticed, from the new log's beginning unless this worker committed there)."""
+        assert self.consumer is not None
+        positions: dict[tuple[str, int], int] = {}
+        if kept:
+            still = [TopicPartition(t, p) for t, p in wanted if (t, p) in kept]
+            positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(still)}
+        rewinding = time.monotonic() < self._rewind_until
+        assignment = []
+        for key in wanted:
+            if key in self._unreset:
+                offset = OFFSET_BEGINNING  # still at an old log's position
+            elif key in positions:
+                offset = positions[key]
+            elif rewinding:
+                offset = self._committed_in_log.get(key, OFFSET_BEGINNING)
+            else:
+                offset = OFFSET_INVALID  # the group's committed offset
+            assignment.append(TopicPartition(key[0], key[1], offset))
+        self.consumer.assign(assignment)
+        self._unreset -= set(wanted)
+        if self._paused:
+            # A new assignment is not paused (eager protocol, or assign()): pause it again.
+            self.consumer.pause(assignment)
+        added = [tp for tp in assignment if (tp.topic, tp.partition) not in kept]
+        dropped = sorted(kept - set(wanted))
+        log.info(
+            "assigned %s%s",
+            _describe(added),
+            f"; dropped {', '.join(f'{t}[{p}]' for t, p in dropped)}" if dropped else "",
+        )
 
     def _check_broker(self, *, quiet: bool) -> None:
         """Ask the embedded broker its cluster id; on a new incarnation, read every assigned
@@ -130,6 +221,7 @@ class ConsumerSession:
             self._rewind_until = time.monotonic() + BROKER_REWIND_S
             self._committed_in_log = {}
             self._unreset = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+            self._next_topic_list = 0.0  # with rotation: the buckets of the new log, at once
             log.error(
                 "the Kafka broker restarted with an empty log: reading %s again from the beginning of "
                 "the new log; offsets of messages read before now are not committed",

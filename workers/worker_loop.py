@@ -106,7 +106,12 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
         self._relay_thread: PeriodicThread | None = None
         self.rotation_s = rotation_seconds(self.settings)
         self._janitor_thread: PeriodicThread | None = None
-        self._floor: int | None = None  # bucket subscription floor, with topic rotation
+        # With topic rotation: the bucket floor applied to the assignment, the membership partitions
+        # held, and the topics last listed (name -> partitions) with the time of the next listing.
+        self._floor: int | None = None
+        self._members: set[int] = set()
+        self._topic_partitions: dict[str, int] = {}
+        self._next_topic_list = 0.0
         self.rule = AlarmRule.from_settings(self.settings)
         self.model_version = self.config.model_version or self.settings.triton_model
         self.stop_event = threading.Event()
@@ -169,8 +174,7 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
         self.probes.beat()
         if self.roles is not None:
             self.roles.poll()
-        if self._resubscribe_due() and not self._carry and self._ahead is None:
-            self._subscribe()  # drained buckets leave the assignment (rebalance) before deletion
+        self._follow_buckets()  # new buckets join the assignment; drained ones leave it before deletion
         if self._incarnation is not None and (self._unreset or time.monotonic() >= self._next_broker_check):
             self._check_broker(quiet=True)
         batch, self._ahead = self._ahead, None
@@ -183,10 +187,6 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
             self._judge_load(batch, time.monotonic() - started)
         self._maybe_log()
         return len(batch.messages) if batch is not None else 0
-
-    def _resubscribe_due(self) -> bool:
-        janitor = self.janitor if self.rotation_s > 0 else None
-        return janitor is not None and janitor.floor != self._floor
 
     def _take(self, wait_s: float, *, ahead: bool = False) -> Batch | None:
         """The next batch, decoded and sent to Triton: the messages kept while held first (one
@@ -209,10 +209,10 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
     def _take_ahead(self) -> None:
         """Take the frames waiting as the next batch and send it to Triton now, so that it is
         inferred while the batch in hand is stored. Not while held or stopping, not before the
-        messages kept while held (they come first), not before a pending resubscription."""
+        messages kept while held (they come first), not before a pending floor move."""
         if not self.config.infer_ahead or self._ahead is not None or self._paused or self._carry:
             return
-        if self.stop_event.is_set() or self._resubscribe_due():
+        if self.stop_event.is_set() or self._floor_move_due():
             return
         self._ahead = self._take(0.0, ahead=True)
 

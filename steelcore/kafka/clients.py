@@ -2,8 +2,8 @@
 config in client_config (so the security settings and the bounds reach every client), with
 librdkafka's log lines sent to the ``librdkafka`` logger instead of straight to stderr.
 
-TopicPartition and OFFSET_BEGINNING are re-exported for code that names partitions and offsets
-(commits, seeks, rebalance callbacks) without importing the client library.
+TopicPartition, OFFSET_BEGINNING and OFFSET_INVALID are re-exported for code that names partitions
+and offsets (commits, seeks, assignments) without importing the client library.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from steelcore.kafka.client_config import admin_config, consumer_config, producer_config
@@ -20,6 +20,7 @@ from steelcore.settings import Settings
 
 __all__ = [
     "OFFSET_BEGINNING",
+    "OFFSET_INVALID",
     "BrokerIncarnation",
     "TopicPartition",
     "count_brokers",

@@ -4,11 +4,18 @@ stays within bounded memory.
 The embedded broker (Tansu) keeps every message in memory, ignores retention and frees memory only
 when a topic is deleted. With rotation on, a message published at wall-clock time ``t`` goes to
 ``f"{topic}.{bucket}"`` with ``bucket = floor(t / rotation_s)``: every producer derives the same
-name from its clock, with no coordination. Workers subscribe with a regular expression (librdkafka
-reads a subscription starting with ``^`` as one) that matches the buckets from a *floor* upwards,
-so new buckets are picked up at the next metadata refresh and drained ones drop out. The janitor
-(steelcore.kafka.consumed_buckets, run by each worker's janitor thread) deletes a bucket once it is
-closed, consumed and out of every worker's subscription.
+name from its clock, with no coordination. The janitor (steelcore.kafka.consumed_buckets, run by
+each worker's janitor thread) deletes a bucket once it is closed, consumed and out of every
+worker's assignment.
+
+Workers do not subscribe to the buckets: every change of a group's subscribed topics is a
+rebalance, which stops the whole group (1-3 s on Tansu at every bucket period). They subscribe
+to one *membership topic* that never changes and holds no messages (``members_topic``); the group
+shares out its partitions, and a worker holding membership partition ``m`` consumes partition
+``p`` of every bucket from the floor upwards where ``p % members == m`` (``bucket_partitions``),
+assigned by the worker itself, from the offsets the group committed. New buckets and the floor
+then change each worker's assignment without a rebalance; a worker that joins, leaves or dies
+still moves membership partitions, and with them its buckets' partitions, as before.
 
 A bucket is *closed* once no producer can still deliver into it: the camera producer picks the
 bucket when it calls produce() and, while rotating, gives up on a message after
@@ -25,13 +32,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection, Mapping
 
 from steelcore.service_urls import is_embedded
 from steelcore.settings import Settings
 
-# librdkafka re-evaluates a pattern subscription at each metadata refresh (default every 5 min);
-# producers create the next bucket one period ahead, so a few seconds is ample.
+# How often a consumer of buckets lists the topics for new ones (workers) or re-evaluates its pattern
+# subscription (librdkafka's metadata refresh, 5 min by default): buckets are created one period
+# ahead, so a few seconds is ample.
 SUBSCRIPTION_REFRESH_MS = 2000
+MEMBERS_SUFFIX = "members"
 # Truth buckets are read by live-accuracy monitors, not by the worker group: they are kept for this
 # many buckets before the current one, and readers follow from the previous bucket onwards.
 TRUTH_KEEP_BUCKETS = 2
@@ -111,3 +121,23 @@ def literal_pattern(name: str) -> str:
 def subscription_pattern(topic: str, floor: int) -> str:
     """A librdkafka pattern subscription to the buckets of ``topic`` numbered ``floor`` or more."""
     return f"^{literal_pattern(topic)}\\.{at_least_pattern(floor)}$"
+
+
+def members_topic(topic: str) -> str:
+    """The membership topic of ``topic``'s buckets: the worker group subscribes to it alone."""
+    return f"{topic}.{MEMBERS_SUFFIX}"
+
+
+def bucket_partitions(
+    topic: str, partitions: Mapping[str, int], floor: int, members: Collection[int], member_count: int
+) -> list[tuple[str, int]]:
+    """The (bucket topic, partition) pairs of ``topic``'s buckets numbered ``floor`` or more that the
+    holder of membership partitions ``members`` (of ``member_count``) consumes; ``partitions``
+    maps each existing topic to its partition count. Ordered by bucket, then partition."""
+    if member_count < 1:
+        raise ValueError(f"member_count must be >= 1, got {member_count}")
+    owned = set(members)
+    buckets = sorted(
+        (b, name) for name in partitions if (b := bucket_number(topic, name)) is not None and b >= floor
+    )
+    return [(name, p) for _, name in buckets for p in range(partitions[name]) if p % member_count in owned]

@@ -149,3 +149,27 @@ def test_consumed_closed_buckets_are_deleted_and_unconsumed_ones_kept(settings: 
     # Truth buckets are kept two buckets back only, consumed or not.
     truth = buckets(settings, settings.truth_topic)
     assert truth and all(b > current - 3 for b in truth), (sorted(truth), current)
+
+
+def test_two_workers_share_the_buckets_without_rebalancing_and_one_takes_over_from_the_other(
+    settings: Settings,
+) -> None:
+    """Buckets come and go under the workers without a rebalance of the group (they subscribe to the
+    membership topic only), and a worker that leaves hands its share of every bucket to the other."""
+    migrate.upgrade(reveal(settings.postgres_url) or "")
+    with WorkerThread(settings, CONFIG, 60.0, inference=BlankInference()) as first:
+        with WorkerThread(settings, CONFIG, 60.0, inference=BlankInference()) as second:
+            workers = [first.worker, second.worker]
+            wait_until(lambda: all(len(w._members) == 1 for w in workers), 30, "one membership partition each")
+            rebalances = [w._rebalances for w in workers]
+            produced, used = publish(settings, seconds=3 * ROTATION_S)
+            assert len(used) >= 3
+            wait_until(lambda: stored(settings) == produced, 60, f"{produced} frames stored")
+            # Every bucket was shared out: each worker holds its partition of the current buckets.
+            assert all(w.consumer.assignment() for w in workers)
+            assert [w._rebalances for w in workers] == rebalances
+        wait_until(lambda: first.worker._members == {0, 1}, 30, "the first worker holding both partitions")
+        more, _used = publish(settings, seconds=2 * ROTATION_S)
+        wait_until(lambda: stored(settings) == produced + more, 60, f"{produced + more} frames stored")
+        assert first.thread.is_alive() and second.error is None
+    assert first.error is None

@@ -12,8 +12,10 @@ from steelcore.kafka.topic_rotation import (
     at_least_pattern,
     bucket_number,
     bucket_of,
+    bucket_partitions,
     bucket_topic,
     is_closed,
+    members_topic,
     subscription_pattern,
 )
 
@@ -41,6 +43,31 @@ def test_the_subscription_pattern_takes_only_buckets_of_its_topic() -> None:
     assert [n for n in names if re.fullmatch(pattern[1:-1], n)] == ["steel.frames.120", "steel.frames.7000"]
     with pytest.raises(ValueError, match="topic name"):
         subscription_pattern("steel frames", 1)
+
+
+def test_the_membership_partitions_share_out_every_bucket_from_the_floor_up() -> None:
+    topics = {
+        "steel.frames.members": 2, "steel.frames.9": 4, "steel.frames.10": 4, "steel.frames.11": 3,
+        "steel.frames.truth.10": 4, "steel.frames.dead-letter": 1,
+    }  # fmt: skip
+    assert bucket_number("steel.frames", members_topic("steel.frames")) is None  # never a bucket itself
+    share = {m: bucket_partitions("steel.frames", topics, 10, {m}, 2) for m in (0, 1)}
+    assert share[0] == [
+        ("steel.frames.10", 0),
+        ("steel.frames.10", 2),
+        ("steel.frames.11", 0),
+        ("steel.frames.11", 2),
+    ]
+    assert share[1] == [("steel.frames.10", 1), ("steel.frames.10", 3), ("steel.frames.11", 1)]
+    # Together the members hold each partition from the floor up exactly once.
+    every = [(name, p) for name in ("steel.frames.10", "steel.frames.11") for p in range(topics[name])]
+    assert sorted(share[0] + share[1]) == sorted(every)
+    assert bucket_partitions("steel.frames", topics, 10, {0, 1}, 2) == sorted(
+        every, key=lambda x: (x[0], x[1])
+    )
+    assert bucket_partitions("steel.frames", topics, 12, {0, 1}, 2) == []
+    with pytest.raises(ValueError):
+        bucket_partitions("steel.frames", topics, 10, {0}, 0)
 
 
 def test_bucket_names_round_trip_and_others_are_not_buckets() -> None:

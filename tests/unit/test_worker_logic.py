@@ -338,25 +338,67 @@ def test_without_rotation_the_worker_subscribes_to_the_topic_itself() -> None:
     assert parts["consumer"].subscriptions == [[TOPIC]]
 
 
-def test_with_rotation_the_worker_follows_the_janitors_floor_between_batches() -> None:
-    import re
+def test_with_rotation_the_worker_assigns_itself_its_share_of_the_buckets_without_a_rebalance() -> None:
+    from confluent_kafka import TopicPartition
 
     janitor = FakeJanitor(floor=41)
     worker, _journal, parts = make_worker(good_messages(2), rotation_s=10.0, janitor=janitor)
     consumer = parts["consumer"]
     assert janitor.checks == 1  # the floor was established before the first subscription
-    (pattern,) = consumer.subscriptions[0]
-    assert pattern.startswith("^")
-    assert [n for n in (40, 41, 42, 100) if re.fullmatch(pattern[1:-1], f"{TOPIC}.{n}")] == [41, 42, 100]
+    members = f"{TOPIC}.members"
+    assert consumer.subscriptions == [[members]]  # one topic that never changes: no rebalance for buckets
+    consumer.topics = {members: 2, f"{TOPIC}.40": 2, f"{TOPIC}.41": 2, f"{TOPIC}.42": 2, "other.41": 2}
+    consumer.callbacks["on_assign"](consumer, [TopicPartition(members, 1)])
+    # Partition 1 of each bucket from the floor up, from the group's committed offsets (-1001).
+    assert consumer.assigns[-1] == [(f"{TOPIC}.41", 1, -1001), (f"{TOPIC}.42", 1, -1001)]
+    rebalances = worker._rebalances
+
+    # A new bucket joins at the next listing; the partitions in hand go on from their positions.
+    consumer.positions[(f"{TOPIC}.41", 1)] = 7
+    consumer.topics[f"{TOPIC}.43"] = 2
+    worker._next_topic_list = 0.0
     worker.run_once()
-    assert len(consumer.subscriptions) == 1  # unchanged floor: no re-subscription (no rebalance)
+    assert consumer.assigns[-1] == [
+        (f"{TOPIC}.41", 1, 7),
+        (f"{TOPIC}.42", 1, -1001),
+        (f"{TOPIC}.43", 1, -1001),
+    ]
+
+    # The floor moves: the drained bucket leaves the assignment between batches.
     janitor.floor = 43
     worker.run_once()
-    assert len(consumer.subscriptions) == 2
-    (pattern,) = consumer.subscriptions[1]
-    assert not re.fullmatch(pattern[1:-1], f"{TOPIC}.42") and re.fullmatch(pattern[1:-1], f"{TOPIC}.43")
+    assert consumer.assigns[-1] == [(f"{TOPIC}.43", 1, -1001)]
+    assert consumer.subscriptions == [[members]] and worker._rebalances == rebalances
+
+    # Revoked, the worker holds nothing and assigns nothing until the group gives it partitions again.
+    consumer.callbacks["on_revoke"](consumer, [TopicPartition(members, 1)])
+    consumer.topics[f"{TOPIC}.44"] = 2
+    worker._next_topic_list = 0.0
+    worker.run_once()
+    assert consumer.assigned == []
     worker.teardown()
     assert janitor.closed and consumer.closed
+
+
+def test_with_rotation_a_lost_membership_topic_is_created_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.consumer_session as consumer_session
+
+    created: list[list[str]] = []
+    monkeypatch.setattr(
+        consumer_session, "ensure_topics", lambda _admin, names, *_a, **_k: created.append(names)
+    )
+    monkeypatch.setattr(consumer_session, "new_admin", lambda _settings: None)
+    worker, _journal, parts = make_worker([], rotation_s=10.0, janitor=FakeJanitor(floor=1))
+    consumer = parts["consumer"]
+    consumer.topics = {f"{TOPIC}.members": 2}
+    worker._next_topic_list = 0.0
+    worker.run_once()
+    assert created == []
+    consumer.topics = {f"{TOPIC}.1": 2}  # a restarted memory broker: the producers' bucket only
+    worker._next_topic_list = 0.0
+    worker.run_once()
+    assert created == [[f"{TOPIC}.members"]]
+    worker.teardown()
 
 
 def test_a_close_that_hangs_is_left_behind_and_the_rest_still_close(monkeypatch: pytest.MonkeyPatch) -> None:

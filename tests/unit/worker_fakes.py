@@ -109,6 +109,9 @@ class FakeConsumer:
         self.subscriptions: list[list[str]] = []
         self.cluster_id = "steel-first"  # what the broker answers; a restarted embedded broker has a new one
         self.seeks: list[tuple[int, int]] = []
+        self.topics: dict[str, int] = {}  # what list_topics answers: name -> partitions
+        self.positions: dict[tuple[str, int], int] = {}  # what position() answers; -1001 unknown
+        self.assigns: list[list[tuple[str, int, int]]] = []
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.callbacks = callbacks
@@ -129,8 +132,13 @@ class FakeConsumer:
         return list(self.assigned)
 
     def assign(self, partitions: list[Any]) -> None:
+        self.assigns.append([(tp.topic, tp.partition, tp.offset) for tp in partitions])
         self.assigned = list(partitions)
         self.paused = set()  # as with the eager protocol: a new assignment is not paused
+
+    def unassign(self) -> None:
+        self.assigned = []
+        self.paused = set()
 
     def pause(self, partitions: list[Any]) -> None:
         self.journal.append("pause")
@@ -150,7 +158,19 @@ class FakeConsumer:
         return []
 
     def list_topics(self, timeout: float) -> Any:
-        return SimpleNamespace(cluster_id=self.cluster_id)
+        topics = {
+            name: SimpleNamespace(partitions=dict.fromkeys(range(n)), error=None)
+            for name, n in self.topics.items()
+        }
+        return SimpleNamespace(cluster_id=self.cluster_id, topics=topics)
+
+    def position(self, partitions: list[Any]) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        return [
+            TopicPartition(tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), -1001))
+            for tp in partitions
+        ]
 
     def seek(self, partition: Any) -> None:
         self.journal.append("seek")
