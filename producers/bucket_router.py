@@ -2,10 +2,10 @@
 
 Without rotation: the frames and truth topics themselves. With rotation: their bucket for the
 current wall-clock time. Each bucket is created before its first message, together with the next
-one, so that workers' pattern subscriptions already cover the next bucket when the clock reaches it
-(and the group's rebalance for the new topic happens while the old bucket is still current). While
-workers run, their janitors have usually created both already, at their last floor move
-(steelcore.kafka.consumed_buckets), so the boundary changes no topic and costs no rebalance.
+one, so that workers (which list the topics every few seconds and assign themselves their share of
+each bucket, workers.consumer_session) already consume the next bucket when the clock reaches it.
+While workers run, their janitors have usually created both already, at their last floor move
+(steelcore.kafka.consumed_buckets).
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ class PeriodicThread:
 
     ``on_clock_multiples``: call at the wall-clock instants that are multiples of ``interval_s``
     instead (the first one is the next such instant). Threads of several processes then step
-    together: the bucket janitors of all workers move their subscription floor in the same second,
-    so a floor move costs the consumer group one rebalance instead of one per worker."""
+    together: the bucket janitors of all workers move their floor in the same second, so every
+    worker drops a drained bucket at about the same time (until session 9, when the floor was a
+    subscription, this made a floor move one rebalance of the group instead of one per worker)."""
 
     def __init__(
         self,

@@ -29,10 +29,12 @@ from steelcore.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 # Against Tansu: each round of a join or rebalance waits session/2 = 1 s instead of 23 s at
-# librdkafka's 45 s default. 6000 ms (3 s) until session 8: with topic rotation the group rebalances
-# every bucket period, and in side-by-side runs with 20 s buckets 2000 ms took the steady p50 from
-# 0.74-1.61 s to 0.16-0.17 s (docs/reliability.md, item 10). The heartbeat, on librdkafka's own
-# thread, stays four times inside the session: a worker busy with a batch is not evicted.
+# librdkafka's 45 s default. 6000 ms (3 s) until session 8, when topic rotation still rebalanced the
+# group every bucket period: in side-by-side runs with 20 s buckets 2000 ms took the steady p50 from
+# 0.74-1.61 s to 0.16-0.17 s (docs/reliability.md, item 10). Since session 9 buckets cost no
+# rebalance; a worker that joins, leaves or dies still does, and a dead worker's partitions move
+# after this timeout. The heartbeat, on librdkafka's own thread, stays four times inside the
+# session: a worker busy with a batch is not evicted.
 EMBEDDED_SESSION_TIMEOUT_MS = 2000
 EMBEDDED_HEARTBEAT_INTERVAL_MS = 500
 # Tansu holds a fetch for the whole wait even when data arrives; 10 ms gave p50 3 ms end to end.

@@ -6,20 +6,19 @@ leader to elect: each check reads only shared state (topic list, the group's com
 clock), so all workers reach the same verdicts, and deleting a topic twice is harmless. A check:
 
 1. proves which *closed* frames buckets the group has fully consumed (:class:`DrainProbe`);
-2. moves the worker's subscription *floor* to the oldest bucket not yet proven consumed (the
-   worker re-subscribes with the pattern for buckets >= floor, so drained buckets drop out of its
-   assignment);
+2. moves the worker's *floor* to the oldest bucket not yet proven consumed (the worker assigns
+   itself only buckets >= floor, so drained buckets drop out of its assignment between batches);
 3. deletes frames buckets that have been below the floor for ``retire_after_s`` (three check
    intervals: by then every live worker has run its own check and dropped them), and truth buckets
    older than TRUTH_KEEP_BUCKETS.
 
 When the floor moves, the check first creates the next PREPARE_AHEAD_BUCKETS buckets (frames and
-truth). On the embedded broker every change of the subscribed topic set is a rebalance of the whole
-group that stalls consumption for seconds; created here, a new bucket joins the subscription in the
-same rebalance as the floor move (the janitors of all workers step at the same wall-clock instants,
-workers.periodic_thread), and the producers, who create their current and next bucket at each
-boundary (producers.bucket_router), find both there and change nothing. Without a floor move (no
-worker, or a backlog) the producers still create each bucket one period ahead.
+truth), so that every worker has long listed a bucket when its first frame arrives, and the
+producers, who create their current and next bucket at each boundary (producers.bucket_router),
+find both there. (Made in session 8, when the workers still subscribed to the buckets and every new
+topic was a rebalance of the group: created here it joined in the floor move's rebalance. Since
+session 9 neither costs a rebalance: workers subscribe to the membership topic only.) Without a
+floor move (no worker, or a backlog) the producers still create each bucket one period ahead.
 
 Why the floor and the wait: a consumer fetching from a topic at the moment it is deleted on the
 embedded broker crashes librdkafka (a segmentation fault in its metadata cache, seen with
@@ -207,12 +206,12 @@ class ConsumedBucketDeleter:
 
         pending = [b for b in frames if b not in self._proven]
         proven_here = [b for b in frames if b in self._proven]
-        # Only a proof moves the floor (each move is a rebalance); it never passes an open bucket,
-        # since only closed buckets are proven.
+        # Only a proof moves the floor; it never passes an open bucket, since only closed buckets
+        # are proven.
         floor = min(pending) if pending else max(proven_here) + 1 if proven_here else self.floor
         if self._floor_known:
             floor = max(floor, self.floor)  # proofs are never withdrawn: the floor only rises
-            if floor > self.floor:  # before the floor is published: the worker re-subscribes on it
+            if floor > self.floor:  # before the floor is published: the worker follows it
                 report.created = self._create_ahead(current)
         self.floor, self._floor_known = floor, True
         report.floor = floor

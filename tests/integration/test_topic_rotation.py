@@ -1,5 +1,6 @@
-"""Topic rotation on the embedded broker: producers write 2-second buckets, a worker consumes them by
-pattern, and the janitor deletes a bucket only once it is closed and consumed by the group.
+"""Topic rotation on the embedded broker: producers write 2-second buckets, workers consume their
+share of them (no rebalance as buckets come and go), and the janitor deletes a bucket only once it
+is closed and consumed by the group.
 
 The model is replaced by an instant "no defect" answer (this is about the broker); Kafka, Postgres
 and Redis are the real embedded services.
@@ -160,7 +161,7 @@ def test_two_workers_share_the_buckets_without_rebalancing_and_one_takes_over_fr
     with WorkerThread(settings, CONFIG, 60.0, inference=BlankInference()) as first:
         with WorkerThread(settings, CONFIG, 60.0, inference=BlankInference()) as second:
             workers = [first.worker, second.worker]
-            wait_until(lambda: all(len(w._members) == 1 for w in workers), 30, "one membership partition each")
+            wait_until(lambda: all(len(w._members) == 1 for w in workers), 30, "a membership partition each")
             rebalances = [w._rebalances for w in workers]
             produced, used = publish(settings, seconds=3 * ROTATION_S)
             assert len(used) >= 3
