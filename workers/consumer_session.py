@@ -169,14 +169,17 @@ class ConsumerSession:
         return bucket_partitions(s.frames_topic, self._topic_partitions, self._floor, self._members, count)
 
     def _assign(self, wanted: list[tuple[str, int]], kept: set[tuple[str, int]]) -> None:
-        """Assign ``wanted``: the ``kept`` partitions go on from the position reached; the others
-        start from the offsets committed in the broker's current log (just after a restart was
-        noticed, from the new log's beginning unless this worker committed there)."""
+        """Assign ``wanted``: the ``kept`` partitions go on from the position reached; the others,
+        and kept ones that delivered nothing yet, start from the offsets committed in the broker's
+        current log (just after a restart was noticed, from the new log's beginning unless this
+        worker committed there)."""
         assert self.consumer is not None
         positions: dict[tuple[str, int], int] = {}
         if kept:
             still = [TopicPartition(t, p) for t, p in wanted if (t, p) in kept]
-            positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(still)}
+            positions = {
+                (tp.topic, tp.partition): tp.offset for tp in self.consumer.position(still) if tp.offset >= 0
+            }
         rewinding = time.monotonic() < self._rewind_until
         assignment = []
         for key in wanted:

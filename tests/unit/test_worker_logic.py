@@ -364,6 +364,16 @@ def test_with_rotation_the_worker_assigns_itself_its_share_of_the_buckets_withou
         (f"{TOPIC}.43", 1, -1001),
     ]
 
+    # Just after a broker restart was noticed, a partition that delivered nothing yet starts from
+    # the new log's beginning, not from an offset the new broker may hold from the old log.
+    worker._rewind_until = time.monotonic() + 60
+    consumer.topics[f"{TOPIC}.44"] = 2
+    worker._next_topic_list = 0.0
+    worker.run_once()
+    assert consumer.assigns[-1] == [(f"{TOPIC}.41", 1, 7)] + [(f"{TOPIC}.{b}", 1, -2) for b in (42, 43, 44)]
+    worker._rewind_until = 0.0
+    del consumer.topics[f"{TOPIC}.44"]
+
     # The floor moves: the drained bucket leaves the assignment between batches.
     janitor.floor = 43
     worker.run_once()
