@@ -7,10 +7,12 @@ serving settings.triton_repository) and, for each worker count W:
 1. backlog: N synthetic frames are burst-published before the workers start; sustained frames/s
    = frames stored after the first batch / (last batch's stored_at - first batch's stored_at),
    so start-up (group join, first request) is left out;
-2. steady rate: cameras publish on schedule at a fraction of that throughput for a while;
-   camera-to-stored (stored_at - captured_at, every frame) and camera-to-alarm (Redis stream
-   entry time - captured_at; the workers' alarm rule is set to fire on every detection so that
-   every defective frame is measured) p50/p99;
+2. steady rate: cameras publish on schedule for a while, by default at 70% of what the machine
+   serves with those cameras running: the backlog throughput less the synthetic cameras' own time
+   per frame (rendering and JPEG on the same cores, measured at start), the rule `steel demo`
+   chooses its load by (stack.demo_capacity); camera-to-stored (stored_at - captured_at, every
+   frame) and camera-to-alarm (Redis stream entry time - captured_at; the workers' alarm rule is
+   set to fire on every detection so that every defective frame is measured) p50/p99;
 3. the ensemble alone: ``steel bench triton``'s closed loop, batches of the worker batch size at
    concurrency W and 2W (a worker inferring ahead keeps two requests in flight), the faster of
    the two as the reference, same server;
@@ -38,6 +40,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.ensemble_reference import ensemble_alone
 from benchmarks.pipeline_report import STAGES, latency_pair, plot_results, print_results
+from stack.demo_capacity import DEFAULT_SHARE, Capacity, camera_seconds, with_cameras
 from steelcore import exit_codes
 
 NAME = "pipeline"
@@ -55,14 +58,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steady-s", type=float, default=45.0, help="steady-rate publishing per case, s")
     parser.add_argument(
-        "--steady-fraction", type=float, default=0.7, help="steady rate as a share of the backlog throughput"
+        "--steady-fraction",
+        type=float,
+        default=DEFAULT_SHARE,
+        help="steady rate as a share of what the machine serves with the bench's cameras running (the "
+        "backlog throughput less the cameras' measured time per frame, as `steel demo` chooses)",
     )
     parser.add_argument(
         "--steady-fps",
         type=float,
         default=None,
-        help="steady rate in frames/s, all cameras together (default: --steady-fraction of each case's "
-        "backlog throughput); one rate for every case compares their latency at the same load",
+        help="steady rate in frames/s, all cameras together (default: --steady-fraction, per case); one "
+        "rate for every case compares their latency at the same load",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="worker batch size (default 8)")
     parser.add_argument(
@@ -113,8 +120,11 @@ def run(args: argparse.Namespace) -> int:
             for name, exc in up.failures.items():
                 print(f"steel bench pipeline: {name}: {exc}", file=sys.stderr)
             return exit_codes.UNAVAILABLE
+        camera_s = camera_seconds()
+        print(f"the bench's synthetic cameras take {1000 * camera_s:.1f} ms per frame", flush=True)
         config: dict[str, Any] = {
             **{k: v for k, v in vars(args).items() if k != "json"},
+            "camera_s_per_frame": camera_s,
             "triton_repository": str(settings.triton_repository),
             "load_average_before": os.getloadavg(),
         }
@@ -126,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 alone: dict[str, Any] = {}
                 for ahead in (True, False) if args.compare_infer_ahead else (True,):
                     print(f"case: {workers} worker(s), infer ahead {'on' if ahead else 'off'}", flush=True)
-                    row = pipeline_case(workers, args, env, settings, engine, infer_ahead=ahead)
+                    row = pipeline_case(workers, args, env, settings, engine, camera_s, infer_ahead=ahead)
                     alone = alone or ensemble_alone(settings, workers, args)
                     row.update(alone)
                     row["pipeline_vs_ensemble"] = row["backlog_frames_per_s"] / row["ensemble_frames_per_s"]
@@ -150,6 +160,7 @@ def pipeline_case(
     env: Mapping[str, str],
     settings: Any,
     engine: Any,
+    camera_s: float,
     *,
     infer_ahead: bool = True,
 ) -> dict[str, Any]:
@@ -186,7 +197,7 @@ def pipeline_case(
         _wait_stored(engine, backlog_line, 2 * half, procs)
         backlog = backlog_throughput(engine, backlog_line)
         print(f"  backlog: {backlog:.2f} frames/s", flush=True)
-        rate = args.steady_fps or args.steady_fraction * backlog
+        rate, with_own_cameras = steady_rate(args, backlog, camera_s)
         per_camera = round(args.steady_s * rate / 2)
         began = time.monotonic()
         _steel(case_env, "produce", "--line", steady_line, "--camera", "c1", "--camera", "c2", "--fps",
@@ -212,6 +223,7 @@ def pipeline_case(
         "infer_ahead": infer_ahead,
         "backlog_frames": 2 * half,
         "backlog_frames_per_s": backlog,
+        "served_with_cameras_frames_per_s": with_own_cameras,
         "steady_offered_frames_per_s": rate,
         "steady_frames": 2 * per_camera,
         "steady_achieved_frames_per_s": 2 * per_camera / elapsed,
@@ -221,6 +233,13 @@ def pipeline_case(
             s: 1000 * stages[s]["sum"] / stages[s]["count"] for s in STAGES if stages.get(s, {}).get("count")
         },
     }
+
+
+def steady_rate(args: argparse.Namespace, backlog: float, camera_s: float) -> tuple[float, float]:
+    """(frames/s to offer, what the machine serves with the bench's cameras running): --steady-fps
+    when given, else --steady-fraction of the backlog throughput less the cameras' time per frame."""
+    with_own_cameras = with_cameras(Capacity(backlog, "backlog"), camera_s).frames_per_s
+    return args.steady_fps or args.steady_fraction * with_own_cameras, with_own_cameras
 
 
 def backlog_throughput(engine: Any, line: str) -> float:

@@ -46,6 +46,18 @@ def test_a_backlog_stored_in_one_batch_cannot_be_timed() -> None:
         pipeline_bench.backlog_throughput(FakeEngine([T0] * 8), "B1")
 
 
+def test_the_steady_rate_leaves_room_for_the_bench_cameras_own_work() -> None:
+    parser = argparse.ArgumentParser()
+    pipeline_bench.add_arguments(parser)
+    # 64 frames/s alone; the cameras take 15 ms a frame on the same cores: 1 / (1/64 + 0.015) = 32.7.
+    rate, served = pipeline_bench.steady_rate(parser.parse_args([]), 64.0, 0.015)
+    assert served == pytest.approx(32.65, abs=0.01) and rate == pytest.approx(0.7 * served)
+    rate, _ = pipeline_bench.steady_rate(parser.parse_args(["--steady-fraction", "0.5"]), 64.0, 0.0)
+    assert rate == pytest.approx(32.0)
+    rate, _ = pipeline_bench.steady_rate(parser.parse_args(["--steady-fps", "24"]), 64.0, 0.015)
+    assert rate == 24.0
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
