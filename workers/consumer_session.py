@@ -99,8 +99,9 @@ class ConsumerSession:
         self._rebalances += 1
         if self._rotating():
             self._members = {tp.partition for tp in partitions}
-            self._list_topics()
-            wanted = self._bucket_share()
+            # Never from a stale list: a bucket deleted since would be fetched when it is gone, which
+            # crashes librdkafka (steelcore.kafka.consumed_buckets). Unlisted, the next refresh assigns.
+            wanted = self._bucket_share() if self._list_topics() else []
         else:
             wanted = [(tp.topic, tp.partition) for tp in partitions]
         self._assign(wanted, kept=set())

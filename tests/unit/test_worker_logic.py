@@ -390,6 +390,32 @@ def test_with_rotation_the_worker_assigns_itself_its_share_of_the_buckets_withou
     assert janitor.closed and consumer.closed
 
 
+def test_with_rotation_an_assignment_is_never_made_from_a_stale_topic_list() -> None:
+    from confluent_kafka import TopicPartition
+
+    from steelcore.kafka.exceptions import KafkaException
+
+    worker, _journal, parts = make_worker([], rotation_s=10.0, janitor=FakeJanitor(floor=1))
+    consumer = parts["consumer"]
+    consumer.topics = {f"{TOPIC}.members": 2, f"{TOPIC}.1": 2}
+    worker._next_topic_list = 0.0
+    worker.run_once()  # listed once: frames.1 known
+    del consumer.topics[f"{TOPIC}.1"]  # deleted since; the broker does not answer the next listing
+
+    def unanswered(timeout: float) -> Any:
+        raise KafkaException("timed out")
+
+    consumer.list_topics = unanswered
+    consumer.callbacks["on_assign"](consumer, [TopicPartition(f"{TOPIC}.members", 0)])
+    assert consumer.assigns[-1] == []  # nothing from the stale list
+    del consumer.list_topics  # answering again: the next listing assigns what exists
+    consumer.topics[f"{TOPIC}.2"] = 2
+    worker._next_topic_list = 0.0
+    worker.run_once()
+    assert consumer.assigns[-1] == [(f"{TOPIC}.2", 0, -1001)]
+    worker.teardown()
+
+
 def test_with_rotation_a_lost_membership_topic_is_created_again(monkeypatch: pytest.MonkeyPatch) -> None:
     import workers.consumer_session as consumer_session
 
