@@ -5,7 +5,7 @@ callbacks, the embedded broker's restarts, and pausing while an outage holds a b
 Topic rotation (steelcore.kafka.topic_rotation, on by default for the embedded broker): the worker
 subscribes to the buckets' membership topic alone, and assigns itself its share of the buckets'
 partitions from a floor upwards (its membership partitions say which): it lists the topics every
-SUBSCRIPTION_REFRESH_MS for new buckets and drops those below the floor between batches, all
+SUBSCRIPTION_REFRESH_MS for new buckets and drops those below the floor as soon as it rises, all
 without a rebalance of the group. Its janitor thread (workers.topic_janitor) raises the floor past
 buckets the group has consumed and deletes them once every worker has had time to drop them.
 
@@ -30,7 +30,12 @@ from steelcore.kafka.clients import OFFSET_BEGINNING, OFFSET_INVALID, TopicParti
 from steelcore.kafka.dead_letter import dead_letter_producer
 from steelcore.kafka.exceptions import KafkaException, TopicsNotVisibleError, is_partition_eof
 from steelcore.kafka.topic_admin import ensure_topics
-from steelcore.kafka.topic_rotation import SUBSCRIPTION_REFRESH_MS, bucket_partitions, members_topic
+from steelcore.kafka.topic_rotation import (
+    SUBSCRIPTION_REFRESH_MS,
+    bucket_number,
+    bucket_partitions,
+    members_topic,
+)
 
 log = logging.getLogger("steel.worker")
 
@@ -116,28 +121,31 @@ class ConsumerSession:
         consumer.unassign()
 
     # --- the buckets' partitions (with rotation) ------------------------------------------------
-    def _floor_move_due(self) -> bool:
-        return self._rotating() and self.janitor.floor != self._floor
-
     def _follow_buckets(self) -> None:
-        """Between batches: take up new buckets (every SUBSCRIPTION_REFRESH_MS) and, when nothing
-        of theirs is in hand, drop the buckets below a raised floor. No rebalance either way."""
+        """Between batches, and while an outage holds one: drop the buckets below a raised floor at
+        once, and take up new buckets every SUBSCRIPTION_REFRESH_MS. No rebalance either way, and
+        nothing in hand is dropped: the floor never passes a bucket holding records the group has
+        not committed, so every message in hand is of a bucket at or above it. A held worker must
+        drop them too: the janitors delete a bucket three checks after the floor passes it, and a
+        consumer still assigned a deleted topic crashes, paused or not."""
         if not self._rotating():
             return
-        floor_due = self._floor_move_due() and not self._carry and self._ahead is None
-        if not floor_due and time.monotonic() < self._next_topic_list:
-            return
-        if not self._list_topics():
-            return
-        if floor_due:
-            self._floor = self.janitor.floor
-        if not self._members:
-            return  # revoked: the next assignment takes the buckets up
         assert self.consumer is not None
-        current = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        if self.janitor.floor != self._floor:
+            self._floor = self.janitor.floor
+            # Only removal: no topic list needed, and none that is stale used to add one.
+            current = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
+            keep = [
+                k for k in current if (bucket_number(self.settings.frames_topic, k[0]) or 0) >= self._floor
+            ]
+            if len(keep) < len(current):
+                self._assign(keep, kept=set(current))
+        if time.monotonic() < self._next_topic_list or not self._list_topics() or not self._members:
+            return  # not yet, the broker did not answer, or revoked (the next assignment takes them up)
+        current_set = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         wanted = self._bucket_share()
-        if set(wanted) != current:
-            self._assign(wanted, kept=current)
+        if set(wanted) != current_set:
+            self._assign(wanted, kept=current_set)
 
     def _list_topics(self) -> bool:
         """Read the topics and their partition counts; recreate the membership topic where a broker
@@ -277,6 +285,7 @@ class ConsumerSession:
         deadline = time.monotonic() + seconds
         while (remaining := deadline - time.monotonic()) > 0:
             self.probes.beat()  # held through an outage, the loop still polls: alive, not stuck
+            self._follow_buckets()
             fetched = self.consumer.consume(num_messages=self.config.batch_size, timeout=min(remaining, 1.0))
             usable = [m for m in fetched if not self._is_error(m)]
             if usable:

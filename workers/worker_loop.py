@@ -209,10 +209,10 @@ class InferenceWorker(WorkerWiring, ConsumerSession, BatchSteps, WorkerLoad, Rea
     def _take_ahead(self) -> None:
         """Take the frames waiting as the next batch and send it to Triton now, so that it is
         inferred while the batch in hand is stored. Not while held or stopping, not before the
-        messages kept while held (they come first), not before a pending floor move."""
+        messages kept while held (they come first)."""
         if not self.config.infer_ahead or self._ahead is not None or self._paused or self._carry:
             return
-        if self.stop_event.is_set() or self._floor_move_due():
+        if self.stop_event.is_set():
             return
         self._ahead = self._take(0.0, ahead=True)
 

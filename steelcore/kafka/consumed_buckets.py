@@ -7,7 +7,7 @@ clock), so all workers reach the same verdicts, and deleting a topic twice is ha
 
 1. proves which *closed* frames buckets the group has fully consumed (:class:`DrainProbe`);
 2. moves the worker's *floor* to the oldest bucket not yet proven consumed (the worker assigns
-   itself only buckets >= floor, so drained buckets drop out of its assignment between batches);
+   itself only buckets >= floor, so drained buckets drop out of its assignment at once);
 3. deletes frames buckets that have been below the floor for ``retire_after_s`` (three check
    intervals: by then every live worker has run its own check and dropped them), and truth buckets
    older than TRUTH_KEEP_BUCKETS.

@@ -374,8 +374,9 @@ def test_with_rotation_the_worker_assigns_itself_its_share_of_the_buckets_withou
     worker._rewind_until = 0.0
     del consumer.topics[f"{TOPIC}.44"]
 
-    # The floor moves: the drained bucket leaves the assignment between batches.
+    # The floor moves: the drained bucket leaves the assignment at the next listing.
     janitor.floor = 43
+    worker._next_topic_list = 0.0
     worker.run_once()
     assert consumer.assigns[-1] == [(f"{TOPIC}.43", 1, -1001)]
     assert consumer.subscriptions == [[members]] and worker._rebalances == rebalances
@@ -388,6 +389,44 @@ def test_with_rotation_the_worker_assigns_itself_its_share_of_the_buckets_withou
     assert consumer.assigned == []
     worker.teardown()
     assert janitor.closed and consumer.closed
+
+
+def test_with_rotation_a_worker_held_by_an_outage_still_drops_the_buckets_below_the_floor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The janitors delete a bucket some seconds after the floor passes it, and a consumer still
+    assigned a deleted topic crashes, paused or not: a long outage must not keep one assigned."""
+    from confluent_kafka import TopicPartition
+
+    import workers.consumer_session as consumer_session
+
+    monkeypatch.setattr(consumer_session, "SUBSCRIPTION_REFRESH_MS", 0)  # list at every poll
+    janitor = FakeJanitor(floor=41)
+    worker, journal, parts = make_worker(good_messages(2), store_failures=3, rotation_s=10.0, janitor=janitor)
+    consumer = parts["consumer"]
+    consumer.topics = {f"{TOPIC}.members": 2, f"{TOPIC}.41": 2, f"{TOPIC}.42": 2}
+    consumer.callbacks["on_assign"](consumer, [TopicPartition(f"{TOPIC}.members", 0)])
+    consumer.positions[(f"{TOPIC}.42", 0)] = 5  # the batch in hand came from bucket 42
+
+    store = parts["store"]
+    failing_write = store.write_batch
+    held_with: list[set[str]] = []  # the bucket topics assigned at each try of the write
+    paused: list[set[int]] = []
+
+    def write_batch(batch: Any) -> Any:
+        held_with.append({tp.topic for tp in consumer.assigned})
+        paused.append(set(consumer.paused))
+        janitor.floor = 42  # bucket 41 proven consumed while the database is down
+        return failing_write(batch)
+
+    store.write_batch = write_batch
+    worker.run_once()
+    assert journal.count("store-failed") == 3 and "store" in journal  # held, then stored
+    assert held_with[0] == {f"{TOPIC}.41", f"{TOPIC}.42"}
+    assert held_with[1:] == [{f"{TOPIC}.42"}] * 3  # dropped during the hold, not after it
+    assert paused[1:] == [{0}] * 3  # and the new assignment paused again while held
+    assert consumer.assigns[-1] == [(f"{TOPIC}.42", 0, 5)]  # the held bucket keeps its position
+    worker.teardown()
 
 
 def test_with_rotation_an_assignment_is_never_made_from_a_stale_topic_list() -> None:
