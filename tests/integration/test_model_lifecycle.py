@@ -165,9 +165,11 @@ def test_shadow_promote_rollback_switch_what_answers(line: Line, capsys: pytest.
     assert listed["narrow"] == []
 
 
-def test_a_shadow_that_fails_to_load_leaves_production_answering(
+def test_a_shadow_with_a_corrupt_network_is_refused_and_production_answers(
     line: Line, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Refused before Triton sees it: Triton 2.51 crashed in about 1 load of 3 that failed this way
+    (the rollback after a load Triton refuses is covered in tests/unit/test_model_lifecycle_configs.py)."""
     real_export = lifecycle_repository._export_bundle
 
     def broken_export(name: str, out: Path, *args: object) -> None:
@@ -176,9 +178,9 @@ def test_a_shadow_that_fails_to_load_leaves_production_answering(
 
     monkeypatch.setattr(lifecycle_repository, "_export_bundle", broken_export)
     capsys.readouterr()
-    assert steel_models("shadow", "synthetic") == 1
+    assert steel_models("shadow", "synthetic") == 3  # bad input: the candidate, not the line
     err = capsys.readouterr().err
-    assert "Triton did not load segmenter" in err, err
+    assert "segmenter's model.onnx is not a valid ONNX network" in err, err
     assert line.answer_version() == [1]
     assert line.ready_versions("segmenter") == [1]
     assert line.roles().shadow is None
