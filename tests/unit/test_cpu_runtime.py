@@ -143,3 +143,48 @@ def test_eval_cli_on_the_openvino_runtime(bundle_path: Path, tmp_path: Path) -> 
     assert ov_report["model"]["runtime"] == "openvino" and ov_report["model"]["precision"] == "f32"
     assert abs(ov_report["summary"]["mean_dice"] - torch_report["summary"]["mean_dice"]) < 1e-6
     assert json.loads((tmp_path / "ov.json").read_text())["model"]["runtime"] == "openvino"
+
+
+def _codes_model(scale: float, *, sigmoid: bool = True) -> object:
+    """x -> [sigmoid] -> * scale -> Round -> uint8: the tail the segmenter's codes are exported as."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([4096], np.float32, name="x")
+    head = ops.sigmoid(x) if sigmoid else x
+    scaled = ops.multiply(head, ops.constant(np.float32(scale)))
+    codes = ops.convert(ops.round(scaled, "half_to_even"), "u8")
+    return ov.Model([codes], [x])
+
+
+def test_code_rounding_fused_into_a_quantizer_keeps_every_code() -> None:
+    import openvino as ov
+
+    from steelcore.cpu_runtime import fuse_code_rounding
+
+    model = _codes_model(255.0)
+    assert fuse_code_rounding(model) == 1
+    types = {op.get_type_name() for op in model.get_ops()}
+    assert "Round" not in types and "FakeQuantize" in types
+    # Logits spread so that the codes cover 0..255, plus the saturated ends.
+    x = np.concatenate([np.linspace(-12, 12, 4094), [-80.0, 80.0]]).astype(np.float32)
+    got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x})[0]
+    p = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    expected = np.round(p * 255)
+    assert got.dtype == np.uint8
+    assert set(np.unique(got)) == set(range(256))
+    # float32 sigmoid against float64: a probability within float rounding of a half code may land
+    # on either side of it.
+    assert np.abs(got.astype(np.int16) - expected).max() <= 1
+    assert np.mean(got == expected) > 0.995
+
+
+@pytest.mark.parametrize("scale, sigmoid", [(300.0, True), (255.0, False)])
+def test_code_rounding_left_alone_where_values_could_leave_the_code_range(
+    scale: float, sigmoid: bool
+) -> None:
+    from steelcore.cpu_runtime import fuse_code_rounding
+
+    model = _codes_model(scale, sigmoid=sigmoid)
+    assert fuse_code_rounding(model) == 0
+    assert "Round" in {op.get_type_name() for op in model.get_ops()}
