@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import model_runtimes
+from benchmarks import cpu_emulation, model_runtimes
 from benchmarks.model_timing import BATCH_SIZES, TARGET_BATCH, Case, time_rounds
 from benchmarks.report import (
     add_common_arguments,
@@ -70,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=TARGET_MS_PER_FRAME,
         help=f"ms/frame the small pair must meet at batch {TARGET_BATCH} (default {TARGET_MS_PER_FRAME:g})",
+    )
+    parser.add_argument(
+        "--cpu-isa",
+        choices=cpu_emulation.CHOICES,
+        default=cpu_emulation.NATIVE,
+        help="time as on a CPU with at most this instruction set: avx2 caps torch and OpenVINO "
+        "(oneDNN) to AVX2, no bf16, no VNNI (default: native, this CPU's own)",
     )
 
 
@@ -153,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         raise ValueError("need --repeats >= 1, --warmup >= 0 and --threads >= 1")
+    cpu_emulation.reexec_with_caps(args.cpu_isa)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     frames = {b: torch.rand(b, 1, FRAME_HEIGHT, FRAME_WIDTH) for b in BATCH_SIZES}
@@ -162,7 +170,9 @@ def run(args: argparse.Namespace) -> int:
     runtime_info: dict[str, Any] | None = None
     if runtime_model:
         frames_u8 = {b: (frames[b][:, 0] * 255).to(torch.uint8).numpy() for b in BATCH_SIZES}
-        runtime_cases, runtime_info = model_runtimes.runtime_cases(runtime_model, args.threads, frames_u8)
+        runtime_cases, runtime_info = model_runtimes.runtime_cases(
+            runtime_model, args.threads, frames_u8, native_bf16=args.cpu_isa == cpu_emulation.NATIVE
+        )
         cases += runtime_cases
     load_before = os.getloadavg()[0]
     time_rounds(cases, args.warmup, args.repeats)
@@ -202,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         "frame": [FRAME_HEIGHT, FRAME_WIDTH],
         "batch_sizes": list(BATCH_SIZES),
         "target_ms": args.target_ms,
+        **cpu_emulation.describe(args.cpu_isa),
         **load,
     }
     path = write_results(NAME, results, config, args.json)
@@ -245,6 +256,8 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace, load: dict[
     title = (
         f"steel bench model: 256x1600 frames, {args.threads} torch threads, median of {args.repeats} rounds"
     )
+    if args.cpu_isa != cpu_emulation.NATIVE:
+        title += f", emulating an {args.cpu_isa.upper()}-only CPU (compare ratios, not ms)"
     print_table(headers, rows, title=title)
     pair = next(r for r in results if r["task"] == "pair")
     verdict = "met" if pair["target_met"] else "NOT met"

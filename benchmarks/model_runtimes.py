@@ -36,8 +36,12 @@ def eager_fp32_maps(bundle: Any, frames: Any) -> tuple[Any, Any]:
     return cls, seg
 
 
-def runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> tuple[list[Case], dict]:
-    """Eager torch vs OpenVINO (f32, auto) on one bundle's pair; and the precision each case ran at."""
+def runtime_cases(
+    bundle_name: str, threads: int, frames_u8: dict[int, Any], native_bf16: bool = True
+) -> tuple[list[Case], dict]:
+    """Eager torch vs OpenVINO (f32, auto, int8) on one bundle's pair; and the precision each case
+    ran at. ``native_bf16=False`` (an emulated CPU without bf16) runs "auto" as such a CPU does, f32:
+    OpenVINO detects the real CPU's bf16 and would pick kernels the emulation took away."""
     from training.model_bundle import load_bundle
     from training.openvino_bundle import INT8, openvino_pair
     from training.quantize import int8_files
@@ -45,10 +49,13 @@ def runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> 
     bundle = load_bundle(bundle_name)
     candidates: dict[str, Any] = {"torch": lambda f: eager_fp32_maps(bundle, f)}
     precisions = {"torch": "f32"}
+    unquantized = "auto" if native_bf16 else "f32"
     for precision in ("f32", "auto", INT8):
         if precision == INT8 and not int8_files(bundle.path):
             continue  # never quantised (`steel quantize`)
-        pair = openvino_pair(bundle, threads, precision)
+        if precision == "auto" and not native_bf16:
+            continue  # "auto" is f32 there
+        pair = openvino_pair(bundle, threads, precision, unquantized)
         if precision == "auto" and pair.precision == precisions.get("openvino-f32"):
             continue  # this CPU has no faster precision: "auto" is f32 again
         # Timed as served: the segmenter's uint8 codes, not converted back to float.
@@ -59,7 +66,9 @@ def runtime_cases(bundle_name: str, threads: int, frames_u8: dict[int, Any]) -> 
         for name, fn in candidates.items()
         for b in BATCH_SIZES
     ]
-    return cases, {"bundle": bundle.name, "bundle_path": bundle.path, "precisions": precisions}
+    info = {"bundle": bundle.name, "bundle_path": bundle.path, "precisions": precisions}
+    info["unquantized"] = unquantized
+    return cases, info
 
 
 def runtime_rows(by_name: dict[str, Case], info: dict[str, Any], frame_u8: Any) -> list[dict[str, Any]]:
@@ -88,7 +97,7 @@ def runtime_rows(by_name: dict[str, Case], info: dict[str, Any], frame_u8: Any) 
             row[f"samples_ms_b{b}"] = case.samples_ms
             row[f"speedup_vs_torch_b{b}"] = ratio(torch_ms[b], case.median_ms)
         if name != "torch":
-            _, seg = openvino_pair(bundle, 1, name.removeprefix("openvino-"))(frame_u8)
+            _, seg = openvino_pair(bundle, 1, name.removeprefix("openvino-"), info["unquantized"])(frame_u8)
             row["max_abs_diff_seg_probs"] = float(np.abs(seg - reference).max())
             row["target_speedup"] = RUNTIME_TARGET_SPEEDUP
             speedups = [row[f"speedup_vs_torch_b{b}"] for b in BATCH_SIZES]

@@ -75,10 +75,12 @@ def export_onnx_networks(bundle: ModelBundle, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def openvino_pair(bundle: ModelBundle, threads: int | None = None, precision: str = "auto") -> OpenVINOPair:
+def openvino_pair(
+    bundle: ModelBundle, threads: int | None = None, precision: str = "auto", unquantized: str = "auto"
+) -> OpenVINOPair:
     """The bundle's networks compiled at ``precision``: one of ``PRECISIONS``; "int8" runs the
     networks ``steel quantize`` wrote into the bundle, and the others (and what is not quantised
-    inside them) at "auto", as Triton's CPU repository serves them."""
+    inside them) at ``unquantized``: "auto", as Triton's CPU repository serves them."""
     from steelcore.cpu_runtime import OpenVINONetwork
 
     if precision not in PRECISIONS:
@@ -89,7 +91,7 @@ def openvino_pair(bundle: ModelBundle, threads: int | None = None, precision: st
         from training.quantize import load_int8_files
 
         int8 = load_int8_files(bundle.path)
-        precision = "auto"  # for what is not int8, as Triton's repository runs it
+        precision = unquantized
     with tempfile.TemporaryDirectory(prefix="steel-openvino-") as work:
         paths = export_onnx_networks(bundle, Path(work))
         # Compiled networks keep their weights in memory: the files may go.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,56 @@ def test_bench_model_compares_the_cpu_runtime_with_eager_torch(
     for b in (1, 8):
         assert f32[f"ms_per_frame_b{b}"] > 0 and f32[f"speedup_vs_torch_b{b}"] > 0
     assert "CPU runtime vs eager torch" in capsys.readouterr().out
+
+
+@pytest.mark.openvino
+def test_bench_model_emulates_an_avx2_only_cpu(tmp_path: Path) -> None:
+    """`--cpu-isa avx2` runs again in a fresh interpreter with torch and oneDNN capped, and OpenVINO
+    compiles at f32 there (its own CPU detection still sees this CPU's bf16)."""
+    pytest.importorskip("openvino")
+    import subprocess
+    import sys
+
+    from random_bundle import save_random_bundle
+
+    from benchmarks import cpu_emulation
+    from training.model_bundle import PostprocessParams
+
+    bundle = save_random_bundle(
+        tmp_path / "random-avx2",
+        name="random-avx2",
+        description="random weights",
+        seed=0,
+        postprocess=PostprocessParams.neutral(4),
+        provenance={},
+    )
+    out = tmp_path / "model.json"
+    args = ["bench", "model", "--quick", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-plot"]
+    args += ["--target-ms", "1e9", "--runtime-model", str(bundle), "--json", str(out), "--cpu-isa", "avx2"]
+    env = {k: v for k, v in os.environ.items() if k not in cpu_emulation.CAPS["avx2"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "steelcore.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == exit_codes.OK, done.stderr[-3000:]
+    assert "emulating an AVX2-only CPU" in done.stdout
+    config = json.loads(out.read_text())["config"]
+    assert config["cpu_isa"] == "avx2" and config["caps"] == cpu_emulation.CAPS["avx2"]
+    assert config["torch_cpu_capability"] == "AVX2"
+    rows = {r["runtime"]: r for r in json.loads(out.read_text())["results"] if r["task"] == "runtime"}
+    assert set(rows) == {"torch", "openvino-f32"}  # "auto" is f32 without native bf16
+    assert rows["openvino-f32"]["precision"] == "f32"
+
+
+def test_time_rounds_leaves_the_settling_pause_out_of_the_samples() -> None:
+    import time
+
+    from benchmarks.model_timing import Case, time_rounds
+
+    calls: list[float] = []
+    cases = [Case(name, 1, lambda: calls.append(time.perf_counter())) for name in ("a", "b")]
+    time_rounds(cases, warmup=0, repeats=3, settle_s=0.05)
+    assert len(calls) == 6
+    # Every call waited for the pause before it ...
+    assert min(b - a for a, b in itertools.pairwise(calls)) >= 0.05
+    # ... and none of it was timed.
+    assert max(s for case in cases for s in case.samples_ms) < 25
