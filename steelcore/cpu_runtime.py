@@ -34,6 +34,25 @@ def _converts_to_uint8(node: Any) -> bool:
     return node.get_type_name() == "Convert" and str(node.get_destination_type()) == "u8"
 
 
+def _is_code_rounding(op: Any) -> bool:
+    """``op`` is Round(half to even) of an f32 Multiply(Sigmoid, scalar in (0, 255]), and every
+    consumer converts it to uint8."""
+    if op.get_type_name() != "Round" or op.get_attributes().get("mode") != "half_to_even":
+        return False
+    scaled = op.input_value(0)
+    # f32 only: the quantizer's bounds are f32 constants.
+    if scaled.get_node().get_type_name() != "Multiply" or scaled.get_element_type().get_type_name() != "f32":
+        return False
+    inputs = [scaled.get_node().input_value(i).get_node() for i in range(2)]
+    if sorted(node.get_type_name() for node in inputs) != ["Constant", "Sigmoid"]:
+        return False
+    scale = next(node for node in inputs if node.get_type_name() == "Constant").get_data()
+    if scale.size != 1 or not 0 < float(scale.reshape(-1)[0]) <= _CODE_MAX:
+        return False
+    targets = list(op.output(0).get_target_inputs())
+    return bool(targets) and all(_converts_to_uint8(t.get_node()) for t in targets)
+
+
 def fuse_code_rounding(model: Any) -> int:
     """Rewrite ``Convert(u8, Round(Multiply(Sigmoid(x), c)))``, the segmenter's uint8 codes, as
     ``Convert(u8, FakeQuantize(Multiply(...), 0, 255, 0, 255, 256 levels))``; returns how many.
@@ -47,20 +66,7 @@ def fuse_code_rounding(model: Any) -> int:
 
     rewritten = 0
     for op in model.get_ordered_ops():
-        if op.get_type_name() != "Round" or op.get_attributes().get("mode") != "half_to_even":
-            continue
-        scaled = op.input_value(0).get_node()
-        if scaled.get_type_name() != "Multiply":
-            continue
-        inputs = [scaled.input_value(i).get_node() for i in range(2)]
-        types = sorted(node.get_type_name() for node in inputs)
-        if types != ["Constant", "Sigmoid"]:
-            continue
-        scale = next(node for node in inputs if node.get_type_name() == "Constant").get_data()
-        if scale.size != 1 or not 0 < float(scale.reshape(-1)[0]) <= _CODE_MAX:
-            continue
-        targets = list(op.output(0).get_target_inputs())
-        if not targets or any(not _converts_to_uint8(t.get_node()) for t in targets):
+        if not _is_code_rounding(op):
             continue
         low, high = (ops.constant(np.float32(v)) for v in (0, _CODE_MAX))
         quantized = ops.fake_quantize(op.input_value(0), low, high, low, high, _CODE_MAX + 1)

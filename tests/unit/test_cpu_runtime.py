@@ -145,14 +145,14 @@ def test_eval_cli_on_the_openvino_runtime(bundle_path: Path, tmp_path: Path) -> 
     assert json.loads((tmp_path / "ov.json").read_text())["model"]["runtime"] == "openvino"
 
 
-def _codes_model(scale: float, *, sigmoid: bool = True) -> object:
+def _codes_model(scale: float, *, sigmoid: bool = True, dtype: type = np.float32) -> object:
     """x -> [sigmoid] -> * scale -> Round -> uint8: the tail the segmenter's codes are exported as."""
     import openvino as ov
     import openvino.opset13 as ops
 
-    x = ops.parameter([4096], np.float32, name="x")
+    x = ops.parameter([4096], dtype, name="x")
     head = ops.sigmoid(x) if sigmoid else x
-    scaled = ops.multiply(head, ops.constant(np.float32(scale)))
+    scaled = ops.multiply(head, ops.constant(dtype(scale)))
     codes = ops.convert(ops.round(scaled, "half_to_even"), "u8")
     return ov.Model([codes], [x])
 
@@ -179,12 +179,15 @@ def test_code_rounding_fused_into_a_quantizer_keeps_every_code() -> None:
     assert np.mean(got == expected) > 0.995
 
 
-@pytest.mark.parametrize("scale, sigmoid", [(300.0, True), (255.0, False)])
-def test_code_rounding_left_alone_where_values_could_leave_the_code_range(
-    scale: float, sigmoid: bool
+@pytest.mark.parametrize(
+    "scale, sigmoid, dtype",
+    [(300.0, True, np.float32), (255.0, False, np.float32), (255.0, True, np.float16)],
+)
+def test_code_rounding_left_alone_where_values_could_leave_the_code_range_or_types_differ(
+    scale: float, sigmoid: bool, dtype: type
 ) -> None:
     from steelcore.cpu_runtime import fuse_code_rounding
 
-    model = _codes_model(scale, sigmoid=sigmoid)
+    model = _codes_model(scale, sigmoid=sigmoid, dtype=dtype)
     assert fuse_code_rounding(model) == 0
     assert "Round" in {op.get_type_name() for op in model.get_ops()}
