@@ -56,12 +56,8 @@ def test_bench_model_reports_a_missed_target(tmp_path: Path, capsys: pytest.Capt
     assert "NOT met" in capsys.readouterr().out
 
 
-@pytest.mark.openvino
-def test_bench_model_compares_the_cpu_runtime_with_eager_torch(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    pytest.importorskip("openvino")
-
+def _runtime_run(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """A random-weights bundle, the results file, and a one-round `steel bench model` timing its pair."""
     from random_bundle import save_random_bundle
 
     from training.model_bundle import PostprocessParams
@@ -76,7 +72,16 @@ def test_bench_model_compares_the_cpu_runtime_with_eager_torch(
     )
     out = tmp_path / "model.json"
     args = ["bench", "model", "--quick", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-plot"]
-    assert main([*args, "--target-ms", "1e9", "--runtime-model", str(bundle), "--json", str(out)]) == 0
+    return bundle, out, [*args, "--target-ms", "1e9", "--runtime-model", str(bundle), "--json", str(out)]
+
+
+@pytest.mark.openvino
+def test_bench_model_compares_the_cpu_runtime_with_eager_torch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("openvino")
+    bundle, out, args = _runtime_run(tmp_path)
+    assert main(args) == 0
     payload = json.loads(out.read_text())
     assert payload["config"]["runtime_model"] == str(bundle)
     rows = {r["runtime"]: r for r in payload["results"] if r["task"] == "runtime"}
@@ -99,22 +104,10 @@ def test_bench_model_emulates_an_avx2_only_cpu(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from random_bundle import save_random_bundle
-
     from benchmarks import cpu_emulation
-    from training.model_bundle import PostprocessParams
 
-    bundle = save_random_bundle(
-        tmp_path / "random-avx2",
-        name="random-avx2",
-        description="random weights",
-        seed=0,
-        postprocess=PostprocessParams.neutral(4),
-        provenance={},
-    )
-    out = tmp_path / "model.json"
-    args = ["bench", "model", "--quick", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-plot"]
-    args += ["--target-ms", "1e9", "--runtime-model", str(bundle), "--json", str(out), "--cpu-isa", "avx2"]
+    _, out, args = _runtime_run(tmp_path)
+    args += ["--cpu-isa", "avx2"]
     env = {k: v for k, v in os.environ.items() if k not in cpu_emulation.CAPS["avx2"]}
     done = subprocess.run(
         [sys.executable, "-m", "steelcore.cli", *args], env=env, capture_output=True, text=True, timeout=600
