@@ -191,3 +191,17 @@ def test_code_rounding_left_alone_where_values_could_leave_the_code_range_or_typ
     model = _codes_model(scale, sigmoid=sigmoid, dtype=dtype)
     assert fuse_code_rounding(model) == 0
     assert "Round" in {op.get_type_name() for op in model.get_ops()}
+
+
+def test_openvino_fake_quantize_rounds_half_to_even_as_round_does() -> None:
+    """The rewrite's premise, checked on the installed OpenVINO: over [0, 255] with 256 levels its
+    FakeQuantize rounds exact halves to even, as the Round it replaces (torch.round, ONNX Round)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([510], np.float32)
+    low, high = ops.constant(np.float32(0)), ops.constant(np.float32(255))
+    model = ov.Model([ops.convert(ops.fake_quantize(x, low, high, low, high, 256), "u8")], [x])
+    values = np.concatenate([np.arange(255) + 0.5, np.arange(255) + 0.49999997]).astype(np.float32)
+    got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: values})[0]
+    np.testing.assert_array_equal(got, np.round(values).astype(np.uint8))
