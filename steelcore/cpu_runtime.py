@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 PRECISIONS: tuple[str, ...] = ("auto", "f32", "bf16")
-# Largest probability code: uint8 codes round(255 p) (steelcore.postprocess.PROBABILITY_CODES).
-_CODE_MAX = 255
+# The rewrite's quantizer spans the uint8 range the codes are converted into (their full scale,
+# steelcore.postprocess.PROBABILITY_CODES, is that range's top; importing it would load OpenCV here).
+_CODE_MAX = int(np.iinfo(np.uint8).max)
 
 
 def _converts_to_uint8(node: Any) -> bool:
