@@ -156,11 +156,11 @@ def _network_rows(
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         raise ValueError("need --repeats >= 1, --warmup >= 0 and --threads >= 1")
-    cpu_emulation.reexec_with_caps(args.cpu_isa)
+    cpu_emulation.reexec_with_caps(args.cpu_isa)  # before torch loads: the new process loads it capped
+    import torch
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     frames = {b: torch.rand(b, 1, FRAME_HEIGHT, FRAME_WIDTH) for b in BATCH_SIZES}

@@ -66,8 +66,12 @@ def runtime_cases(
         for name, fn in candidates.items()
         for b in BATCH_SIZES
     ]
-    info = {"bundle": bundle.name, "bundle_path": bundle.path, "precisions": precisions}
-    info["unquantized"] = unquantized
+    info = {
+        "bundle": bundle.name,
+        "bundle_path": bundle.path,
+        "precisions": precisions,
+        "unquantized": unquantized,
+    }
     return cases, info
 
 
